@@ -1,0 +1,106 @@
+"""Sinkhorn-Knopp: balanced soft assignment of tokens to prototypes (SwAV / SIGMA).
+
+Given scores S [N, K] of N tokens against K prototypes, find Q = diag(b) exp(S/eps) diag(a)
+(written here as tokens x prototypes) whose prototype marginals are uniform over the *global*
+batch, then return Q with every token's row normalised to 1. Iterating the scaling vectors
+a [K] and b [N] gives exactly the classic SwAV/SIGMA iteration, which rewrites the whole
+matrix twice per round; here each half-round is one matrix-vector product over exp(S/eps),
+which is read, never rewritten, until the final normalisation.
+
+Two numerical paths with the same result:
+- exp domain (fast): exp((S - max_tokens S) / eps); exact whenever the score spread / eps stays
+  inside fp32's exponent range (always so for cosine scores with eps >= 2/75 ~ 0.027);
+- log domain: the same iteration on log a, log b with logsumexp, finite for any eps (e.g. 0.005
+  with near-aligned features, where exp(S/eps) overflows fp32).
+"""
+import math
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+# exp(-75) ~ 2.7e-33: with the spread below this every kernel entry and scaling vector stays a
+# normal fp32 number, so the exp-domain path is exact.
+MAX_EXP_SPREAD = 75.0
+
+
+def _world(group: Optional[dist.ProcessGroup]) -> Optional[dist.ProcessGroup]:
+    """The group to reduce over, or None when running as one process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    group = group or dist.group.WORLD
+    return group if dist.get_world_size(group) > 1 else None
+
+
+def _all_reduce(t: torch.Tensor, op: dist.ReduceOp, group: Optional[dist.ProcessGroup]) -> torch.Tensor:
+    if group is not None:
+        dist.all_reduce(t, op=op, group=group)
+    return t
+
+
+@torch.no_grad()
+def sinkhorn_knopp(scores: torch.Tensor, epsilon: float, iterations: int,
+                   group: Optional[dist.ProcessGroup] = None,
+                   log_domain: Optional[bool] = None) -> torch.Tensor:
+    """Equipartitioned codes for `scores`, balanced over all ranks of `group`.
+
+    Args:
+        scores: [N, K] similarities of this rank's N tokens to K prototypes, any float dtype.
+        epsilon: entropic regularisation (SIGMA: 0.03-0.05); smaller is closer to hard assignment.
+        iterations: normalisation rounds (prototype marginal, then token marginal), >= 1.
+        group: process group whose tokens share the prototype budget; default the world group
+            when torch.distributed is initialised. Each rank then gets its rows of the result
+            computed on the concatenated batch.
+        log_domain: force (True) or forbid (False) the log-domain path. None decides per call
+            from the global score spread, which costs one device-to-host sync; callers that know
+            their scores are bounded (cosines: spread <= 2) should decide statically instead.
+    Returns:
+        [N, K] float32 codes, no gradient; each row sums to 1.
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be [N, K], got shape {tuple(scores.shape)}")
+    if epsilon <= 0 or iterations < 1:
+        raise ValueError(f"need epsilon > 0 and iterations >= 1, got {epsilon}, {iterations}")
+    group = _world(group)
+    with torch.autocast(scores.device.type, enabled=False):  # all arithmetic in fp32
+        logits = scores.to(torch.float32, copy=True).div_(epsilon)  # [N, K], the only N x K buffer
+        col_max = _all_reduce(logits.amax(dim=0), dist.ReduceOp.MAX, group)  # [K]
+        if log_domain is None:
+            low = _all_reduce(logits.amin().reshape(1), dist.ReduceOp.MIN, group)
+            log_domain = bool(col_max.max() - low > MAX_EXP_SPREAD)
+        world_tokens = logits.shape[0] * (dist.get_world_size(group) if group is not None else 1)
+        # Target marginals: each prototype gets 1/K of the mass, each token 1/world_tokens.
+        # Their scale never changes the result (rows are renormalised at the end).
+        proto_mass, token_mass = 1.0 / logits.shape[1], 1.0 / world_tokens
+        if log_domain:
+            return _sinkhorn_log(logits, proto_mass, token_mass, iterations, group)
+        return _sinkhorn_exp(logits, col_max, proto_mass, token_mass, iterations, group)
+
+
+def _sinkhorn_exp(logits: torch.Tensor, col_max: torch.Tensor, proto_mass: float, token_mass: float,
+                  iterations: int, group: Optional[dist.ProcessGroup]) -> torch.Tensor:
+    # Subtracting a per-prototype constant is absorbed exactly by the prototype scaling a.
+    kernel = logits.sub_(col_max).exp_()  # [N, K], entries in (0, 1]
+    b = torch.ones(kernel.shape[0], device=kernel.device)  # [N] token scaling
+    for _ in range(iterations):
+        # Prototype marginal: every prototype receives proto_mass of the global mass.
+        a = proto_mass / _all_reduce(torch.mv(kernel.t(), b), dist.ReduceOp.SUM, group)  # [K]
+        # Token marginal: every token carries token_mass (its own rows: no reduction needed).
+        row = torch.mv(kernel, a)  # [N]
+        b = token_mass / row
+    # Final rows: Q_nk = a_k kernel_nk / sum_k' a_k' kernel_nk' (b cancels in the row norm).
+    return kernel.mul_(a).div_(row.unsqueeze(1))
+
+
+def _sinkhorn_log(logits: torch.Tensor, proto_mass: float, token_mass: float, iterations: int,
+                  group: Optional[dist.ProcessGroup]) -> torch.Tensor:
+    log_b = torch.zeros(logits.shape[0], device=logits.device)  # [N]
+    for _ in range(iterations):
+        # Prototype marginal: log a_k = log(proto_mass) - logsumexp_n(logits_nk + log b_n) (global).
+        shifted = logits + log_b.unsqueeze(1)  # [N, K]
+        top = _all_reduce(shifted.amax(dim=0), dist.ReduceOp.MAX, group)  # [K]
+        mass = _all_reduce(shifted.sub_(top).exp_().sum(dim=0), dist.ReduceOp.SUM, group)  # [K]
+        log_a = math.log(proto_mass) - top - mass.log()  # [K]
+        # Token marginal: log b_n = log(token_mass) - logsumexp_k(logits_nk + log a_k) (local).
+        log_b = math.log(token_mass) - torch.logsumexp(logits + log_a, dim=1)  # [N]
+    return torch.softmax(logits.add_(log_a), dim=1)
