@@ -188,7 +188,7 @@ class VisionTransformer(nn.Module):
             # A buffer, not a parameter: published checkpoints do not store the fixed table.
             self.register_buffer("pos_embed", sincos_position_table(self.num_patches, embed_dim), persistent=False)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth decay rule
+        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # stochastic depth decay rule
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i], norm_layer)
             for i in range(depth)])

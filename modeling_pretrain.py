@@ -64,7 +64,7 @@ class PretrainDecoder(nn.Module):
                  use_checkpoint: bool):
         super().__init__()
         self.use_checkpoint = use_checkpoint
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_path=dpr[i],
                                            norm_layer=norm_layer) for i in range(depth)])
         self.norm = norm_layer(embed_dim)
@@ -204,8 +204,9 @@ class DinoTeacher(nn.Module):
 
     def __init__(self, vit: nn.Module, grid: tuple):
         super().__init__()
-        self.vit = vit.eval().requires_grad_(False)
+        self.vit = vit.requires_grad_(False)
         self.grid = tuple(grid)  # student (H/p, W/p)
+        self.eval()
 
     def train(self, mode: bool = True) -> "DinoTeacher":
         return super().train(False)  # always frozen, also inside model.train()

@@ -68,16 +68,18 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float, iterations: int,
         if log_domain is None:
             low = _all_reduce(logits.amin().reshape(1), dist.ReduceOp.MIN, group)
             log_domain = bool(col_max.max() - low > MAX_EXP_SPREAD)
-        world_tokens = logits.shape[0] * (dist.get_world_size(group) if group is not None else 1)
+        # Every token of the global batch carries the same mass, whatever its rank's shard size.
+        # (A device tensor: no host sync.)
+        world_tokens = _all_reduce(torch.tensor(float(logits.shape[0]), device=logits.device),
+                                   dist.ReduceOp.SUM, group)
         # Target marginals: each prototype gets 1/K of the mass, each token 1/world_tokens.
-        # Their scale never changes the result (rows are renormalised at the end).
         proto_mass, token_mass = 1.0 / logits.shape[1], 1.0 / world_tokens
         if log_domain:
             return _sinkhorn_log(logits, proto_mass, token_mass, iterations, group)
         return _sinkhorn_exp(logits, col_max, proto_mass, token_mass, iterations, group)
 
 
-def _sinkhorn_exp(logits: torch.Tensor, col_max: torch.Tensor, proto_mass: float, token_mass: float,
+def _sinkhorn_exp(logits: torch.Tensor, col_max: torch.Tensor, proto_mass: float, token_mass: torch.Tensor,
                   iterations: int, group: Optional[dist.ProcessGroup]) -> torch.Tensor:
     # Subtracting a per-prototype constant is absorbed exactly by the prototype scaling a.
     kernel = logits.sub_(col_max).exp_()  # [N, K], entries in (0, 1]
@@ -92,7 +94,7 @@ def _sinkhorn_exp(logits: torch.Tensor, col_max: torch.Tensor, proto_mass: float
     return kernel.mul_(a).div_(row.unsqueeze(1))
 
 
-def _sinkhorn_log(logits: torch.Tensor, proto_mass: float, token_mass: float, iterations: int,
+def _sinkhorn_log(logits: torch.Tensor, proto_mass: float, token_mass: torch.Tensor, iterations: int,
                   group: Optional[dist.ProcessGroup]) -> torch.Tensor:
     log_b = torch.zeros(logits.shape[0], device=logits.device)  # [N]
     for _ in range(iterations):
@@ -102,5 +104,5 @@ def _sinkhorn_log(logits: torch.Tensor, proto_mass: float, token_mass: float, it
         mass = _all_reduce(shifted.sub_(top).exp_().sum(dim=0), dist.ReduceOp.SUM, group)  # [K]
         log_a = math.log(proto_mass) - top - mass.log()  # [K]
         # Token marginal: log b_n = log(token_mass) - logsumexp_k(logits_nk + log a_k) (local).
-        log_b = math.log(token_mass) - torch.logsumexp(logits + log_a, dim=1)  # [N]
+        log_b = token_mass.log() - torch.logsumexp(logits + log_a, dim=1)  # [N]
     return torch.softmax(logits.add_(log_a), dim=1)

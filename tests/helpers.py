@@ -1,0 +1,35 @@
+"""Tiny models shared by the tests."""
+import timm
+import torch
+
+from modeling_pretrain import DinoTeacher, PretrainVisionTransformer
+
+# 4 frames of 32x32 in 2x16x16 tubes: a (2, 2, 2) token grid.
+FRAMES, SIZE, GRID = 4, 32, (2, 2, 2)
+TEACHER_DIM = 24
+
+
+def tiny_pretrain(target_type: str = "mlp", loss_func: str = "SWAV", **kwargs) -> PretrainVisionTransformer:
+    out_dim = {"pixel": 3 * 2 * 16 * 16, "mlp": 16}.get(target_type, TEACHER_DIM)
+    cfg = dict(img_size=SIZE, patch_size=16, encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
+               decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, decoder_num_classes=out_dim,
+               all_frames=FRAMES, tubelet_size=2, target_type=target_type, loss_func=loss_func,
+               num_prototypes=8, sinkhorn_eps=0.05, sinkhorn_iterations=3)
+    cfg.update(kwargs)
+    return PretrainVisionTransformer(**cfg)
+
+
+def tiny_teacher(version: str = "dino_v1") -> DinoTeacher:
+    """DINO v1-like (patch 16, class token) or DINOv2-like (patch 8, 4 registers) random ViT."""
+    if version == "dino_v1":
+        vit = timm.models.vision_transformer.VisionTransformer(
+            img_size=SIZE, patch_size=16, embed_dim=TEACHER_DIM, depth=1, num_heads=2, num_classes=0)
+    else:
+        vit = timm.models.vision_transformer.VisionTransformer(
+            img_size=SIZE, patch_size=8, embed_dim=TEACHER_DIM, depth=1, num_heads=2, num_classes=0,
+            reg_tokens=4, no_embed_class=True)
+    return DinoTeacher(vit, grid=GRID[1:])
+
+
+def clips(batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 3, FRAMES, SIZE, SIZE)

@@ -1,0 +1,135 @@
+"""compute_loss: targets, swapped prediction, gradients for every objective, learning."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine_for_pretraining import compute_loss, pixel_targets, swapped_prediction
+from helpers import GRID, clips, tiny_pretrain, tiny_teacher
+from masking_generator import tube_mask
+from modeling_finetune import patchify
+from sinkhorn import sinkhorn_knopp
+
+OBJECTIVES = [("pixel", "L2"), ("mlp", "SWAV"), ("dino_v1", "SWAV"), ("dino_v2", "SWAV"),
+              ("dino_v1", "L2"), ("dino_v2", "L2")]
+
+
+def _teacher_for(target_type):
+    return tiny_teacher(target_type) if target_type.startswith("dino") else None
+
+
+@pytest.mark.parametrize("target_type,loss_func", OBJECTIVES)
+def test_every_parameter_gets_a_gradient(target_type, loss_func):
+    model = tiny_pretrain(target_type, loss_func).train()
+    teacher = _teacher_for(target_type)
+    mask = tube_mask(2, GRID, 0.5)
+    loss, stats = compute_loss(model, clips(), mask, teacher=teacher)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{name} has an all-zero gradient"
+    if teacher is not None:
+        assert all(p.grad is None for p in teacher.parameters())
+        assert not teacher.training
+    assert "loss" in stats and all(not v.requires_grad for v in stats.values())
+
+
+def test_pixel_targets_match_direct_computation():
+    videos = clips()
+    mask = tube_mask(2, GRID, 0.5)
+    targets = pixel_targets(patchify(videos, 2, 16), mask)  # [B, N_mask, 1536]
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1, 1)
+    b = 1
+    token = mask[b].nonzero()[0].item()  # first masked token of clip 1
+    t, h, w = token // 4, (token // 2) % 2, token % 2
+    tube = videos[b, :, 2 * t:2 * t + 2, 16 * h:16 * h + 16, 16 * w:16 * w + 16] * std + mean  # [3, 2, 16, 16]
+    pixels = tube.permute(1, 2, 3, 0).reshape(-1, 3)  # [512, C]
+    expected = (pixels - pixels.mean(0)) / (pixels.std(0, unbiased=True) + 1e-6)
+    torch.testing.assert_close(targets[b, 0], expected.reshape(-1), rtol=1e-4, atol=1e-4)
+    raw = pixel_targets(patchify(videos, 2, 16), mask, normalize=False)
+    torch.testing.assert_close(raw[b, 0], pixels.reshape(-1), rtol=1e-5, atol=1e-5)
+
+
+def test_swav_loss_matches_its_definition():
+    model = tiny_pretrain("mlp", "SWAV").train()
+    videos, mask = clips(), tube_mask(2, GRID, 0.5)
+    loss, stats = compute_loss(model, videos, mask)
+    # Recompute from the model's own outputs with explicit one-hot cross-entropies.
+    with torch.no_grad():
+        targets = pixel_targets(patchify(videos, 2, 16), mask)
+        out = model(videos, mask, targets)
+    q_t = sinkhorn_knopp(out.scores_target, 0.05, 3)
+    q_p = sinkhorn_knopp(out.scores_pred, 0.05, 3)
+    ce = lambda s, q: -(F.one_hot(q.argmax(1), 8) * F.log_softmax(s / 0.1, 1)).sum(1).mean()
+    expected = ce(out.scores_target, q_p) + ce(out.scores_pred, q_t)
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-5)
+    assert 1 <= stats["protos_used_target"].item() <= 8
+    assert 0 <= stats["usage_entropy_pred"].item() <= torch.log(torch.tensor(8.0)).item() + 1e-5
+
+
+def test_prototypes_normalised_and_scores_are_cosines():
+    model = tiny_pretrain("mlp", "SWAV")
+    with torch.no_grad():
+        model.prototypes.mul_(3.0)
+    compute_loss(model, clips(), tube_mask(2, GRID, 0.5))
+    torch.testing.assert_close(model.prototypes.norm(dim=1), torch.ones(8))
+
+
+def test_prototypes_trained_by_target_side_only():
+    model = tiny_pretrain("mlp", "SWAV")
+    videos, mask = clips(), tube_mask(2, GRID, 0.5)
+    targets = pixel_targets(patchify(videos, 2, 16), mask)
+    out = model(videos, mask, targets)
+    grad = torch.autograd.grad(out.scores_pred.sum(), model.prototypes, allow_unused=True)[0]
+    assert grad is None
+    assert torch.autograd.grad(out.scores_target.sum(), model.prototypes)[0].abs().sum() > 0
+
+
+def test_soft_codes_train_towards_sinkhorn_codes():
+    scores_t = F.normalize(torch.randn(64, 16), dim=1).requires_grad_()
+    scores_p = F.normalize(torch.randn(64, 16), dim=1).requires_grad_()
+    hard, _ = swapped_prediction(scores_t, scores_p, 0.05, 10)
+    soft, _ = swapped_prediction(scores_t, scores_p, 0.05, 10, soft_codes=True)
+    assert torch.isfinite(soft) and not torch.isclose(hard, soft)
+    soft.backward()
+    assert scores_t.grad.abs().sum() > 0 and scores_p.grad.abs().sum() > 0
+
+
+def test_dino_targets_need_a_teacher():
+    with pytest.raises(ValueError, match="needs a teacher"):
+        compute_loss(tiny_pretrain("dino_v1", "SWAV"), clips(), tube_mask(2, GRID, 0.5))
+
+
+def test_dinov2_teacher_grid_resized_to_student():
+    teacher = tiny_teacher("dino_v2")  # patch 8 on 32x32: a 4x4 grid with 4 registers + cls
+    assert teacher.vit.num_prefix_tokens == 5
+    assert teacher(torch.randn(3, 3, 32, 32)).shape == (3, 4, 24)  # resized to the student's 2x2
+
+
+def test_bf16_autocast_close_to_fp32():
+    model = tiny_pretrain("pixel", "L2")
+    videos, mask = clips(), tube_mask(2, GRID, 0.5)
+    loss32, _ = compute_loss(model, videos, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss16, _ = compute_loss(model, videos, mask)
+    assert loss16.dtype == torch.float32
+    assert abs(loss16.item() - loss32.item()) < 0.05 * loss32.item()
+
+
+@pytest.mark.parametrize("target_type,loss_func", [("pixel", "L2"), ("mlp", "SWAV"), ("dino_v1", "SWAV")])
+def test_tiny_model_overfits_fixed_batch(target_type, loss_func):
+    model = tiny_pretrain(target_type, loss_func).train()
+    teacher = _teacher_for(target_type)
+    videos, mask = clips(4), tube_mask(4, GRID, 0.5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    losses = []
+    for _ in range(40):
+        loss, _ = compute_loss(model, videos, mask, teacher=teacher)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.7 * first, f"loss did not fall: {losses[:3]} -> {losses[-3:]}"
