@@ -1,7 +1,7 @@
 """The SIGMA / VideoMAE pretraining objective, read top to bottom.
 
-    clip ──patchify──> tubes ──(masked, per-tube normalised)──> targets ──projection──> scores_target
-      └──encoder(visible)──> decoder(mask tokens) ──> pred ─────────────────────────> scores_pred
+    clip ──patchify──> tubes ──(masked, per-tube normalised)──> targets ──projection──> logits_target
+      └──encoder(visible)──> decoder(mask tokens) ──> pred ─────────────────────────> logits_pred
     Sinkhorn codes of each side; each side's scores predict the other side's codes.
 """
 from typing import Dict, Optional, Tuple
@@ -56,48 +56,78 @@ def teacher_targets(teacher: nn.Module, videos: torch.Tensor, bool_masked_pos: t
     return feats[bool_masked_pos].reshape(B, -1, feats.shape[-1])
 
 
-def swapped_prediction(scores_target: torch.Tensor, scores_pred: torch.Tensor, epsilon: float, iterations: int,
-                       temperature: float = 0.1, soft_codes: bool = False, log_domain: Optional[bool] = None,
+class _CrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of logits [M, K] against hard labels [M] or soft codes [M, K].
+
+    The same value and gradient as F.cross_entropy, with one [M, K] buffer in backward
+    (softmax - target) instead of three (log-softmax output, scattered label grad, its product).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        lse = torch.logsumexp(logits, dim=1)  # [M]
+        if target.dtype == torch.long:
+            picked = logits.gather(1, target.unsqueeze(1)).squeeze(1)  # [M]
+        else:
+            picked = torch.linalg.vecdot(target, logits)  # [M]; codes sum to 1 per row
+        ctx.save_for_backward(logits, lse, target)
+        return (lse - picked).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, lse, target = ctx.saved_tensors
+        g = torch.sub(logits, lse.unsqueeze(1)).exp_()  # softmax [M, K]
+        if target.dtype == torch.long:
+            g[torch.arange(g.shape[0], device=g.device), target] -= 1.0
+        else:
+            g.sub_(target)
+        return g.mul_(grad / logits.shape[0]), None
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return _CrossEntropy.apply(logits.to(torch.promote_types(logits.dtype, torch.float32)), target)
+
+
+def swapped_prediction(logits_target: torch.Tensor, logits_pred: torch.Tensor, epsilon: float, iterations: int,
+                       soft_codes: bool = False, log_domain: Optional[bool] = None,
                        ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """SIGMA's symmetric cluster prediction.
 
     Args:
-        scores_target: [M, K] projection (target side) scores; trains projection and prototypes.
-        scores_pred: [M, K] decoder scores against detached prototypes.
+        logits_target: [M, K] projection-side cosines / T; trains projection and prototypes.
+        logits_pred: [M, K] decoder-side cosines / T against detached prototypes.
+        epsilon: Sinkhorn regularisation on the scale of the logits (cosine eps / T).
     Returns:
-        loss = CE(scores_target / T, codes_pred) + CE(scores_pred / T, codes_target), with hard
-        (argmax) Sinkhorn codes as official, or the codes themselves when `soft_codes` (SwAV).
+        loss = CE(logits_target, codes_pred) + CE(logits_pred, codes_target), with hard (argmax)
+        Sinkhorn codes as official, or the codes themselves when `soft_codes` (SwAV).
     """
-    q_target = sinkhorn_knopp(scores_target, epsilon, iterations, log_domain=log_domain)  # [M, K]
-    q_pred = sinkhorn_knopp(scores_pred, epsilon, iterations, log_domain=log_domain)  # [M, K]
-    logp_target = F.log_softmax(scores_target.float() / temperature, dim=-1)  # [M, K]
-    logp_pred = F.log_softmax(scores_pred.float() / temperature, dim=-1)  # [M, K]
-    if soft_codes:
-        loss_target = -(q_pred * logp_target).sum(-1).mean()
-        loss_pred = -(q_target * logp_pred).sum(-1).mean()
-    else:
-        loss_target = F.nll_loss(logp_target, q_pred.argmax(-1))
-        loss_pred = F.nll_loss(logp_pred, q_target.argmax(-1))
+    q_target = sinkhorn_knopp(logits_target, epsilon, iterations, log_domain=log_domain)  # [M, K]
+    q_pred = sinkhorn_knopp(logits_pred, epsilon, iterations, log_domain=log_domain)  # [M, K]
+    code_target = q_target if soft_codes else q_target.argmax(-1)  # [M, K] or [M]
+    code_pred = q_pred if soft_codes else q_pred.argmax(-1)
+    loss_target = cross_entropy(logits_target, code_pred)  # projection predicts the decoder's codes
+    loss_pred = cross_entropy(logits_pred, code_target)  # decoder predicts the projection's codes
     stats = {"loss_target": loss_target.detach(), "loss_pred": loss_pred.detach()}
     stats.update(_code_stats(q_target, "target"))
     stats.update(_code_stats(q_pred, "pred"))
     return loss_target + loss_pred, stats
 
 
-def _code_stats(q: torch.Tensor, side: str) -> Dict[str, torch.Tensor]:
-    """Collapse monitors: prototypes hit by some argmax code, entropy of their usage, mean code entropy."""
+def _code_stats(q: torch.Tensor, side: str, max_rows: int = 1024) -> Dict[str, torch.Tensor]:
+    """Collapse monitors: prototypes hit by some argmax code, entropy of their usage (nats), and
+    the mean entropy of a token's code, estimated on at most `max_rows` evenly spaced tokens."""
     usage = torch.bincount(q.argmax(-1), minlength=q.shape[1]).float()  # [K]
     freq = usage / usage.sum()
+    sample = q[::max(1, q.shape[0] // max_rows)]  # [<=2*max_rows, K]
     return {
         f"protos_used_{side}": (usage > 0).sum(),
-        f"usage_entropy_{side}": -(freq * freq.clamp_min(1e-12).log()).sum(),
-        f"code_entropy_{side}": -(q * q.clamp_min(1e-12).log()).sum(-1).mean(),
+        f"usage_entropy_{side}": torch.special.entr(freq).sum(),
+        f"code_entropy_{side}": torch.special.entr(sample).sum(-1).mean(),
     }
 
 
 def compute_loss(model: nn.Module, videos: torch.Tensor, bool_masked_pos: torch.Tensor,
-                 teacher: Optional[nn.Module] = None, normalize_target: bool = True,
-                 temperature: float = 0.1, soft_codes: bool = False,
+                 teacher: Optional[nn.Module] = None, normalize_target: bool = True, soft_codes: bool = False,
                  ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """The pretraining loss of one batch.
 
@@ -107,7 +137,6 @@ def compute_loss(model: nn.Module, videos: torch.Tensor, bool_masked_pos: torch.
         bool_masked_pos: [B, N] bool, True = masked, the same count per clip.
         teacher: frozen image model for dino_* targets ([F, 3, H, W] -> [F, h*w, C]).
         normalize_target: per-tube (pixel, mlp) or per-clip-channel (dino) target normalisation.
-        temperature: softmax temperature of the swapped prediction.
         soft_codes: train towards the soft Sinkhorn codes instead of their argmax.
     Returns:
         (loss, stats): stats are detached device tensors (no host sync here).
@@ -127,9 +156,10 @@ def compute_loss(model: nn.Module, videos: torch.Tensor, bool_masked_pos: torch.
     if core.loss_func == "L2":
         loss = F.mse_loss(out.pred.float(), targets)
         return loss, {"loss": loss.detach()}
-    # Scores are cosines (spread <= 2): the exp-domain Sinkhorn is exact unless eps is tiny.
+    # Logits are cosines / T, so Sinkhorn's exp(cos / eps) is exp(logits / (eps / T)). Cosines
+    # span at most 2: the exp-domain Sinkhorn is exact unless eps is tiny (no data check needed).
     log_domain = 2.0 / core.sinkhorn_eps > MAX_EXP_SPREAD
-    loss, stats = swapped_prediction(out.scores_target, out.scores_pred, core.sinkhorn_eps,
-                                     core.sinkhorn_iterations, temperature, soft_codes, log_domain)
+    loss, stats = swapped_prediction(out.logits_target, out.logits_pred, core.sinkhorn_eps / core.temperature,
+                                     core.sinkhorn_iterations, soft_codes, log_domain)
     stats["loss"] = loss.detach()
     return loss, stats

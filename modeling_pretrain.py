@@ -6,8 +6,8 @@ Names and shapes of every parameter equal the official SIGMA checkpoints (``enco
 
 The model's forward produces what the objective needs and nothing else:
     pred           [B, N_mask, D]  decoder features (or pixels) of the masked tubes
-    scores_target  [B*N_mask, K]   projected targets vs L2-normalised prototypes (SWAV only)
-    scores_pred    [B*N_mask, K]   decoder features vs the same prototypes, detached (SWAV only)
+    logits_target  [B*N_mask, K]   cos(projected target, prototype) / temperature (SWAV only)
+    logits_pred    [B*N_mask, K]   cos(decoder feature, detached prototype) / temperature (SWAV only)
 Target building, Sinkhorn codes and the loss live in engine_for_pretraining.compute_loss.
 """
 from functools import partial
@@ -37,8 +37,8 @@ def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 class PretrainOutput(NamedTuple):
     pred: torch.Tensor
-    scores_target: Optional[torch.Tensor]
-    scores_pred: Optional[torch.Tensor]
+    logits_target: Optional[torch.Tensor]
+    logits_pred: Optional[torch.Tensor]
 
 
 def _xavier_init(m: nn.Module) -> None:
@@ -83,7 +83,7 @@ class PretrainVisionTransformer(nn.Module):
                  norm_layer: Callable[[int], nn.Module] = partial(nn.LayerNorm, eps=1e-6),
                  all_frames: int = 16, tubelet_size: int = 2, use_checkpoint: bool = False,
                  target_type: str = "pixel", loss_func: str = "L2", num_prototypes: int = 3000,
-                 sinkhorn_eps: float = 0.05, sinkhorn_iterations: int = 10):
+                 sinkhorn_eps: float = 0.05, sinkhorn_iterations: int = 10, temperature: float = 0.1):
         super().__init__()
         if (target_type, loss_func) not in VALID_OBJECTIVES:
             raise ValueError(f"target_type={target_type!r} with loss_func={loss_func!r} is not a supported "
@@ -91,6 +91,7 @@ class PretrainVisionTransformer(nn.Module):
         self.target_type, self.loss_func = target_type, loss_func
         self.num_prototypes = num_prototypes
         self.sinkhorn_eps, self.sinkhorn_iterations = sinkhorn_eps, sinkhorn_iterations
+        self.temperature = temperature  # of the swapped prediction's softmax
         self.tubelet_size, self.patch_size = tubelet_size, patch_size
 
         self.encoder = VisionTransformer(
@@ -154,11 +155,13 @@ class PretrainVisionTransformer(nn.Module):
             raise ValueError("the SWAV objective needs the masked-tube targets")
         proj = self.head(targets)  # [B, N_mask, D]
         self.normalize_prototypes()
-        prototypes = self.prototypes.to(pred.dtype)
-        # Cosine scores against the prototypes; only the target side trains the prototypes.
-        scores_target = F.normalize(proj.flatten(0, 1), dim=-1) @ prototypes.t()  # [B*N_mask, K]
-        scores_pred = F.normalize(pred.flatten(0, 1), dim=-1) @ prototypes.detach().t()  # [B*N_mask, K]
-        return PretrainOutput(pred, scores_target, scores_pred)
+        # Cosines over the temperature. The 1/T rides on the small [K, D] prototype matrix, which
+        # saves a pass (and its gradient) over each [B*N_mask, K] score matrix. Only the target
+        # side trains the prototypes.
+        prototypes = (self.prototypes / self.temperature).to(pred.dtype)  # [K, D]
+        logits_target = F.normalize(proj.flatten(0, 1), dim=-1) @ prototypes.t()  # [B*N_mask, K]
+        logits_pred = F.normalize(pred.flatten(0, 1), dim=-1) @ prototypes.detach().t()  # [B*N_mask, K]
+        return PretrainOutput(pred, logits_target, logits_pred)
 
 
 # Decoder width of each encoder size (half the encoder), as the official factories.

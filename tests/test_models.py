@@ -34,7 +34,7 @@ def test_pretrain_factory_shapes(size):
     with torch.no_grad():
         out = model(torch.randn(2, 3, FRAMES, SIZE, SIZE), mask)
     assert out.pred.shape == (2, 4, 1536)
-    assert out.scores_target is None
+    assert out.logits_target is None
 
 
 def test_timm_registry_untouched():

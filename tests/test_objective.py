@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine_for_pretraining import compute_loss, pixel_targets, swapped_prediction
+from engine_for_pretraining import compute_loss, cross_entropy, pixel_targets, swapped_prediction
 from helpers import GRID, clips, tiny_pretrain, tiny_teacher
 from masking_generator import tube_mask
 from modeling_finetune import patchify
@@ -60,10 +60,13 @@ def test_swav_loss_matches_its_definition():
     with torch.no_grad():
         targets = pixel_targets(patchify(videos, 2, 16), mask)
         out = model(videos, mask, targets)
-    q_t = sinkhorn_knopp(out.scores_target, 0.05, 3)
-    q_p = sinkhorn_knopp(out.scores_pred, 0.05, 3)
+    # Logits are cosines / 0.1; the codes are Sinkhorn of the cosines at eps 0.05.
+    cos_t, cos_p = out.logits_target * 0.1, out.logits_pred * 0.1
+    assert cos_t.abs().max() <= 1 + 1e-5
+    q_t = sinkhorn_knopp(cos_t, 0.05, 3)
+    q_p = sinkhorn_knopp(cos_p, 0.05, 3)
     ce = lambda s, q: -(F.one_hot(q.argmax(1), 8) * F.log_softmax(s / 0.1, 1)).sum(1).mean()
-    expected = ce(out.scores_target, q_p) + ce(out.scores_pred, q_t)
+    expected = ce(cos_t, q_p) + ce(cos_p, q_t)
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-5)
     assert 1 <= stats["protos_used_target"].item() <= 8
     assert 0 <= stats["usage_entropy_pred"].item() <= torch.log(torch.tensor(8.0)).item() + 1e-5
@@ -82,16 +85,16 @@ def test_prototypes_trained_by_target_side_only():
     videos, mask = clips(), tube_mask(2, GRID, 0.5)
     targets = pixel_targets(patchify(videos, 2, 16), mask)
     out = model(videos, mask, targets)
-    grad = torch.autograd.grad(out.scores_pred.sum(), model.prototypes, allow_unused=True)[0]
+    grad = torch.autograd.grad(out.logits_pred.sum(), model.prototypes, allow_unused=True)[0]
     assert grad is None
-    assert torch.autograd.grad(out.scores_target.sum(), model.prototypes)[0].abs().sum() > 0
+    assert torch.autograd.grad(out.logits_target.sum(), model.prototypes)[0].abs().sum() > 0
 
 
 def test_soft_codes_train_towards_sinkhorn_codes():
-    scores_t = F.normalize(torch.randn(64, 16), dim=1).requires_grad_()
-    scores_p = F.normalize(torch.randn(64, 16), dim=1).requires_grad_()
-    hard, _ = swapped_prediction(scores_t, scores_p, 0.05, 10)
-    soft, _ = swapped_prediction(scores_t, scores_p, 0.05, 10, soft_codes=True)
+    scores_t = (F.normalize(torch.randn(64, 16), dim=1) / 0.1).requires_grad_()
+    scores_p = (F.normalize(torch.randn(64, 16), dim=1) / 0.1).requires_grad_()
+    hard, _ = swapped_prediction(scores_t, scores_p, 0.05 / 0.1, 10)
+    soft, _ = swapped_prediction(scores_t, scores_p, 0.05 / 0.1, 10, soft_codes=True)
     assert torch.isfinite(soft) and not torch.isclose(hard, soft)
     soft.backward()
     assert scores_t.grad.abs().sum() > 0 and scores_p.grad.abs().sum() > 0
@@ -133,3 +136,21 @@ def test_tiny_model_overfits_fixed_batch(target_type, loss_func):
         losses.append(loss.item())
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < 0.7 * first, f"loss did not fall: {losses[:3]} -> {losses[-3:]}"
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_cross_entropy_equals_torch(soft):
+    logits = (torch.randn(50, 7) * 5).requires_grad_()
+    target = torch.softmax(torch.randn(50, 7), 1) if soft else torch.randint(0, 7, (50,))
+    ours = cross_entropy(logits, target)
+    (g_ours,) = torch.autograd.grad(ours * 3.0, logits)
+    ref = F.cross_entropy(logits, target)
+    (g_ref,) = torch.autograd.grad(ref * 3.0, logits)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(g_ours, g_ref)
+
+
+def test_cross_entropy_gradcheck():
+    logits = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 5, (6,))
+    assert torch.autograd.gradcheck(lambda x: cross_entropy(x, target), (logits,))
