@@ -127,6 +127,10 @@ class PretrainVisionTransformer(nn.Module):
                tubes: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Encode visible tokens, decode mask tokens: [B, N_mask, decoder_num_classes]."""
         B, N = bool_masked_pos.shape
+        if bool_masked_pos.device.type == "cpu":  # checked where it costs no device sync
+            counts = bool_masked_pos.sum(1)
+            if (counts != counts[0]).any():
+                raise ValueError(f"every clip must mask the same number of tokens, got {counts.tolist()}")
         x_vis = self.encoder.forward_tokens(videos, visible=~bool_masked_pos, tubes=tubes)  # [B, N_vis, C_e]
         x_vis = self.encoder_to_decoder(x_vis)  # [B, N_vis, C_d]
         C = x_vis.shape[-1]

@@ -15,6 +15,7 @@ import os
 import time
 
 import torch
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from engine_for_pretraining import compute_loss
 from masking_generator import MASKS
@@ -74,8 +75,8 @@ def synthetic_clips(num: int, frames: int, size: int, generator: torch.Generator
             x = min(max(x0 + dx * t, 0), size - side)
             y = min(max(y0 + dy * t, 0), size - side)
             clips[i, :, t, y:y + side, x:x + side] = colour
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1, 1)
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1, 1)
+    std = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1, 1)
     return (clips - mean) / std
 
 

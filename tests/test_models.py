@@ -132,3 +132,12 @@ def test_head_init_scale():
     b = mf.vit_small_patch16_224(num_classes=5, all_frames=FRAMES, img_size=SIZE, init_scale=0.001)
     assert b.head.weight.abs().max() < 1e-3 * 0.1
     assert a.head.weight.abs().max() > 1e-2
+
+
+def test_unequal_mask_counts_rejected():
+    model = tiny_pretrain("pixel", "L2")
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[0, :3] = True
+    mask[1, :5] = True
+    with pytest.raises(ValueError, match=r"same number of tokens, got \[3, 5\]"):
+        model(clips(), mask)

@@ -154,3 +154,11 @@ def test_cross_entropy_gradcheck():
     logits = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
     target = torch.randint(0, 5, (6,))
     assert torch.autograd.gradcheck(lambda x: cross_entropy(x, target), (logits,))
+
+
+def test_small_eps_uses_stable_sinkhorn():
+    # eps 0.005 puts exp(cos / eps) beyond fp32: compute_loss must switch to the log domain.
+    model = tiny_pretrain("mlp", "SWAV", sinkhorn_eps=0.005)
+    loss, stats = compute_loss(model, clips(), tube_mask(2, GRID, 0.5))
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(v) for v in stats.values())
