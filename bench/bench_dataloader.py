@@ -1,0 +1,129 @@
+"""Data pipeline throughput for an annotation CSV.
+
+Stage times (open, decode, augment) are measured in this process on one thread, one item at a
+time: per-core figures. `--num_workers N` also times the whole DataLoader (N worker processes,
+each with one thread). One JSON line per run.
+
+    python -m datasets.synthetic --out /tmp/demo
+    python bench/bench_dataloader.py --csv /tmp/demo/pretrain.csv --data_path /tmp/demo --mode pretrain
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from datasets.annotations import read_annotations  # noqa: E402
+from datasets.decoding import BACKENDS, open_video  # noqa: E402
+from datasets.transforms import multi_scale_crop_params  # noqa: E402
+from datasets.video_dataset import (AugmentConfig, ClipConfig, VideoClipDataset,  # noqa: E402
+                                    collate_clips)
+
+
+def get_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser("data pipeline benchmark")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--data_path", default="")
+    p.add_argument("--mode", default="pretrain", choices=["pretrain", "train", "val", "test"])
+    p.add_argument("--sampling", default="dense", choices=["dense", "segment"])
+    p.add_argument("--num_frames", type=int, default=16)
+    p.add_argument("--sampling_rate", type=int, default=2)
+    p.add_argument("--input_size", type=int, default=224)
+    p.add_argument("--num_sample", type=int, default=1)
+    p.add_argument("--video_backend", default="decord", choices=BACKENDS)
+    p.add_argument("--num_items", type=int, default=40, help="items timed per stage")
+    p.add_argument("--num_workers", type=int, default=0, help="also time a DataLoader with this many workers")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--pil_reference", action="store_true",
+                   help="pretrain mode: also time the official frame-by-frame PIL augmentation on the same clips")
+    return p.parse_args()
+
+
+def stage_times(dataset: VideoClipDataset, num_items: int) -> dict:
+    """Seconds per item of each stage, run the way the dataset runs them."""
+    totals = {"open": 0.0, "decode": 0.0, "augment": 0.0}
+    for item in range(min(num_items, len(dataset))):
+        rng = torch.Generator().manual_seed(item)
+        path = dataset.samples[item % len(dataset.samples)].path
+        t0 = time.perf_counter()
+        reader = open_video(path, dataset.video_backend, dataset.num_threads)
+        t1 = time.perf_counter()
+        frames = dataset._decode_frames(reader, 0, rng)
+        t2 = time.perf_counter()
+        dataset._views(frames, rng)
+        t3 = time.perf_counter()
+        totals["open"] += t1 - t0
+        totals["decode"] += t2 - t1
+        totals["augment"] += t3 - t2
+    n = min(num_items, len(dataset))
+    return {k: v / n for k, v in totals.items()}
+
+
+def pil_reference_augment(frames: torch.Tensor, size: int, rng: torch.Generator) -> torch.Tensor:
+    """The official pretraining augmentation path, for comparison: frame-by-frame PIL crop and
+    bilinear resize (GroupMultiScaleCrop), stack, scale to [0, 1], normalise per channel."""
+    images = [Image.fromarray(f) for f in frames.permute(0, 2, 3, 1).numpy()]
+    top, left, h, w = multi_scale_crop_params(frames.shape[-2], frames.shape[-1], size, rng)
+    images = [im.crop((left, top, left + w, top + h)).resize((size, size), Image.BILINEAR) for im in images]
+    clip = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(3, 0, 1, 2).float().div(255)
+    for c, (m, s) in enumerate(zip(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)):
+        clip[c].sub_(m).div_(s)
+    return clip  # [C, T, H, W]
+
+
+def reference_augment_time(dataset: VideoClipDataset, num_items: int) -> float:
+    """Seconds per item of `pil_reference_augment` on the same decoded clips."""
+    total = 0.0
+    for item in range(min(num_items, len(dataset))):
+        rng = torch.Generator().manual_seed(item)
+        reader = open_video(dataset.samples[item % len(dataset.samples)].path, dataset.video_backend)
+        frames = dataset._decode_frames(reader, 0, rng)
+        t0 = time.perf_counter()
+        pil_reference_augment(frames, dataset.clip.input_size, rng)
+        total += time.perf_counter() - t0
+    return total / min(num_items, len(dataset))
+
+
+def loader_clips_per_s(dataset: VideoClipDataset, num_workers: int, batch_size: int, num_items: int) -> float:
+    subset = torch.utils.data.Subset(dataset, list(range(min(num_items, len(dataset)))))
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, num_workers=num_workers,
+                                         collate_fn=collate_clips, worker_init_fn=lambda _: torch.set_num_threads(1))
+    t0 = time.perf_counter()
+    clips = sum(batch["video"].shape[0] for batch in loader)
+    return clips / (time.perf_counter() - t0)
+
+
+def main(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    samples = read_annotations(args.csv, args.data_path, with_labels=args.mode != "pretrain")
+    clip = ClipConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate, sampling=args.sampling,
+                      input_size=args.input_size, short_side_size=args.input_size)
+    dataset = VideoClipDataset(samples, args.mode, clip, AugmentConfig(), num_sample=args.num_sample,
+                               video_backend=args.video_backend)
+    stages = stage_times(dataset, args.num_items)
+    per_item = sum(stages.values())
+    views = dataset.num_views
+    record = {"csv": args.csv, "mode": args.mode, "backend": args.video_backend, "num_sample": args.num_sample,
+              "frames": args.num_frames, "input_size": args.input_size,
+              **{f"{k}_ms": round(v * 1e3, 2) for k, v in stages.items()},
+              "decode_only_clips_per_s_per_core": round(1 / (stages["open"] + stages["decode"]), 2),
+              "clips_per_s_per_core": round(views / per_item, 2)}
+    if args.pil_reference:
+        reference = reference_augment_time(dataset, args.num_items)
+        record["pil_reference_augment_ms"] = round(reference * 1e3, 2)
+        record["pil_reference_clips_per_s_per_core"] = round(1 / (stages["open"] + stages["decode"] + reference), 2)
+    if args.num_workers:
+        record[f"loader_clips_per_s_{args.num_workers}_workers"] = round(
+            loader_clips_per_s(dataset, args.num_workers, args.batch_size, args.num_items), 2)
+    print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+    main(get_args())

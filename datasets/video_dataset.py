@@ -1,0 +1,214 @@
+"""One video dataset for every mode and every annotation format.
+
+Each item is one decode of one video (one temporal segment in test mode) and returns V views
+stacked on a leading axis, so `collate_clips` can flatten them into the batch:
+    video   [V, C, T, H, W] float, ImageNet-normalised
+    mask    [V, N] bool                      (pretrain only; True = masked)
+    label, index, segment, crop  [V] long    (index: position of the video in the annotation list)
+    bad     list of (path, reason)           (unreadable files met while producing this item)
+V is `num_sample` in pretrain/train (several augmentations of one decode), 1 in val, and
+`test_num_crop` in test. Everything random comes from a generator seeded by (seed, epoch, item),
+so a resumed run sees the same clips and masks whatever the number of workers.
+
+Unreadable videos (missing, empty, undecodable, truncated, shorter than `min_video_frames`) are
+replaced by another video drawn from the same generator, and reported in `bad`;
+`BadSampleTracker` logs each file once, counts them per epoch and stops the run when they
+exceed `max_bad_fraction`.
+"""
+import logging
+import multiprocessing
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from datasets import transforms as T
+from datasets.annotations import Sample
+from datasets.decoding import VideoError, open_video
+from datasets.sampling import dense_indices, segment_indices
+from masking_generator import MASKS
+
+logger = logging.getLogger(__name__)
+
+MODES = ("pretrain", "train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """What a clip is: frames, their spacing, and the spatial size given to the model."""
+    num_frames: int = 16
+    sampling_rate: int = 4
+    sampling: str = "dense"  # "dense" (Kinetics, pretraining) or "segment" (SSv2)
+    input_size: int = 224
+    short_side_size: int = 224  # val/test: short side resized to this before cropping
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation; pretraining uses only `pretrain_augmentation`."""
+    pretrain_augmentation: str = "multi_scale_crop"  # or "resize"
+    scale: Tuple[float, float] = (0.08, 1.0)  # random resized crop area range
+    flip: bool = True  # off for SSv2, where left/right is the label
+    auto_augment: Optional[str] = "rand-m7-n4-mstd0.5-inc1"
+    reprob: float = 0.25
+    remode: str = "pixel"
+    recount: int = 1
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    mask_type: str = "tube"
+    mask_ratio: float = 0.9
+    tubelet_size: int = 2
+    patch_size: int = 16
+
+
+class VideoClipDataset(torch.utils.data.Dataset):
+    def __init__(self, samples: Sequence[Sample], mode: str, clip: ClipConfig = ClipConfig(),
+                 augment: AugmentConfig = AugmentConfig(), mask: MaskConfig = MaskConfig(),
+                 num_sample: int = 1, test_num_segment: int = 1, test_num_crop: int = 1,
+                 video_backend: str = "decord", num_threads: int = 1, seed: int = 0,
+                 min_video_frames: int = 4, max_retries: int = 20):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if clip.sampling not in ("dense", "segment"):
+            raise ValueError(f"sampling must be 'dense' or 'segment', got {clip.sampling!r}")
+        if min(num_sample, test_num_segment, test_num_crop) < 1:
+            raise ValueError("num_sample, test_num_segment and test_num_crop must be >= 1")
+        self.samples = list(samples)
+        self.mode, self.clip, self.augment, self.mask = mode, clip, augment, mask
+        self.num_views = {"pretrain": num_sample, "train": num_sample, "val": 1, "test": test_num_crop}[mode]
+        self.test_num_segment = test_num_segment if mode == "test" else 1
+        self.video_backend, self.num_threads = video_backend, num_threads
+        self.seed, self.min_video_frames, self.max_retries = seed, min_video_frames, max_retries
+        self.rand_augment = T.RandAugment(augment.auto_augment) if mode == "train" and augment.auto_augment else None
+        self.mask_grid = (clip.num_frames // mask.tubelet_size, clip.input_size // mask.patch_size,
+                          clip.input_size // mask.patch_size)
+        # Shared with DataLoader workers (also persistent ones): set_epoch reaches them.
+        self._epoch = multiprocessing.Value("q", 0, lock=False)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.value = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples) * self.test_num_segment
+
+    def __getitem__(self, item: int) -> Dict[str, object]:
+        video_index, segment = divmod(item, self.test_num_segment)
+        seed = np.random.SeedSequence([self.seed, self._epoch.value, item]).generate_state(1)[0]
+        rng = torch.Generator().manual_seed(int(seed))
+        bad: List[Tuple[str, str]] = []
+        for _ in range(self.max_retries + 1):
+            try:
+                frames = self._decode(self.samples[video_index].path, segment, rng)  # uint8 [T, C, H, W]
+                break
+            except VideoError as e:
+                bad.append((e.path, e.reason))
+                video_index = int(torch.randint(len(self.samples), (1,), generator=rng))
+        else:
+            raise RuntimeError(f"no readable video in {len(bad)} tries; examples: {bad[:5]}")
+        views = self._views(frames, rng)  # list of float [C, T, H, W]
+        V = len(views)
+        out = {
+            "video": torch.stack(views),
+            "label": torch.full((V,), self.samples[video_index].label, dtype=torch.long),
+            "index": torch.full((V,), video_index, dtype=torch.long),
+            "segment": torch.full((V,), segment, dtype=torch.long),
+            "crop": torch.arange(V) if self.mode == "test" else torch.zeros(V, dtype=torch.long),
+            "bad": bad,
+        }
+        if self.mode == "pretrain":
+            out["mask"] = MASKS[self.mask.mask_type](V, self.mask_grid, self.mask.mask_ratio, generator=rng)
+        return out
+
+    def _decode(self, path: str, segment: int, rng: torch.Generator) -> torch.Tensor:
+        return self._decode_frames(open_video(path, self.video_backend, self.num_threads), segment, rng)
+
+    def _decode_frames(self, reader, segment: int, rng: torch.Generator) -> torch.Tensor:
+        """The clip's frames of an open video: uint8 [T, C, H, W]."""
+        n = reader.num_frames
+        if n < self.min_video_frames:
+            raise VideoError(reader.path, f"too short: {n} frames (< {self.min_video_frames})")
+        mode = "train" if self.mode == "pretrain" else self.mode
+        if self.clip.sampling == "dense":
+            indices = dense_indices(n, self.clip.num_frames, self.clip.sampling_rate, mode, rng,
+                                    segment, self.test_num_segment)
+        else:
+            indices = segment_indices(n, self.clip.num_frames, mode, rng, segment, self.test_num_segment)
+        return reader.get_frames(indices)
+
+    def _views(self, frames: torch.Tensor, rng: torch.Generator) -> List[torch.Tensor]:
+        size = self.clip.input_size
+        if self.mode == "pretrain":
+            crop = (T.multi_scale_crop if self.augment.pretrain_augmentation == "multi_scale_crop"
+                    else lambda clip, s, g: T.resize(clip, s))
+            return [T.to_normalized_float(crop(frames, size, rng)) for _ in range(self.num_views)]
+        if self.mode == "train":
+            return [self._train_view(frames, rng) for _ in range(self.num_views)]
+        frames = T.resize_short_side(frames, self.clip.short_side_size)
+        if self.mode == "val":
+            return [T.to_normalized_float(T.center_crop(frames, size))]
+        return [T.to_normalized_float(c) for c in T.spatial_crops(frames, size, self.num_views)]
+
+    def _train_view(self, frames: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        # Crop first, then RandAugment on the small crop: the same ops per pixel as augmenting
+        # the full frame first, at a fraction of the cost.
+        clip = T.random_resized_crop(frames, self.clip.input_size, rng, scale=self.augment.scale)
+        if self.augment.flip:
+            clip = T.horizontal_flip(clip, rng)
+        if self.rand_augment is not None:
+            clip = self.rand_augment(clip, rng)
+        video = T.to_normalized_float(clip)  # [C, T, H, W]
+        if self.augment.reprob > 0:
+            video = T.random_erasing(video, rng, probability=self.augment.reprob, mode=self.augment.remode,
+                                     max_count=self.augment.recount)
+        return video
+
+
+def collate_clips(batch: List[Dict[str, object]]) -> Dict[str, object]:
+    """Flatten the views of every item into the batch; gather the bad-file reports."""
+    out: Dict[str, object] = {k: torch.cat([item[k] for item in batch]) for k in batch[0] if k != "bad"}
+    out["bad"] = [b for item in batch for b in item["bad"]]
+    out["num_items"] = len(batch)
+    return out
+
+
+class BadSampleTracker:
+    """Main-process bookkeeping of unreadable files: logged once each, counted per epoch.
+
+    Raises RuntimeError naming examples when the bad fraction of the samples tried in an epoch
+    exceeds `max_bad_fraction` (checked as soon as it is certain, and at the end of the epoch).
+    """
+
+    def __init__(self, max_bad_fraction: float = 0.2, epoch_size: Optional[int] = None):
+        self.max_bad_fraction, self.epoch_size = max_bad_fraction, epoch_size
+        self.reported: Dict[str, str] = {}
+        self.start_epoch()
+
+    def start_epoch(self) -> None:
+        self.bad, self.good, self.examples = 0, 0, []
+
+    def update(self, batch: Dict[str, object]) -> None:
+        for path, reason in batch["bad"]:
+            if path not in self.reported:
+                self.reported[path] = reason
+                logger.warning("unreadable video %s: %s (replaced by another sample)", path, reason)
+            if len(self.examples) < 5:
+                self.examples.append(f"{path} ({reason})")
+        self.bad += len(batch["bad"])
+        self.good += batch["num_items"]
+        if self.epoch_size and self.bad > self.max_bad_fraction * (self.epoch_size + self.bad):
+            self._fail()
+
+    def end_epoch(self) -> Dict[str, float]:
+        """Epoch statistics; raises if too many samples were bad."""
+        tried = self.bad + self.good
+        if tried and self.bad / tried > self.max_bad_fraction:
+            self._fail()
+        return {"bad_samples": self.bad, "bad_fraction": self.bad / tried if tried else 0.0}
+
+    def _fail(self) -> None:
+        tried = self.bad + self.good
+        raise RuntimeError(f"{self.bad} of {tried} samples tried this epoch were unreadable, more than "
+                           f"--max_bad_fraction {self.max_bad_fraction}; e.g. {'; '.join(self.examples)}")
