@@ -1,11 +1,12 @@
-"""SIGMA / VideoMAE pretraining.
+"""SIGMA / VideoMAE pretraining on a list of videos.
 
-For now this trains on a fixed set of synthetic clips (moving, textured squares) so that the
-whole objective can be run and watched on a CPU; the video data pipeline and the distributed,
-resumable driver replace the synthetic source in later steps.
+    python -m datasets.synthetic --out data/demo
+    python run_sigma_pretraining.py --data_path data/demo --data_path_csv data/demo/pretrain.csv \
+        --model pretrain_videomae_small_patch16_224 --target_type mlp --loss_func SWAV \
+        --input_size 112 --num_frames 8 --epochs 3
 
-    python run_sigma_pretraining.py --model pretrain_videomae_small_patch16_224 \
-        --target_type mlp --loss_func SWAV --input_size 112 --num_frames 8 --steps 30
+A single-process loop for now: the distributed, resumable driver with schedules, mixed
+precision and DINO teachers builds on this.
 """
 import argparse
 import json
@@ -15,8 +16,11 @@ import os
 import time
 
 import torch
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from datasets.annotations import read_annotations
+from datasets.decoding import BACKENDS
+from datasets.video_dataset import (AugmentConfig, BadSampleTracker, ClipConfig, MaskConfig, VideoClipDataset,
+                                    collate_clips)
 from engine_for_pretraining import compute_loss
 from masking_generator import MASKS
 from modeling_pretrain import LOSS_FUNCS, MODELS, TARGET_TYPES
@@ -45,15 +49,22 @@ def get_args() -> argparse.Namespace:
     g.add_argument("--sinkhorn_iterations", type=int, default=10)
     g.add_argument("--normalize_target", "--normlize_target", type=str2bool, default=True)
     g.add_argument("--drop_path", type=float, default=0.0)
-    g = p.add_argument_group("masking and clips")
+    g = p.add_argument_group("data")
+    g.add_argument("--data_path", default="", help="root that relative paths in --data_path_csv refer to")
+    g.add_argument("--data_path_csv", required=True, help="pretraining list: `path label` lines")
+    g.add_argument("--num_frames", type=int, default=8)
+    g.add_argument("--sampling_rate", type=int, default=2)
+    g.add_argument("--input_size", type=int, default=112)
+    g.add_argument("--augmentation", default="multi_scale_crop", choices=["multi_scale_crop", "resize"])
+    g.add_argument("--num_sample", type=int, default=1, help="augmented views per decoded clip")
+    g.add_argument("--video_backend", default="decord", choices=BACKENDS)
+    g.add_argument("--num_workers", type=int, default=2)
+    g.add_argument("--max_bad_fraction", type=float, default=0.2)
     g.add_argument("--mask_type", default="tube", choices=sorted(MASKS))
     g.add_argument("--mask_ratio", type=float, default=0.9)
-    g.add_argument("--input_size", type=int, default=112)
-    g.add_argument("--num_frames", type=int, default=8)
-    g.add_argument("--num_clips", type=int, default=8, help="size of the fixed synthetic clip set")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch_size", type=int, default=2)
-    g.add_argument("--steps", type=int, default=30)
+    g.add_argument("--batch_size", type=int, default=4, help="clips per step (after --num_sample)")
+    g.add_argument("--epochs", type=int, default=3)
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--weight_decay", type=float, default=0.05)
     g = p.add_argument_group("run")
@@ -61,23 +72,6 @@ def get_args() -> argparse.Namespace:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--output_dir", default="output/demo")
     return p.parse_args()
-
-
-def synthetic_clips(num: int, frames: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """[num, 3, T, H, W] ImageNet-normalised clips of a textured square moving over noise."""
-    clips = torch.rand(num, 3, frames, size, size, generator=generator) * 0.2
-    side = size // 3
-    for i in range(num):
-        colour = torch.rand(3, 1, 1, generator=generator)
-        x0, y0 = torch.randint(0, size - side, (2,), generator=generator).tolist()
-        dx, dy = torch.randint(-3, 4, (2,), generator=generator).tolist()
-        for t in range(frames):
-            x = min(max(x0 + dx * t, 0), size - side)
-            y = min(max(y0 + dy * t, 0), size - side)
-            clips[i, :, t, y:y + side, x:x + side] = colour
-    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1, 1)
-    std = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1, 1)
-    return (clips - mean) / std
 
 
 def main(args: argparse.Namespace) -> None:
@@ -97,26 +91,41 @@ def main(args: argparse.Namespace) -> None:
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 or "mask_token" in n]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
-    gen = torch.Generator().manual_seed(args.seed)
-    clips = synthetic_clips(args.num_clips, args.num_frames, args.input_size, gen)
-    grid = model.encoder.grid_size
+    samples = read_annotations(args.data_path_csv, args.data_path, with_labels=False)
+    dataset = VideoClipDataset(
+        samples, "pretrain",
+        ClipConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate, input_size=args.input_size),
+        AugmentConfig(pretrain_augmentation=args.augmentation),
+        MaskConfig(mask_type=args.mask_type, mask_ratio=args.mask_ratio),
+        num_sample=args.num_sample, video_backend=args.video_backend, seed=args.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=max(1, args.batch_size // args.num_sample), shuffle=True, drop_last=True,
+        num_workers=args.num_workers, collate_fn=collate_clips, persistent_workers=args.num_workers > 0,
+        generator=torch.Generator().manual_seed(args.seed))
+    tracker = BadSampleTracker(args.max_bad_fraction, epoch_size=len(dataset))
     metrics_path = os.path.join(args.output_dir, "log.txt")
+    step = 0
     with open(metrics_path, "w") as log_file:
-        for step in range(args.steps):
-            t0 = time.perf_counter()
-            idx = torch.randint(0, args.num_clips, (args.batch_size,), generator=gen)
-            videos = clips[idx].to(device)
-            mask = MASKS[args.mask_type](args.batch_size, grid, args.mask_ratio, generator=gen).to(device)
-            loss, stats = compute_loss(model, videos, mask, normalize_target=args.normalize_target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            record = {"step": step, **{k: float(v) for k, v in stats.items()}, "sec": time.perf_counter() - t0}
-            if not math.isfinite(record["loss"]):
-                raise FloatingPointError(f"loss is {record['loss']} at step {step}; stopping")
-            log_file.write(json.dumps(record) + "\n")
-            logger.info("step %d/%d loss %.4f (%.2fs)", step + 1, args.steps, record["loss"], record["sec"])
-    ckpt = {"model": model.state_dict(), "step": args.steps, "config": vars(args)}
+        for epoch in range(args.epochs):
+            dataset.set_epoch(epoch)
+            tracker.start_epoch()
+            for batch in loader:
+                tracker.update(batch)
+                t0 = time.perf_counter()
+                videos, mask = batch["video"].to(device), batch["mask"].to(device)
+                loss, stats = compute_loss(model, videos, mask, normalize_target=args.normalize_target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                record = {"epoch": epoch, "step": step, **{k: float(v) for k, v in stats.items()},
+                          "sec": time.perf_counter() - t0}
+                if not math.isfinite(record["loss"]):
+                    raise FloatingPointError(f"loss is {record['loss']} at step {step}; stopping")
+                log_file.write(json.dumps(record) + "\n")
+                logger.info("epoch %d step %d loss %.4f (%.2fs)", epoch, step, record["loss"], record["sec"])
+                step += 1
+            log_file.write(json.dumps({"epoch": epoch, **tracker.end_epoch()}) + "\n")
+    ckpt = {"model": model.state_dict(), "epoch": args.epochs - 1, "step": step, "config": vars(args)}
     tmp = os.path.join(args.output_dir, "checkpoint.pth.tmp")
     torch.save(ckpt, tmp)
     os.replace(tmp, os.path.join(args.output_dir, "checkpoint.pth"))
