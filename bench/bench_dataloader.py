@@ -67,15 +67,19 @@ def stage_times(dataset: VideoClipDataset, num_items: int) -> dict:
 
 
 def pil_reference_augment(frames: torch.Tensor, size: int, rng: torch.Generator) -> torch.Tensor:
-    """The official pretraining augmentation path, for comparison: frame-by-frame PIL crop and
-    bilinear resize (GroupMultiScaleCrop), stack, scale to [0, 1], normalise per channel."""
-    images = [Image.fromarray(f) for f in frames.permute(0, 2, 3, 1).numpy()]
+    """The official pretraining augmentation path step by step, for comparison: per-frame PIL
+    images (converted to RGB), GroupMultiScaleCrop (PIL crop + bilinear resize), Stack (channel
+    concatenation), ToTorchFormatTensor (HWC -> CHW, /255), GroupNormalize (a loop over the 3T
+    channels) and the final [T, 3, H, W] -> [3, T, H, W] view."""
+    images = [Image.fromarray(f).convert("RGB") for f in frames.permute(0, 2, 3, 1).numpy()]
     top, left, h, w = multi_scale_crop_params(frames.shape[-2], frames.shape[-1], size, rng)
     images = [im.crop((left, top, left + w, top + h)).resize((size, size), Image.BILINEAR) for im in images]
-    clip = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(3, 0, 1, 2).float().div(255)
-    for c, (m, s) in enumerate(zip(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)):
-        clip[c].sub_(m).div_(s)
-    return clip  # [C, T, H, W]
+    stacked = np.concatenate([np.asarray(im) for im in images], axis=2)  # [H, W, 3T]
+    clip = torch.from_numpy(stacked).permute(2, 0, 1).contiguous().float().div(255)  # [3T, H, W]
+    mean, std = IMAGENET_DEFAULT_MEAN * len(images), IMAGENET_DEFAULT_STD * len(images)
+    for channel, m, s in zip(clip, mean, std):
+        channel.sub_(m).div_(s)
+    return clip.view(len(images), 3, size, size).transpose(0, 1)  # [C, T, H, W]
 
 
 def reference_augment_time(dataset: VideoClipDataset, num_items: int) -> float:
