@@ -14,9 +14,12 @@ BACKENDS = ("decord", "pyav")
 
 
 class VideoError(Exception):
-    def __init__(self, path: str, reason: str):
+    """`decoder_failed`: a decoder rejected the file (not missing, empty or too short), so
+    another backend may still read it."""
+
+    def __init__(self, path: str, reason: str, decoder_failed: bool = False):
         super().__init__(f"{path}: {reason}")
-        self.path, self.reason = path, reason
+        self.path, self.reason, self.decoder_failed = path, reason, decoder_failed
 
 
 class DecordReader:
@@ -28,7 +31,7 @@ class DecordReader:
         try:
             self._vr = decord.VideoReader(path, num_threads=num_threads, ctx=decord.cpu(0))
         except Exception as e:  # decord raises its own DECORDError and RuntimeError
-            raise VideoError(path, f"cannot open ({_first_line(e)})") from None
+            raise VideoError(path, f"cannot open ({_first_line(e)})", decoder_failed=True) from None
         self.path = path
         self.num_frames = len(self._vr)
 
@@ -37,7 +40,7 @@ class DecordReader:
             frames = self._vr.get_batch(list(indices)).asnumpy()  # [T, H, W, C]
         except Exception as e:
             raise VideoError(self.path, f"decoding frames {min(indices)}-{max(indices)} failed "
-                                        f"({_first_line(e)})") from None
+                                        f"({_first_line(e)})", decoder_failed=True) from None
         return torch.from_numpy(frames).permute(0, 3, 1, 2)  # [T, C, H, W]
 
 
@@ -55,7 +58,7 @@ class PyAVReader:
             self._container = av.open(path)
             self._stream = self._container.streams.video[0]
         except Exception as e:
-            raise VideoError(path, f"cannot open ({_first_line(e)})") from None
+            raise VideoError(path, f"cannot open ({_first_line(e)})", decoder_failed=True) from None
         self._stream.thread_type = "AUTO"
         self._stream.thread_count = num_threads
         self.path = path
@@ -73,14 +76,15 @@ class PyAVReader:
                     return
         except Exception as e:
             raise VideoError(self.path, f"decoding failed after {len(self._decoded)} frames "
-                                        f"({_first_line(e)})") from None
+                                        f"({_first_line(e)})", decoder_failed=True) from None
 
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
         last = max(indices)
         if last >= len(self._decoded):
             self._decode_until(last)
         if last >= len(self._decoded):
-            raise VideoError(self.path, f"stream ends after {len(self._decoded)} of {self.num_frames} frames")
+            raise VideoError(self.path, f"stream ends after {len(self._decoded)} of {self.num_frames} frames",
+                             decoder_failed=True)
         frames = np.stack([self._decoded[i] for i in indices])  # [T, H, W, C]
         return torch.from_numpy(frames).permute(0, 3, 1, 2)
 

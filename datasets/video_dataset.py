@@ -10,8 +10,8 @@ V is `num_sample` in pretrain/train (several augmentations of one decode), 1 in 
 `test_num_crop` in test. Everything random comes from a generator seeded by (seed, epoch, item),
 so a resumed run sees the same clips and masks whatever the number of workers.
 
-Unreadable videos (missing, empty, undecodable, truncated, shorter than `min_video_frames`) are
-replaced by another video drawn from the same generator, and reported in `bad`;
+Files decord cannot decode are retried with PyAV. Unreadable videos (missing, empty,
+undecodable, truncated, shorter than `min_video_frames`) are replaced by another video drawn from the same generator, and reported in `bad`;
 `BadSampleTracker` logs each file once, counts them per epoch and stops the run when they
 exceed `max_bad_fraction`.
 """
@@ -123,7 +123,16 @@ class VideoClipDataset(torch.utils.data.Dataset):
         return out
 
     def _decode(self, path: str, segment: int, rng: torch.Generator) -> torch.Tensor:
-        return self._decode_frames(open_video(path, self.video_backend, self.num_threads), segment, rng)
+        try:
+            return self._decode_frames(open_video(path, self.video_backend, self.num_threads), segment, rng)
+        except VideoError as e:
+            if self.video_backend != "decord" or not e.decoder_failed:
+                raise
+            # decord rejects some files FFmpeg proper reads (odd containers, broken indexes).
+            try:
+                return self._decode_frames(open_video(path, "pyav", self.num_threads), segment, rng)
+            except VideoError as fallback:
+                raise VideoError(path, f"{e.reason}; PyAV: {fallback.reason}") from None
 
     def _decode_frames(self, reader, segment: int, rng: torch.Generator) -> torch.Tensor:
         """The clip's frames of an open video: uint8 [T, C, H, W]."""

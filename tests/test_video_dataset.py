@@ -157,3 +157,18 @@ def test_no_readable_video_is_an_error(demo, broken):
     ds = VideoClipDataset(samples, "val", CLIP, max_retries=5)
     with pytest.raises(RuntimeError, match="no readable video in 6 tries"):
         ds[0]
+
+
+def test_decord_failures_fall_back_to_pyav(demo, broken, monkeypatch):
+    import datasets.decoding as decoding
+
+    def refuse(self, path, num_threads=1):
+        raise decoding.VideoError(path, "cannot open (decord says no)", decoder_failed=True)
+
+    monkeypatch.setattr(decoding.DecordReader, "__init__", refuse)
+    ds = _dataset(demo, "val", split="val")
+    item = ds[0]
+    assert item["bad"] == [] and item["index"].tolist() == [0]  # read by PyAV instead
+    samples = [Sample(f"{demo}/{broken['garbage']}", 0)] + read_annotations(f"{demo}/val.csv", demo)
+    path, reason = VideoClipDataset(samples, "val", CLIP)[0]["bad"][0]
+    assert reason.startswith("cannot open (decord says no); PyAV: cannot open")
