@@ -5,7 +5,7 @@ A reader exposes `num_frames` and `get_frames(indices) -> uint8 [T, C, H, W]`. E
 which the dataset turns into a counted, reported, replaced sample.
 """
 import os
-from typing import List, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -45,10 +45,12 @@ class DecordReader:
 
 
 class PyAVReader:
-    """Sequential decoding with PyAV (FFmpeg): slower on long videos, more forgiving of odd files.
+    """PyAV (FFmpeg) decoding: more forgiving of odd files than decord.
 
-    Frames are decoded from the start up to the last requested index; when the container does
-    not store a frame count, the whole stream is decoded once to count it and kept.
+    The frame count comes from the container, or from counting packets (no decoding) when the
+    container does not store it. Reading seeks to the keyframe before the first wanted frame
+    (frame index = pts x frame rate, as decord) and decodes forward, converting only the wanted
+    frames to RGB; streams without timestamps are decoded from the start.
     """
 
     def __init__(self, path: str, num_threads: int = 1):
@@ -57,35 +59,70 @@ class PyAVReader:
         try:
             self._container = av.open(path)
             self._stream = self._container.streams.video[0]
+            self.num_frames = self._stream.frames or self._count_packets()
         except Exception as e:
             raise VideoError(path, f"cannot open ({_first_line(e)})", decoder_failed=True) from None
         self._stream.thread_type = "AUTO"
         self._stream.thread_count = num_threads
         self.path = path
-        self._decoded: List[np.ndarray] = []
-        self.num_frames = self._stream.frames
-        if self.num_frames <= 0:
-            self._decode_until(None)
-            self.num_frames = len(self._decoded)
+        rate, start = self._stream.average_rate, self._stream.start_time
+        self._pts_per_frame = (1 / (rate * self._stream.time_base)) if rate and self._stream.time_base else None
+        self._start_pts = start or 0
 
-    def _decode_until(self, last: "int | None") -> None:
-        try:
-            for frame in self._container.decode(self._stream):
-                self._decoded.append(frame.to_ndarray(format="rgb24"))
-                if last is not None and len(self._decoded) > last:
-                    return
-        except Exception as e:
-            raise VideoError(self.path, f"decoding failed after {len(self._decoded)} frames "
-                                        f"({_first_line(e)})", decoder_failed=True) from None
+    def _count_packets(self) -> int:
+        count = sum(1 for packet in self._container.demux(self._stream) if packet.size)
+        self._container.seek(0)
+        return count
+
+    def _frame_index(self, frame) -> "int | None":
+        if frame.pts is None or self._pts_per_frame is None:
+            return None
+        return round(float((frame.pts - self._start_pts) / self._pts_per_frame))
 
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
-        last = max(indices)
-        if last >= len(self._decoded):
-            self._decode_until(last)
-        if last >= len(self._decoded):
-            raise VideoError(self.path, f"stream ends after {len(self._decoded)} of {self.num_frames} frames",
+        wanted, last = set(indices), max(indices)
+        first = min(indices)
+        if first > 0 and self._pts_per_frame is not None:
+            self._container.seek(self._start_pts + int(first * self._pts_per_frame), backward=True,
+                                 any_frame=False, stream=self._stream)
+        else:
+            self._container.seek(0)
+        found = {}
+        position = None  # index of the next decoded frame
+        try:
+            for frame in self._container.decode(self._stream):
+                index = self._frame_index(frame) if position is None else position
+                if index is None:  # no timestamps: count from the start
+                    self._container.seek(0)
+                    return self._decode_from_start(indices)
+                if index in wanted:
+                    found[index] = frame.to_ndarray(format="rgb24")
+                if index >= last:
+                    break
+                position = index + 1
+        except Exception as e:
+            raise VideoError(self.path, f"decoding failed near frame {position} ({_first_line(e)})",
+                             decoder_failed=True) from None
+        return self._stack(found, indices)
+
+    def _decode_from_start(self, indices: Sequence[int]) -> torch.Tensor:
+        wanted, last, found = set(indices), max(indices), {}
+        try:
+            for index, frame in enumerate(self._container.decode(self._stream)):
+                if index in wanted:
+                    found[index] = frame.to_ndarray(format="rgb24")
+                if index >= last:
+                    break
+        except Exception as e:
+            raise VideoError(self.path, f"decoding failed ({_first_line(e)})", decoder_failed=True) from None
+        return self._stack(found, indices)
+
+    def _stack(self, found: dict, indices: Sequence[int]) -> torch.Tensor:
+        missing = sorted(set(indices) - set(found))
+        if missing:
+            raise VideoError(self.path, f"stream ends before frame {missing[0]} of {self.num_frames}",
                              decoder_failed=True)
-        frames = np.stack([self._decoded[i] for i in indices])  # [T, H, W, C]
+        frames = np.stack([found[i] for i in indices])  # [T, H, W, C]
         return torch.from_numpy(frames).permute(0, 3, 1, 2)
 
     def __del__(self):
