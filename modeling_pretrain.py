@@ -13,10 +13,12 @@ Target building, Sinkhorn codes and the loss live in engine_for_pretraining.comp
 from functools import partial
 from typing import Callable, Dict, NamedTuple, Optional
 
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
+from timm.models.vision_transformer import checkpoint_filter_fn
 
 from modeling_finetune import VIT_SIZES, Block, VisionTransformer, run_blocks, sincos_position_table
 
@@ -229,3 +231,43 @@ class DinoTeacher(nn.Module):
         grid = tokens.transpose(1, 2).reshape(F_, C, side, side)
         grid = F.interpolate(grid, size=self.grid, mode="bilinear", align_corners=False)
         return grid.flatten(2).transpose(1, 2)
+
+
+# (target_type, --distillation_teacher) -> timm architecture of the published DINO weights.
+TEACHER_ARCHS = {
+    ("dino_v1", "dino_s"): "vit_small_patch16_224", ("dino_v1", "dino_b"): "vit_base_patch16_224",
+    ("dino_v2", "dino_s"): "vit_small_patch14_reg4_dinov2", ("dino_v2", "dino_b"): "vit_base_patch14_reg4_dinov2",
+    ("dino_v2", "dino_l"): "vit_large_patch14_reg4_dinov2",
+}
+TEACHER_DIMS = {"dino_s": 384, "dino_b": 768, "dino_l": 1024}
+
+
+def build_teacher(target_type: str, teacher: str, img_size: int, checkpoint: str, patch_size: int = 16) -> DinoTeacher:
+    """A frozen DINO teacher from a local weights file (never downloaded).
+
+    Accepts the published formats: DINO v1 backbone state dicts (also full DINO training
+    checkpoints, whose ``teacher`` entry is used) and DINOv2 state dicts with register tokens,
+    converted to timm's layout by timm's own filter (which also resizes positions to img_size).
+    """
+    arch = TEACHER_ARCHS.get((target_type, teacher))
+    if arch is None:
+        raise ValueError(f"no published {target_type} weights for --distillation_teacher {teacher}; "
+                         f"choose from {sorted(t for v, t in TEACHER_ARCHS if v == target_type)}")
+    if not checkpoint:
+        raise ValueError(f"target_type {target_type} needs --teacher_ckpt: a local file with the {arch} weights")
+    vit = timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size)
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read teacher checkpoint {checkpoint}: {e}") from e
+    for key in ("teacher", "model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    for prefix in ("module.", "backbone."):
+        state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+    state = checkpoint_filter_fn({k: v for k, v in state.items() if not k.startswith("head")}, vit)
+    missing, unexpected = vit.load_state_dict(state, strict=False)
+    if missing:
+        raise ValueError(f"{checkpoint} is not a {arch} checkpoint: missing {missing[:6]} "
+                         f"({len(missing)} keys), unexpected {unexpected[:6]}")
+    return DinoTeacher(vit, grid=(img_size // patch_size, img_size // patch_size))

@@ -1,31 +1,41 @@
-"""SIGMA / VideoMAE pretraining on a list of videos.
+"""SIGMA / VideoMAE pretraining: one code path for 1 process, torchrun and Slurm.
 
     python -m datasets.synthetic --out data/demo
-    python run_sigma_pretraining.py --data_path data/demo --data_path_csv data/demo/pretrain.csv \
-        --model pretrain_videomae_small_patch16_224 --target_type mlp --loss_func SWAV \
-        --input_size 112 --num_frames 8 --epochs 3
+    python run_sigma_pretraining.py --data_path data/demo --data_path_csv data/demo/pretrain.csv \\
+        --model pretrain_videomae_small_patch16_224 --target_type mlp --loss_func SWAV \\
+        --input_size 112 --num_frames 8 --epochs 3 --output_dir output/demo
 
-A single-process loop for now: the distributed, resumable driver with schedules, mixed
-precision and DINO teachers builds on this.
+Flags keep the official names and meanings (see PRETRAIN.md). The run resumes by itself from the
+newest valid checkpoint in --output_dir; on SIGTERM or SIGUSR1 (Slurm preemption) it saves a
+resumable checkpoint and exits with REQUEUE_EXIT_CODE.
 """
 import argparse
 import json
 import logging
-import math
 import os
+import signal
+import sys
 import time
 
 import torch
 
+from checkpointing import find_resume_checkpoint, load_checkpoint, prune_checkpoints, rng_state, save_checkpoint, \
+    set_rng_state
 from datasets.annotations import read_annotations
 from datasets.decoding import BACKENDS
+from datasets.sampler import ResumableSampler
 from datasets.video_dataset import (AugmentConfig, BadSampleTracker, ClipConfig, MaskConfig, VideoClipDataset,
                                     collate_clips)
-from engine_for_pretraining import compute_loss
+from distributed import barrier, cleanup_distributed, setup_distributed, setup_logging
+from engine_for_pretraining import StepControl, train_one_epoch
 from masking_generator import MASKS
-from modeling_pretrain import LOSS_FUNCS, MODELS, TARGET_TYPES
+from modeling_pretrain import MODELS, TARGET_TYPES, TEACHER_DIMS, build_teacher
+from optim_factory import create_optimizer, param_groups
+from schedules import cosine_schedule, warmup_steps_from
 
 logger = logging.getLogger("sigma")
+
+REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: preempted, a resumable checkpoint was written; requeue me
 
 
 def str2bool(v: str) -> bool:
@@ -36,61 +46,84 @@ def str2bool(v: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
 
 
-def get_args() -> argparse.Namespace:
+def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser("SIGMA pretraining")
-    g = p.add_argument_group("model")
+    g = p.add_argument_group("model and objective")
     g.add_argument("--model", default="pretrain_videomae_small_patch16_224", choices=sorted(MODELS))
     g.add_argument("--decoder_depth", type=int, default=4)
-    g.add_argument("--target_type", default="mlp", choices=TARGET_TYPES[:2],
-                   help="pixel (VideoMAE) or mlp (SIGMA-MLP); DINO teachers come with the full driver")
-    g.add_argument("--loss_func", default="SWAV", choices=LOSS_FUNCS)
-    g.add_argument("--num_prototypes", type=int, default=256)
+    g.add_argument("--mask_type", default="tube", choices=sorted(MASKS))
+    g.add_argument("--mask_ratio", type=float, default=0.9)
+    g.add_argument("--target_type", default="mlp", choices=TARGET_TYPES)
+    g.add_argument("--loss_func", default="SWAV", choices=["L2", "SWAV"])
+    g.add_argument("--distillation_teacher", default="dino_s", choices=sorted(TEACHER_DIMS))
+    g.add_argument("--teacher_ckpt", default="", help="local DINO v1 / DINOv2 weights for dino_* targets")
+    g.add_argument("--num_prototypes", type=int, default=3000)
     g.add_argument("--sinkhorn_eps", type=float, default=0.05)
     g.add_argument("--sinkhorn_iterations", type=int, default=10)
-    g.add_argument("--normalize_target", "--normlize_target", type=str2bool, default=True)
+    g.add_argument("--normalize_target", "--normlize_target", type=str2bool, default=True,
+                   help="per-tube / per-clip target normalisation (official spelling accepted)")
     g.add_argument("--drop_path", type=float, default=0.0)
+    g.add_argument("--use_checkpoint", action="store_true", help="gradient checkpointing")
     g = p.add_argument_group("data")
-    g.add_argument("--data_path", default="", help="root that relative paths in --data_path_csv refer to")
-    g.add_argument("--data_path_csv", required=True, help="pretraining list: `path label` lines")
-    g.add_argument("--num_frames", type=int, default=8)
-    g.add_argument("--sampling_rate", type=int, default=2)
-    g.add_argument("--input_size", type=int, default=112)
+    g.add_argument("--data_path", default="", help="root for relative paths in --data_path_csv")
+    g.add_argument("--data_path_csv", required=True, help="pretraining list of `path label` lines")
+    g.add_argument("--input_size", type=int, default=224)
+    g.add_argument("--num_frames", type=int, default=16)
+    g.add_argument("--sampling_rate", type=int, default=4)
     g.add_argument("--augmentation", default="multi_scale_crop", choices=["multi_scale_crop", "resize"])
     g.add_argument("--num_sample", type=int, default=1, help="augmented views per decoded clip")
     g.add_argument("--video_backend", default="decord", choices=BACKENDS)
-    g.add_argument("--num_workers", type=int, default=2)
+    g.add_argument("--num_workers", type=int, default=8)
+    g.add_argument("--pin_mem", type=str2bool, default=True)
     g.add_argument("--max_bad_fraction", type=float, default=0.2)
-    g.add_argument("--mask_type", default="tube", choices=sorted(MASKS))
-    g.add_argument("--mask_ratio", type=float, default=0.9)
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch_size", type=int, default=4, help="clips per step (after --num_sample)")
-    g.add_argument("--epochs", type=int, default=3)
-    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--batch_size", type=int, default=32, help="clips per GPU per step (views count as clips)")
+    g.add_argument("--accum_iter", type=int, default=1, help="micro-batches per optimiser step")
+    g.add_argument("--epochs", type=int, default=800)
+    g.add_argument("--lr", type=float, default=1.5e-4, help="base lr; actual = lr * global batch / 256")
+    g.add_argument("--min_lr", type=float, default=1e-5)
+    g.add_argument("--warmup_lr", type=float, default=1e-6)
+    g.add_argument("--warmup_epochs", type=int, default=40)
+    g.add_argument("--warmup_steps", type=int, default=-1, help="overrides --warmup_epochs when > 0")
     g.add_argument("--weight_decay", type=float, default=0.05)
+    g.add_argument("--weight_decay_end", type=float, default=None)
+    g.add_argument("--opt", default="adamw", choices=["adamw"])
+    g.add_argument("--opt_betas", type=float, nargs=2, default=(0.9, 0.95))
+    g.add_argument("--opt_eps", type=float, default=1e-8)
+    g.add_argument("--clip_grad", type=float, default=None)
+    g.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
+                   help="default: bf16 on CUDA, fp32 on CPU")
+    g.add_argument("--skip_nonfinite", type=int, default=0, help="non-finite steps to skip before stopping")
+    g = p.add_argument_group("checkpoints and logging")
+    g.add_argument("--output_dir", default="output/pretrain")
+    g.add_argument("--log_dir", default=None, help="tensorboard dir (default: output_dir/tb)")
+    g.add_argument("--save_ckpt_freq", type=int, default=50, help="keep checkpoint-{epoch}.pth every N epochs")
+    g.add_argument("--save_ckpt_steps", type=int, default=1000, help="rolling checkpoint-latest.pth every N steps")
+    g.add_argument("--keep_last_ckpts", type=int, default=0, help="epoch checkpoints to keep (0: all)")
+    g.add_argument("--resume", default="", help="checkpoint to resume from (default: newest valid in output_dir)")
+    g.add_argument("--auto_resume", dest="auto_resume", action="store_true", default=True)
+    g.add_argument("--no_auto_resume", dest="auto_resume", action="store_false")
+    g.add_argument("--log_every", type=int, default=20)
+    g.add_argument("--run_name", default="sigma")
+    g.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (offline unless WANDB_MODE)")
     g = p.add_argument_group("run")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--output_dir", default="output/demo")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
-def main(args: argparse.Namespace) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "config.json"), "w") as f:
-        json.dump(vars(args), f, indent=2)
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    decoder_dim = 1536 if args.target_type == "pixel" else 256
+def build(args, env):
+    """Model, teacher, dataset, sampler and loader of this run."""
+    dino = args.target_type.startswith("dino")
+    decoder_dim = {"pixel": 3 * 2 * 16 * 16, "mlp": 256}.get(args.target_type) or TEACHER_DIMS[args.distillation_teacher]
     model = MODELS[args.model](
         img_size=args.input_size, all_frames=args.num_frames, decoder_depth=args.decoder_depth,
         decoder_num_classes=decoder_dim, target_type=args.target_type, loss_func=args.loss_func,
         num_prototypes=args.num_prototypes, sinkhorn_eps=args.sinkhorn_eps,
-        sinkhorn_iterations=args.sinkhorn_iterations, drop_path_rate=args.drop_path).to(device)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "mask_token" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 or "mask_token" in n]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
+        sinkhorn_iterations=args.sinkhorn_iterations, drop_path_rate=args.drop_path,
+        use_checkpoint=args.use_checkpoint).to(env.device)
+    teacher = (build_teacher(args.target_type, args.distillation_teacher, args.input_size, args.teacher_ckpt)
+               .to(env.device) if dino else None)
     samples = read_annotations(args.data_path_csv, args.data_path, with_labels=False)
     dataset = VideoClipDataset(
         samples, "pretrain",
@@ -98,38 +131,168 @@ def main(args: argparse.Namespace) -> None:
         AugmentConfig(pretrain_augmentation=args.augmentation),
         MaskConfig(mask_type=args.mask_type, mask_ratio=args.mask_ratio),
         num_sample=args.num_sample, video_backend=args.video_backend, seed=args.seed)
+    sampler = ResumableSampler(len(dataset), env.world_size, env.rank, seed=args.seed)
+    items_per_batch = max(1, args.batch_size // args.num_sample)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=max(1, args.batch_size // args.num_sample), shuffle=True, drop_last=True,
-        num_workers=args.num_workers, collate_fn=collate_clips, persistent_workers=args.num_workers > 0,
-        generator=torch.Generator().manual_seed(args.seed))
-    tracker = BadSampleTracker(args.max_bad_fraction, epoch_size=len(dataset))
-    metrics_path = os.path.join(args.output_dir, "log.txt")
-    step = 0
-    with open(metrics_path, "w") as log_file:
-        for epoch in range(args.epochs):
-            dataset.set_epoch(epoch)
-            tracker.start_epoch()
-            for batch in loader:
-                tracker.update(batch)
-                t0 = time.perf_counter()
-                videos, mask = batch["video"].to(device), batch["mask"].to(device)
-                loss, stats = compute_loss(model, videos, mask, normalize_target=args.normalize_target)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                record = {"epoch": epoch, "step": step, **{k: float(v) for k, v in stats.items()},
-                          "sec": time.perf_counter() - t0}
-                if not math.isfinite(record["loss"]):
-                    raise FloatingPointError(f"loss is {record['loss']} at step {step}; stopping")
-                log_file.write(json.dumps(record) + "\n")
-                logger.info("epoch %d step %d loss %.4f (%.2fs)", epoch, step, record["loss"], record["sec"])
-                step += 1
-            log_file.write(json.dumps({"epoch": epoch, **tracker.end_epoch()}) + "\n")
-    ckpt = {"model": model.state_dict(), "epoch": args.epochs - 1, "step": step, "config": vars(args)}
-    tmp = os.path.join(args.output_dir, "checkpoint.pth.tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, os.path.join(args.output_dir, "checkpoint.pth"))
-    logger.info("wrote %s and %s", metrics_path, os.path.join(args.output_dir, "checkpoint.pth"))
+        dataset, batch_size=items_per_batch, sampler=sampler, drop_last=True, num_workers=args.num_workers,
+        pin_memory=args.pin_mem and env.device.type == "cuda", collate_fn=collate_clips,
+        persistent_workers=args.num_workers > 0, generator=torch.Generator().manual_seed(args.seed))
+    return model, teacher, dataset, sampler, loader
+
+
+def main(args: argparse.Namespace) -> None:
+    env = setup_distributed(args.device)
+    os.makedirs(args.output_dir, exist_ok=True)
+    setup_logging(env.rank, os.path.join(args.output_dir, "train.log"))
+    precision = args.precision or ("bf16" if env.device.type == "cuda" else "fp32")
+    torch.manual_seed(args.seed + env.rank)
+    model, teacher, dataset, sampler, loader = build(args, env)
+    steps_per_epoch = len(loader) // args.accum_iter
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(dataset)} videos give no full step of batch {args.batch_size} x {env.world_size}")
+    global_batch = args.batch_size * args.accum_iter * env.world_size
+    lr, min_lr, warmup_lr = (v * global_batch / 256 for v in (args.lr, args.min_lr, args.warmup_lr))
+    total_steps = args.epochs * steps_per_epoch
+    warmup = warmup_steps_from(args.warmup_epochs, args.warmup_steps, steps_per_epoch)
+    if warmup > total_steps:
+        raise ValueError(f"--warmup_epochs {args.warmup_epochs} / --warmup_steps {args.warmup_steps} give {warmup} "
+                         f"warmup steps, more than the {total_steps} steps of --epochs {args.epochs}")
+    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+    core = model
+    if env.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    optimizer = create_optimizer(param_groups(core, args.weight_decay), lr=lr, betas=tuple(args.opt_betas),
+                                 eps=args.opt_eps)
+    scaler = torch.amp.GradScaler(env.device.type) if precision == "fp16" else None
+
+    start_epoch, step, start_in_epoch = 0, 0, 0
+    found = ((args.resume, load_checkpoint(args.resume)) if args.resume
+             else find_resume_checkpoint(args.output_dir) if args.auto_resume else None)
+    if found:
+        path, state = found
+        core.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        step = state["step"]
+        start_epoch, start_in_epoch = divmod(step, steps_per_epoch)
+        set_rng_state(state["rng"][env.rank] if env.rank < len(state["rng"]) else state["rng"][0])
+        logger.info("resumed from %s at epoch %d, step %d", path, start_epoch, step)
+    if env.is_main:
+        with open(os.path.join(args.output_dir, "config.json"), "w") as f:
+            json.dump({**vars(args), "precision": precision, "world_size": env.world_size,
+                       "global_batch": global_batch, "actual_lr": lr}, f, indent=2)
+
+    preempted = []
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, lambda signum, frame: preempted.append(signum))
+
+    def save(name: str, at_step: int) -> None:
+        if not all(torch.isfinite(p).all() for p in core.parameters()):
+            raise FloatingPointError(f"parameters are not finite at step {at_step}; not saving over {name}")
+        rngs = [None] * env.world_size
+        if env.world_size > 1:
+            torch.distributed.all_gather_object(rngs, rng_state())
+        else:
+            rngs = [rng_state()]
+        if env.is_main:
+            save_checkpoint(os.path.join(args.output_dir, name), {
+                "model": core.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler else None, "epoch": at_step // steps_per_epoch,
+                "step": at_step, "rng": rngs, "config": json.loads(json.dumps(vars(args)))})
+        barrier()
+
+    def on_step_end(at_step: int) -> None:
+        if preempted or (args.save_ckpt_steps > 0 and at_step % args.save_ckpt_steps == 0):
+            save("checkpoint-latest.pth", at_step)
+
+    metrics_file = open(os.path.join(args.output_dir, "metrics.jsonl"), "a") if env.is_main else None
+    writer = _tensorboard(args, env)
+
+    wandb_run = _wandb(args, env)
+
+    def log_metrics(record):
+        if metrics_file:
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+        if wandb_run:
+            wandb_run.log(record, step=record["step"])
+        if writer:
+            for k, v in record.items():
+                writer.add_scalar(f"train/{k}", v, record["step"])
+        eta = (total_steps - record["step"]) * record["step_time"]
+        logger.info("epoch %d step %d/%d loss %.4f lr %.2e data %.3fs step %.3fs eta %s", record["epoch"],
+                    record["step"], total_steps, record["loss"], record["lr"], record["data_time"],
+                    record["step_time"], time.strftime("%H:%M:%S", time.gmtime(eta)))
+
+    control = StepControl(
+        lr_at=lambda s: cosine_schedule(s, lr, min_lr, total_steps, warmup, warmup_lr),
+        wd_at=lambda s: cosine_schedule(s, args.weight_decay, wd_end, total_steps),
+        on_step_end=on_step_end, should_stop=lambda: bool(preempted), log_every=args.log_every,
+        skip_nonfinite=args.skip_nonfinite)
+    tracker = BadSampleTracker(args.max_bad_fraction, epoch_size=len(dataset) // env.world_size)
+    n_parameters = sum(p.numel() for p in core.parameters() if p.requires_grad)
+    for epoch in range(start_epoch, args.epochs):
+        t0 = time.time()
+        dataset.set_epoch(epoch)
+        skip = start_in_epoch * args.accum_iter * loader.batch_size if epoch == start_epoch else 0
+        sampler.set_epoch(epoch, start=skip)
+        tracker.start_epoch()
+        stats = train_one_epoch(model, loader, optimizer, control, device=env.device, epoch=epoch, start_step=step,
+                                precision=precision, scaler=scaler, clip_grad=args.clip_grad,
+                                accum_iter=args.accum_iter, teacher=teacher,
+                                normalize_target=args.normalize_target, tracker=tracker, metrics=log_metrics)
+        step = stats.pop("end_step")
+        if preempted:
+            logger.warning("signal %s: saved checkpoint-latest.pth at step %d; exiting for requeue", preempted[0], step)
+            cleanup_distributed()
+            sys.exit(REQUEUE_EXIT_CODE)
+        if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
+            save(f"checkpoint-{epoch}.pth", step)
+            if env.is_main:
+                prune_checkpoints(args.output_dir, args.keep_last_ckpts)
+        save("checkpoint-latest.pth", step)
+        bad = tracker.end_epoch()  # on every rank: each stops on its own share's bad files
+        if env.is_main:
+            record = {**{f"train_{k}": v for k, v in stats.items()}, **bad, "epoch": epoch,
+                      "n_parameters": n_parameters, "epoch_time": time.time() - t0}
+            with open(os.path.join(args.output_dir, "log.txt"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+            for k, v in record.items():
+                writer.add_scalar(f"epoch/{k}", v, epoch)
+    if metrics_file:
+        metrics_file.close()
+        _summary(args.output_dir, writer.log_dir)
+    cleanup_distributed()
+
+
+def _summary(output_dir: str, tb_dir: str) -> None:
+    epochs = [json.loads(line) for line in open(os.path.join(output_dir, "log.txt"))]
+    first, last = epochs[0], epochs[-1]
+    used = {k: round(v) for k, v in last.items() if k.startswith("train_protos_used")}
+    logger.info("done: train_loss %.4f (epoch %d) -> %.4f (epoch %d); prototypes used %s; bad samples %d; "
+                "checkpoints in %s; tensorboard logs in %s", first["train_loss"], first["epoch"], last["train_loss"],
+                last["epoch"], used or "n/a", sum(e["bad_samples"] for e in epochs), output_dir, tb_dir)
+
+
+def _wandb(args, env):
+    if not (args.wandb and env.is_main):
+        return None
+    try:
+        import wandb  # lazy and optional: not in requirements.txt
+    except ImportError:
+        raise SystemExit("--wandb needs the wandb package: pip install wandb") from None
+    return wandb.init(project="sigma", name=args.run_name, dir=args.output_dir, config=vars(args),
+                      mode=os.environ.get("WANDB_MODE", "offline"), resume="allow", id=args.run_name)
+
+
+def _tensorboard(args, env):
+    if not env.is_main:
+        return None
+    from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard is heavy to import
+
+    return SummaryWriter(args.log_dir or os.path.join(args.output_dir, "tb"))
 
 
 if __name__ == "__main__":

@@ -1,26 +1,141 @@
-"""End to end: the pretraining script on generated video files."""
+"""The pretraining driver end to end on generated videos: logs, checkpoints, exact resume,
+preemption, corrupt checkpoints, non-finite losses, two processes."""
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 
+import pytest
 import torch
 
-import run_sigma_pretraining
+import engine_for_pretraining
+import run_sigma_pretraining as run
 from datasets.synthetic import make_dataset
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-def test_pretraining_runs_on_generated_videos(tmp_path, monkeypatch):
-    data = tmp_path / "data"
-    make_dataset(str(data), num_train=8, num_val=1, num_test=1, frames=16, height=48, width=64, seed=0)
-    out = tmp_path / "out"
-    monkeypatch.setattr(sys, "argv", [
-        "run_sigma_pretraining.py", "--data_path", str(data), "--data_path_csv", str(data / "pretrain.csv"),
-        "--input_size", "32", "--num_frames", "4", "--batch_size", "4", "--num_sample", "2", "--epochs", "2",
-        "--num_prototypes", "16", "--decoder_depth", "1", "--num_workers", "0", "--output_dir", str(out)])
-    run_sigma_pretraining.main(run_sigma_pretraining.get_args())
-    records = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
-    steps = [r for r in records if "loss" in r]
-    assert len(steps) == 2 * (8 // 2) and all(r["loss"] > 0 for r in steps)
-    assert [r["bad_samples"] for r in records if "bad_samples" in r] == [0, 0]
-    ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)
-    assert "prototypes" in ckpt["model"] and ckpt["step"] == len(steps)
-    assert json.loads((out / "config.json").read_text())["num_sample"] == 2
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    make_dataset(str(root), num_train=8, num_val=1, num_test=1, frames=16, height=48, width=64, seed=0)
+    return str(root)
+
+
+def _argv(data, out, *extra):
+    return ["--data_path", data, "--data_path_csv", os.path.join(data, "pretrain.csv"), "--input_size", "32",
+            "--num_frames", "4", "--sampling_rate", "2", "--batch_size", "2", "--epochs", "3",
+            "--warmup_epochs", "1", "--num_prototypes", "16", "--decoder_depth", "1", "--num_workers", "0",
+            "--lr", "0.05", "--log_every", "1", "--save_ckpt_freq", "1", "--output_dir", str(out), *extra]
+
+
+def _losses(out):
+    """Per-step losses, the last record of each step winning (re-run steps after a kill)."""
+    steps = {}
+    for line in open(os.path.join(out, "metrics.jsonl")):
+        record = json.loads(line)
+        steps[record["step"]] = record["loss"]
+    return steps
+
+
+def _run_subprocess(argv, **kwargs):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "run_sigma_pretraining.py"), *argv], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_run_writes_logs_checkpoints_and_config(data, tmp_path):
+    run.main(run.get_args(_argv(data, tmp_path, "--keep_last_ckpts", "2", "--num_sample", "2",
+                                "--batch_size", "4")))
+    epochs = [json.loads(line) for line in open(tmp_path / "log.txt")]
+    assert [e["epoch"] for e in epochs] == [0, 1, 2]
+    assert {"train_loss", "train_lr", "n_parameters", "bad_samples", "train_protos_used_target"} <= set(epochs[0])
+    assert sorted(_losses(tmp_path)) == list(range(1, 13))  # 8 videos / 2 per step (2 views each) x 3
+    assert sorted(f for f in os.listdir(tmp_path) if f.startswith("checkpoint")) == [
+        "checkpoint-1.pth", "checkpoint-2.pth", "checkpoint-latest.pth"]  # pruned to the last 2
+    state = torch.load(tmp_path / "checkpoint-2.pth", map_location="cpu", weights_only=True)
+    assert state["step"] == 12 and state["epoch"] == 3 and "prototypes" in state["model"]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["precision"] == "fp32" and config["global_batch"] == 4 and config["num_sample"] == 2
+    assert os.listdir(tmp_path / "tb")
+
+
+def test_kill_and_resume_reproduces_losses(data, tmp_path):
+    reference = tmp_path / "reference"
+    run.main(run.get_args(_argv(data, reference)))
+    expected = _losses(reference)
+    # Hard kill after step 7 (latest checkpoint every 3 steps), then resume from step 6.
+    killed = tmp_path / "killed"
+    proc = _run_subprocess(_argv(data, killed, "--save_ckpt_steps", "3"))
+    deadline = time.time() + 120
+    while time.time() < deadline and (not (killed / "metrics.jsonl").exists() or max(_losses(killed), default=0) < 7):
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert max(_losses(killed)) < 12, "the run finished before it could be killed"
+    run.main(run.get_args(_argv(data, killed, "--save_ckpt_steps", "3")))
+    resumed = _losses(killed)
+    assert sorted(resumed) == sorted(expected)
+    for step, loss in expected.items():
+        assert abs(resumed[step] - loss) < 1e-6, f"step {step}: {resumed[step]} vs {loss}"
+
+
+def test_sigterm_saves_a_resumable_checkpoint(data, tmp_path):
+    proc = _run_subprocess(_argv(data, tmp_path, "--save_ckpt_steps", "0", "--save_ckpt_freq", "100"))
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == run.REQUEUE_EXIT_CODE, output[-2000:]
+    state = torch.load(tmp_path / "checkpoint-latest.pth", map_location="cpu", weights_only=True)
+    assert 1 <= state["step"] < 12
+    run.main(run.get_args(_argv(data, tmp_path, "--save_ckpt_steps", "0", "--save_ckpt_freq", "100")))
+    assert sorted(_losses(tmp_path)) == list(range(1, 13))
+
+
+def test_corrupt_newest_checkpoint_is_skipped(data, tmp_path, caplog):
+    run.main(run.get_args(_argv(data, tmp_path, "--epochs", "2")))
+    latest = tmp_path / "checkpoint-latest.pth"
+    latest.write_bytes(latest.read_bytes()[:1000])  # newest file, now truncated
+    run.main(run.get_args(_argv(data, tmp_path, "--epochs", "3")))
+    assert any("checkpoint-latest.pth" in r.message for r in caplog.records)
+    assert max(_losses(tmp_path)) == 12
+
+
+def test_nonfinite_loss_stops_cleanly(data, tmp_path, monkeypatch):
+    run.main(run.get_args(_argv(data, tmp_path, "--epochs", "1")))
+    before = (tmp_path / "checkpoint-latest.pth").read_bytes()
+    real = engine_for_pretraining.compute_loss
+    calls = []
+
+    def poisoned(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) >= 2 else loss), stats
+
+    monkeypatch.setattr(engine_for_pretraining, "compute_loss", poisoned)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 5 .*loss_target"):
+        run.main(run.get_args(_argv(data, tmp_path, "--epochs", "2")))
+    assert (tmp_path / "checkpoint-latest.pth").read_bytes() == before
+    calls.clear()
+    other = tmp_path / "skip"
+    run.main(run.get_args(_argv(data, other, "--epochs", "1", "--skip_nonfinite", "5")))
+    assert len(_losses(other)) == 1  # three of the four steps were skipped
+
+
+def test_schedule_flags_validated(data, tmp_path):
+    with pytest.raises(ValueError, match="warmup"):
+        run.main(run.get_args(_argv(data, tmp_path, "--warmup_epochs", "10")))
+
+
+def test_two_processes_with_torchrun(data, tmp_path):
+    argv = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            os.path.join(ROOT, "run_sigma_pretraining.py"), *_argv(data, tmp_path, "--epochs", "2")]
+    result = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    epochs = [json.loads(line) for line in open(tmp_path / "log.txt")]
+    assert len(epochs) == 2 and sorted(_losses(tmp_path)) == [1, 2, 3, 4]  # 8 videos / (2 ranks x 2)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["world_size"] == 2 and config["global_batch"] == 4

@@ -1,0 +1,217 @@
+"""Training checkpoints: atomic saving, weights_only loading, RNG capture, resume and pruning.
+
+A checkpoint is a plain dict (state dicts, "epoch", "step", config and RNG states as primitives)
+so that it loads with ``torch.load(weights_only=True)``, which never runs pickled code. Files in an
+output directory are ``checkpoint-{epoch}.pth`` at epoch ends and a rolling
+``checkpoint-latest.pth`` written every N steps; resume takes the newest file that loads.
+"""
+import glob
+import logging
+import os
+import random
+import re
+from collections import OrderedDict
+from itertools import groupby
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_KEYS = ("model", "epoch", "step")
+LATEST_NAME = "checkpoint-latest.pth"
+_EPOCH_NAME = re.compile(r"checkpoint-(\d+)\.pth")
+
+# Exact types, not isinstance: np.float64 subclasses float and a namedtuple subclasses tuple, yet
+# the weights_only unpickler rejects both.
+_PRIMITIVES = (int, float, bool, str, type(None))
+_CONTAINERS = (dict, OrderedDict, list, tuple)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read or lacks the keys a resume needs."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"cannot load checkpoint {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def checkpoint_path(output_dir: str, epoch: Optional[int] = None) -> str:
+    """``checkpoint-{epoch}.pth`` in `output_dir`, or the rolling latest file when `epoch` is None."""
+    return os.path.join(output_dir, LATEST_NAME if epoch is None else f"checkpoint-{epoch}.pth")
+
+
+def _check_primitive(value: Any, key_path: str) -> None:
+    """Raise TypeError naming the first value under `value` that weights_only loading would reject."""
+    kind = type(value)
+    if isinstance(value, torch.Tensor) or kind in _PRIMITIVES:
+        return
+    if kind not in _CONTAINERS:
+        raise TypeError(f"checkpoint state must hold only tensors, numbers, strings, bools, None and "
+                        f"lists/tuples/dicts of those; {key_path or '<root>'}: {kind.__name__}")
+    if kind in (list, tuple):
+        for i, item in enumerate(value):
+            _check_primitive(item, f"{key_path}[{i}]")
+        return
+    for key, item in value.items():
+        child = f"{key_path}.{key}" if key_path else str(key)
+        if type(key) not in _PRIMITIVES:
+            raise TypeError(f"checkpoint state dict keys must be primitives; {child}: key of type {type(key).__name__}")
+        _check_primitive(item, child)
+
+
+def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
+    """Write `state` to `path` so that a crash at any moment leaves either the old or the new file.
+
+    Args:
+        path: destination file; its directory must exist.
+        state: plain dict of tensors and primitives (TypeError, naming the key path, otherwise).
+    """
+    if type(state) not in (dict, OrderedDict):
+        raise TypeError(f"checkpoint state must be a dict, got {type(state).__name__}")
+    _check_primitive(state, "")
+    # Same directory as `path`, so os.replace is a rename within one filesystem (atomic on POSIX);
+    # the pid keeps concurrent writers from sharing a temp file.
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    # Persist the rename itself: without this a power loss can bring back the old directory entry.
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    """Load a checkpoint with weights_only=True onto the CPU.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, not a dict, or lacks "model", "epoch" or "step".
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(path, f"{type(e).__name__}: {e}") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(path, f"expected a dict, got {type(state).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(path, f"missing keys {missing}; has {sorted(map(str, state))[:10]}")
+    return state
+
+
+def rng_state() -> Dict[str, Any]:
+    """Python, numpy, torch CPU and (when present) all CUDA generator states, as tensors and primitives."""
+    py_version, py_words, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        # 624 Mersenne Twister words plus the position index; all < 2**32, so int64 holds them.
+        "python": {"version": py_version, "state": torch.tensor(py_words, dtype=torch.int64),
+                   "gauss_next": py_gauss},
+        "numpy": {"bit_generator": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)),
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "torch": torch.get_rng_state(),  # uint8 tensor
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore generator states captured by `rng_state` (after a weights_only load)."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss_next"]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state["bit_generator"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is None:
+        return
+    if not torch.cuda.is_available():
+        logger.warning("checkpoint has CUDA RNG states but CUDA is unavailable: not restored")
+        return
+    # Resuming on a different GPU count restores what overlaps; the rest keep their fresh seeds.
+    count = torch.cuda.device_count()
+    if len(cuda) != count:
+        logger.warning("checkpoint has %d CUDA RNG states, this machine %d devices", len(cuda), count)
+    for device, cuda_state in enumerate(cuda[:count]):
+        torch.cuda.set_rng_state(cuda_state, device)
+
+
+def _by_mtime(output_dir: str) -> List[Tuple[int, str]]:
+    """(mtime_ns, path) of every checkpoint file, newest first, ties in name order."""
+    # The glob ends in ".pth", so "*.pth.tmp-{pid}" files from interrupted saves never match.
+    entries = []
+    for path in glob.glob(os.path.join(glob.escape(output_dir), "checkpoint-*.pth")):
+        try:
+            entries.append((os.stat(path).st_mtime_ns, path))
+        except FileNotFoundError:  # pruned between glob and stat
+            continue
+    return sorted(entries, key=lambda e: (-e[0], e[1]))
+
+
+def list_checkpoints(output_dir: str) -> List[str]:
+    """Paths of ``checkpoint-*.pth`` in `output_dir`, newest modification time first."""
+    return [path for _, path in _by_mtime(output_dir)]
+
+
+def find_resume_checkpoint(output_dir: str) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """The newest checkpoint in `output_dir` that loads, as (path, state); None when there is none.
+
+    Unreadable files are logged and skipped, never deleted (they may be wanted for a post-mortem).
+    Files with equal mtimes (coarse filesystem clocks) are ordered by their stored "step".
+    """
+    for _, group in groupby(_by_mtime(output_dir), key=lambda e: e[0]):
+        valid = []
+        for _, path in group:
+            try:
+                valid.append((path, load_checkpoint(path)))
+            except CheckpointError as e:
+                logger.warning("skipping checkpoint %s: %s", path, e.reason)
+        if valid:
+            return max(valid, key=lambda ps: ps[1]["step"])  # max keeps the first (name order) on ties
+    return None
+
+
+def prune_checkpoints(output_dir: str, keep_last: int, protect: Sequence[str] = ()) -> List[str]:
+    """Delete epoch checkpoints older than the newest `keep_last` (by epoch number).
+
+    Args:
+        output_dir: directory holding ``checkpoint-{epoch}.pth`` files.
+        keep_last: how many of the highest-epoch files to keep; <= 0 keeps all.
+        protect: paths never deleted (e.g. the file this run resumed from). The rolling latest
+            file is never touched.
+    Returns:
+        The removed paths.
+    """
+    if keep_last <= 0:
+        return []
+    protected = {os.path.realpath(p) for p in protect}
+    epochs = []
+    for name in os.listdir(output_dir):
+        match = _EPOCH_NAME.fullmatch(name)
+        if match:
+            epochs.append((int(match.group(1)), os.path.join(output_dir, name)))
+    # Epoch numbers, not mtimes: they order epoch files even after a copy reset the timestamps.
+    epochs.sort(reverse=True)
+    removed = []
+    for _, path in epochs[keep_last:]:
+        if os.path.realpath(path) in protected:
+            continue
+        os.remove(path)
+        removed.append(path)
+    if removed:
+        logger.info("pruned old checkpoints: %s", [os.path.basename(p) for p in removed])
+    return removed
