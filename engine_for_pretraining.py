@@ -195,13 +195,15 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     model.train()
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     step, sums, count, skipped = start_step, {}, 0, 0
-    t_data, t_last = 0.0, time.perf_counter()
+    t_data, clips = 0.0, 0
+    t_window = t_last = time.perf_counter()
     for micro, batch in enumerate(loader):
         if tracker is not None:
             tracker.update(batch)
         t_data += time.perf_counter() - t_last
         if micro % accum_iter == 0:
             _set_schedules(optimizer, control.lr_at(step), control.wd_at(step))
+        clips += batch["video"].shape[0]
         videos = batch["video"].to(device, non_blocking=True)
         mask = batch["mask"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -225,10 +227,12 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             sums[k] = sums.get(k, 0.0) + v.detach().float()
         count += 1
         if step % control.log_every == 0 and metrics is not None:
-            now = time.perf_counter()
+            elapsed = time.perf_counter() - t_window
             metrics({"step": step, "epoch": epoch, **{k: float(v) for k, v in stats.items()},
-                     "data_time": t_data / control.log_every, "step_time": (now - t_last) })
-            t_data = 0.0
+                     "weight_decay": control.wd_at(step - 1), "loss_scale": scaler.get_scale() if scaler else 1.0,
+                     "data_time": t_data / control.log_every, "step_time": elapsed / control.log_every,
+                     "clips_per_s": clips / elapsed})
+            t_data, clips, t_window = 0.0, 0, time.perf_counter()
         control.on_step_end(step)
         if control.should_stop():
             break

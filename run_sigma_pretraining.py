@@ -74,7 +74,8 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--num_sample", type=int, default=1, help="augmented views per decoded clip")
     g.add_argument("--video_backend", default="decord", choices=BACKENDS)
     g.add_argument("--num_workers", type=int, default=8)
-    g.add_argument("--pin_mem", type=str2bool, default=True)
+    g.add_argument("--pin_mem", dest="pin_mem", action="store_true", default=True)
+    g.add_argument("--no_pin_mem", dest="pin_mem", action="store_false")
     g.add_argument("--max_bad_fraction", type=float, default=0.2)
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch_size", type=int, default=32, help="clips per GPU per step (views count as clips)")
@@ -109,6 +110,10 @@ def get_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("run")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--seed", type=int, default=0)
+    # Injected by `python -m torch.distributed.launch` or kept in old launch lines; the process
+    # layout always comes from the launcher's environment (torchrun / Slurm variables).
+    for flag in ("--local-rank", "--local_rank", "--world_size", "--dist_url"):
+        g.add_argument(flag, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
