@@ -240,7 +240,7 @@ def _dist_worker(rank: int, world_size: int, workdir: str, sizes) -> None:
     dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=30))
     try:
-        full = torch.load(os.path.join(workdir, "scores.pt"))
+        full = torch.load(os.path.join(workdir, "scores.pt"), weights_only=True)
         start = sum(sizes[:rank])
         shard = full[start:start + sizes[rank]].clone()
         out = {ld: sinkhorn_knopp(shard, DIST_EPS, DIST_ITERS, log_domain=ld)
@@ -270,7 +270,7 @@ def _run_distributed(tmp_path, monkeypatch, sizes, timeout: float = 60.0):
             if p.is_alive():
                 p.terminate()
                 p.join(5)
-    outs = [torch.load(tmp_path / f"out_{r}.pt") for r in range(len(sizes))]
+    outs = [torch.load(tmp_path / f"out_{r}.pt", weights_only=True) for r in range(len(sizes))]
     return full, outs
 
 
