@@ -208,8 +208,12 @@ def main(args: argparse.Namespace) -> None:
                 "step": at_step, "rng": rngs, "config": json.loads(json.dumps(vars(args)))})
         barrier()
 
+    stopping = []
+
     def on_step_end(at_step: int) -> None:
-        if preempted or (args.save_ckpt_steps > 0 and at_step % args.save_ckpt_steps == 0):
+        if _agreed_stop(bool(preempted), at_step, env):
+            stopping.append(at_step)
+        if stopping or (args.save_ckpt_steps > 0 and at_step % args.save_ckpt_steps == 0):
             save("checkpoint-latest.pth", at_step)
 
     metrics_file = open(os.path.join(args.output_dir, "metrics.jsonl"), "a") if env.is_main else None
@@ -234,7 +238,7 @@ def main(args: argparse.Namespace) -> None:
     control = StepControl(
         lr_at=lambda s: cosine_schedule(s, lr, min_lr, total_steps, warmup, warmup_lr),
         wd_at=lambda s: cosine_schedule(s, args.weight_decay, wd_end, total_steps),
-        on_step_end=on_step_end, should_stop=lambda: bool(preempted), log_every=args.log_every,
+        on_step_end=on_step_end, should_stop=lambda: bool(stopping), log_every=args.log_every,
         skip_nonfinite=args.skip_nonfinite)
     tracker = BadSampleTracker(args.max_bad_fraction, epoch_size=len(dataset) // env.world_size)
     n_parameters = sum(p.numel() for p in core.parameters() if p.requires_grad)
@@ -249,8 +253,9 @@ def main(args: argparse.Namespace) -> None:
                                 accum_iter=args.accum_iter, teacher=teacher,
                                 normalize_target=args.normalize_target, tracker=tracker, metrics=log_metrics)
         step = stats.pop("end_step")
-        if preempted:
-            logger.warning("signal %s: saved checkpoint-latest.pth at step %d; exiting for requeue", preempted[0], step)
+        if stopping:
+            logger.warning("preemption signal: saved checkpoint-latest.pth at step %d; exiting with %d for requeue",
+                           step, REQUEUE_EXIT_CODE)
             cleanup_distributed()
             sys.exit(REQUEUE_EXIT_CODE)
         if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
@@ -270,6 +275,21 @@ def main(args: argparse.Namespace) -> None:
         metrics_file.close()
         _summary(args.output_dir, writer.log_dir)
     cleanup_distributed()
+
+
+STOP_CHECK_EVERY = 10  # steps between collective checks for a preemption signal
+
+
+def _agreed_stop(signalled: bool, step: int, env) -> bool:
+    """Whether every rank stops after `step`. Ranks may see the signal at different steps, so
+    with several processes they agree every STOP_CHECK_EVERY steps (one tiny all-reduce)."""
+    if env.world_size == 1:
+        return signalled
+    if step % STOP_CHECK_EVERY:
+        return False
+    flag = torch.tensor([float(signalled)], device=env.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return flag.item() > 0
 
 
 def _summary(output_dir: str, tb_dir: str) -> None:
