@@ -141,13 +141,25 @@ def build(args, env):
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=items_per_batch, sampler=sampler, drop_last=True, num_workers=args.num_workers,
         pin_memory=args.pin_mem and env.device.type == "cuda", collate_fn=collate_clips,
-        persistent_workers=args.num_workers > 0, generator=torch.Generator().manual_seed(args.seed))
+        persistent_workers=args.num_workers > 0, generator=torch.Generator().manual_seed(args.seed),
+        worker_init_fn=_ignore_preemption_signals)
     return model, teacher, dataset, sampler, loader
+
+
+def _ignore_preemption_signals(worker_id: int) -> None:
+    """Data workers outlive a preemption signal sent to the whole job: the main process needs
+    them until its checkpoint is written, then shuts them down itself."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def main(args: argparse.Namespace) -> None:
     env = setup_distributed(args.device)
     os.makedirs(args.output_dir, exist_ok=True)
+    if env.is_main:  # temp files of saves that a kill interrupted
+        for name in os.listdir(args.output_dir):
+            if name.startswith("checkpoint-") and ".tmp-" in name:
+                os.remove(os.path.join(args.output_dir, name))
     setup_logging(env.rank, os.path.join(args.output_dir, "train.log"))
     precision = args.precision or ("bf16" if env.device.type == "cuda" else "fp32")
     torch.manual_seed(args.seed + env.rank)

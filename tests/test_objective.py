@@ -162,3 +162,21 @@ def test_small_eps_uses_stable_sinkhorn():
     loss, stats = compute_loss(model, clips(), tube_mask(2, GRID, 0.5))
     assert torch.isfinite(loss)
     assert all(torch.isfinite(v) for v in stats.values())
+
+
+def test_build_teacher_reads_dinov2_release_format(tmp_path):
+    import timm
+
+    from modeling_pretrain import build_teacher
+
+    ref = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0, img_size=518)
+    # The released DINOv2 layout: `register_tokens`, a class position in pos_embed, a mask token.
+    state = {("register_tokens" if k == "reg_token" else k): v for k, v in ref.state_dict().items()}
+    state["pos_embed"] = torch.cat([torch.zeros(1, 1, 384), state["pos_embed"]], dim=1)
+    state["mask_token"] = torch.zeros(1, 384)
+    torch.save(state, tmp_path / "dinov2.pth")
+    teacher = build_teacher("dino_v2", "dino_s", 224, str(tmp_path / "dinov2.pth"))
+    torch.testing.assert_close(teacher.vit.reg_token, ref.reg_token)
+    assert teacher(torch.randn(2, 3, 224, 224)).shape == (2, 196, 384)
+    with pytest.raises(ValueError, match="no published dino_v1 weights"):
+        build_teacher("dino_v1", "dino_l", 224, str(tmp_path / "dinov2.pth"))

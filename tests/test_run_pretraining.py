@@ -139,3 +139,17 @@ def test_two_processes_with_torchrun(data, tmp_path):
     assert len(epochs) == 2 and sorted(_losses(tmp_path)) == [1, 2, 3, 4]  # 8 videos / (2 ranks x 2)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["world_size"] == 2 and config["global_batch"] == 4
+
+
+def test_sigma_dino_with_a_local_teacher_file(data, tmp_path):
+    import timm
+
+    teacher = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0)
+    torch.save({"teacher": {"backbone." + k: v for k, v in teacher.state_dict().items()}}, tmp_path / "dino.pth")
+    out = tmp_path / "run"
+    run.main(run.get_args(_argv(data, out, "--target_type", "dino_v1", "--distillation_teacher", "dino_s",
+                                "--teacher_ckpt", str(tmp_path / "dino.pth"), "--epochs", "1")))
+    state = torch.load(out / "checkpoint-latest.pth", map_location="cpu", weights_only=True)
+    assert state["model"]["prototypes"].shape == (16, 384) and not any(k.startswith("vit.") for k in state["model"])
+    with pytest.raises(ValueError, match="needs --teacher_ckpt"):
+        run.main(run.get_args(_argv(data, tmp_path / "x", "--target_type", "dino_v1")))
