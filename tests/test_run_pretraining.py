@@ -81,17 +81,20 @@ def test_kill_and_resume_reproduces_losses(data, tmp_path):
         assert abs(resumed[step] - loss) < 1e-6, f"step {step}: {resumed[step]} vs {loss}"
 
 
-def test_sigterm_saves_a_resumable_checkpoint(data, tmp_path):
-    proc = _run_subprocess(_argv(data, tmp_path, "--save_ckpt_steps", "0", "--save_ckpt_freq", "100"))
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_sigterm_saves_a_resumable_checkpoint(data, tmp_path, workers):
+    # Slurm signals every process of the job: with workers, the whole process group gets it.
+    argv = _argv(data, tmp_path, "--save_ckpt_steps", "0", "--save_ckpt_freq", "100", "--num_workers", workers)
+    proc = _run_subprocess(argv, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (tmp_path / "metrics.jsonl").exists():
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == run.REQUEUE_EXIT_CODE, output[-2000:]
     state = torch.load(tmp_path / "checkpoint-latest.pth", map_location="cpu", weights_only=True)
     assert 1 <= state["step"] < 12
-    run.main(run.get_args(_argv(data, tmp_path, "--save_ckpt_steps", "0", "--save_ckpt_freq", "100")))
+    run.main(run.get_args(argv))
     assert sorted(_losses(tmp_path)) == list(range(1, 13))
 
 
