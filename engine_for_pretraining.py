@@ -4,6 +4,7 @@
       └──encoder(visible)──> decoder(mask tokens) ──> pred ─────────────────────────> logits_pred
     Sinkhorn codes of each side; each side's scores predict the other side's codes.
 """
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -206,7 +207,10 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         clips += batch["video"].shape[0]
         videos = batch["video"].to(device, non_blocking=True)
         mask = batch["mask"].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        # DDP: all-reduce gradients only on the micro-batch that completes the step.
+        last_micro = (micro + 1) % accum_iter == 0
+        skip_sync = hasattr(model, "no_sync") and not last_micro
+        with _maybe_no_sync(model, skip_sync), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss, stats = compute_loss(model, videos, mask, teacher=teacher, normalize_target=normalize_target)
         check_now = control.skip_nonfinite > 0 or (step + 1) % control.log_every == 0
         if check_now and not math.isfinite(loss.item()):
@@ -217,8 +221,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                                          f"stopping without saving, the last checkpoint is intact")
             optimizer.zero_grad(set_to_none=True)
             continue
-        (scaler.scale(loss / accum_iter) if scaler else loss / accum_iter).backward()
-        if (micro + 1) % accum_iter:
+        with _maybe_no_sync(model, skip_sync):
+            (scaler.scale(loss / accum_iter) if scaler else loss / accum_iter).backward()
+        if not last_micro:
             continue
         grad_norm = _optimizer_step(model, optimizer, scaler, clip_grad)
         step += 1
@@ -237,7 +242,13 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         if control.should_stop():
             break
         t_last = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)  # micro-batches left over at the epoch's end do not carry over
     return {k: float(v) / max(count, 1) for k, v in sums.items()} | {"steps": count, "end_step": step}
+
+
+def _maybe_no_sync(model: nn.Module, active: bool):
+    """DDP's no_sync() when `active` (a fresh context each time: it cannot be re-entered)."""
+    return model.no_sync() if active else contextlib.nullcontext()
 
 
 def _set_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:

@@ -135,11 +135,13 @@ def test_schedule_flags_validated(data, tmp_path):
 
 def test_two_processes_with_torchrun(data, tmp_path):
     argv = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            os.path.join(ROOT, "run_sigma_pretraining.py"), *_argv(data, tmp_path, "--epochs", "2")]
+            os.path.join(ROOT, "run_sigma_pretraining.py"),
+            *_argv(data, tmp_path, "--epochs", "2", "--batch_size", "1", "--accum_iter", "2")]
     result = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     epochs = [json.loads(line) for line in open(tmp_path / "log.txt")]
-    assert len(epochs) == 2 and sorted(_losses(tmp_path)) == [1, 2, 3, 4]  # 8 videos / (2 ranks x 2)
+    # 8 videos / (2 ranks x 1 clip x 2 accumulated micro-batches) = 2 steps per epoch
+    assert len(epochs) == 2 and sorted(_losses(tmp_path)) == [1, 2, 3, 4]
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["world_size"] == 2 and config["global_batch"] == 4
 
