@@ -194,6 +194,13 @@ def main(args: argparse.Namespace) -> None:
             scaler.load_state_dict(state["scaler"])
         step = state["step"]
         start_epoch, start_in_epoch = divmod(step, steps_per_epoch)
+        if state.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
+            # Another batch size or world size: positions inside an epoch no longer line up.
+            start_epoch, start_in_epoch = -(-step // state["steps_per_epoch"]), 0
+            step = start_epoch * steps_per_epoch
+            logger.warning("%s was written with %d steps per epoch, this run has %d: restarting at the beginning "
+                           "of epoch %d (global step %d)", path, state["steps_per_epoch"], steps_per_epoch,
+                           start_epoch, step)
         set_rng_state(state["rng"][env.rank] if env.rank < len(state["rng"]) else state["rng"][0])
         logger.info("resumed from %s at epoch %d, step %d", path, start_epoch, step)
     if env.is_main:
@@ -217,7 +224,8 @@ def main(args: argparse.Namespace) -> None:
             save_checkpoint(os.path.join(args.output_dir, name), {
                 "model": core.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler else None, "epoch": at_step // steps_per_epoch,
-                "step": at_step, "rng": rngs, "config": json.loads(json.dumps(vars(args)))})
+                "step": at_step, "steps_per_epoch": steps_per_epoch, "rng": rngs,
+                "config": json.loads(json.dumps(vars(args)))})
         barrier()
 
     stopping = []

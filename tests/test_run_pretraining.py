@@ -158,3 +158,12 @@ def test_sigma_dino_with_a_local_teacher_file(data, tmp_path):
     assert state["model"]["prototypes"].shape == (16, 384) and not any(k.startswith("vit.") for k in state["model"])
     with pytest.raises(ValueError, match="needs --teacher_ckpt"):
         run.main(run.get_args(_argv(data, tmp_path / "x", "--target_type", "dino_v1")))
+
+
+def test_resume_with_another_batch_size_restarts_the_epoch(data, tmp_path, caplog):
+    run.main(run.get_args(_argv(data, tmp_path, "--epochs", "1", "--save_ckpt_steps", "1")))
+    latest = torch.load(tmp_path / "checkpoint-latest.pth", map_location="cpu", weights_only=True)
+    assert latest["steps_per_epoch"] == 4
+    run.main(run.get_args(_argv(data, tmp_path, "--epochs", "2", "--batch_size", "4")))
+    assert any("restarting at the beginning of epoch 1" in r.message for r in caplog.records)
+    assert max(_losses(tmp_path)) == 4  # epoch 1 of 2 steps: global steps 3 and 4
