@@ -39,10 +39,13 @@ SHAPES = ("disc", "square", "diamond")
 TEXTURES = ("solid", "stripes", "checker")
 # codec name -> (encoder, file extension, encoder options). CRF/quality settings keep the small
 # objects sharp; VP9 uses its realtime mode because test suites write these files on the fly.
+# The same seed must give the same bytes. Measured here: x264's macroblock-tree rate control
+# gives different bytes from one encode to the next inside a process (mbtree=0 fixes it), and
+# libvpx's real-time deadline depends on timing; one thread each for good measure.
 CODECS = {
-    "h264": ("libx264", ".mp4", {"crf": "18", "preset": "fast"}),
-    "vp9": ("libvpx-vp9", ".webm", {"crf": "30", "b": "0", "deadline": "realtime", "cpu-used": "8"}),
-    "mpeg4": ("mpeg4", ".avi", {"qscale": "3"}),
+    "h264": ("libx264", ".mp4", {"crf": "18", "preset": "fast", "threads": "1", "x264-params": "mbtree=0"}),
+    "vp9": ("libvpx-vp9", ".webm", {"crf": "30", "b": "0", "deadline": "good", "cpu-used": "5", "threads": "1"}),
+    "mpeg4": ("mpeg4", ".avi", {"qscale": "3", "threads": "1"}),
 }
 
 
@@ -174,9 +177,12 @@ def write_video(path: str, frames: np.ndarray, fps: int = 25, codec: str = "h264
     if height % 2 or width % 2:
         raise ValueError(f"4:2:0 video needs even height and width, got {height}x{width}")
     encoder, _, options = CODECS[codec]
-    with av.open(path, "w") as container:
+    # bitexact: no random segment ids or library version strings that differ between runs.
+    with av.open(path, "w", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream(encoder, rate=fps, options=dict(options))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.thread_count = 1
+        stream.codec_context.thread_type = "NONE"
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())  # flush the frames the encoder still holds
