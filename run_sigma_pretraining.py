@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from checkpointing import find_resume_checkpoint, load_checkpoint, prune_checkpoints, rng_state, save_checkpoint, \
-    set_rng_state
+from checkpointing import (checkpoint_path, find_resume_checkpoint, load_checkpoint, prune_checkpoints, rng_state,
+                           save_checkpoint, set_rng_state)
 from datasets.annotations import read_annotations
 from datasets.decoding import BACKENDS
 from datasets.sampler import ResumableSampler
@@ -212,16 +212,17 @@ def main(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, lambda signum, frame: preempted.append(signum))
 
-    def save(name: str, at_step: int) -> None:
-        if not all(torch.isfinite(p).all() for p in core.parameters()):
-            raise FloatingPointError(f"parameters are not finite at step {at_step}; not saving over {name}")
+    def save(path: str, at_step: int) -> None:
+        # One device-to-host sync for all parameters, not one per tensor.
+        if not torch.stack([torch.isfinite(p).all() for p in core.parameters()]).all():
+            raise FloatingPointError(f"parameters are not finite at step {at_step}; not saving over {path}")
         rngs = [None] * env.world_size
         if env.world_size > 1:
             torch.distributed.all_gather_object(rngs, rng_state())
         else:
             rngs = [rng_state()]
         if env.is_main:
-            save_checkpoint(os.path.join(args.output_dir, name), {
+            save_checkpoint(path, {
                 "model": core.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler else None, "epoch": at_step // steps_per_epoch,
                 "step": at_step, "steps_per_epoch": steps_per_epoch, "rng": rngs,
@@ -234,7 +235,7 @@ def main(args: argparse.Namespace) -> None:
         if _agreed_stop(bool(preempted), at_step, env):
             stopping.append(at_step)
         if stopping or (args.save_ckpt_steps > 0 and at_step % args.save_ckpt_steps == 0):
-            save("checkpoint-latest.pth", at_step)
+            save(checkpoint_path(args.output_dir), at_step)
 
     metrics_file = open(os.path.join(args.output_dir, "metrics.jsonl"), "a") if env.is_main else None
     writer = _tensorboard(args, env)
@@ -279,10 +280,10 @@ def main(args: argparse.Namespace) -> None:
             cleanup_distributed()
             sys.exit(REQUEUE_EXIT_CODE)
         if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
-            save(f"checkpoint-{epoch}.pth", step)
+            save(checkpoint_path(args.output_dir, epoch), step)
             if env.is_main:
                 prune_checkpoints(args.output_dir, args.keep_last_ckpts)
-        save("checkpoint-latest.pth", step)
+        save(checkpoint_path(args.output_dir), step)
         bad = tracker.end_epoch()  # on every rank: each stops on its own share's bad files
         if env.is_main:
             record = {**{f"train_{k}": v for k, v in stats.items()}, **bad, "epoch": epoch,
