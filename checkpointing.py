@@ -152,9 +152,13 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 def _by_mtime(output_dir: str) -> List[Tuple[int, str]]:
     """(mtime_ns, path) of every checkpoint file, newest first, ties in name order."""
-    # The glob ends in ".pth", so "*.pth.tmp-{pid}" files from interrupted saves never match.
+    # Only epoch files and the rolling latest file: "*.pth.tmp-{pid}" files of interrupted saves and
+    # side files such as checkpoint-best.pth are never resumed from.
     entries = []
     for path in glob.glob(os.path.join(glob.escape(output_dir), "checkpoint-*.pth")):
+        name = os.path.basename(path)
+        if name != LATEST_NAME and not _EPOCH_NAME.fullmatch(name):
+            continue
         try:
             entries.append((os.stat(path).st_mtime_ns, path))
         except FileNotFoundError:  # pruned between glob and stat
@@ -163,7 +167,7 @@ def _by_mtime(output_dir: str) -> List[Tuple[int, str]]:
 
 
 def list_checkpoints(output_dir: str) -> List[str]:
-    """Paths of ``checkpoint-*.pth`` in `output_dir`, newest modification time first."""
+    """Paths of ``checkpoint-{epoch}.pth`` and ``checkpoint-latest.pth`` in `output_dir`, newest first."""
     return [path for _, path in _by_mtime(output_dir)]
 
 

@@ -4,10 +4,6 @@
       └──encoder(visible)──> decoder(mask tokens) ──> pred ─────────────────────────> logits_pred
     Sinkhorn codes of each side; each side's scores predict the other side's codes.
 """
-import contextlib
-import math
-import time
-from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import torch
@@ -17,6 +13,7 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from modeling_finetune import patchify
 from sinkhorn import MAX_EXP_SPREAD, sinkhorn_knopp
+from training_loop import StepControl, run_epoch
 
 
 def normalize_per_group(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -169,107 +166,14 @@ def compute_loss(model: nn.Module, videos: torch.Tensor, bool_masked_pos: torch.
     return loss, stats
 
 
-@dataclass
-class StepControl:
-    """What the driver decides around every step, kept out of the epoch loop."""
-    lr_at: Callable[[int], float]  # global step -> base lr
-    wd_at: Callable[[int], float]  # global step -> weight decay
-    on_step_end: Callable[[int], None]  # global step done -> maybe checkpoint, maybe stop
-    should_stop: Callable[[], bool]  # a preemption signal arrived
-    log_every: int = 20
-    skip_nonfinite: int = 0  # non-finite steps that may be skipped before stopping
+def train_one_epoch(model: nn.Module, loader: Iterable, update, control: StepControl, *, device: torch.device,
+                    epoch: int, start_step: int, accum_iter: int = 1, teacher: Optional[nn.Module] = None,
+                    normalize_target: bool = True, tracker=None,
+                    metrics: Optional[Callable[[Dict[str, float]], None]] = None) -> Dict[str, float]:
+    """One pretraining epoch (see `training_loop.run_epoch` for the step machinery)."""
 
+    def loss_fn(batch):
+        return compute_loss(model, batch["video"], batch["mask"], teacher=teacher, normalize_target=normalize_target)
 
-def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, control: StepControl,
-                    *, device: torch.device, epoch: int, start_step: int, precision: str = "fp32",
-                    scaler: Optional[torch.amp.GradScaler] = None, clip_grad: Optional[float] = None,
-                    accum_iter: int = 1, teacher: Optional[nn.Module] = None, normalize_target: bool = True,
-                    tracker=None, metrics: Optional[Callable[[Dict[str, float]], None]] = None) -> Dict[str, float]:
-    """One pass over `loader`; returns epoch averages. `start_step` is the global optimiser step.
-
-    Args:
-        precision: "fp32", "bf16" or "fp16" (autocast; fp16 needs `scaler`).
-        accum_iter: micro-batches per optimiser step.
-        tracker: BadSampleTracker fed with every batch.
-        metrics: called every `control.log_every` steps with host floats (loss terms, lr, ...).
-    """
-    model.train()
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    step, sums, count, skipped = start_step, {}, 0, 0
-    t_data, clips = 0.0, 0
-    t_window = t_last = time.perf_counter()
-    for micro, batch in enumerate(loader):
-        if tracker is not None:
-            tracker.update(batch)
-        t_data += time.perf_counter() - t_last
-        if micro % accum_iter == 0:
-            _set_schedules(optimizer, control.lr_at(step), control.wd_at(step))
-        clips += batch["video"].shape[0]
-        videos = batch["video"].to(device, non_blocking=True)
-        mask = batch["mask"].to(device, non_blocking=True)
-        # DDP: all-reduce gradients only on the micro-batch that completes the step.
-        last_micro = (micro + 1) % accum_iter == 0
-        skip_sync = hasattr(model, "no_sync") and not last_micro
-        with _maybe_no_sync(model, skip_sync), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss, stats = compute_loss(model, videos, mask, teacher=teacher, normalize_target=normalize_target)
-        check_now = control.skip_nonfinite > 0 or (step + 1) % control.log_every == 0
-        if check_now and not math.isfinite(loss.item()):
-            skipped += 1
-            if skipped > control.skip_nonfinite:
-                terms = {k: round(float(v), 4) for k, v in stats.items() if k.startswith("loss")}
-                raise FloatingPointError(f"non-finite loss at step {step} (epoch {epoch}): {terms}; "
-                                         f"stopping without saving, the last checkpoint is intact")
-            optimizer.zero_grad(set_to_none=True)
-            continue
-        with _maybe_no_sync(model, skip_sync):
-            (scaler.scale(loss / accum_iter) if scaler else loss / accum_iter).backward()
-        if not last_micro:
-            continue
-        grad_norm = _optimizer_step(model, optimizer, scaler, clip_grad)
-        step += 1
-        stats.update(grad_norm=grad_norm, lr=torch.tensor(optimizer.param_groups[0]["lr"]))
-        for k, v in stats.items():
-            sums[k] = sums.get(k, 0.0) + v.detach().float()
-        count += 1
-        if step % control.log_every == 0 and metrics is not None:
-            elapsed = time.perf_counter() - t_window
-            metrics({"step": step, "epoch": epoch, **{k: float(v) for k, v in stats.items()},
-                     "weight_decay": control.wd_at(step - 1), "loss_scale": scaler.get_scale() if scaler else 1.0,
-                     "data_time": t_data / control.log_every, "step_time": elapsed / control.log_every,
-                     "clips_per_s": clips / elapsed})
-            t_data, clips, t_window = 0.0, 0, time.perf_counter()
-        control.on_step_end(step)
-        if control.should_stop():
-            break
-        t_last = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)  # micro-batches left over at the epoch's end do not carry over
-    return {k: float(v) / max(count, 1) for k, v in sums.items()} | {"steps": count, "end_step": step}
-
-
-def _maybe_no_sync(model: nn.Module, active: bool):
-    """DDP's no_sync() when `active` (a fresh context each time: it cannot be re-entered)."""
-    return model.no_sync() if active else contextlib.nullcontext()
-
-
-def _set_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
-        # Remember which groups decay: a schedule that reaches 0 must not turn them off for good.
-        if group.setdefault("decay", group["weight_decay"] > 0):
-            group["weight_decay"] = weight_decay
-
-
-def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler],
-                    clip_grad: Optional[float]) -> torch.Tensor:
-    """Unscale, clip, step, zero: returns the grad norm as a device tensor (no host sync)."""
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-    params = [p for p in model.parameters() if p.grad is not None]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return grad_norm.detach()
+    return run_epoch(model, loader, update, control, loss_fn, device=device, epoch=epoch, start_step=start_step,
+                     accum_iter=accum_iter, tracker=tracker, metrics=metrics)

@@ -13,38 +13,28 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import time
 
 import torch
 
-from checkpointing import (checkpoint_path, find_resume_checkpoint, load_checkpoint, prune_checkpoints, rng_state,
-                           save_checkpoint, set_rng_state)
+from checkpointing import checkpoint_path, find_resume_checkpoint, load_checkpoint, prune_checkpoints
 from datasets.annotations import read_annotations
 from datasets.decoding import BACKENDS
 from datasets.sampler import ResumableSampler
 from datasets.video_dataset import (AugmentConfig, BadSampleTracker, ClipConfig, MaskConfig, VideoClipDataset,
                                     collate_clips)
-from distributed import barrier, cleanup_distributed, setup_distributed, setup_logging
-from engine_for_pretraining import StepControl, train_one_epoch
+from distributed import cleanup_distributed, setup_distributed, setup_logging
+from engine_for_pretraining import train_one_epoch
 from masking_generator import MASKS
 from modeling_pretrain import MODELS, TARGET_TYPES, TEACHER_DIMS, build_teacher
 from optim_factory import create_optimizer, param_groups
+from runtime import (REQUEUE_EXIT_CODE, Preemption, RunLog, add_launcher_compat_flags, ignore_preemption_signals,
+                     prepare_output_dir, restore_rng, resume_position, save_training_state, str2bool)
 from schedules import cosine_schedule, warmup_steps_from
+from training_loop import StepControl, TorchUpdate
 
 logger = logging.getLogger("sigma")
-
-REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: preempted, a resumable checkpoint was written; requeue me
-
-
-def str2bool(v: str) -> bool:
-    if v.lower() in ("1", "true", "yes", "y"):
-        return True
-    if v.lower() in ("0", "false", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
-
 
 def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser("SIGMA pretraining")
@@ -110,10 +100,7 @@ def get_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("run")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--seed", type=int, default=0)
-    # Injected by `python -m torch.distributed.launch` or kept in old launch lines; the process
-    # layout always comes from the launcher's environment (torchrun / Slurm variables).
-    for flag in ("--local-rank", "--local_rank", "--world_size", "--dist_url"):
-        g.add_argument(flag, default=None, help=argparse.SUPPRESS)
+    add_launcher_compat_flags(g)
     return p.parse_args(argv)
 
 
@@ -142,24 +129,13 @@ def build(args, env):
         dataset, batch_size=items_per_batch, sampler=sampler, drop_last=True, num_workers=args.num_workers,
         pin_memory=args.pin_mem and env.device.type == "cuda", collate_fn=collate_clips,
         persistent_workers=args.num_workers > 0, generator=torch.Generator().manual_seed(args.seed),
-        worker_init_fn=_ignore_preemption_signals)
+        worker_init_fn=ignore_preemption_signals)
     return model, teacher, dataset, sampler, loader
-
-
-def _ignore_preemption_signals(worker_id: int) -> None:
-    """Data workers outlive a preemption signal sent to the whole job: the main process needs
-    them until its checkpoint is written, then shuts them down itself."""
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_IGN)
 
 
 def main(args: argparse.Namespace) -> None:
     env = setup_distributed(args.device)
-    os.makedirs(args.output_dir, exist_ok=True)
-    if env.is_main:  # temp files of saves that a kill interrupted
-        for name in os.listdir(args.output_dir):
-            if name.startswith("checkpoint-") and ".tmp-" in name:
-                os.remove(os.path.join(args.output_dir, name))
+    prepare_output_dir(args.output_dir, env)
     setup_logging(env.rank, os.path.join(args.output_dir, "train.log"))
     precision = args.precision or ("bf16" if env.device.type == "cuda" else "fp32")
     torch.manual_seed(args.seed + env.rank)
@@ -182,6 +158,7 @@ def main(args: argparse.Namespace) -> None:
     optimizer = create_optimizer(param_groups(core, args.weight_decay), lr=lr, betas=tuple(args.opt_betas),
                                  eps=args.opt_eps)
     scaler = torch.amp.GradScaler(env.device.type) if precision == "fp16" else None
+    update = TorchUpdate(model, optimizer, precision, scaler, args.clip_grad, args.accum_iter)
 
     start_epoch, step, start_in_epoch = 0, 0, 0
     found = ((args.resume, load_checkpoint(args.resume)) if args.resume
@@ -192,70 +169,28 @@ def main(args: argparse.Namespace) -> None:
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        step = state["step"]
-        start_epoch, start_in_epoch = divmod(step, steps_per_epoch)
-        if state.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
-            # Another batch size or world size: positions inside an epoch no longer line up.
-            start_epoch, start_in_epoch = -(-step // state["steps_per_epoch"]), 0
-            step = start_epoch * steps_per_epoch
-            logger.warning("%s was written with %d steps per epoch, this run has %d: restarting at the beginning "
-                           "of epoch %d (global step %d)", path, state["steps_per_epoch"], steps_per_epoch,
-                           start_epoch, step)
-        set_rng_state(state["rng"][env.rank] if env.rank < len(state["rng"]) else state["rng"][0])
+        start_epoch, step, start_in_epoch = resume_position(state, path, steps_per_epoch)
+        restore_rng(state, env)
         logger.info("resumed from %s at epoch %d, step %d", path, start_epoch, step)
+    config = {**vars(args), "precision": precision, "world_size": env.world_size, "global_batch": global_batch,
+              "actual_lr": lr}
     if env.is_main:
         with open(os.path.join(args.output_dir, "config.json"), "w") as f:
-            json.dump({**vars(args), "precision": precision, "world_size": env.world_size,
-                       "global_batch": global_batch, "actual_lr": lr}, f, indent=2)
-
-    preempted = []
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, lambda signum, frame: preempted.append(signum))
+            json.dump(config, f, indent=2)
 
     def save(path: str, at_step: int) -> None:
-        # One device-to-host sync for all parameters, not one per tensor.
-        if not torch.stack([torch.isfinite(p).all() for p in core.parameters()]).all():
-            raise FloatingPointError(f"parameters are not finite at step {at_step}; not saving over {path}")
-        rngs = [None] * env.world_size
-        if env.world_size > 1:
-            torch.distributed.all_gather_object(rngs, rng_state())
-        else:
-            rngs = [rng_state()]
-        if env.is_main:
-            save_checkpoint(path, {
-                "model": core.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler else None, "epoch": at_step // steps_per_epoch,
-                "step": at_step, "steps_per_epoch": steps_per_epoch, "rng": rngs,
-                "config": json.loads(json.dumps(vars(args)))})
-        barrier()
+        save_training_state(path, env, model=core, optimizer=optimizer, scaler=scaler, step=at_step,
+                            steps_per_epoch=steps_per_epoch, config=vars(args))
 
-    stopping = []
+    preemption, stopping = Preemption(), []
 
     def on_step_end(at_step: int) -> None:
-        if _agreed_stop(bool(preempted), at_step, env):
+        if preemption.agreed(at_step, env):
             stopping.append(at_step)
         if stopping or (args.save_ckpt_steps > 0 and at_step % args.save_ckpt_steps == 0):
             save(checkpoint_path(args.output_dir), at_step)
 
-    metrics_file = open(os.path.join(args.output_dir, "metrics.jsonl"), "a") if env.is_main else None
-    writer = _tensorboard(args, env)
-
-    wandb_run = _wandb(args, env)
-
-    def log_metrics(record):
-        if metrics_file:
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
-        if wandb_run:
-            wandb_run.log(record, step=record["step"])
-        if writer:
-            for k, v in record.items():
-                writer.add_scalar(f"train/{k}", v, record["step"])
-        eta = (total_steps - record["step"]) * record["step_time"]
-        logger.info("epoch %d step %d/%d loss %.4f lr %.2e data %.3fs step %.3fs eta %s", record["epoch"],
-                    record["step"], total_steps, record["loss"], record["lr"], record["data_time"],
-                    record["step_time"], time.strftime("%H:%M:%S", time.gmtime(eta)))
-
+    run_log = RunLog(env, args.output_dir, args.log_dir, total_steps, config, args.wandb, args.run_name)
     control = StepControl(
         lr_at=lambda s: cosine_schedule(s, lr, min_lr, total_steps, warmup, warmup_lr),
         wd_at=lambda s: cosine_schedule(s, args.weight_decay, wd_end, total_steps),
@@ -269,10 +204,9 @@ def main(args: argparse.Namespace) -> None:
         skip = start_in_epoch * args.accum_iter * loader.batch_size if epoch == start_epoch else 0
         sampler.set_epoch(epoch, start=skip)
         tracker.start_epoch()
-        stats = train_one_epoch(model, loader, optimizer, control, device=env.device, epoch=epoch, start_step=step,
-                                precision=precision, scaler=scaler, clip_grad=args.clip_grad,
-                                accum_iter=args.accum_iter, teacher=teacher,
-                                normalize_target=args.normalize_target, tracker=tracker, metrics=log_metrics)
+        stats = train_one_epoch(model, loader, update, control, device=env.device, epoch=epoch, start_step=step,
+                                accum_iter=args.accum_iter, teacher=teacher, normalize_target=args.normalize_target,
+                                tracker=tracker, metrics=run_log.step)
         step = stats.pop("end_step")
         if stopping:
             logger.warning("preemption signal: saved checkpoint-latest.pth at step %d; exiting with %d for requeue",
@@ -285,32 +219,12 @@ def main(args: argparse.Namespace) -> None:
                 prune_checkpoints(args.output_dir, args.keep_last_ckpts)
         save(checkpoint_path(args.output_dir), step)
         bad = tracker.end_epoch()  # on every rank: each stops on its own share's bad files
-        if env.is_main:
-            record = {**{f"train_{k}": v for k, v in stats.items()}, **bad, "epoch": epoch,
-                      "n_parameters": n_parameters, "epoch_time": time.time() - t0}
-            with open(os.path.join(args.output_dir, "log.txt"), "a") as f:
-                f.write(json.dumps(record) + "\n")
-            for k, v in record.items():
-                writer.add_scalar(f"epoch/{k}", v, epoch)
-    if metrics_file:
-        metrics_file.close()
-        _summary(args.output_dir, writer.log_dir)
+        run_log.epoch({**{f"train_{k}": v for k, v in stats.items()}, **bad, "epoch": epoch,
+                       "n_parameters": n_parameters, "epoch_time": time.time() - t0})
+    if env.is_main:
+        _summary(args.output_dir, run_log.tb_dir)
+    run_log.close()
     cleanup_distributed()
-
-
-STOP_CHECK_EVERY = 10  # steps between collective checks for a preemption signal
-
-
-def _agreed_stop(signalled: bool, step: int, env) -> bool:
-    """Whether every rank stops after `step`. Ranks may see the signal at different steps, so
-    with several processes they agree every STOP_CHECK_EVERY steps (one tiny all-reduce)."""
-    if env.world_size == 1:
-        return signalled
-    if step % STOP_CHECK_EVERY:
-        return False
-    flag = torch.tensor([float(signalled)], device=env.device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return flag.item() > 0
 
 
 def _summary(output_dir: str, tb_dir: str) -> None:
@@ -320,25 +234,6 @@ def _summary(output_dir: str, tb_dir: str) -> None:
     logger.info("done: train_loss %.4f (epoch %d) -> %.4f (epoch %d); prototypes used %s; bad samples %d; "
                 "checkpoints in %s; tensorboard logs in %s", first["train_loss"], first["epoch"], last["train_loss"],
                 last["epoch"], used or "n/a", sum(e["bad_samples"] for e in epochs), output_dir, tb_dir)
-
-
-def _wandb(args, env):
-    if not (args.wandb and env.is_main):
-        return None
-    try:
-        import wandb  # lazy and optional: not in requirements.txt
-    except ImportError:
-        raise SystemExit("--wandb needs the wandb package: pip install wandb") from None
-    return wandb.init(project="sigma", name=args.run_name, dir=args.output_dir, config=vars(args),
-                      mode=os.environ.get("WANDB_MODE", "offline"), resume="allow", id=args.run_name)
-
-
-def _tensorboard(args, env):
-    if not env.is_main:
-        return None
-    from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard is heavy to import
-
-    return SummaryWriter(args.log_dir or os.path.join(args.output_dir, "tb"))
 
 
 if __name__ == "__main__":

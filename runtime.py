@@ -1,0 +1,187 @@
+"""Run-script machinery shared by pretraining and fine-tuning: preemption, resumable saves,
+resume positions and the metric sinks (metrics.jsonl, log.txt, tensorboard, optional wandb)."""
+import argparse
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from checkpointing import rng_state, save_checkpoint, set_rng_state
+from distributed import DistEnv, barrier
+
+logger = logging.getLogger("sigma")
+
+REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: preempted, a resumable checkpoint was written; requeue me
+STOP_CHECK_EVERY = 10  # steps between collective checks for a preemption signal
+
+
+def str2bool(v: str) -> bool:
+    if v.lower() in ("1", "true", "yes", "y"):
+        return True
+    if v.lower() in ("0", "false", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
+
+
+def add_launcher_compat_flags(group) -> None:
+    """Flags injected by `python -m torch.distributed.launch` or kept in old launch lines: accepted
+    and ignored, since the process layout always comes from the launcher's environment."""
+    for flag in ("--local-rank", "--local_rank", "--world_size", "--dist_url"):
+        group.add_argument(flag, default=None, help=argparse.SUPPRESS)
+
+
+def ignore_preemption_signals(worker_id: int) -> None:
+    """DataLoader worker_init_fn. Data workers outlive a preemption signal sent to the whole job:
+    the main process needs them until its checkpoint is written, then shuts them down itself."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def prepare_output_dir(output_dir: str, env: DistEnv) -> None:
+    """Create `output_dir`; remove temp files of saves that a kill interrupted."""
+    os.makedirs(output_dir, exist_ok=True)
+    if env.is_main:
+        for name in os.listdir(output_dir):
+            if name.startswith("checkpoint-") and ".tmp-" in name:
+                os.remove(os.path.join(output_dir, name))
+
+
+class Preemption:
+    """Records SIGTERM / SIGUSR1 (Slurm's preemption and --signal warnings) instead of dying."""
+
+    def __init__(self):
+        self.signals = []
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, lambda signum, frame: self.signals.append(signum))
+
+    def agreed(self, step: int, env: DistEnv) -> bool:
+        """Whether every rank stops after `step`. Ranks may see the signal at different steps, so
+        with several processes they agree every STOP_CHECK_EVERY steps (one tiny all-reduce)."""
+        if env.world_size == 1:
+            return bool(self.signals)
+        if step % STOP_CHECK_EVERY:
+            return False
+        flag = torch.tensor([float(bool(self.signals))], device=env.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return flag.item() > 0
+
+
+def gather_rng_states(env: DistEnv) -> list:
+    """Every rank's RNG state, in rank order (a collective when distributed)."""
+    if env.world_size == 1:
+        return [rng_state()]
+    states = [None] * env.world_size
+    torch.distributed.all_gather_object(states, rng_state())
+    return states
+
+
+def check_finite(model: nn.Module, what: str) -> None:
+    # One device-to-host sync for all parameters, not one per tensor.
+    if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
+        raise FloatingPointError(f"parameters are not finite {what}; not saving, the last checkpoint is intact")
+
+
+def save_training_state(path: str, env: DistEnv, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        scaler: Optional[torch.amp.GradScaler], step: int, steps_per_epoch: int,
+                        config: Dict[str, Any], extra: Optional[Dict[str, Any]] = None) -> None:
+    """A resumable checkpoint (called on every rank: RNG states are gathered; rank 0 writes).
+
+    Args:
+        model: the unwrapped model (plain state-dict names, no "module." / "_orig_mod.").
+        extra: further plain entries, e.g. {"model_ema": ...}.
+    """
+    check_finite(model, f"at step {step}")
+    rngs = gather_rng_states(env)
+    if env.is_main:
+        save_checkpoint(path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler else None, "epoch": step // steps_per_epoch, "step": step,
+            "steps_per_epoch": steps_per_epoch, "rng": rngs, "config": json.loads(json.dumps(config)),
+            **(extra or {})})
+    barrier()
+
+
+def resume_position(state: Dict[str, Any], path: str, steps_per_epoch: int) -> Tuple[int, int, int]:
+    """(start epoch, global step, steps already done in that epoch) of a loaded checkpoint."""
+    step = state["step"]
+    start_epoch, start_in_epoch = divmod(step, steps_per_epoch)
+    saved = state.get("steps_per_epoch", steps_per_epoch)
+    if saved != steps_per_epoch:
+        # Another batch size or world size: positions inside an epoch no longer line up.
+        start_epoch, start_in_epoch = -(-step // saved), 0
+        step = start_epoch * steps_per_epoch
+        logger.warning("%s was written with %d steps per epoch, this run has %d: restarting at the beginning "
+                       "of epoch %d (global step %d)", path, saved, steps_per_epoch, start_epoch, step)
+    return start_epoch, step, start_in_epoch
+
+
+def restore_rng(state: Dict[str, Any], env: DistEnv) -> None:
+    rngs = state.get("rng") or []
+    if rngs:
+        set_rng_state(rngs[env.rank] if env.rank < len(rngs) else rngs[0])
+
+
+class RunLog:
+    """Rank 0's metric sinks: metrics.jsonl (every log step), log.txt (one JSON line per epoch),
+    tensorboard, and Weights & Biases behind a flag. Other ranks get a RunLog that does nothing."""
+
+    def __init__(self, env: DistEnv, output_dir: str, log_dir: Optional[str], total_steps: int,
+                 config: Dict[str, Any], use_wandb: bool = False, run_name: str = "sigma"):
+        self.enabled, self.output_dir, self.total_steps = env.is_main, output_dir, total_steps
+        self.metrics_file = self.writer = self.wandb = None
+        if not self.enabled:
+            return
+        self.metrics_file = open(os.path.join(output_dir, "metrics.jsonl"), "a")
+        from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard is heavy to import
+
+        self.writer = SummaryWriter(log_dir or os.path.join(output_dir, "tb"))
+        if use_wandb:
+            try:
+                import wandb  # lazy and optional: not in requirements.txt
+            except ImportError:
+                raise SystemExit("--wandb needs the wandb package: pip install wandb") from None
+            self.wandb = wandb.init(project="sigma", name=run_name, dir=output_dir, config=config,
+                                    mode=os.environ.get("WANDB_MODE", "offline"), resume="allow", id=run_name)
+
+    def step(self, record: Dict[str, float]) -> None:
+        """A training-step record (keys step, epoch, loss, lr, data_time, step_time, ...)."""
+        if not self.enabled:
+            return
+        self.metrics_file.write(json.dumps(record) + "\n")
+        self.metrics_file.flush()
+        if self.wandb:
+            self.wandb.log(record, step=record["step"])
+        for k, v in record.items():
+            self.writer.add_scalar(f"train/{k}", v, record["step"])
+        eta = (self.total_steps - record["step"]) * record["step_time"]
+        logger.info("epoch %d step %d/%d loss %.4f lr %.2e data %.3fs step %.3fs eta %s", record["epoch"],
+                    record["step"], self.total_steps, record["loss"], record["lr"], record["data_time"],
+                    record["step_time"], time.strftime("%H:%M:%S", time.gmtime(eta)))
+
+    def epoch(self, record: Dict[str, float]) -> None:
+        """An end-of-epoch record, appended to log.txt."""
+        if not self.enabled:
+            return
+        with open(os.path.join(self.output_dir, "log.txt"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for k, v in record.items():
+            if isinstance(v, (int, float)):
+                self.writer.add_scalar(f"epoch/{k}", v, record["epoch"])
+        if self.wandb:
+            self.wandb.log({f"epoch/{k}": v for k, v in record.items()})
+
+    @property
+    def tb_dir(self) -> Optional[str]:
+        return self.writer.log_dir if self.writer else None
+
+    def close(self) -> None:
+        if self.metrics_file:
+            self.metrics_file.close()
+            self.writer.close()
+        if self.wandb:
+            self.wandb.finish()

@@ -1,0 +1,206 @@
+"""The optimisation loop shared by the pretraining and fine-tuning engines.
+
+An engine supplies `loss_fn(batch) -> (loss, stats)` for a batch already on the device; this file
+owns what is the same for every objective: the lr / weight-decay schedules applied per step,
+gradient accumulation (DDP all-reduces only on the micro-batch that completes a step), precision,
+fp16 loss scaling, clipping, non-finite losses, metric windows and the checkpoint/preemption hooks.
+`TorchUpdate` (plain or DDP model, torch optimizer) and `DeepSpeedUpdate` (a DeepSpeed engine) are
+the two ways a step is taken.
+"""
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+LossFn = Callable[[Dict[str, object]], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
+
+
+@dataclass
+class StepControl:
+    """What the driver decides around every step, kept out of the epoch loop."""
+    lr_at: Callable[[int], float]  # global step -> base lr
+    wd_at: Callable[[int], float]  # global step -> weight decay
+    on_step_end: Callable[[int], None]  # global step done -> maybe checkpoint, maybe stop
+    should_stop: Callable[[], bool]  # a preemption signal arrived
+    log_every: int = 20
+    skip_nonfinite: int = 0  # non-finite steps that may be skipped before stopping
+    after_update: Optional[Callable[[int], None]] = None  # e.g. the EMA update, before any checkpoint
+
+
+def set_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+    """Every group's lr = lr * its lr_scale; decaying groups get `weight_decay`."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+        # Remember which groups decay: a schedule that reaches 0 must not turn them off for good.
+        if group.setdefault("decay", group["weight_decay"] > 0):
+            group["weight_decay"] = weight_decay
+
+
+class TorchUpdate:
+    """Steps of a plain or DDP-wrapped model with a torch optimizer.
+
+    Args:
+        precision: "fp32", "bf16" or "fp16": autocast dtype of the forward pass.
+        scaler: GradScaler, required for fp16.
+        clip_grad: max global grad norm (None: no clipping; the norm is still reported).
+        accum_iter: micro-batches per optimizer step (the loss is divided by it).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, precision: str = "fp32",
+                 scaler: Optional[torch.amp.GradScaler] = None, clip_grad: Optional[float] = None,
+                 accum_iter: int = 1):
+        if precision == "fp16" and scaler is None:
+            raise ValueError("fp16 needs a GradScaler")
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.dtype, self.clip_grad, self.accum_iter = PRECISIONS[precision], clip_grad, accum_iter
+        self.input_dtype = None  # autocast casts inside the model
+
+    def context(self, device: torch.device, last_micro: bool):
+        """Forward and backward of one micro-batch run inside this: autocast, and DDP's no_sync()
+        on all but the last micro-batch of a step (no_sync must cover the forward pass too)."""
+        stack = contextlib.ExitStack()
+        if hasattr(self.model, "no_sync") and not last_micro:
+            stack.enter_context(self.model.no_sync())
+        stack.enter_context(torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype is not None))
+        return stack
+
+    def backward(self, loss: torch.Tensor, last_micro: bool) -> Optional[torch.Tensor]:
+        """Backward of one micro-batch; on the last one also the step. Returns the grad norm
+        (a device tensor, no host sync) after a step, else None."""
+        loss = loss / self.accum_iter
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if not last_micro:
+            return None
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad if self.clip_grad else float("inf"))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.zero_grad()
+        return grad_norm.detach()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def loss_scale(self) -> float:
+        return self.scaler.get_scale() if self.scaler else 1.0
+
+
+class DeepSpeedUpdate:
+    """Steps of a DeepSpeed engine. DeepSpeed owns accumulation (its gradient_accumulation_steps
+    must equal the loop's accum_iter), clipping, loss scaling and the ZeRO partitioning; its
+    optimizer keeps our param groups, so the schedules set lr and weight decay as usual."""
+
+    def __init__(self, engine):
+        self.engine, self.optimizer = engine, engine.optimizer
+        self.input_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(_deepspeed_precision(engine))
+
+    def context(self, device: torch.device, last_micro: bool):
+        return contextlib.nullcontext()  # the module itself is in bf16/fp16; DeepSpeed reduces at boundaries
+
+    def backward(self, loss: torch.Tensor, last_micro: bool) -> Optional[torch.Tensor]:
+        if self.engine.is_gradient_accumulation_boundary() != last_micro:
+            raise RuntimeError("DeepSpeed's accumulation boundary and the loop's disagree: "
+                               "gradient_accumulation_steps must equal --update_freq")
+        self.engine.backward(loss)
+        self.engine.step()  # called on every micro-batch; DeepSpeed steps at the boundary
+        if not last_micro:
+            return None
+        norm = self.engine.get_global_grad_norm()
+        return torch.as_tensor(float("nan") if norm is None else norm, dtype=torch.float32).detach()
+
+    def zero_grad(self) -> None:
+        self.engine.zero_grad()
+
+    def loss_scale(self) -> float:
+        return float(getattr(self.optimizer, "cur_scale", 1.0))
+
+
+def _deepspeed_precision(engine) -> str:
+    if engine.bfloat16_enabled():
+        return "bf16"
+    return "fp16" if engine.fp16_enabled() else "fp32"
+
+
+def to_device(batch: Dict[str, object], device: torch.device, video_dtype: Optional[torch.dtype] = None) -> Dict[str, object]:
+    """Tensors of `batch` on `device` (non-blocking: pinned host memory overlaps the copy)."""
+    out = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    if video_dtype is not None:
+        out["video"] = out["video"].to(video_dtype)
+    return out
+
+
+def run_epoch(model: nn.Module, loader: Iterable, update, control: StepControl, loss_fn: LossFn, *,
+              device: torch.device, epoch: int, start_step: int, accum_iter: int = 1, tracker=None,
+              metrics: Optional[Callable[[Dict[str, float]], None]] = None) -> Dict[str, float]:
+    """One pass over `loader`; returns epoch averages of the stats and "end_step".
+
+    Micro-batches that cannot complete a step at the end of the loader are not run.
+
+    Args:
+        model: what `loss_fn` calls; put in train mode here.
+        update: TorchUpdate or DeepSpeedUpdate.
+        start_step: global optimizer step at the start.
+        tracker: BadSampleTracker fed with every batch.
+        metrics: called every `control.log_every` steps with host floats (loss terms, lr, ...).
+    """
+    model.train()
+    step, sums, count, skipped = start_step, {}, 0, 0
+    usable = len(loader) // accum_iter * accum_iter if hasattr(loader, "__len__") else None
+    t_data, clips = 0.0, 0
+    t_window = t_last = time.perf_counter()
+    for micro, batch in enumerate(loader):
+        if micro == usable:
+            break
+        if tracker is not None:
+            tracker.update(batch)
+        t_data += time.perf_counter() - t_last
+        if micro % accum_iter == 0:
+            set_schedules(update.optimizer, control.lr_at(step), control.wd_at(step))
+        clips += batch["video"].shape[0]
+        batch = to_device(batch, device, update.input_dtype)
+        last_micro = (micro + 1) % accum_iter == 0
+        with update.context(device, last_micro):
+            loss, stats = loss_fn(batch)
+            check_now = control.skip_nonfinite > 0 or (step + 1) % control.log_every == 0
+            if check_now and not math.isfinite(loss.item()):
+                skipped += 1
+                if skipped > control.skip_nonfinite:
+                    terms = {k: round(float(v), 4) for k, v in stats.items() if k.startswith("loss")}
+                    raise FloatingPointError(f"non-finite loss at step {step} (epoch {epoch}): {terms}; "
+                                             f"stopping without saving, the last checkpoint is intact")
+                update.zero_grad()
+                continue
+            grad_norm = update.backward(loss, last_micro)
+        if grad_norm is None:
+            continue
+        step += 1
+        if control.after_update is not None:
+            control.after_update(step)
+        stats.update(grad_norm=grad_norm, lr=torch.tensor(update.optimizer.param_groups[0]["lr"]))
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().float()
+        count += 1
+        if step % control.log_every == 0 and metrics is not None:
+            elapsed = time.perf_counter() - t_window
+            metrics({"step": step, "epoch": epoch, **{k: float(v) for k, v in stats.items()},
+                     "weight_decay": control.wd_at(step - 1), "loss_scale": update.loss_scale(),
+                     "data_time": t_data / control.log_every, "step_time": elapsed / control.log_every,
+                     "clips_per_s": clips / elapsed})
+            t_data, clips, t_window = 0.0, 0, time.perf_counter()
+        control.on_step_end(step)
+        if control.should_stop():
+            break
+        t_last = time.perf_counter()
+    update.zero_grad()  # a step cut short by a skipped loss does not carry over
+    return {k: float(v) / max(count, 1) for k, v in sums.items()} | {"steps": count, "end_step": step}
