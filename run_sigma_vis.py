@@ -1,0 +1,433 @@
+"""Pictures of what a SIGMA / VideoMAE checkpoint learned, from local files only.
+
+    python run_sigma_vis.py --checkpoint output/demo/checkpoint-latest.pth --video data/demo/val/x/00000.mp4 \\
+        --csv data/demo/val.csv --data_path data/demo --output_dir output/vis
+
+writes to --output_dir:
+    {video}_tubes.png           sampled frames (top row) and the same frames with every space-time tube
+                                coloured by its prototype (bottom row); prototype i always has the same colour
+    {video}_tubes.gif           the overlay over time, original | overlay
+    {video}_reconstruction.png  pixel models: masked input / reconstruction / original
+    prototype_usage.png, .json  --csv: tubes per prototype over the listed videos, sorted
+    vis_config.json             the resolved settings
+Architecture flags default to the "config" saved in the checkpoint by run_sigma_pretraining.py;
+official checkpoints carry none, so give them on the command line.
+"""
+import argparse
+import colorsys
+import json
+import logging
+import math
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from checkpointing import CheckpointError
+from datasets.annotations import AnnotationError, read_annotations
+from datasets.decoding import BACKENDS, VideoError, open_video
+from datasets.sampling import dense_indices
+from datasets.transforms import center_crop, resize_short_side, to_normalized_float
+from distributed import setup_logging
+from engine_for_pretraining import pixel_targets, teacher_targets
+from masking_generator import tube_mask
+from modeling_finetune import patchify
+from modeling_pretrain import MODELS, TARGET_TYPES, TEACHER_DIMS, PretrainVisionTransformer, build_teacher
+from runtime import str2bool
+from sinkhorn import MAX_EXP_SPREAD, sinkhorn_knopp
+
+logger = logging.getLogger("sigma.vis")
+
+# Flags whose default is the checkpoint's saved run config when it has one.
+CONFIG_KEYS = ("model", "target_type", "num_prototypes", "input_size", "num_frames", "sampling_rate", "mask_ratio",
+               "normalize_target", "distillation_teacher", "teacher_ckpt", "sinkhorn_eps", "sinkhorn_iterations",
+               "video_backend")
+OVERLAY_ALPHA = 0.5  # weight of the prototype colour over the frame
+MASK_GREY = 0.5  # masked tubes in the masked-input row
+GAP, LABEL_W, CAPTION_H = 4, 100, 16  # px between frames, of the row-label column, of the GIF caption strip
+GIF_FRAME_MS = 250
+PLOT_W, PLOT_H, MARGIN = 1000, 360, 48  # usage histogram: plot area and margin around it
+KMEANS_ITERATIONS = 50
+FONT = ImageFont.load_default()
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("SIGMA visualisation", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("inputs")
+    g.add_argument("--checkpoint", required=True, help="pretraining checkpoint (loaded with weights_only)")
+    g.add_argument("--video", default="", help="video for the tube overlay and the reconstruction figures")
+    g.add_argument("--csv", default="", help="annotation list (`path label` lines) for the usage histogram")
+    g.add_argument("--data_path", default="", help="root for relative paths in --csv")
+    g.add_argument("--max_videos", type=int, default=200, help="videos of --csv to use; 0: all")
+    g.add_argument("--video_backend", default="decord", choices=BACKENDS)
+    g = p.add_argument_group("model (default: the checkpoint's config)")
+    g.add_argument("--model", default="pretrain_videomae_small_patch16_224", choices=sorted(MODELS))
+    g.add_argument("--target_type", default="mlp", choices=TARGET_TYPES)
+    g.add_argument("--num_prototypes", type=int, default=None, help="default: rows of the checkpoint's prototypes")
+    g.add_argument("--normalize_target", type=str2bool, default=True,
+                   help="per-tube target normalisation the model was trained with")
+    g.add_argument("--distillation_teacher", default="dino_s", choices=sorted(TEACHER_DIMS))
+    g.add_argument("--teacher_ckpt", default="", help="local DINO weights: dino_* targets need the teacher")
+    g.add_argument("--sinkhorn_eps", type=float, default=0.05)
+    g.add_argument("--sinkhorn_iterations", type=int, default=10)
+    g = p.add_argument_group("clip")
+    g.add_argument("--input_size", type=int, default=224)
+    g.add_argument("--num_frames", type=int, default=16)
+    g.add_argument("--sampling_rate", type=int, default=4, help="the centre window of the video is shown")
+    g.add_argument("--mask_ratio", type=float, default=0.9, help="tube mask of the reconstruction figure")
+    g = p.add_argument_group("assignment")
+    g.add_argument("--assign", default="argmax", choices=["argmax", "sinkhorn"],
+                   help="models with prototypes: a tube's prototype is the argmax of the cosines between its "
+                        "projection (MLP head or DINO teacher, all tubes, no masking) and the L2-normalised "
+                        "prototypes, or of the clip's balanced Sinkhorn codes; the usage histogram always "
+                        "uses argmax (balanced codes would hide a collapse)")
+    g.add_argument("--clusters", type=int, default=8,
+                   help="models without prototypes (VideoMAE pixel): tubes are coloured by k-means with this "
+                        "many clusters on the encoder features of all tokens (encoder run without masking)")
+    g = p.add_argument_group("run")
+    g.add_argument("--output_dir", default="output/vis")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--seed", type=int, default=0, help="reconstruction mask and k-means initialisation")
+    return p
+
+
+def read_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """(state dict, saved run config or {}) of a checkpoint; never unpickles code (weights_only)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(path, "no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(path, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(path, f"expected a dict, got {type(state).__name__}")
+    weights = next((state[k] for k in ("model", "module") if isinstance(state.get(k), dict)), None)
+    if weights is None:
+        raise CheckpointError(path, f"no 'model' or 'module' state dict (has {sorted(map(str, state))[:10]})")
+    if "decoder.head.weight" not in weights:
+        raise CheckpointError(path, "not a pretraining checkpoint: it has no decoder")
+    config = state.get("config")
+    return weights, config if isinstance(config, dict) else {}
+
+
+def build_model(weights: Dict[str, torch.Tensor], checkpoint: str, *, model_name: str, target_type: str,
+                num_prototypes: Optional[int], input_size: int, num_frames: int, sinkhorn_eps: float,
+                sinkhorn_iterations: int) -> PretrainVisionTransformer:
+    """The model of `weights`; decoder depth and width and the objective are read from the weights."""
+    kwargs = dict(img_size=input_size, all_frames=num_frames, target_type=target_type,
+                  decoder_num_classes=weights["decoder.head.weight"].shape[0],
+                  decoder_depth=1 + max(int(k.split(".")[2]) for k in weights if k.startswith("decoder.blocks.")),
+                  sinkhorn_eps=sinkhorn_eps, sinkhorn_iterations=sinkhorn_iterations)
+    if "prototypes" in weights:
+        kwargs.update(loss_func="SWAV", num_prototypes=num_prototypes or weights["prototypes"].shape[0])
+    else:
+        kwargs.update(loss_func="L2")
+    try:
+        model = MODELS[model_name](**kwargs)
+        model.load_state_dict(weights)
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(checkpoint, f"its weights do not fit --model {model_name} --target_type {target_type}: "
+                                          f"{str(e)[:600]}") from None
+    return model.eval()
+
+
+def read_clip(path: str, *, num_frames: int, sampling_rate: int, input_size: int,
+              backend: str) -> Tuple[torch.Tensor, List[int]]:
+    """The centre window of `path`, short side resized and centre-cropped: (uint8 [T, C, S, S], frame indices)."""
+    try:
+        reader = open_video(path, backend)
+    except VideoError as e:
+        if backend != "decord" or not e.decoder_failed:
+            raise
+        reader = open_video(path, "pyav")  # decord rejects some files FFmpeg reads
+    indices = dense_indices(reader.num_frames, num_frames, sampling_rate, "val")
+    frames = reader.get_frames(indices)  # [T, C, H, W]
+    return center_crop(resize_short_side(frames, input_size), input_size), indices
+
+
+def palette(k: int) -> np.ndarray:
+    """[k, 3] uint8 colours; colour i does not depend on k, and consecutive ids differ in hue."""
+    colours = [colorsys.hsv_to_rgb((i * 0.6180339887) % 1.0,  # golden-ratio hue steps
+                                   0.55 + 0.45 * ((i * 0.7548776662) % 1.0),  # R2 low-discrepancy sequence
+                                   0.70 + 0.30 * ((i * 0.5698402910) % 1.0)) for i in range(k)]
+    return (np.asarray(colours) * 255).round().astype(np.uint8)
+
+
+@torch.no_grad()
+def prototype_scores(model: PretrainVisionTransformer, videos: torch.Tensor, teacher: Optional[nn.Module],
+                     normalize_target: bool) -> torch.Tensor:
+    """Cosines between the projection of every tube and every prototype: [B, N, K].
+
+    The projection side of the objective on all tubes (no mask): the MLP head of the normalised
+    pixel tubes (SIGMA-MLP) or the frozen teacher's features (SIGMA-DINO, whose head is Identity).
+    """
+    B = videos.shape[0]
+    tubes = patchify(videos, model.tubelet_size, model.patch_size)  # [B, N, P, C]
+    every = torch.ones(tubes.shape[:2], dtype=torch.bool, device=videos.device)  # [B, N]
+    if model.target_type == "mlp":
+        targets = pixel_targets(tubes, every, normalize_target)  # [B, N, P*C]
+    else:
+        if teacher is None:
+            raise ValueError(f"target_type {model.target_type} needs its teacher: give --teacher_ckpt")
+        targets = teacher_targets(teacher, videos, every, model.tubelet_size, normalize_target)  # [B, N, C_t]
+    proj = F.normalize(model.head(targets).reshape(B * tubes.shape[1], -1), dim=-1)  # [B*N, D]
+    scores = proj @ F.normalize(model.prototypes, dim=1).t()  # [B*N, K]
+    return scores.reshape(B, tubes.shape[1], -1)
+
+
+def assign_prototypes(scores: torch.Tensor, method: str, epsilon: float, iterations: int) -> torch.Tensor:
+    """[N, K] cosines of one clip -> [N] prototype ids: argmax, or argmax of the clip's Sinkhorn codes."""
+    if method == "sinkhorn":
+        # Cosines span at most 2, so the exp-domain path is exact unless epsilon is tiny.
+        scores = sinkhorn_knopp(scores, epsilon, iterations, log_domain=2.0 / epsilon > MAX_EXP_SPREAD)
+    return scores.argmax(-1)
+
+
+def kmeans(x: torch.Tensor, k: int, iterations: int, generator: torch.Generator) -> torch.Tensor:
+    """Spherical k-means with k-means++ seeding: [N, D] features -> [N] cluster ids (on the CPU)."""
+    if not 0 < k <= x.shape[0]:
+        raise ValueError(f"--clusters must lie in [1, {x.shape[0]}] (the clip's tokens), got {k}")
+    x = F.normalize(x.float().cpu(), dim=-1)  # [N, D]
+    centres = x[torch.randint(x.shape[0], (1,), generator=generator)]  # [1, D]
+    for _ in range(1, k):
+        d2 = torch.cdist(x, centres).square().amin(1)  # [N] to the nearest centre so far
+        weights = d2 if d2.sum() > 0 else torch.ones_like(d2)  # all points coincide: any will do
+        centres = torch.cat([centres, x[torch.multinomial(weights, 1, generator=generator)]])  # [k', D]
+    labels = torch.cdist(x, centres).argmin(1)  # [N]
+    for _ in range(iterations):
+        sums = torch.zeros_like(centres).index_add_(0, labels, x)  # [k, D]
+        counts = torch.bincount(labels, minlength=k).unsqueeze(1)  # [k, 1]
+        centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)  # empty clusters keep their centre
+        new = torch.cdist(x, centres).argmin(1)
+        if torch.equal(new, labels):
+            break
+        labels = new
+    return labels
+
+
+def tube_colours(ids: torch.Tensor, grid: Tuple[int, int, int], tubelet: int, patch: int) -> np.ndarray:
+    """[N] ids in (t, h, w) token order -> per-pixel colours uint8 [T, H, W, 3]."""
+    cells = ids.reshape(grid).cpu()  # [T/t, H/p, W/p]
+    pixels = cells.repeat_interleave(tubelet, 0).repeat_interleave(patch, 1).repeat_interleave(patch, 2)
+    return palette(int(ids.max()) + 1)[pixels.numpy()]
+
+
+def unpatchify(tubes: torch.Tensor, grid: Tuple[int, int, int], tubelet: int, patch: int) -> torch.Tensor:
+    """Inverse of `patchify`: [B, N, t*p*p, C] -> [B, C, T, H, W]."""
+    B, C = tubes.shape[0], tubes.shape[-1]
+    T_, H_, W_ = grid
+    x = tubes.reshape(B, T_, H_, W_, tubelet, patch, patch, C)
+    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # [B, C, T/t, t, H/p, p, W/p, p]
+    return x.reshape(B, C, T_ * tubelet, H_ * patch, W_ * patch)
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """[C, T, H, W] floats in [0, 1] -> uint8 [T, H, W, C]."""
+    return video.permute(1, 2, 3, 0).mul(255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+
+@torch.no_grad()
+def reconstruct(model: PretrainVisionTransformer, videos: torch.Tensor, mask: torch.Tensor,
+                normalize_target: bool) -> Tuple[np.ndarray, np.ndarray, float]:
+    """(masked input, reconstruction) as uint8 [T, H, W, 3] and the loss on the masked tubes.
+
+    With normalize_target the model predicts every masked tube normalised per channel, so the
+    prediction is mapped back with that tube's true mean and std, as VideoMAE's visualisation
+    does: the reconstruction borrows each masked tube's mean colour and contrast from the original.
+    """
+    t, p = model.tubelet_size, model.patch_size
+    grid = (videos.shape[2] // t, videos.shape[3] // p, videos.shape[4] // p)
+    tubes = patchify(videos, t, p)  # [1, N, P, C] ImageNet-normalised
+    pixels = tubes * tubes.new_tensor(IMAGENET_DEFAULT_STD) + tubes.new_tensor(IMAGENET_DEFAULT_MEAN)  # in [0, 1]
+    pred = model(videos, mask).pred.float()  # [1, N_mask, P*C]
+    loss = F.mse_loss(pred, pixel_targets(tubes, mask, normalize_target)).item()
+    masked = pixels[mask]  # [N_mask, P, C]
+    pred = pred.reshape(masked.shape)
+    if normalize_target:
+        std = masked.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6  # as normalize_per_group
+        pred = pred * std + masked.mean(dim=-2, keepdim=True)
+    rec, hidden = pixels.clone(), pixels.clone()
+    rec[mask] = pred.clamp(0, 1)  # visible tubes keep their pixels
+    hidden[mask] = MASK_GREY
+    return (to_uint8(unpatchify(hidden, grid, t, p)[0]), to_uint8(unpatchify(rec, grid, t, p)[0]), loss)
+
+
+def frame_grid(rows: Sequence[Tuple[str, np.ndarray]]) -> Image.Image:
+    """One labelled row per (label, uint8 [T, H, W, 3]), frames left to right."""
+    T, H, W = rows[0][1].shape[:3]
+    canvas = Image.new("RGB", (LABEL_W + T * W + (T - 1) * GAP, len(rows) * H + (len(rows) - 1) * GAP), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (label, frames) in enumerate(rows):
+        y = r * (H + GAP)
+        draw.text((4, y + H // 2), label, fill="black", anchor="lm", font=FONT)
+        for i, frame in enumerate(frames):
+            canvas.paste(Image.fromarray(frame), (LABEL_W + i * (W + GAP), y))
+    return canvas
+
+
+def save_gif(original: np.ndarray, overlay: np.ndarray, indices: Sequence[int], path: str) -> None:
+    """original | overlay per sampled frame, with a caption strip (which also keeps PIL from merging
+    identical frames); one palette for all frames, no dithering, so a colour never flickers."""
+    T, H, W = original.shape[:3]
+    frames = []
+    for i in range(T):
+        frame = Image.new("RGB", (2 * W + GAP, H + CAPTION_H), "white")
+        frame.paste(Image.fromarray(original[i]), (0, 0))
+        frame.paste(Image.fromarray(overlay[i]), (W + GAP, 0))
+        ImageDraw.Draw(frame).text((2, H + 2), f"{i + 1}/{T} (frame {indices[i]})", fill="black", font=FONT)
+        frames.append(frame)
+    strip = Image.new("RGB", (frames[0].width, frames[0].height * T))
+    for i, frame in enumerate(frames):
+        strip.paste(frame, (0, i * frames[0].height))
+    shared = strip.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    frames = [f.quantize(palette=shared, dither=Image.Dither.NONE) for f in frames]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=GIF_FRAME_MS, loop=0)
+
+
+def usage_plot(counts: torch.Tensor, title: str) -> Image.Image:
+    """Sorted bar chart of tubes per prototype, each bar in its prototype's overlay colour."""
+    K = counts.numel()
+    order = torch.argsort(counts, descending=True, stable=True).tolist()
+    top, colours = max(int(counts.max()), 1), palette(K)
+    img = Image.new("RGB", (PLOT_W + 2 * MARGIN, PLOT_H + 2 * MARGIN), "white")
+    draw = ImageDraw.Draw(img)
+    bottom = MARGIN + PLOT_H - 1
+    for rank, k in enumerate(order):
+        if counts[k] == 0:
+            break
+        x0 = MARGIN + rank * PLOT_W // K
+        x1 = max(x0, MARGIN + (rank + 1) * PLOT_W // K - 1 - (PLOT_W >= 3 * K))  # 1 px apart when wide
+        y0 = bottom - round((PLOT_H - 1) * int(counts[k]) / top)
+        draw.rectangle([x0, y0, x1, bottom], fill=tuple(int(c) for c in colours[k]))
+    draw.line([(MARGIN - 1, MARGIN), (MARGIN - 1, bottom + 1), (MARGIN + PLOT_W, bottom + 1)], fill="black")
+    draw.text((MARGIN - 4, MARGIN), str(top), fill="black", anchor="ra", font=FONT)
+    draw.text((MARGIN - 4, MARGIN - 4), "tubes", fill="black", anchor="rs", font=FONT)
+    draw.text((MARGIN - 4, bottom), "0", fill="black", anchor="rs", font=FONT)
+    draw.text((MARGIN, MARGIN // 2), title, fill="black", anchor="lm", font=FONT)
+    draw.text((MARGIN + PLOT_W // 2, bottom + MARGIN // 2), f"{K} prototypes, sorted by tubes assigned",
+              fill="black", anchor="mm", font=FONT)
+    return img
+
+
+def visualise_video(model: PretrainVisionTransformer, teacher: Optional[nn.Module], path: str, out_dir: str, *,
+                    clip: Dict[str, Any], device: torch.device, assign: str, clusters: int, mask_ratio: float,
+                    normalize_target: bool, seed: int) -> List[str]:
+    """Figures (a) to (c) of one video; returns the written paths."""
+    frames, indices = read_clip(path, **clip)  # uint8 [T, C, S, S]
+    videos = to_normalized_float(frames).unsqueeze(0).to(device)  # [1, 3, T, S, S]
+    t, p = model.tubelet_size, model.patch_size
+    grid = (videos.shape[2] // t, videos.shape[3] // p, videos.shape[4] // p)
+    generator = torch.Generator().manual_seed(seed)
+    if hasattr(model, "prototypes"):
+        scores = prototype_scores(model, videos, teacher, normalize_target)[0]  # [N, K]
+        ids = assign_prototypes(scores, assign, model.sinkhorn_eps, model.sinkhorn_iterations)  # [N]
+        label = "prototypes"
+    else:
+        with torch.no_grad():
+            feats = model.encoder.forward_tokens(videos)[0]  # [N, D], every token visible
+        ids = kmeans(feats, clusters, KMEANS_ITERATIONS, generator)
+        label = f"k-means {clusters}"
+    logger.info("%s: %d tubes, %d distinct ids (%s)", path, ids.numel(), ids.unique().numel(), label)
+    original = frames.permute(0, 2, 3, 1).numpy()  # [T, S, S, 3]
+    colours = tube_colours(ids, grid, t, p).astype(np.float32)
+    overlay = ((1 - OVERLAY_ALPHA) * original + OVERLAY_ALPHA * colours).round().astype(np.uint8)
+    stem = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
+    frame_grid([("frames", original), (label, overlay)]).save(f"{stem}_tubes.png")
+    save_gif(original, overlay, indices, f"{stem}_tubes.gif")
+    written = [f"{stem}_tubes.png", f"{stem}_tubes.gif"]
+    if model.target_type == "pixel":
+        mask = tube_mask(1, grid, mask_ratio, generator=generator).to(device)  # [1, N]
+        hidden, rec, loss = reconstruct(model, videos, mask, normalize_target)
+        frame_grid([(f"masked {mask_ratio:.0%}", hidden), ("reconstruction", rec), ("original", original)]
+                   ).save(f"{stem}_reconstruction.png")
+        logger.info("reconstruction loss on the masked tubes: %.4f", loss)
+        written.append(f"{stem}_reconstruction.png")
+    return written
+
+
+def prototype_usage(model: PretrainVisionTransformer, teacher: Optional[nn.Module], paths: Sequence[str],
+                    out_dir: str, *, clip: Dict[str, Any], device: torch.device,
+                    normalize_target: bool) -> Dict[str, Any]:
+    """Argmax prototype of every tube of every readable video: histogram PNG and JSON summary."""
+    counts = torch.zeros(model.prototypes.shape[0], dtype=torch.long)
+    skipped = []
+    for path in paths:
+        try:
+            frames, _ = read_clip(path, **clip)
+        except VideoError as e:
+            logger.warning("skipping unreadable video %s", e)
+            skipped.append(path)
+            continue
+        videos = to_normalized_float(frames).unsqueeze(0).to(device)
+        ids = prototype_scores(model, videos, teacher, normalize_target)[0].argmax(-1)  # [N]
+        counts += torch.bincount(ids.cpu(), minlength=counts.numel())
+    used = len(paths) - len(skipped)
+    if used == 0:
+        raise ValueError(f"none of the {len(paths)} videos of --csv could be read")
+    freq = counts.double() / counts.sum()
+    summary = {"videos": used, "skipped": skipped, "tubes": int(counts.sum()), "num_prototypes": counts.numel(),
+               "used": int((counts > 0).sum()), "entropy_nats": float(torch.special.entr(freq).sum()),
+               "counts": counts.tolist()}
+    title = (f"prototype usage over {used} videos ({summary['tubes']} tubes): {summary['used']}/{counts.numel()} "
+             f"used, entropy {summary['entropy_nats']:.2f} nats (uniform {math.log(counts.numel()):.2f})")
+    usage_plot(counts, title).save(os.path.join(out_dir, "prototype_usage.png"))
+    with open(os.path.join(out_dir, "prototype_usage.json"), "w") as f:
+        json.dump(summary, f)
+    logger.info(title)
+    return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    setup_logging(0)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if not args.video and not args.csv:
+        parser.error("give --video, --csv or both")
+    weights, config = read_checkpoint(args.checkpoint)
+    # Second parse: the saved run config replaces the parser's defaults, explicit flags still win.
+    parser.set_defaults(**{k: config[k] for k in CONFIG_KEYS if k in config})
+    args = parser.parse_args(argv)
+    if args.model not in MODELS or args.target_type not in TARGET_TYPES:
+        parser.error(f"{args.checkpoint} was trained with --model {args.model} --target_type {args.target_type}, "
+                     f"which this code base does not define")
+    device = torch.device(args.device)
+    model = build_model(weights, args.checkpoint, model_name=args.model, target_type=args.target_type,
+                        num_prototypes=args.num_prototypes, input_size=args.input_size, num_frames=args.num_frames,
+                        sinkhorn_eps=args.sinkhorn_eps, sinkhorn_iterations=args.sinkhorn_iterations).to(device)
+    if args.csv and not hasattr(model, "prototypes"):
+        parser.error(f"--csv: prototype usage needs a model with prototypes; {args.checkpoint} has none")
+    teacher = None
+    if args.target_type.startswith("dino") and hasattr(model, "prototypes"):
+        teacher = build_teacher(args.target_type, args.distillation_teacher, args.input_size, args.teacher_ckpt,
+                                model.patch_size).to(device)
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "vis_config.json"), "w") as f:
+        json.dump({**vars(args), "loss_func": "SWAV" if hasattr(model, "prototypes") else "L2"}, f, indent=2)
+    clip = dict(num_frames=args.num_frames, sampling_rate=args.sampling_rate, input_size=args.input_size,
+                backend=args.video_backend)
+    if args.video:
+        written = visualise_video(model, teacher, args.video, args.output_dir, clip=clip, device=device,
+                                  assign=args.assign, clusters=args.clusters, mask_ratio=args.mask_ratio,
+                                  normalize_target=args.normalize_target, seed=args.seed)
+        logger.info("wrote %s", ", ".join(written))
+    if args.csv:
+        samples = read_annotations(args.csv, args.data_path, with_labels=False)
+        paths = [s.path for s in samples][:args.max_videos or None]
+        prototype_usage(model, teacher, paths, args.output_dir, clip=clip, device=device,
+                        normalize_target=args.normalize_target)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except VideoError as e:
+        sys.exit(f"run_sigma_vis.py: error: cannot read video {e}")
+    except (CheckpointError, AnnotationError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"run_sigma_vis.py: error: {e}")
