@@ -9,6 +9,7 @@ without renaming.
 Factories are kept in this module's own registry (`MODELS`), never in timm's: timm already owns
 ``vit_base_patch16_224`` and friends for image models.
 """
+import copy
 import logging
 import math
 from functools import partial
@@ -258,6 +259,65 @@ class VisionTransformer(nn.Module):
         return self.head(self.fc_dropout(self.forward_features(videos)))  # [B, num_classes]
 
 
+class LinearProbe(nn.Module):
+    """A frozen backbone in eval mode under a linear classifier on its pooled features.
+
+    Truly linear: no gradient reaches the backbone, whose dropout / drop path stay off and whose
+    norms are not trained; the head is a BatchNorm without affine parameters (feature
+    standardisation, as in MAE's linear probe) followed by a Linear layer, or the Linear alone.
+    With `train_norms` the final fc_norm / norm are trained too (the official variant).
+    """
+
+    def __init__(self, backbone: VisionTransformer, num_classes: int, batch_norm: bool = True,
+                 train_norms: bool = False, init_scale: float = 1.0):
+        super().__init__()
+        self.backbone = backbone
+        self.backbone.head = nn.Identity()
+        self.train_norms = train_norms
+        for name, p in self.backbone.named_parameters():
+            p.requires_grad = train_norms and name.startswith(("fc_norm.", "norm."))
+        dim = backbone.num_features
+        linear = nn.Linear(dim, num_classes)
+        trunc_normal_(linear.weight, std=0.01)
+        nn.init.zeros_(linear.bias)
+        with torch.no_grad():
+            linear.weight.mul_(init_scale)
+        self.head = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), linear) if batch_norm else linear
+
+    def train(self, mode: bool = True) -> "LinearProbe":
+        super().train(mode)
+        self.backbone.eval()  # no dropout, drop path or other train-time behaviour in the features
+        return self
+
+    def forward(self, videos: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(self.train_norms and torch.is_grad_enabled()):
+            features = self.backbone.forward_features(videos)  # [B, D]
+        return self.head(features)  # [B, num_classes]
+
+
+class ModelEma(nn.Module):
+    """Exponential moving average of a model's parameters (fp32 copy; buffers copied as they are).
+
+    Evaluated and saved beside the model (checkpoint key "model_ema").
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999):
+        super().__init__()
+        self.module = copy.deepcopy(model).float().eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        ema = list(self.module.parameters())
+        new = [p.detach().float() for p in model.parameters()]
+        torch._foreach_lerp_(ema, new, 1.0 - self.decay)
+        for b_ema, b in zip(self.module.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+    def forward(self, videos: torch.Tensor) -> torch.Tensor:
+        return self.module(videos)
+
+
 # (embed_dim, depth, num_heads) of the four published sizes.
 VIT_SIZES = {"small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16), "huge": (1280, 32, 16)}
 
@@ -317,7 +377,8 @@ def _backbone_state_dict(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torc
     return state, []
 
 
-def load_pretrained_weights(model: VisionTransformer, path: str, model_key: str = "model|module") -> Dict[str, list]:
+def load_pretrained_weights(model: VisionTransformer, path: str, model_key: str = "model|module",
+                            model_prefix: str = "") -> Dict[str, list]:
     """Initialise a fine-tuning backbone from a pretraining or fine-tuning checkpoint.
 
     Accepts our checkpoints and the published SIGMA and VideoMAE ones: the state dict under one of
@@ -325,7 +386,8 @@ def load_pretrained_weights(model: VisionTransformer, path: str, model_key: str 
     prefixes stripped; decoder, projection and prototypes dropped; the classifier head dropped
     when its shape differs; a learnable ``pos_embed`` resized to the model's frames and size (a
     fixed sin-cos model recomputes its own table). Any other shape mismatch, or backbone weights
-    missing from the file, raise ValueError naming the keys.
+    missing from the file, raise ValueError naming the keys. `model_prefix` (the official
+    --model_prefix) is stripped from the keys first; keys without it are dropped.
 
     Returns:
         {"loaded": [...], "initialised": [...], "dropped": [...]} key lists, also logged.
@@ -341,7 +403,14 @@ def load_pretrained_weights(model: VisionTransformer, path: str, model_key: str 
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         keys = list(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise ValueError(f"{path}: no state dict under {model_key!r}; top-level keys: {keys}")
-    state, dropped = _backbone_state_dict(state)
+    dropped = []
+    if model_prefix:
+        dropped = sorted(k for k in state if not k.startswith(model_prefix))
+        state = {k[len(model_prefix):]: v for k, v in state.items() if k.startswith(model_prefix)}
+        if not state:
+            raise ValueError(f"{path}: no key starts with --model_prefix {model_prefix!r}; keys: {dropped[:10]}")
+    state, more = _backbone_state_dict(state)
+    dropped += more
     own = model.state_dict()
     for key in list(state):
         if key not in own:
@@ -367,6 +436,19 @@ def load_pretrained_weights(model: VisionTransformer, path: str, model_key: str 
     logger.info("loaded %d tensors from %s; newly initialised: %s; dropped from checkpoint: %s",
                 len(state), path, initialised, _summarise(report["dropped"]))
     return report
+
+
+def pooling_for_frozen_features(path: str, model_key: str = "model|module") -> bool:
+    """`use_mean_pooling` under which a checkpoint's features are evaluated frozen (kNN, linear probe).
+
+    A fine-tuned checkpoint has a trained ``fc_norm`` (mean pooling, then fc_norm); a pretraining
+    checkpoint has the encoder's trained final ``norm`` instead (norm each token, then average), so
+    its features are read through that norm rather than a fresh, untrained fc_norm.
+    """
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = next((checkpoint[k] for k in model_key.split("|") if isinstance(checkpoint, dict) and k in checkpoint),
+                 checkpoint)
+    return any(k.endswith("fc_norm.weight") for k in state)
 
 
 def _summarise(keys: List[str]) -> str:

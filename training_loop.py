@@ -116,8 +116,8 @@ class DeepSpeedUpdate:
         self.engine.step()  # called on every micro-batch; DeepSpeed steps at the boundary
         if not last_micro:
             return None
-        norm = self.engine.get_global_grad_norm()
-        return torch.as_tensor(float("nan") if norm is None else norm, dtype=torch.float32).detach()
+        norm = self.engine.get_global_grad_norm()  # None where DeepSpeed does not compute one (fp32, ZeRO 0)
+        return torch.empty(0) if norm is None else torch.as_tensor(norm, dtype=torch.float32).detach()
 
     def zero_grad(self) -> None:
         self.engine.zero_grad()
@@ -187,7 +187,9 @@ def run_epoch(model: nn.Module, loader: Iterable, update, control: StepControl, 
         step += 1
         if control.after_update is not None:
             control.after_update(step)
-        stats.update(grad_norm=grad_norm, lr=torch.tensor(update.optimizer.param_groups[0]["lr"]))
+        if grad_norm.numel():  # empty: the engine did not report a norm
+            stats["grad_norm"] = grad_norm
+        stats["lr"] = torch.tensor(update.optimizer.param_groups[0]["lr"])
         for k, v in stats.items():
             sums[k] = sums.get(k, 0.0) + v.detach().float()
         count += 1

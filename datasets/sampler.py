@@ -33,3 +33,17 @@ class ResumableSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.per_rank - self.start
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Evaluation: rank r takes items r, r + W, r + 2W, ... in order. Nothing is padded or dropped,
+    so shards may differ by one item and no item is seen twice (no duplicates to remove)."""
+
+    def __init__(self, dataset_len: int, num_replicas: int = 1, rank: int = 0):
+        self.items = range(rank, dataset_len, num_replicas)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)

@@ -1,0 +1,109 @@
+"""DeepSpeed for fine-tuning (--enable_deepspeed): engine set-up, and its checkpoints for resume.
+
+DeepSpeed is optional (requirements-deepspeed.txt); it is imported only here and only when asked
+for. The engine wraps our own AdamW, so the layer-decay parameter groups and their lr_scale stay
+intact; clipping, loss scaling and ZeRO stage 0/1/2 partitioning come from its config. Resume
+state lives in DeepSpeed's own checkpoint folders (ZeRO partitions the optimizer state), one tag
+per save, ``deepspeed/step-{N}``; the plain ``checkpoint-*.pth`` weights files stay loadable
+without DeepSpeed.
+"""
+import logging
+import os
+import re
+import shutil
+import socket
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+from distributed import DistEnv, barrier
+
+logger = logging.getLogger("sigma")
+
+DS_DIR = "deepspeed"
+_TAG = re.compile(r"step-(\d+)")
+
+
+def import_deepspeed():
+    try:
+        import deepspeed
+    except ImportError:
+        raise SystemExit("--enable_deepspeed needs the deepspeed package: pip install -r requirements-deepspeed.txt "
+                         "(see INSTALL.md), or drop the flag") from None
+    return deepspeed
+
+
+def deepspeed_config(*, batch_size: int, update_freq: int, world_size: int, zero_stage: int, precision: str,
+                     clip_grad: Optional[float]) -> Dict[str, Any]:
+    """The DeepSpeed JSON config of a run (also written to output_dir/deepspeed_config.json)."""
+    return {
+        "train_micro_batch_size_per_gpu": batch_size,
+        "gradient_accumulation_steps": update_freq,
+        "train_batch_size": batch_size * update_freq * world_size,
+        "gradient_clipping": clip_grad or 0.0,
+        "zero_optimization": {"stage": zero_stage},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
+                 "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
+        "steps_per_print": 10 ** 9,  # our own logging reports progress
+    }
+
+
+def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: Dict[str, Any], env: DistEnv):
+    """A DeepSpeed engine around `model` and our optimizer (its param groups keep their lr_scale)."""
+    deepspeed = import_deepspeed()
+    if env.device.type == "cpu":
+        # The shared-memory all-reduce op is compiled on first use (minutes); gloo serves instead.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if config["fp16"]["enabled"] and env.device.type != "cuda":
+        raise ValueError("DeepSpeed fp16 needs CUDA; use --precision bf16 or fp32 on the CPU")
+    # DeepSpeed reads the launcher variables itself; srun and a plain `python` do not set them.
+    for name, value in (("LOCAL_RANK", env.local_rank), ("RANK", env.rank), ("WORLD_SIZE", env.world_size)):
+        os.environ.setdefault(name, str(value))
+    if not dist.is_initialized():  # a single process: DeepSpeed still wants a process group
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        dist.init_process_group("nccl" if env.device.type == "cuda" else "gloo",
+                                init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    return engine
+
+
+def _tags(ds_dir: str) -> list:
+    """(step, tag) of the step-N folders in `ds_dir`, newest first."""
+    found = [(int(m.group(1)), name) for name in os.listdir(ds_dir) if (m := _TAG.fullmatch(name))] \
+        if os.path.isdir(ds_dir) else []
+    return sorted(found, reverse=True)
+
+
+def save(engine, output_dir: str, env: DistEnv, client_state: Dict[str, Any], keep: int = 2) -> str:
+    """Write tag step-{step} on every rank (a collective) and keep the newest `keep` tags."""
+    ds_dir = os.path.join(output_dir, DS_DIR)
+    tag = f"step-{client_state['step']}"
+    engine.save_checkpoint(ds_dir, tag=tag, client_state=client_state)
+    barrier()
+    if env.is_main:
+        for _, old in _tags(ds_dir)[keep:]:
+            shutil.rmtree(os.path.join(ds_dir, old), ignore_errors=True)
+    barrier()
+    return os.path.join(ds_dir, tag)
+
+
+def load(engine, path: str) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """Resume from a DeepSpeed folder: an output_dir (its newest tag), its deepspeed/ folder, or one
+    tag folder. Returns (tag path, client state), or None when there is nothing to resume."""
+    if os.path.isdir(os.path.join(path, DS_DIR)):
+        path = os.path.join(path, DS_DIR)
+    if _TAG.fullmatch(os.path.basename(os.path.normpath(path))):
+        ds_dir, tag = os.path.split(os.path.normpath(path))
+    else:
+        tags = _tags(path)
+        if not tags:
+            return None
+        ds_dir, tag = path, tags[0][1]
+    loaded, client_state = engine.load_checkpoint(ds_dir, tag=tag)
+    if loaded is None:
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {os.path.join(ds_dir, tag)}")
+    return os.path.join(ds_dir, tag), client_state

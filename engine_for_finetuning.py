@@ -1,0 +1,163 @@
+"""One fine-tuning epoch, and evaluation over any number of views per video.
+
+    train:  clip ──mixup/cutmix──> model ──> logits ──soft-target CE (label smoothing)──> loss
+    eval:   every (video, segment, crop) view ──> softmax (or features) ──all_gather──>
+            de-duplicated by key ──> mean over each video's views ──> top-1 / top-5 / per-class
+"""
+from typing import Callable, Dict, Iterable, NamedTuple, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from datasets.mixup import Mixup, smooth_one_hot
+from distributed import DistEnv
+from training_loop import PRECISIONS, StepControl, run_epoch, to_device
+
+
+def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of -sum_k targets_k log softmax(logits)_k; logits, targets [B, K]."""
+    return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, update, control: StepControl, *, device: torch.device,
+                    epoch: int, start_step: int, num_classes: int, accum_iter: int = 1, mixup: Optional[Mixup] = None,
+                    smoothing: float = 0.0, tracker=None,
+                    metrics: Optional[Callable[[Dict[str, float]], None]] = None) -> Dict[str, float]:
+    """One fine-tuning epoch (see `training_loop.run_epoch` for the step machinery).
+
+    Args:
+        mixup: mixes each batch and gives its soft targets (they carry the label smoothing).
+        smoothing: label smoothing without mixup.
+    """
+
+    def loss_fn(batch):
+        videos, labels = batch["video"], batch["label"]  # [B, C, T, H, W], [B]
+        if mixup is not None:
+            videos, targets = mixup(videos, labels)  # targets [B, K]
+        elif smoothing > 0:
+            targets = smooth_one_hot(labels, num_classes, smoothing)
+        logits = model(videos).float()  # [B, K]
+        if mixup is not None or smoothing > 0:
+            loss = soft_target_cross_entropy(logits, targets)
+        else:
+            loss = F.cross_entropy(logits, labels)
+        stats = {"loss": loss.detach()}
+        if mixup is None:  # accuracy means nothing on mixed clips
+            stats["acc1"] = (logits.detach().argmax(-1) == labels).float().mean()
+        return loss, stats
+
+    return run_epoch(model, loader, update, control, loss_fn, device=device, epoch=epoch, start_step=start_step,
+                     accum_iter=accum_iter, tracker=tracker, metrics=metrics)
+
+
+class Views(NamedTuple):
+    """One row per evaluated view."""
+    index: torch.Tensor  # [M] long, position of the video in the annotation list
+    segment: torch.Tensor  # [M] long
+    crop: torch.Tensor  # [M] long
+    label: torch.Tensor  # [M] long
+    output: torch.Tensor  # [M, D] float: class probabilities or features
+
+
+class Videos(NamedTuple):
+    """One row per video, in ascending index order."""
+    index: torch.Tensor  # [V] long
+    label: torch.Tensor  # [V] long
+    output: torch.Tensor  # [V, D] mean over the video's views
+    num_views: torch.Tensor  # [V] long
+
+
+def softmax_outputs(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Per-view class probabilities: the test protocol averages softmax, not logits."""
+    return lambda videos: model(videos).float().softmax(-1)
+
+
+@torch.no_grad()
+def predict_views(output_fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, loader: Iterable, *,
+                  device: torch.device, precision: str = "fp32", input_dtype: Optional[torch.dtype] = None,
+                  tracker=None) -> Views:
+    """`output_fn(videos)` of every view the loader yields (model in eval mode), kept on `device`."""
+    model.eval()
+    dtype = PRECISIONS[precision] if input_dtype is None else None
+    parts = {k: [] for k in Views._fields}
+    for batch in loader:
+        if tracker is not None:
+            tracker.update(batch)
+        batch = to_device(batch, device, input_dtype)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            parts["output"].append(output_fn(batch["video"]).float())
+        for k in ("index", "segment", "crop", "label"):
+            parts[k].append(batch[k])
+    if not parts["output"]:
+        return Views(*(torch.zeros(0, dtype=torch.long, device=device) for _ in range(4)),
+                     torch.zeros(0, 0, device=device))
+    return Views(**{k: torch.cat(v) for k, v in parts.items()})
+
+
+def gather_views(views: Views, env: DistEnv) -> Views:
+    """Every rank's views on every rank (all_gather of tensors padded to the longest shard)."""
+    if env.world_size == 1 or not dist.is_initialized():
+        return views
+    count = torch.tensor([views.index.shape[0]], device=env.device)
+    counts = [torch.zeros_like(count) for _ in range(env.world_size)]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    dim = torch.tensor([views.output.shape[1]], device=env.device)
+    dist.all_reduce(dim, op=dist.ReduceOp.MAX)  # a rank with no views has output width 0
+    longest, D = max(counts), int(dim)
+    gathered = []
+    for field in views:
+        local = field if field.ndim == 1 else field.reshape(-1, D)
+        padded = local.new_zeros((longest,) + tuple(local.shape[1:]))
+        padded[:local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in range(env.world_size)]
+        dist.all_gather(parts, padded.contiguous())
+        gathered.append(torch.cat([p[:n] for p, n in zip(parts, counts)]))
+    return Views(*gathered)
+
+
+def merge_views(views: Views) -> Videos:
+    """Average each video's views, after dropping repeated (index, segment, crop) keys (a sampler's
+    padding or a replaced unreadable file). Views are summed in key order, so the result does not
+    depend on how the views were spread over processes."""
+    views = Views(*(f.cpu() for f in views))
+    keys = torch.stack([views.index, views.segment, views.crop], 1)  # [M, 3]
+    unique, inverse = torch.unique(keys, dim=0, return_inverse=True)  # rows in ascending key order
+    first = torch.full((unique.shape[0],), keys.shape[0], dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(keys.shape[0]), reduce="amin")  # first row of each key
+    index = views.index[first]  # ascending
+    videos, per_view = torch.unique_consecutive(index, return_inverse=True)
+    sums = torch.zeros(videos.shape[0], views.output.shape[1], dtype=torch.float64)
+    sums.index_add_(0, per_view, views.output[first].double())
+    num_views = torch.bincount(per_view, minlength=videos.shape[0])
+    labels = torch.zeros(videos.shape[0], dtype=torch.long).scatter_(0, per_view, views.label[first])
+    return Videos(videos, labels, (sums / num_views[:, None]).float(), num_views)
+
+
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
+    """Top-1 / top-5 accuracy (%) and mean per-class accuracy (%) over the classes present."""
+    if labels.numel() == 0:
+        raise ValueError("no video was evaluated")
+    top5 = probs.topk(min(5, probs.shape[1]), dim=1).indices  # [V, 5]
+    correct = top5 == labels[:, None]
+    hit1 = correct[:, 0].float()
+    per_class = torch.zeros(probs.shape[1]).index_add_(0, labels, hit1)
+    present = torch.bincount(labels, minlength=probs.shape[1])
+    return {"acc1": 100.0 * hit1.mean().item(), "acc5": 100.0 * correct.any(1).float().mean().item(),
+            "mean_class_acc": 100.0 * (per_class[present > 0] / present[present > 0]).mean().item(),
+            "num_videos": int(labels.numel())}
+
+
+def evaluate(model: nn.Module, loader: Iterable, env: DistEnv, *, sharded: bool, precision: str = "fp32",
+             input_dtype: Optional[torch.dtype] = None, tracker=None) -> Tuple[Dict[str, float], Videos]:
+    """Classification metrics over all views of `loader`, merged per video.
+
+    Args:
+        sharded: the loader yields this rank's share (gathered here); else every rank saw everything.
+    """
+    views = predict_views(softmax_outputs(model), model, loader, device=env.device, precision=precision,
+                          input_dtype=input_dtype, tracker=tracker)
+    videos = merge_views(gather_views(views, env) if sharded else views)
+    return classification_metrics(videos.output, videos.label), videos

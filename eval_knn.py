@@ -1,0 +1,149 @@
+"""Weighted k-nearest-neighbour classification of frozen encoder features (DINO's kNN protocol).
+
+The train split's features are the bank and the val split's are the queries: one deterministic
+centre clip per video, encoder in eval mode, tokens pooled and L2-normalised. Each query's k most
+similar bank videos vote for their labels with weight exp(cosine / temperature).
+
+    python eval_knn.py --model vit_small_patch16_224 --finetune output/demo/checkpoint-latest.pth \\
+        --data_set custom --nb_classes 4 --data_path data/demo --input_size 112 --num_frames 8 \\
+        --output_dir output/demo_knn
+
+Features are extracted on every process's share (torchrun / Slurm like the other scripts) and
+gathered; results go to output_dir/knn_results.json.
+"""
+import argparse
+import json
+import logging
+import os
+from typing import Dict, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from datasets.annotations import read_annotations
+from datasets.decoding import BACKENDS
+from datasets.sampler import ShardSampler
+from datasets.video_dataset import ClipConfig, VideoClipDataset, collate_clips
+from distributed import cleanup_distributed, setup_distributed, setup_logging
+from engine_for_finetuning import gather_views, merge_views, predict_views
+from modeling_finetune import MODELS, load_pretrained_weights, pooling_for_frozen_features
+from run_class_finetuning import DATA_SETS
+from runtime import add_launcher_compat_flags
+
+logger = logging.getLogger("sigma")
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser("kNN evaluation of frozen features")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="vit_base_patch16_224", choices=sorted(MODELS))
+    g.add_argument("--finetune", default="", help="checkpoint whose encoder is evaluated (ours, SIGMA, VideoMAE)")
+    g.add_argument("--random_init", action="store_true", help="evaluate a randomly initialised encoder (baseline)")
+    g.add_argument("--model_key", default="model|module")
+    g.add_argument("--model_prefix", default="")
+    g = p.add_argument_group("data")
+    g.add_argument("--data_set", default="Kinetics-400", choices=sorted(DATA_SETS))
+    g.add_argument("--data_path", required=True, help="folder with train.csv (bank) and val.csv (queries)")
+    g.add_argument("--data_root", default="", help="prefix of relative video paths (default: --data_path)")
+    g.add_argument("--nb_classes", type=int, default=None)
+    g.add_argument("--num_frames", type=int, default=16)
+    g.add_argument("--sampling_rate", type=int, default=4)
+    g.add_argument("--input_size", type=int, default=224)
+    g.add_argument("--short_side_size", type=int, default=224)
+    g.add_argument("--video_backend", default="decord", choices=BACKENDS)
+    g.add_argument("--batch_size", type=int, default=32)
+    g.add_argument("--num_workers", type=int, default=8)
+    g = p.add_argument_group("kNN")
+    g.add_argument("--k", type=int, nargs="+", default=[20], help="neighbours (several values allowed)")
+    g.add_argument("--temperature", type=float, default=0.07)
+    g = p.add_argument_group("run")
+    g.add_argument("--output_dir", default="output/knn")
+    g.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"])
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--seed", type=int, default=0)
+    add_launcher_compat_flags(g)
+    return p.parse_args(argv)
+
+
+def knn_classify(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int, k: int,
+                 temperature: float, chunk: int = 1024) -> torch.Tensor:
+    """Class votes [M, num_classes] of the queries.
+
+    Args:
+        bank: [N, D] L2-normalised features; bank_labels [N].
+        queries: [M, D] L2-normalised features.
+        k: neighbours per query (capped at N).
+    """
+    k = min(k, bank.shape[0])
+    votes = []
+    for start in range(0, queries.shape[0], chunk):
+        sim = queries[start:start + chunk] @ bank.T  # [m, N] cosines
+        top_sim, top_idx = sim.topk(k, dim=1)  # [m, k]
+        weights = (top_sim / temperature).exp()
+        v = torch.zeros(sim.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
+        votes.append(v.scatter_add_(1, bank_labels[top_idx], weights))
+    return torch.cat(votes)
+
+
+def topk_accuracy(votes: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
+    top = votes.topk(min(5, votes.shape[1]), dim=1).indices == labels[:, None]
+    return {"top1": 100.0 * top[:, 0].float().mean().item(), "top5": 100.0 * top.any(1).float().mean().item()}
+
+
+def features(model, samples: Sequence, args, env, sampling: str, precision: str):
+    """(pooled L2-normalised features [V, D], labels [V]) of every video, one centre clip each."""
+    clip = ClipConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate, sampling=sampling,
+                      input_size=args.input_size, short_side_size=args.short_side_size)
+    dataset = VideoClipDataset(samples, "val", clip=clip, video_backend=args.video_backend, seed=args.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, sampler=ShardSampler(len(dataset), env.world_size, env.rank),
+        num_workers=args.num_workers, collate_fn=collate_clips, pin_memory=env.device.type == "cuda")
+    views = predict_views(lambda v: F.normalize(model.forward_features(v).float(), dim=-1), model, loader,
+                          device=env.device, precision=precision)
+    videos = merge_views(gather_views(views, env))
+    if videos.index.numel() != len(samples):
+        logger.warning("%d of %d videos were unreadable and left out", len(samples) - videos.index.numel(),
+                       len(samples))
+    return F.normalize(videos.output, dim=-1), videos.label
+
+
+def main(args: argparse.Namespace) -> Dict[str, object]:
+    env = setup_distributed(args.device)
+    os.makedirs(args.output_dir, exist_ok=True)
+    setup_logging(env.rank, os.path.join(args.output_dir, "knn.log"))
+    if bool(args.finetune) == args.random_init:
+        raise SystemExit("give exactly one of --finetune CHECKPOINT and --random_init")
+    precision = args.precision or ("bf16" if env.device.type == "cuda" else "fp32")
+    nb_default, sampling, _ = DATA_SETS[args.data_set]
+    nb_classes = args.nb_classes or nb_default
+    if nb_classes is None:
+        raise SystemExit(f"--data_set {args.data_set} needs --nb_classes")
+    torch.manual_seed(args.seed)  # the same random encoder on every rank
+    mean_pooling = pooling_for_frozen_features(args.finetune, args.model_key) if args.finetune else True
+    model = MODELS[args.model](img_size=args.input_size, all_frames=args.num_frames, num_classes=0,
+                               use_mean_pooling=mean_pooling).to(env.device)
+    if args.finetune:
+        load_pretrained_weights(model, args.finetune, args.model_key, args.model_prefix)
+    root = args.data_root or args.data_path
+    splits = {s: read_annotations(os.path.join(args.data_path, f"{s}.csv"), root, nb_classes=nb_classes)
+              for s in ("train", "val")}
+    bank, bank_labels = features(model, splits["train"], args, env, sampling, precision)
+    queries, labels = features(model, splits["val"], args, env, sampling, precision)
+    results = {"per_k": {}, "temperature": args.temperature, "num_train": int(bank.shape[0]),
+               "num_val": int(queries.shape[0]), "checkpoint": args.finetune or "random_init"}
+    for k in args.k:
+        votes = knn_classify(bank, bank_labels, queries, nb_classes, k, args.temperature)
+        results["per_k"][str(k)] = topk_accuracy(votes, labels)
+        logger.info("kNN k=%d T=%g: top-1 %.2f top-5 %.2f (%d bank, %d queries)", k, args.temperature,
+                    results["per_k"][str(k)]["top1"], results["per_k"][str(k)]["top5"], bank.shape[0],
+                    queries.shape[0])
+    results.update(results["per_k"][str(args.k[0])])
+    if env.is_main:
+        with open(os.path.join(args.output_dir, "knn_results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    cleanup_distributed()
+    return results
+
+
+if __name__ == "__main__":
+    main(get_args())

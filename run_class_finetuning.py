@@ -1,0 +1,424 @@
+"""Fine-tuning, linear probing and multi-view testing of the video ViT; one code path for 1 process,
+torchrun and Slurm.
+
+    python run_class_finetuning.py --model vit_small_patch16_224 --data_set custom --nb_classes 4 \\
+        --data_path data/demo --finetune output/demo/checkpoint-latest.pth --input_size 112 \\
+        --num_frames 8 --epochs 2 --output_dir output/demo_ft
+
+Flags keep the official VideoMAE / SIGMA names and meanings (see FINETUNE.md); `--batch_size` is
+videos per GPU, each giving `--num_sample` augmented clips, and the lr is scaled by
+batch_size * update_freq * world_size / 256 as in the official code. --data_path holds train.csv,
+val.csv and test.csv (test falls back to val.csv). The run resumes by itself from the newest valid
+checkpoint in --output_dir; on SIGTERM or SIGUSR1 it saves and exits with REQUEUE_EXIT_CODE.
+"""
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+import time
+
+import torch
+
+import deepspeed_support
+from checkpointing import checkpoint_path, find_resume_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from datasets.annotations import read_annotations
+from datasets.decoding import BACKENDS
+from datasets.mixup import MODES as MIXUP_MODES
+from datasets.mixup import Mixup
+from datasets.sampler import ResumableSampler, ShardSampler
+from datasets.video_dataset import AugmentConfig, BadSampleTracker, ClipConfig, VideoClipDataset, collate_clips
+from distributed import cleanup_distributed, setup_distributed, setup_logging
+from engine_for_finetuning import evaluate, train_one_epoch
+from modeling_finetune import MODELS, LinearProbe, ModelEma, load_pretrained_weights, pooling_for_frozen_features
+from optim_factory import create_optimizer, param_groups
+from runtime import (REQUEUE_EXIT_CODE, Preemption, RunLog, add_launcher_compat_flags, check_finite,
+                     gather_rng_states, ignore_preemption_signals, prepare_output_dir, restore_rng, resume_position,
+                     save_training_state, str2bool)
+from schedules import cosine_schedule, warmup_steps_from
+from training_loop import DeepSpeedUpdate, StepControl, TorchUpdate
+
+logger = logging.getLogger("sigma")
+
+# data_set -> (classes, frame sampling, horizontal flip). SSv2's labels name directions ("left to
+# right"), so it is never flipped and samples one frame per segment, as in the official code.
+DATA_SETS = {"Kinetics-400": (400, "dense", True), "SSV2": (174, "segment", False), "UCF101": (101, "dense", True),
+             "HMDB51": (51, "dense", True), "Diving48": (48, "dense", True), "custom": (None, "dense", True)}
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser("fine-tuning and evaluation")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="vit_base_patch16_224", choices=sorted(MODELS))
+    g.add_argument("--finetune", default="", help="pretrained or fine-tuned checkpoint (ours, SIGMA, VideoMAE)")
+    g.add_argument("--model_key", default="model|module", help="'|'-separated keys holding the state dict")
+    g.add_argument("--model_prefix", default="", help="prefix stripped from the checkpoint's keys")
+    g.add_argument("--init_scale", type=float, default=0.001, help="scale of the new head's initial weights")
+    g.add_argument("--drop_path", type=float, default=0.1)
+    g.add_argument("--fc_drop_rate", type=float, default=0.0)
+    g.add_argument("--drop", type=float, default=0.0)
+    g.add_argument("--attn_drop_rate", type=float, default=0.0)
+    g.add_argument("--use_checkpoint", action="store_true", help="gradient checkpointing")
+    g.add_argument("--use_mean_pooling", dest="use_mean_pooling", action="store_true", default=True)
+    g.add_argument("--use_cls", dest="use_mean_pooling", action="store_false",
+                   help="final norm before pooling instead of fc_norm after it")
+    g.add_argument("--model_ema", action="store_true", help="keep, evaluate and save an EMA of the weights")
+    g.add_argument("--model_ema_decay", type=float, default=0.9999)
+    g = p.add_argument_group("linear probing")
+    g.add_argument("--linear_probing", action="store_true",
+                   help="frozen backbone in eval mode, train a linear head on pooled features")
+    g.add_argument("--lp_head", default="bn_linear", choices=["bn_linear", "linear"],
+                   help="BatchNorm without affine + Linear (MAE's probe), or Linear alone")
+    g.add_argument("--lp_train_norms", action="store_true", help="also train the final norms (official variant)")
+    g.add_argument("--lp_augment", action="store_true",
+                   help="keep --aa/--reprob/--mixup/--cutmix/--smoothing (official variant; off by default)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data_set", default="Kinetics-400", choices=sorted(DATA_SETS))
+    g.add_argument("--data_path", required=True, help="folder with train.csv, val.csv, test.csv")
+    g.add_argument("--data_root", default="", help="prefix of relative video paths (default: --data_path)")
+    g.add_argument("--nb_classes", type=int, default=None, help="default: the data set's; required for custom")
+    g.add_argument("--num_frames", type=int, default=16)
+    g.add_argument("--sampling_rate", type=int, default=4)
+    g.add_argument("--num_segments", type=int, default=1, choices=[1], help="TSN segments per clip (official: 1)")
+    g.add_argument("--input_size", type=int, default=224)
+    g.add_argument("--short_side_size", type=int, default=224)
+    g.add_argument("--num_sample", type=int, default=2, help="augmented clips per decoded training video")
+    g.add_argument("--test_num_segment", type=int, default=5)
+    g.add_argument("--test_num_crop", type=int, default=3)
+    g.add_argument("--video_backend", default="decord", choices=BACKENDS)
+    g.add_argument("--num_workers", type=int, default=10)
+    g.add_argument("--pin_mem", dest="pin_mem", action="store_true", default=True)
+    g.add_argument("--no_pin_mem", dest="pin_mem", action="store_false")
+    g.add_argument("--max_bad_fraction", type=float, default=0.2)
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--finetuning_crops", type=float, nargs=2, default=(0.08, 1.0), metavar=("MIN", "MAX"),
+                   help="area range of the random resized crop")
+    g.add_argument("--aa", default="rand-m7-n4-mstd0.5-inc1", help="RandAugment policy; 'none' turns it off")
+    g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
+    g.add_argument("--remode", default="pixel", choices=["pixel", "rand", "const"])
+    g.add_argument("--recount", type=int, default=1)
+    g.add_argument("--smoothing", type=float, default=0.1)
+    g.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (0: off)")
+    g.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha (0: off)")
+    g.add_argument("--cutmix_minmax", type=float, nargs=2, default=None)
+    g.add_argument("--mixup_prob", type=float, default=1.0)
+    g.add_argument("--mixup_switch_prob", type=float, default=0.5)
+    g.add_argument("--mixup_mode", default="batch", choices=MIXUP_MODES)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch_size", type=int, default=64, help="videos per GPU per micro-batch")
+    g.add_argument("--update_freq", type=int, default=1, help="micro-batches per optimiser step")
+    g.add_argument("--epochs", type=int, default=30)
+    g.add_argument("--lr", type=float, default=1e-3, help="base lr; actual = lr * global batch / 256")
+    g.add_argument("--layer_decay", type=float, default=0.75)
+    g.add_argument("--warmup_epochs", type=int, default=5)
+    g.add_argument("--warmup_steps", type=int, default=-1, help="overrides --warmup_epochs when > 0")
+    g.add_argument("--warmup_lr", type=float, default=1e-6)
+    g.add_argument("--min_lr", type=float, default=1e-6)
+    g.add_argument("--weight_decay", type=float, default=0.05)
+    g.add_argument("--weight_decay_end", type=float, default=None)
+    g.add_argument("--opt", default="adamw", choices=["adamw"])
+    g.add_argument("--opt_eps", type=float, default=1e-8)
+    g.add_argument("--opt_betas", type=float, nargs=2, default=(0.9, 0.999))
+    g.add_argument("--clip_grad", type=float, default=None)
+    g.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
+                   help="default: bf16 on CUDA, fp32 on CPU")
+    g.add_argument("--enable_deepspeed", action="store_true")
+    g.add_argument("--zero_stage", type=int, default=0, choices=[0, 1, 2])
+    g.add_argument("--skip_nonfinite", type=int, default=0, help="non-finite steps to skip before stopping")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval", action="store_true", help="only run the multi-view test of the given weights")
+    g.add_argument("--dist_eval", type=str2bool, nargs="?", const=True, default=True,
+                   help="shard validation/test over the processes (else every process evaluates everything)")
+    g = p.add_argument_group("checkpoints and logging")
+    g.add_argument("--output_dir", default="output/finetune")
+    g.add_argument("--log_dir", default=None, help="tensorboard dir (default: output_dir/tb)")
+    g.add_argument("--save_ckpt_freq", type=int, default=5, help="keep checkpoint-{epoch}.pth every N epochs")
+    g.add_argument("--save_ckpt_steps", type=int, default=1000, help="rolling resumable save every N steps")
+    g.add_argument("--keep_last_ckpts", type=int, default=0, help="epoch checkpoints to keep (0: all)")
+    g.add_argument("--resume", default="", help="checkpoint to resume from (default: newest valid in output_dir)")
+    g.add_argument("--auto_resume", dest="auto_resume", action="store_true", default=True)
+    g.add_argument("--no_auto_resume", dest="auto_resume", action="store_false")
+    g.add_argument("--log_every", type=int, default=20)
+    g.add_argument("--run_name", default="finetune")
+    g.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (offline unless WANDB_MODE)")
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--seed", type=int, default=0)
+    add_launcher_compat_flags(g)
+    return p.parse_args(argv)
+
+
+def build_datasets(args, nb_classes: int, sampling: str, flip: bool, augment: bool):
+    """train / val / test datasets; test falls back to val.csv when there is no test.csv."""
+    root = args.data_root or args.data_path
+    clip = ClipConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate, sampling=sampling,
+                      input_size=args.input_size, short_side_size=args.short_side_size)
+    aa = None if args.aa.lower() == "none" or not augment else args.aa
+    aug = AugmentConfig(scale=tuple(args.finetuning_crops), flip=flip, auto_augment=aa,
+                        reprob=args.reprob if augment else 0.0, remode=args.remode, recount=args.recount)
+    common = dict(clip=clip, augment=aug, video_backend=args.video_backend, seed=args.seed)
+    out = {}
+    for split in ("train", "val", "test"):
+        csv_path = os.path.join(args.data_path, f"{split}.csv")
+        if split == "test" and not os.path.exists(csv_path):
+            logger.info("no %s: testing on val.csv", csv_path)
+            csv_path = os.path.join(args.data_path, "val.csv")
+        if split == "train" and args.eval:
+            continue
+        samples = read_annotations(csv_path, root, nb_classes=nb_classes)
+        out[split] = VideoClipDataset(samples, split, num_sample=args.num_sample if split == "train" else 1,
+                                      test_num_segment=args.test_num_segment, test_num_crop=args.test_num_crop,
+                                      **common)
+    if "train" in out:
+        found = len({s.label for s in out["train"].samples})
+        if found < nb_classes:
+            logger.warning("--nb_classes %d but %s/train.csv has %d distinct labels", nb_classes, args.data_path, found)
+    return out
+
+
+def eval_loader(dataset, env, args, sharded: bool):
+    sampler = (ShardSampler(len(dataset), env.world_size, env.rank) if sharded
+               else torch.utils.data.SequentialSampler(dataset))
+    items = max(1, args.batch_size * args.num_sample // dataset.num_views)
+    return torch.utils.data.DataLoader(dataset, batch_size=items, sampler=sampler, num_workers=args.num_workers,
+                                       pin_memory=args.pin_mem and env.device.type == "cuda",
+                                       collate_fn=collate_clips, worker_init_fn=ignore_preemption_signals)
+
+
+def build_model(args, nb_classes: int):
+    """The classifier (or linear probe), with --finetune weights loaded."""
+    probe = args.linear_probing
+    mean_pooling = args.use_mean_pooling
+    if probe and args.finetune:  # frozen features go through the checkpoint's own trained norm
+        mean_pooling = pooling_for_frozen_features(args.finetune, args.model_key)
+    model = MODELS[args.model](
+        img_size=args.input_size, all_frames=args.num_frames, num_classes=0 if probe else nb_classes,
+        drop_path_rate=0.0 if probe else args.drop_path, drop_rate=0.0 if probe else args.drop,
+        attn_drop_rate=0.0 if probe else args.attn_drop_rate, fc_drop_rate=0.0 if probe else args.fc_drop_rate,
+        use_mean_pooling=mean_pooling, init_scale=args.init_scale, use_checkpoint=args.use_checkpoint)
+    report = None
+    if args.finetune:
+        report = load_pretrained_weights(model, args.finetune, args.model_key, args.model_prefix)
+    if probe:
+        model = LinearProbe(model, nb_classes, batch_norm=args.lp_head == "bn_linear",
+                            train_norms=args.lp_train_norms, init_scale=args.init_scale)
+    return model, report
+
+
+def write_test_results(output_dir: str, name: str, metrics: dict, videos, samples, views: str) -> None:
+    """test_results*.json (metrics) and predictions*.csv (one row per video) in output_dir."""
+    missing = len(samples) - metrics["num_videos"]
+    result = {"top1": metrics["acc1"], "top5": metrics["acc5"], "mean_class_acc": metrics["mean_class_acc"],
+              "num_videos": metrics["num_videos"], "missing_videos": missing, "views": views}
+    with open(os.path.join(output_dir, f"test_results{name}.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    probs = videos.output
+    top5 = probs.topk(min(5, probs.shape[1]), dim=1)
+    with open(os.path.join(output_dir, f"predictions{name}.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "path", "label", "pred", "prob", "top5", "num_views"])
+        for row, i in enumerate(videos.index.tolist()):
+            w.writerow([i, samples[i].path, int(videos.label[row]), int(top5.indices[row, 0]),
+                        f"{float(top5.values[row, 0]):.6f}", " ".join(map(str, top5.indices[row].tolist())),
+                        int(videos.num_views[row])])
+    logger.info("test%s (%s views): top-1 %.2f top-5 %.2f mean class %.2f over %d videos%s", name, views,
+                result["top1"], result["top5"], result["mean_class_acc"], result["num_videos"],
+                f"; {missing} unreadable videos missing" if missing else "")
+
+
+def main(args: argparse.Namespace) -> None:
+    env = setup_distributed(args.device)
+    prepare_output_dir(args.output_dir, env)
+    setup_logging(env.rank, os.path.join(args.output_dir, "train.log"))
+    precision = args.precision or ("bf16" if env.device.type == "cuda" else "fp32")
+    torch.manual_seed(args.seed + env.rank)
+    nb_default, sampling, flip = DATA_SETS[args.data_set]
+    nb_classes = args.nb_classes or nb_default
+    if nb_classes is None:
+        raise SystemExit(f"--data_set {args.data_set} needs --nb_classes")
+    augment = not args.linear_probing or args.lp_augment
+    if not augment:
+        logger.info("linear probing: no RandAugment, random erasing, mixup, cutmix or label smoothing "
+                    "(--lp_augment keeps them)")
+    data = build_datasets(args, nb_classes, sampling, flip, augment)
+    model, report = build_model(args, nb_classes)
+    model.to(env.device)
+    if args.eval and not (args.finetune or args.resume):
+        raise SystemExit("--eval needs the weights to test: --finetune or --resume")
+    views = f"{args.test_num_segment}x{args.test_num_crop}"
+    tracker = BadSampleTracker(args.max_bad_fraction)
+    if args.eval:
+        if args.resume:
+            model.load_state_dict(load_checkpoint(args.resume)["model"])
+        elif isinstance(model, LinearProbe) or "head.weight" not in report["loaded"]:
+            raise SystemExit(f"{args.finetune} has no classifier head for {nb_classes} classes: "
+                             f"--eval needs a fine-tuned checkpoint (or --resume)")
+        test = eval_loader(data["test"], env, args, args.dist_eval)
+        metrics, videos = evaluate(model, test, env, sharded=args.dist_eval, precision=precision, tracker=tracker)
+        if env.is_main:
+            write_test_results(args.output_dir, "", metrics, videos, data["test"].samples, views)
+        cleanup_distributed()
+        return
+    train(args, env, model, data, nb_classes, precision, augment, tracker, views)
+    cleanup_distributed()
+
+
+def train(args, env, model, data, nb_classes: int, precision: str, augment: bool, tracker, views: str) -> None:
+    train_set = data["train"]
+    sampler = ResumableSampler(len(train_set), env.world_size, env.rank, seed=args.seed)
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, num_workers=args.num_workers,
+        pin_memory=args.pin_mem and env.device.type == "cuda", collate_fn=collate_clips,
+        persistent_workers=args.num_workers > 0, worker_init_fn=ignore_preemption_signals)
+    steps_per_epoch = len(loader) // args.update_freq
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_set)} videos give no full step of batch {args.batch_size} x {env.world_size}")
+    global_batch = args.batch_size * args.update_freq * env.world_size
+    lr, min_lr, warmup_lr = (v * global_batch / 256 for v in (args.lr, args.min_lr, args.warmup_lr))
+    total_steps = args.epochs * steps_per_epoch
+    warmup = warmup_steps_from(args.warmup_epochs, args.warmup_steps, steps_per_epoch)
+    if warmup > total_steps:
+        raise ValueError(f"--warmup_epochs {args.warmup_epochs} / --warmup_steps {args.warmup_steps} give {warmup} "
+                         f"warmup steps, more than the {total_steps} steps of --epochs {args.epochs}")
+    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+    mixup = None
+    if augment and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax):
+        mixup = Mixup(nb_classes, args.mixup, args.cutmix, args.cutmix_minmax, args.mixup_prob,
+                      args.mixup_switch_prob, args.mixup_mode, args.smoothing)
+    core = model
+    layer_decay = None if args.linear_probing or args.layer_decay >= 1.0 else args.layer_decay
+    optimizer = create_optimizer(param_groups(core, args.weight_decay, layer_decay=layer_decay), lr=lr,
+                                 betas=tuple(args.opt_betas), eps=args.opt_eps)
+    scaler = None
+    if args.enable_deepspeed:
+        config = deepspeed_support.deepspeed_config(
+            batch_size=args.batch_size * args.num_sample, update_freq=args.update_freq, world_size=env.world_size,
+            zero_stage=args.zero_stage, precision=precision, clip_grad=args.clip_grad)
+        if env.is_main:
+            with open(os.path.join(args.output_dir, "deepspeed_config.json"), "w") as f:
+                json.dump(config, f, indent=2)
+        model = deepspeed_support.initialize(core, optimizer, config, env)
+        update = DeepSpeedUpdate(model)
+    else:
+        if env.world_size > 1:
+            model = torch.nn.parallel.DistributedDataParallel(
+                core, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+        scaler = torch.amp.GradScaler(env.device.type) if precision == "fp16" else None
+        update = TorchUpdate(model, optimizer, precision, scaler, args.clip_grad, args.update_freq)
+    ema = ModelEma(core, args.model_ema_decay) if args.model_ema else None
+
+    start_epoch, step, start_in_epoch, best = 0, 0, 0, {"acc1": -1.0, "epoch": -1}
+    found = _resume(args, env, core, optimizer, scaler, model if args.enable_deepspeed else None)
+    if found:
+        path, state = found
+        if ema is not None and state.get("model_ema"):
+            ema.module.load_state_dict(state["model_ema"])
+        best = state.get("best", best)
+        start_epoch, step, start_in_epoch = resume_position(state, path, steps_per_epoch)
+        restore_rng(state, env)
+        logger.info("resumed from %s at epoch %d, step %d", path, start_epoch, step)
+    config = {**vars(args), "precision": precision, "world_size": env.world_size, "global_batch": global_batch,
+              "actual_lr": lr, "nb_classes": nb_classes}
+    if env.is_main:
+        with open(os.path.join(args.output_dir, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+
+    def save(path: str, at_step: int) -> None:
+        extra = {"best": best, **({"model_ema": ema.module.state_dict()} if ema else {})}
+        if not args.enable_deepspeed:
+            save_training_state(path, env, model=core, optimizer=optimizer, scaler=scaler, step=at_step,
+                                steps_per_epoch=steps_per_epoch, config=vars(args), extra=extra)
+            return
+        check_finite(core, f"at step {at_step}")
+        deepspeed_support.save(model, args.output_dir, env, {
+            "epoch": at_step // steps_per_epoch, "step": at_step, "steps_per_epoch": steps_per_epoch,
+            "rng": gather_rng_states(env), "config": json.loads(json.dumps(vars(args))), **extra})
+        if path != checkpoint_path(args.output_dir) and env.is_main:  # epoch files: plain weights too
+            save_checkpoint(path, {"model": core.state_dict(), "epoch": at_step // steps_per_epoch, "step": at_step,
+                                   "config": json.loads(json.dumps(vars(args))), **extra})
+
+    preemption, stopping = Preemption(), []
+
+    def on_step_end(at_step: int) -> None:
+        if preemption.agreed(at_step, env):
+            stopping.append(at_step)
+        if stopping or (args.save_ckpt_steps > 0 and at_step % args.save_ckpt_steps == 0):
+            save(checkpoint_path(args.output_dir), at_step)
+
+    run_log = RunLog(env, args.output_dir, args.log_dir, total_steps, config, args.wandb, args.run_name)
+    control = StepControl(
+        lr_at=lambda s: cosine_schedule(s, lr, min_lr, total_steps, warmup, warmup_lr),
+        wd_at=lambda s: cosine_schedule(s, args.weight_decay, wd_end, total_steps),
+        on_step_end=on_step_end, should_stop=lambda: bool(stopping), log_every=args.log_every,
+        skip_nonfinite=args.skip_nonfinite, after_update=(lambda s: ema.update(core)) if ema else None)
+    tracker.epoch_size = len(train_set) // env.world_size
+    val = eval_loader(data["val"], env, args, args.dist_eval)
+    input_dtype = update.input_dtype
+    for epoch in range(start_epoch, args.epochs):
+        t0 = time.time()
+        train_set.set_epoch(epoch)
+        sampler.set_epoch(epoch, start=start_in_epoch * args.update_freq * args.batch_size if epoch == start_epoch
+                          else 0)
+        tracker.start_epoch()
+        stats = train_one_epoch(model, loader, update, control, device=env.device, epoch=epoch, start_step=step,
+                                num_classes=nb_classes, accum_iter=args.update_freq, mixup=mixup,
+                                smoothing=args.smoothing if augment else 0.0, tracker=tracker, metrics=run_log.step)
+        step = stats.pop("end_step")
+        if stopping:
+            logger.warning("preemption signal: saved a resumable checkpoint at step %d; exiting with %d for requeue",
+                           step, REQUEUE_EXIT_CODE)
+            cleanup_distributed()
+            sys.exit(REQUEUE_EXIT_CODE)
+        bad = tracker.end_epoch()
+        record = {**{f"train_{k}": v for k, v in stats.items()}, **bad, "epoch": epoch}
+        for name, net in (("", core), ("_ema", ema.module if ema else None)):
+            if net is not None:
+                metrics, _ = evaluate(net, val, env, sharded=args.dist_eval, precision=precision,
+                                      input_dtype=input_dtype if net is core else None)
+                record.update({f"val{name}_{k}": v for k, v in metrics.items()})
+        if record["val_acc1"] > best["acc1"]:
+            best = {"acc1": record["val_acc1"], "epoch": epoch}
+            if env.is_main:
+                save_checkpoint(os.path.join(args.output_dir, "checkpoint-best.pth"), {
+                    "model": core.state_dict(), "epoch": epoch, "step": step, "val_acc1": record["val_acc1"],
+                    **({"model_ema": ema.module.state_dict()} if ema else {})})
+        if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
+            save(checkpoint_path(args.output_dir, epoch), step)
+            if env.is_main:
+                prune_checkpoints(args.output_dir, args.keep_last_ckpts)
+        save(checkpoint_path(args.output_dir), step)
+        logger.info("epoch %d: val top-1 %.2f top-5 %.2f (best %.2f at epoch %d)", epoch, record["val_acc1"],
+                    record["val_acc5"], best["acc1"], best["epoch"])
+        run_log.epoch({**record, "epoch_time": time.time() - t0})
+    test = eval_loader(data["test"], env, args, args.dist_eval)
+    for name, net in (("", core), ("_ema", ema.module if ema else None)):
+        if net is not None:
+            metrics, videos = evaluate(net, test, env, sharded=args.dist_eval, precision=precision,
+                                       input_dtype=input_dtype if net is core else None, tracker=tracker)
+            if env.is_main:
+                write_test_results(args.output_dir, name, metrics, videos, data["test"].samples, views)
+    run_log.close()
+
+
+def _resume(args, env, core, optimizer, scaler, ds_engine):
+    """(path, state) to resume from, with model / optimizer / scaler restored; None for a fresh run."""
+    if ds_engine is not None:
+        where = args.resume or (args.output_dir if args.auto_resume else "")
+        return deepspeed_support.load(ds_engine, where) if where else None
+    found = ((args.resume, load_checkpoint(args.resume)) if args.resume
+             else find_resume_checkpoint(args.output_dir) if args.auto_resume else None)
+    if found:
+        state = found[1]
+        if "optimizer" not in state:
+            raise SystemExit(f"{found[0]} holds weights only (no optimizer state): use it with --finetune, "
+                             f"not --resume")
+        core.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    return found
+
+
+if __name__ == "__main__":
+    main(get_args())
