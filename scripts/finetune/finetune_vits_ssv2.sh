@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Fine-tune a pretrained ViT-S/16 on Something-Something v2, then test with 2 clips x 3 crops per video.
+# Expected top-1 (model card): SIGMA-DINO ViT-S 2400 ep: 68.6; VideoMAE ViT-S 2400 ep: 66.8 (16x2x3).
+# Recipe: MCG-NJU/VideoMAE scripts/ssv2/videomae_vit_small_patch16_224_tubemasking_ratio_0.9_epoch_2400/
+# finetune.sh (SIGMA publishes no ViT-S fine-tuning script): 32 GPUs x 12 = 384 videos per step,
+# 2 augmented clips per video, lr 1e-3, layer decay 0.7, 40 epochs.
+# Needs GPUs and data: SSV2_ROOT, PRETRAINED, OUTPUT_ROOT (scripts/common.sh).
+# BATCH_SIZE (per GPU), GLOBAL_BATCH, EXTRA_ARGS and the script's arguments override the recipe;
+# DEEPSPEED=1 adds the official scripts' --enable_deepspeed.
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+RUN=finetune_vits_ssv2
+sigma_dataset ssv2
+BATCH_SIZE=${BATCH_SIZE:-12}
+GLOBAL_BATCH=${GLOBAL_BATCH:-384}
+sigma_finetune --model vit_small_patch16_224 \
+    --num_frames 16 --input_size 224 --short_side_size 224 --num_sample 2 \
+    --opt adamw --opt_betas 0.9 0.999 --weight_decay 0.05 --lr 1e-3 --layer_decay 0.7 \
+    --warmup_epochs 5 --warmup_lr 1e-6 --min_lr 1e-6 --epochs 40 \
+    --drop_path 0.1 --mixup 0.8 --cutmix 1.0 --smoothing 0.1 --aa rand-m7-n4-mstd0.5-inc1 --reprob 0.25 \
+    --test_num_segment 2 --test_num_crop 3 --dist_eval --save_ckpt_freq 10

@@ -1,0 +1,245 @@
+"""Launchers in scripts/ and the results table.
+
+Every launcher is checked for syntax (bash -n, shellcheck), its Slurm twin for the requeue
+contract, and its command, printed by SIGMA_DRY_RUN=1, is parsed by the driver it starts, so a
+recipe flag the driver does not know fails here and not on a cluster. One torchrun launcher runs
+for real in a reduced form; tests/slurm/run_slurm_test.sh submits the .sbatch files to Slurm.
+"""
+import glob
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(ROOT, "scripts")
+LAUNCHERS = sorted(glob.glob(os.path.join(SCRIPTS, "*", "*.sh")))
+SBATCH = sorted(glob.glob(os.path.join(SCRIPTS, "*", "*.sbatch")))
+SHELL_FILES = (LAUNCHERS + SBATCH + [os.path.join(SCRIPTS, "common.sh"), os.path.join(ROOT, ".ci", "run")]
+               + sorted(glob.glob(os.path.join(ROOT, "tests", "slurm", "*.sh"))))
+sys.path.insert(0, SCRIPTS)
+import collect_results  # noqa: E402
+
+FAKE_ENV = {"SSV2_ROOT": "/data/ssv2", "K400_ROOT": "/data/k400", "UCF101_ROOT": "/data/ucf101",
+            "HMDB51_ROOT": "/data/hmdb51", "OUTPUT_ROOT": "/runs", "DINO_WEIGHTS": "/weights",
+            "PRETRAINED": "/runs/sigma_dino_vitb_k400/checkpoint-799.pth", "DATASET": "k400",
+            "NPROC_PER_NODE": "8", "SIGMA_DRY_RUN": "1"}
+
+
+def rel(path):
+    return os.path.relpath(path, ROOT)
+
+
+def run_launcher(path, env=None, args=()):
+    full = {k: v for k, v in os.environ.items() if k not in FAKE_ENV and not k.startswith("SLURM_")}
+    full.update(FAKE_ENV if env is None else env)
+    return subprocess.run(["bash", path, *args], env=full, capture_output=True, text=True, timeout=60)
+
+
+def dry_run(path, env=None, args=()):
+    """The argv the launcher would start: (launcher words, driver path, driver arguments)."""
+    out = run_launcher(path, env, args)
+    assert out.returncode == 0, out.stderr
+    words = shlex.split(out.stdout)
+    driver = next(i for i, w in enumerate(words) if w.endswith(".py"))
+    return words[:driver], words[driver], words[driver + 1:]
+
+
+@pytest.mark.parametrize("path", SHELL_FILES, ids=rel)
+def test_bash_syntax(path):
+    out = subprocess.run(["bash", "-n", path], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_shellcheck():
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck; .ci/run installs it)")
+    out = subprocess.run(["shellcheck", "-x", *SHELL_FILES], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_launcher_has_a_slurm_twin():
+    assert len(LAUNCHERS) >= 20
+    assert [p[:-3] for p in LAUNCHERS] == [p[:-7] for p in SBATCH]
+
+
+@pytest.mark.parametrize("path", SBATCH, ids=rel)
+def test_sbatch_requeue_contract(path):
+    text = open(path).read()
+    for line in ("#SBATCH --requeue", "#SBATCH --signal=B:USR1@", "#SBATCH --open-mode=append",
+                 "export SIGMA_LAUNCHER=srun"):
+        assert line in text, f"{rel(path)} lacks {line!r}"
+    twin = os.path.relpath(path[:-len(".sbatch")] + ".sh", ROOT)
+    assert f'exec bash "${{SIGMA_ROOT:-$SLURM_SUBMIT_DIR}}/{twin}" "$@"' in text
+
+
+@pytest.mark.parametrize("path", [p for p in LAUNCHERS if "/pretrain/" in p], ids=rel)
+def test_pretraining_recipe_parses(path):
+    import run_sigma_pretraining
+
+    launcher, driver, argv = dry_run(path)
+    assert launcher[-5:] == ["--standalone", "--nnodes", "1", "--nproc_per_node", "8"]
+    assert driver == os.path.join(ROOT, "run_sigma_pretraining.py")
+    args = run_sigma_pretraining.get_args(argv)
+    name = os.path.basename(path)[:-3]
+    method = name.split("_")[0] if name.startswith("videomae") else "_".join(name.split("_")[:2])
+    assert (args.target_type, args.loss_func) == {"videomae": ("pixel", "L2"), "sigma_mlp": ("mlp", "SWAV"),
+                                                  "sigma_dino": ("dino_v1", "SWAV")}[method]
+    assert args.model == {"vits": "pretrain_videomae_small_patch16_224",
+                          "vitb": "pretrain_videomae_base_patch16_224"}[name.split("_")[-2]]
+    assert args.sampling_rate == {"ssv2": 2, "k400": 4}[name.split("_")[-1]]
+    assert args.output_dir == f"/runs/{name}" and args.mask_ratio == 0.9 and args.mask_type == "tube"
+    if method == "sigma_dino":
+        assert args.teacher_ckpt == "/weights/dino_vitbase16_pretrain.pth"
+    # The recipe's global batch on the 8 GPUs of one node.
+    text = open(path).read()
+    global_batch = int(text.split("GLOBAL_BATCH=${GLOBAL_BATCH:-")[1].split("}")[0])
+    assert args.batch_size * args.accum_iter * 8 == global_batch
+
+
+@pytest.mark.parametrize("path", [p for p in LAUNCHERS if "/pretrain/" not in p], ids=rel)
+def test_evaluation_recipe_parses(path):
+    name = os.path.basename(path)[:-3]
+    if name == "knn":
+        import eval_knn as driver_module
+    else:
+        import run_class_finetuning as driver_module
+    _, driver, argv = dry_run(path)
+    assert driver == driver_module.__file__
+    args = driver_module.get_args(argv)
+    assert args.finetune == FAKE_ENV["PRETRAINED"]
+    dataset = name.split("_")[-1] if name.startswith("finetune") else "k400"
+    assert args.data_set == {"ssv2": "SSV2", "k400": "Kinetics-400", "ucf101": "UCF101", "hmdb51": "HMDB51"}[dataset]
+    assert args.data_path == f"/data/{dataset}/annotations" and args.data_root == f"/data/{dataset}"
+    run = {"linear_probe": "linear_probe_k400", "knn": "knn_k400"}.get(name, name)
+    assert args.output_dir == f"/runs/{run}/sigma_dino_vitb_k400-checkpoint-799"
+    if name != "knn":
+        assert (args.test_num_segment, args.test_num_crop) == ((2, 3) if dataset == "ssv2" else (5, 3))
+        assert args.linear_probing == (name == "linear_probe")
+
+
+def test_slurm_layout_and_overrides():
+    env = {**FAKE_ENV, "SIGMA_LAUNCHER": "srun", "SLURM_JOB_ID": "7", "SLURM_NTASKS": "16",
+           "EXTRA_ARGS": "--epochs 3\n--lr 1e-4", "BATCH_SIZE": "16"}
+    launcher, _, argv = dry_run(os.path.join(SCRIPTS, "pretrain", "sigma_dino_vitb_ssv2.sh"), env, ["--seed", "5"])
+    assert launcher[0] == "srun" and launcher[-1] == "-u"
+    import run_sigma_pretraining
+
+    args = run_sigma_pretraining.get_args(argv)
+    assert (args.epochs, args.lr, args.seed) == (3, 1e-4, 5)  # EXTRA_ARGS, then the script's arguments win
+    assert args.batch_size * args.accum_iter * 16 == 512
+
+
+@pytest.mark.parametrize("missing, message", [
+    ("SSV2_ROOT", "SSV2_ROOT is not set"), ("OUTPUT_ROOT", "OUTPUT_ROOT is not set"),
+    ("DINO_WEIGHTS", "DINO_WEIGHTS is not set")])
+def test_missing_path_stops_with_its_name(missing, message):
+    env = {k: v for k, v in FAKE_ENV.items() if k != missing}
+    out = run_launcher(os.path.join(SCRIPTS, "pretrain", "sigma_dino_vitb_ssv2.sh"), env)
+    assert out.returncode == 2 and message in out.stderr and out.stdout == ""
+
+
+def test_indivisible_global_batch_is_refused():
+    out = run_launcher(os.path.join(SCRIPTS, "pretrain", "sigma_dino_vitb_ssv2.sh"), {**FAKE_ENV, "NPROC_PER_NODE": "3"})
+    assert out.returncode == 2 and "global batch 512 is not a multiple of BATCH_SIZE 32 x 3" in out.stderr
+
+
+def test_srun_outside_slurm_is_refused():
+    out = run_launcher(os.path.join(SCRIPTS, "finetune", "finetune_vitb_k400.sh"), {**FAKE_ENV, "SIGMA_LAUNCHER": "srun"})
+    assert out.returncode == 2 and "submit the .sbatch file" in out.stderr
+
+
+def test_torchrun_launcher_runs_on_cpu(tmp_path, synthetic_dataset):
+    """The single-node torchrun path end to end: 2 gloo processes, reduced recipe."""
+    env = {"K400_ROOT": synthetic_dataset, "K400_ANNOTATIONS": synthetic_dataset, "OUTPUT_ROOT": str(tmp_path),
+           "SIGMA_DEVICE": "cpu", "NPROC_PER_NODE": "2", "BATCH_SIZE": "2", "GLOBAL_BATCH": "4",
+           "EXTRA_ARGS": "--input_size 32 --num_frames 4 --sampling_rate 2 --epochs 1 --warmup_epochs 0 "
+                         "--num_prototypes 32 --num_workers 0"}
+    out = run_launcher(os.path.join(SCRIPTS, "pretrain", "sigma_mlp_vits_k400.sh"), env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "sigma_mlp_vits_k400"
+    config = json.loads((run / "config.json").read_text())
+    assert config["world_size"] == 2 and config["accum_iter"] == 1 and config["target_type"] == "mlp"
+    assert (run / "checkpoint-0.pth").is_file() and len((run / "log.txt").read_text().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def synthetic_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("videos")
+    subprocess.run([sys.executable, "-m", "datasets.synthetic", "--out", str(out), "--num_train", "8",
+                    "--num_val", "2", "--num_test", "2", "--frames", "16"], cwd=ROOT, check=True, capture_output=True)
+    return str(out)
+
+
+# ---- collect_results.py on fake run folders --------------------------------------------------------
+
+def write(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+
+
+def pretraining_run(root, name, target_type, loss_func, model, epochs_logged):
+    write(root / name / "config.json", {"target_type": target_type, "loss_func": loss_func, "model": model,
+                                        "epochs": 800})
+    write(root / name / "log.txt", "".join(json.dumps({"epoch": e, "train_loss": 1.0}) + "\n"
+                                           for e in range(epochs_logged)))
+    return root / name
+
+
+def finetune_run(root, name, checkpoint, data_set="SSV2", model="vit_base_patch16_224", test=None, val=(),
+                 linear=False, segments=2):
+    write(root / name / "config.json", {"model": model, "data_set": data_set, "finetune": str(checkpoint),
+                                        "num_frames": 16, "test_num_segment": segments, "test_num_crop": 3,
+                                        "linear_probing": linear})
+    write(root / name / "log.txt", "".join(json.dumps({"epoch": i, "val_acc1": a, "val_acc5": a + 20}) + "\n"
+                                           for i, a in enumerate(val)))
+    if test is not None:
+        write(root / name / "test_results.json", {"top1": test, "top5": 90.0, "mean_class_acc": 60.0,
+                                                  "num_videos": 10, "views": f"{segments}x3"})
+
+
+def table_rows(table):
+    lines = table.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert lines[1].startswith("|---")
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+
+
+def test_collect_results_table(tmp_path, capsys):
+    dino = pretraining_run(tmp_path, "sigma_dino_vitb_ssv2", "dino_v1", "SWAV", "pretrain_videomae_base_patch16_224", 800)
+    mae = pretraining_run(tmp_path, "videomae_vitb_ssv2", "pixel", "L2", "pretrain_videomae_base_patch16_224", 800)
+    mlp = pretraining_run(tmp_path, "sigma_mlp_vits_k400", "mlp", "SWAV", "pretrain_videomae_small_patch16_224", 57)
+    ft = tmp_path / "finetune"
+    finetune_run(ft, "a", dino / "checkpoint-799.pth", test=70.9, val=[60.0, 69.0])
+    finetune_run(ft, "b", mae / "checkpoint-399.pth", test=69.6)
+    finetune_run(ft, "c", mlp / "checkpoint-latest.pth", data_set="Kinetics-400", model="vit_small_patch16_224",
+                 val=[10.0, 35.5, 30.0], segments=5)  # still running: best validation top-1
+    finetune_run(ft, "d", "/downloads/official_k400_vitb.pth", data_set="UCF101", test=90.1, segments=5)
+    finetune_run(ft, "e", mlp / "checkpoint-56.pth", data_set="Kinetics-400", model="vit_small_patch16_224",
+                 test=30.7, linear=True, segments=5)
+    write(tmp_path / "knn" / "knn_results.json", {"top1": 12.5, "top5": 40.0, "checkpoint": str(mae / "checkpoint-799.pth"),
+                                                  "per_k": {"20": {"top1": 12.5, "top5": 40.0}}})
+    write(tmp_path / "broken" / "test_results.json", "{not json")
+    rows = table_rows(collect_results.main([str(tmp_path)]))
+    by_run = {os.path.basename(r["Run"]): r for r in rows}
+    assert set(by_run) == {"a", "b", "c", "d", "e", "knn", "broken"}
+    assert {k: by_run["a"][k] for k in ("Method", "Extra data", "Backbone", "Data", "Protocol",
+                                        "Frames x clips x crops", "Epochs", "Top-1", "Pretraining run")} == {
+        "Method": "SIGMA-DINO", "Extra data": "IN-1k", "Backbone": "ViT-B", "Data": "SSv2", "Protocol": "fine-tune",
+        "Frames x clips x crops": "16x2x3", "Epochs": "800", "Top-1": "70.9", "Pretraining run": "sigma_dino_vitb_ssv2"}
+    assert (by_run["b"]["Method"], by_run["b"]["Extra data"], by_run["b"]["Epochs"]) == ("VideoMAE", "no", "400")
+    assert (by_run["c"]["Method"], by_run["c"]["Backbone"], by_run["c"]["Data"]) == ("SIGMA-MLP", "ViT-S", "K400")
+    assert (by_run["c"]["Epochs"], by_run["c"]["Top-1"], by_run["c"]["Frames x clips x crops"]) == ("57", "35.5 (val)", "16x1x1")
+    assert (by_run["d"]["Method"], by_run["d"]["Epochs"], by_run["d"]["Top-1"]) == ("unknown", "?", "90.1")
+    assert (by_run["e"]["Protocol"], by_run["e"]["Epochs"], by_run["e"]["Top-1"]) == ("linear", "57", "30.7")
+    assert (by_run["knn"]["Protocol"], by_run["knn"]["Method"], by_run["knn"]["Backbone"], by_run["knn"]["Top-1"]) == (
+        "kNN", "VideoMAE", "ViT-B", "12.5")
+    assert by_run["broken"]["Top-1"] == "-" and "unreadable" in capsys.readouterr().err
+    # One run folder given directly; a folder without runs is an error.
+    assert [r["Run"] for r in table_rows(collect_results.main([str(ft / "b")]))] == [str(ft / "b")]
+    with pytest.raises(SystemExit, match="no fine-tuning, linear-probe or kNN runs"):
+        collect_results.main([str(dino)])
