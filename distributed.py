@@ -33,6 +33,7 @@ class DistEnv:
     world_size: int
     local_rank: int
     device: torch.device
+    description: str = ""  # how the process was launched, for the run's log
 
     @property
     def is_main(self) -> bool:
@@ -197,8 +198,10 @@ def setup_distributed(device: str = "cuda", backend: Optional[str] = None, timeo
             hint = "; was every task started by srun?" if launch.source == "slurm" else ""
             raise RuntimeError(f"distributed setup failed for the {launch.describe()}, backend {backend}, "
                                f"timeout {timeout_s}s: {type(e).__name__}: {e}{hint}") from e
-    logger.info("%s, device %s", launch.describe(), dev)
-    return DistEnv(rank=launch.rank, world_size=launch.world_size, local_rank=launch.local_rank, device=dev)
+    description = f"{launch.describe()}, device {dev}"
+    logger.info("%s", description)
+    return DistEnv(rank=launch.rank, world_size=launch.world_size, local_rank=launch.local_rank, device=dev,
+                   description=description)
 
 
 def is_distributed() -> bool:

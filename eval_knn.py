@@ -24,11 +24,11 @@ from datasets.annotations import read_annotations
 from datasets.decoding import BACKENDS
 from datasets.sampler import ShardSampler
 from datasets.video_dataset import ClipConfig, VideoClipDataset, collate_clips
-from distributed import cleanup_distributed, setup_distributed, setup_logging
+from distributed import cleanup_distributed
 from engine_for_finetuning import gather_views, merge_views, predict_views
 from modeling_finetune import MODELS, load_pretrained_weights, pooling_for_frozen_features
 from run_class_finetuning import DATA_SETS
-from runtime import add_launcher_compat_flags
+from runtime import add_launcher_compat_flags, start_run
 
 logger = logging.getLogger("sigma")
 
@@ -108,9 +108,7 @@ def features(model, samples: Sequence, args, env, sampling: str, precision: str)
 
 
 def main(args: argparse.Namespace) -> Dict[str, object]:
-    env = setup_distributed(args.device)
-    os.makedirs(args.output_dir, exist_ok=True)
-    setup_logging(env.rank, os.path.join(args.output_dir, "knn.log"))
+    env = start_run(args.device, args.output_dir, "knn.log")
     if bool(args.finetune) == args.random_init:
         raise SystemExit("give exactly one of --finetune CHECKPOINT and --random_init")
     precision = args.precision or ("bf16" if env.device.type == "cuda" else "fp32")
@@ -141,6 +139,9 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
     if env.is_main:
         with open(os.path.join(args.output_dir, "knn_results.json"), "w") as f:
             json.dump(results, f, indent=2)
+        with open(os.path.join(args.output_dir, "config.json"), "w") as f:
+            json.dump({**vars(args), "nb_classes": nb_classes, "precision": precision,
+                       "world_size": env.world_size}, f, indent=2)
     cleanup_distributed()
     return results
 

@@ -29,13 +29,13 @@ from datasets.mixup import MODES as MIXUP_MODES
 from datasets.mixup import Mixup
 from datasets.sampler import ResumableSampler, ShardSampler
 from datasets.video_dataset import AugmentConfig, BadSampleTracker, ClipConfig, VideoClipDataset, collate_clips
-from distributed import cleanup_distributed, setup_distributed, setup_logging
+from distributed import cleanup_distributed
 from engine_for_finetuning import evaluate, train_one_epoch
 from modeling_finetune import MODELS, LinearProbe, ModelEma, load_pretrained_weights, pooling_for_frozen_features
 from optim_factory import create_optimizer, param_groups
 from runtime import (REQUEUE_EXIT_CODE, Preemption, RunLog, add_launcher_compat_flags, check_finite,
-                     gather_rng_states, ignore_preemption_signals, prepare_output_dir, restore_rng, resume_position,
-                     save_training_state, str2bool)
+                     gather_rng_states, ignore_preemption_signals, restore_rng, resume_position,
+                     save_training_state, start_run, str2bool)
 from schedules import cosine_schedule, warmup_steps_from
 from training_loop import DeepSpeedUpdate, StepControl, TorchUpdate
 
@@ -228,9 +228,7 @@ def write_test_results(output_dir: str, name: str, metrics: dict, videos, sample
 
 
 def main(args: argparse.Namespace) -> None:
-    env = setup_distributed(args.device)
-    prepare_output_dir(args.output_dir, env)
-    setup_logging(env.rank, os.path.join(args.output_dir, "train.log"))
+    env = start_run(args.device, args.output_dir)
     precision = args.precision or ("bf16" if env.device.type == "cuda" else "fp32")
     torch.manual_seed(args.seed + env.rank)
     nb_default, sampling, flip = DATA_SETS[args.data_set]

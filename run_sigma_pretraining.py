@@ -24,13 +24,13 @@ from datasets.decoding import BACKENDS
 from datasets.sampler import ResumableSampler
 from datasets.video_dataset import (AugmentConfig, BadSampleTracker, ClipConfig, MaskConfig, VideoClipDataset,
                                     collate_clips)
-from distributed import cleanup_distributed, setup_distributed, setup_logging
+from distributed import cleanup_distributed
 from engine_for_pretraining import train_one_epoch
 from masking_generator import MASKS
 from modeling_pretrain import MODELS, TARGET_TYPES, TEACHER_DIMS, build_teacher
 from optim_factory import create_optimizer, param_groups
 from runtime import (REQUEUE_EXIT_CODE, Preemption, RunLog, add_launcher_compat_flags, ignore_preemption_signals,
-                     prepare_output_dir, restore_rng, resume_position, save_training_state, str2bool)
+                     restore_rng, resume_position, save_training_state, start_run, str2bool)
 from schedules import cosine_schedule, warmup_steps_from
 from training_loop import StepControl, TorchUpdate
 
@@ -134,9 +134,7 @@ def build(args, env):
 
 
 def main(args: argparse.Namespace) -> None:
-    env = setup_distributed(args.device)
-    prepare_output_dir(args.output_dir, env)
-    setup_logging(env.rank, os.path.join(args.output_dir, "train.log"))
+    env = start_run(args.device, args.output_dir)
     precision = args.precision or ("bf16" if env.device.type == "cuda" else "fp32")
     torch.manual_seed(args.seed + env.rank)
     model, teacher, dataset, sampler, loader = build(args, env)

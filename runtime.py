@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from checkpointing import rng_state, save_checkpoint, set_rng_state
-from distributed import DistEnv, barrier
+from distributed import DistEnv, barrier, setup_distributed, setup_logging
 
 logger = logging.getLogger("sigma")
 
@@ -42,13 +42,18 @@ def ignore_preemption_signals(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def prepare_output_dir(output_dir: str, env: DistEnv) -> None:
-    """Create `output_dir`; remove temp files of saves that a kill interrupted."""
+def start_run(device: str, output_dir: str, log_name: str = "train.log") -> DistEnv:
+    """Process group, output_dir (temp files of saves a kill interrupted removed) and logging to
+    output_dir/log_name; the launch itself is logged there too."""
+    env = setup_distributed(device)
     os.makedirs(output_dir, exist_ok=True)
     if env.is_main:
         for name in os.listdir(output_dir):
             if name.startswith("checkpoint-") and ".tmp-" in name:
                 os.remove(os.path.join(output_dir, name))
+    setup_logging(env.rank, os.path.join(output_dir, log_name))
+    logger.info("%s", env.description)
+    return env
 
 
 class Preemption:
@@ -126,6 +131,13 @@ def restore_rng(state: Dict[str, Any], env: DistEnv) -> None:
         set_rng_state(rngs[env.rank] if env.rank < len(rngs) else rngs[0])
 
 
+def format_duration(seconds: float) -> str:
+    """'2d 03:04:05' (days only when there are any): multi-day runs must not wrap at 24 h."""
+    days, rest = divmod(int(seconds), 86400)
+    clock = time.strftime("%H:%M:%S", time.gmtime(rest))
+    return f"{days}d {clock}" if days else clock
+
+
 class RunLog:
     """Rank 0's metric sinks: metrics.jsonl (every log step), log.txt (one JSON line per epoch),
     tensorboard, and Weights & Biases behind a flag. Other ranks get a RunLog that does nothing."""
@@ -161,7 +173,7 @@ class RunLog:
         eta = (self.total_steps - record["step"]) * record["step_time"]
         logger.info("epoch %d step %d/%d loss %.4f lr %.2e data %.3fs step %.3fs eta %s", record["epoch"],
                     record["step"], self.total_steps, record["loss"], record["lr"], record["data_time"],
-                    record["step_time"], time.strftime("%H:%M:%S", time.gmtime(eta)))
+                    record["step_time"], format_duration(eta))
 
     def epoch(self, record: Dict[str, float]) -> None:
         """An end-of-epoch record, appended to log.txt."""
