@@ -403,7 +403,11 @@ def _resume(args, env, core, optimizer, scaler, ds_engine):
     """(path, state) to resume from, with model / optimizer / scaler restored; None for a fresh run."""
     if ds_engine is not None:
         where = args.resume or (args.output_dir if args.auto_resume else "")
-        return deepspeed_support.load(ds_engine, where) if where else None
+        found = deepspeed_support.load(ds_engine, where) if where else None
+        if args.resume and found is None:
+            raise SystemExit(f"--resume {args.resume}: no DeepSpeed checkpoint there (expected an output folder, "
+                             f"its deepspeed/ folder or a deepspeed/step-N folder)")
+        return found
     found = ((args.resume, load_checkpoint(args.resume)) if args.resume
              else find_resume_checkpoint(args.output_dir) if args.auto_resume else None)
     if found:
