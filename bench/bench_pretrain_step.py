@@ -61,11 +61,6 @@ from training_loop import TorchUpdate, set_schedules  # noqa: E402
 
 logger = logging.getLogger("bench_pretrain_step")
 
-# Official SIGMA per-GPU batch sizes (QUVA-Lab/SIGMA): ViT-S 16 (scripts_pretrain/pretrain_ssv2_vit_s.sh,
-# 8 GPUs), ViT-B 32 (PRETRAIN.md and scripts_pretrain/pretrain_ssv2_vit_b_multi_node.sh; the
-# Kinetics multi-node script uses 40, the single-node ones 16 and 2).
-OFFICIAL_BATCH = {"pretrain_videomae_small_patch16_224": 16, "pretrain_videomae_base_patch16_224": 32}
-
 # Dense (no 2:4 sparsity) peak TFLOPS from NVIDIA's datasheets, first matching name fragment wins.
 # "tf32" applies to fp32 runs whose matmuls may use TF32 (torch.get_float32_matmul_precision() != "highest").
 PEAK_TFLOPS = (
@@ -330,7 +325,8 @@ def measure(args: argparse.Namespace, model, teacher, videos, mask, device: torc
     runner = torch.compile(model) if args.compile else model
     eager_step = make_step(model, teacher, optimizer, scaler, videos, mask, args.precision)
     step = make_step(runner, teacher, optimizer, scaler, videos, mask, args.precision)
-    attention = sdpa_kernel(SDPA_BACKENDS[args.sdpa_backend]) if args.sdpa_backend != "auto" else contextlib.nullcontext()
+    attention = (sdpa_kernel(SDPA_BACKENDS[args.sdpa_backend]) if args.sdpa_backend != "auto"
+                 else contextlib.nullcontext())
     record: Dict[str, object] = {}
     with attention, sinkhorn_as(sinkhorn):
         flops, first_loss = count_flops(eager_step)
