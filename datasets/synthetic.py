@@ -4,6 +4,8 @@ Each video shows one textured object crossing a slowly drifting textured backgro
 the direction of the crossing (and, with 8 classes, its speed). Shape, colours, texture, size and
 position are drawn independently of the label, and an optional distractor object oscillates in
 place, so a single frame says almost nothing about the class: a model has to use motion.
+With `--label shape` the class is instead the moving object's shape (disc, square, diamond) and
+the direction is random: an appearance task on the same kind of videos.
 
     python -m datasets.synthetic --out /tmp/demo
 
@@ -36,6 +38,7 @@ SPEEDS = {"slow": (0.2, 0.4), "fast": (0.6, 0.9)}
 ANY_SPEED = (0.35, 0.9)
 NUM_CLASSES = (2, 4, 8)
 SHAPES = ("disc", "square", "diamond")
+LABEL_KINDS = ("motion", "shape")
 TEXTURES = ("solid", "stripes", "checker")
 # codec name -> (encoder, file extension, encoder options). CRF/quality settings keep the small
 # objects sharp; VP9 uses its realtime mode because test suites write these files on the fly.
@@ -129,8 +132,9 @@ class _Appearance:
 
 
 def render_clip(rng: np.random.Generator, label: int, num_classes: int = 4, frames: int = 48,
-                height: int = 128, width: int = 160, distractor_prob: float = 0.5) -> Tuple[np.ndarray, np.ndarray]:
-    """Render one video of class `label`.
+                height: int = 128, width: int = 160, distractor_prob: float = 0.5,
+                label_kind: str = "motion") -> Tuple[np.ndarray, np.ndarray]:
+    """Render one video of class `label` (a motion class, or with label_kind "shape" an index into SHAPES).
 
     Returns:
         frames uint8 [T, H, W, 3] and the moving object's centre per frame, float [T, 2] as (x, y).
@@ -152,7 +156,11 @@ def render_clip(rng: np.random.Generator, label: int, num_classes: int = 4, fram
         other.paint(canvas, centre[0] + swing * np.cos(heading), centre[1] + swing * np.sin(heading))
 
     obj = _Appearance(rng, min_side)
-    (dx, dy), path_fraction = _class_motion(label, num_classes)
+    if label_kind == "shape":  # the shape is the class, the direction any of the four
+        obj.shape = SHAPES[label]
+        (dx, dy), path_fraction = _class_motion(int(rng.integers(len(DIRECTIONS))), len(DIRECTIONS))
+    else:
+        (dx, dy), path_fraction = _class_motion(label, num_classes)
     along, across = (width, height) if dx else (height, width)
     free = along - 2 * obj.extent  # the path keeps the whole object inside the frame
     travel = rng.uniform(*path_fraction) * free
@@ -195,7 +203,8 @@ def _split_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 def make_dataset(out_dir: str, num_train: int = 40, num_val: int = 10, num_test: int = 10, frames: int = 48,
                  height: int = 128, width: int = 160, fps: int = 25, seed: int = 0, codec: str = "h264",
-                 num_classes: int = 4, distractor_prob: float = 0.5) -> Dict[str, object]:
+                 num_classes: int = 4, distractor_prob: float = 0.5,
+                 label_kind: str = "motion") -> Dict[str, object]:
     """Write the videos and CSVs described in the module docstring.
 
     Labels cycle through the classes (video i has label i % num_classes), so every split is as
@@ -207,7 +216,10 @@ def make_dataset(out_dir: str, num_train: int = 40, num_val: int = 10, num_test:
     """
     if seed < 0:
         raise ValueError("seed must be non-negative")
-    names = class_names(num_classes)
+    if label_kind not in LABEL_KINDS:
+        raise ValueError(f"label_kind must be one of {LABEL_KINDS}, got {label_kind!r}")
+    names = list(SHAPES) if label_kind == "shape" else class_names(num_classes)
+    num_classes = len(names)
     ext = CODECS[codec][1]
     counts = {"train": num_train, "val": num_val, "test": num_test}
     result: Dict[str, object] = {"root": out_dir, "classes": names, "counts": counts}
@@ -217,7 +229,7 @@ def make_dataset(out_dir: str, num_train: int = 40, num_val: int = 10, num_test:
             label = index % num_classes
             rel = f"{split}/{names[label]}/{index:05d}{ext}"
             video, _ = render_clip(_split_rng(seed, split, index), label, num_classes, frames, height, width,
-                                   distractor_prob)
+                                   distractor_prob, label_kind)
             os.makedirs(os.path.join(out_dir, os.path.dirname(rel)), exist_ok=True)
             write_video(os.path.join(out_dir, rel), video, fps, codec)
             lines.append(f"{rel} {label}\n")
@@ -282,6 +294,8 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g = p.add_argument_group("content")
     g.add_argument("--classes", type=int, default=4, choices=NUM_CLASSES,
                    help="2: horizontal directions, 4: all four directions, 8: directions x {slow, fast}")
+    g.add_argument("--label", default="motion", choices=LABEL_KINDS,
+                   help="what the class is: the motion (--classes) or the moving object's shape (3 classes)")
     g.add_argument("--distractor_prob", type=float, default=0.5,
                    help="probability that a video also shows an object wobbling in place")
     g.add_argument("--seed", type=int, default=0)
@@ -294,7 +308,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     start = time.time()
     result = make_dataset(args.out, num_train=args.num_train, num_val=args.num_val, num_test=args.num_test,
                           frames=args.frames, height=args.height, width=args.width, fps=args.fps, seed=args.seed,
-                          codec=args.codec, num_classes=args.classes, distractor_prob=args.distractor_prob)
+                          codec=args.codec, num_classes=args.classes, distractor_prob=args.distractor_prob,
+                          label_kind=args.label)
     logger.info("wrote %d videos of %d classes to %s in %.1f s", sum(result["counts"].values()),
                 len(result["classes"]), args.out, time.time() - start)
 

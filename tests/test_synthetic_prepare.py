@@ -454,3 +454,16 @@ def test_encoding_is_byte_deterministic(tmp_path, codec):
         write_video(path, video, fps=25, codec=codec)
     blobs = [open(path, "rb").read() for path in paths]
     assert blobs[0] == blobs[1] == blobs[2]
+
+
+def test_shape_labelling_names_the_shapes_and_changes_only_the_object(tmp_path):
+    result = make_dataset(str(tmp_path), num_train=6, num_val=0, num_test=0, seed=0, label_kind="shape", **SMALL)
+    assert result["classes"] == ["disc", "square", "diamond"]
+    labels = [int(line.split()[1]) for line in open(result["train"])]
+    assert labels == [0, 1, 2, 0, 1, 2]
+    disc, centres = render_clip(np.random.default_rng(5), 0, 3, label_kind="shape", **SMALL)
+    square, same_centres = render_clip(np.random.default_rng(5), 1, 3, label_kind="shape", **SMALL)
+    np.testing.assert_array_equal(centres, same_centres)  # same path, other shape
+    assert (disc != square).any()
+    with pytest.raises(ValueError, match="label_kind"):
+        make_dataset(str(tmp_path), num_train=1, num_val=0, num_test=0, label_kind="colour", **SMALL)
