@@ -210,6 +210,7 @@ def is_distributed() -> bool:
 
 def cleanup_distributed() -> None:
     if is_distributed():
+        dist.barrier()  # no rank tears its connections down while another still uses them
         dist.destroy_process_group()
 
 

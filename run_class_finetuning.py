@@ -16,13 +16,12 @@ import csv
 import json
 import logging
 import os
-import sys
 import time
 
 import torch
 
 import deepspeed_support
-from checkpointing import checkpoint_path, find_resume_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from checkpointing import checkpoint_path, load_checkpoint, save_checkpoint
 from datasets.annotations import read_annotations
 from datasets.decoding import BACKENDS
 from datasets.mixup import MODES as MIXUP_MODES
@@ -33,10 +32,9 @@ from distributed import cleanup_distributed
 from engine_for_finetuning import evaluate, train_one_epoch
 from modeling_finetune import MODELS, LinearProbe, ModelEma, load_pretrained_weights, pooling_for_frozen_features
 from optim_factory import create_optimizer, param_groups
-from runtime import (REQUEUE_EXIT_CODE, Preemption, RunLog, add_launcher_compat_flags, check_finite,
-                     gather_rng_states, ignore_preemption_signals, restore_rng, resume_position,
+from runtime import (Checkpointer, RunLog, add_output_and_run_flags, check_finite, gather_rng_states,
+                     ignore_preemption_signals, load_training_state, make_schedule, restore_rng, resume_position,
                      save_training_state, start_run, str2bool)
-from schedules import cosine_schedule, warmup_steps_from
 from training_loop import DeepSpeedUpdate, StepControl, TorchUpdate
 
 logger = logging.getLogger("sigma")
@@ -60,6 +58,8 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--drop", type=float, default=0.0)
     g.add_argument("--attn_drop_rate", type=float, default=0.0)
     g.add_argument("--use_checkpoint", action="store_true", help="gradient checkpointing")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the training model; checkpoints keep the plain key names")
     g.add_argument("--use_mean_pooling", dest="use_mean_pooling", action="store_true", default=True)
     g.add_argument("--use_cls", dest="use_mean_pooling", action="store_false",
                    help="final norm before pooling instead of fc_norm after it")
@@ -130,22 +130,7 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--eval", action="store_true", help="only run the multi-view test of the given weights")
     g.add_argument("--dist_eval", type=str2bool, nargs="?", const=True, default=True,
                    help="shard validation/test over the processes (else every process evaluates everything)")
-    g = p.add_argument_group("checkpoints and logging")
-    g.add_argument("--output_dir", default="output/finetune")
-    g.add_argument("--log_dir", default=None, help="tensorboard dir (default: output_dir/tb)")
-    g.add_argument("--save_ckpt_freq", type=int, default=5, help="keep checkpoint-{epoch}.pth every N epochs")
-    g.add_argument("--save_ckpt_steps", type=int, default=1000, help="rolling resumable save every N steps")
-    g.add_argument("--keep_last_ckpts", type=int, default=0, help="epoch checkpoints to keep (0: all)")
-    g.add_argument("--resume", default="", help="checkpoint to resume from (default: newest valid in output_dir)")
-    g.add_argument("--auto_resume", dest="auto_resume", action="store_true", default=True)
-    g.add_argument("--no_auto_resume", dest="auto_resume", action="store_false")
-    g.add_argument("--log_every", type=int, default=20)
-    g.add_argument("--run_name", default="finetune")
-    g.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (offline unless WANDB_MODE)")
-    g = p.add_argument_group("run")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    g.add_argument("--seed", type=int, default=0)
-    add_launcher_compat_flags(g)
+    add_output_and_run_flags(p, output_dir="output/finetune", save_ckpt_freq=5, run_name="finetune")
     return p.parse_args(argv)
 
 
@@ -242,6 +227,8 @@ def main(args: argparse.Namespace) -> None:
     data = build_datasets(args, nb_classes, sampling, flip, augment)
     model, report = build_model(args, nb_classes)
     model.to(env.device)
+    if args.compile and args.enable_deepspeed:
+        raise SystemExit("--compile is not supported together with --enable_deepspeed")
     if args.eval and not (args.finetune or args.resume):
         raise SystemExit("--eval needs the weights to test: --finetune or --resume")
     views = f"{args.test_num_segment}x{args.test_num_crop}"
@@ -262,7 +249,29 @@ def main(args: argparse.Namespace) -> None:
     cleanup_distributed()
 
 
-def train(args, env, model, data, nb_classes: int, precision: str, augment: bool, tracker, views: str) -> None:
+def build_update(args, env, core, optimizer, precision: str):
+    """(training model, scaler, update): DeepSpeed engine, or the model (DDP-wrapped, compiled) with a
+    torch optimizer step."""
+    if args.enable_deepspeed:
+        config = deepspeed_support.deepspeed_config(
+            batch_size=args.batch_size * args.num_sample, update_freq=args.update_freq, world_size=env.world_size,
+            zero_stage=args.zero_stage, precision=precision, clip_grad=args.clip_grad)
+        if env.is_main:
+            with open(os.path.join(args.output_dir, "deepspeed_config.json"), "w") as f:
+                json.dump(config, f, indent=2)
+        engine = deepspeed_support.initialize(core, optimizer, config, env)
+        return engine, None, DeepSpeedUpdate(engine)
+    model = core
+    if env.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            core, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    if args.compile:  # `core` stays the plain module: saving, loading and evaluation use it
+        model = torch.compile(model)
+    scaler = torch.amp.GradScaler(env.device.type) if precision == "fp16" else None
+    return model, scaler, TorchUpdate(model, optimizer, precision, scaler, args.clip_grad, args.update_freq)
+
+
+def train(args, env, core, data, nb_classes: int, precision: str, augment: bool, tracker, views: str) -> None:
     train_set = data["train"]
     sampler = ResumableSampler(len(train_set), env.world_size, env.rank, seed=args.seed)
     loader = torch.utils.data.DataLoader(
@@ -273,41 +282,24 @@ def train(args, env, model, data, nb_classes: int, precision: str, augment: bool
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_set)} videos give no full step of batch {args.batch_size} x {env.world_size}")
     global_batch = args.batch_size * args.update_freq * env.world_size
-    lr, min_lr, warmup_lr = (v * global_batch / 256 for v in (args.lr, args.min_lr, args.warmup_lr))
-    total_steps = args.epochs * steps_per_epoch
-    warmup = warmup_steps_from(args.warmup_epochs, args.warmup_steps, steps_per_epoch)
-    if warmup > total_steps:
-        raise ValueError(f"--warmup_epochs {args.warmup_epochs} / --warmup_steps {args.warmup_steps} give {warmup} "
-                         f"warmup steps, more than the {total_steps} steps of --epochs {args.epochs}")
-    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+    schedule = make_schedule(lr=args.lr, min_lr=args.min_lr, warmup_lr=args.warmup_lr, global_batch=global_batch,
+                             epochs=args.epochs, steps_per_epoch=steps_per_epoch, warmup_epochs=args.warmup_epochs,
+                             warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+                             weight_decay_end=args.weight_decay_end)
     mixup = None
     if augment and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax):
         mixup = Mixup(nb_classes, args.mixup, args.cutmix, args.cutmix_minmax, args.mixup_prob,
                       args.mixup_switch_prob, args.mixup_mode, args.smoothing)
-    core = model
     layer_decay = None if args.linear_probing or args.layer_decay >= 1.0 else args.layer_decay
-    optimizer = create_optimizer(param_groups(core, args.weight_decay, layer_decay=layer_decay), lr=lr,
+    optimizer = create_optimizer(param_groups(core, args.weight_decay, layer_decay=layer_decay), lr=schedule.lr,
                                  betas=tuple(args.opt_betas), eps=args.opt_eps)
-    scaler = None
-    if args.enable_deepspeed:
-        config = deepspeed_support.deepspeed_config(
-            batch_size=args.batch_size * args.num_sample, update_freq=args.update_freq, world_size=env.world_size,
-            zero_stage=args.zero_stage, precision=precision, clip_grad=args.clip_grad)
-        if env.is_main:
-            with open(os.path.join(args.output_dir, "deepspeed_config.json"), "w") as f:
-                json.dump(config, f, indent=2)
-        model = deepspeed_support.initialize(core, optimizer, config, env)
-        update = DeepSpeedUpdate(model)
-    else:
-        if env.world_size > 1:
-            model = torch.nn.parallel.DistributedDataParallel(
-                core, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-        scaler = torch.amp.GradScaler(env.device.type) if precision == "fp16" else None
-        update = TorchUpdate(model, optimizer, precision, scaler, args.clip_grad, args.update_freq)
+    model, scaler, update = build_update(args, env, core, optimizer, precision)
     ema = ModelEma(core, args.model_ema_decay) if args.model_ema else None
 
     start_epoch, step, start_in_epoch, best = 0, 0, 0, {"acc1": -1.0, "epoch": -1}
-    found = _resume(args, env, core, optimizer, scaler, model if args.enable_deepspeed else None)
+    found = (_resume_deepspeed(args, model) if args.enable_deepspeed else
+             load_training_state(args.resume, args.auto_resume, args.output_dir, model=core, optimizer=optimizer,
+                                 scaler=scaler))
     if found:
         path, state = found
         if ema is not None and state.get("model_ema"):
@@ -317,7 +309,7 @@ def train(args, env, model, data, nb_classes: int, precision: str, augment: bool
         restore_rng(state, env)
         logger.info("resumed from %s at epoch %d, step %d", path, start_epoch, step)
     config = {**vars(args), "precision": precision, "world_size": env.world_size, "global_batch": global_batch,
-              "actual_lr": lr, "nb_classes": nb_classes}
+              "actual_lr": schedule.lr, "nb_classes": nb_classes}
     if env.is_main:
         with open(os.path.join(args.output_dir, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
@@ -329,30 +321,23 @@ def train(args, env, model, data, nb_classes: int, precision: str, augment: bool
                                 steps_per_epoch=steps_per_epoch, config=vars(args), extra=extra)
             return
         check_finite(core, f"at step {at_step}")
+        plain = {"epoch": at_step // steps_per_epoch, "step": at_step, "config": json.loads(json.dumps(vars(args))),
+                 **extra}
         deepspeed_support.save(model, args.output_dir, env, {
-            "epoch": at_step // steps_per_epoch, "step": at_step, "steps_per_epoch": steps_per_epoch,
-            "rng": gather_rng_states(env), "config": json.loads(json.dumps(vars(args))), **extra})
+            **plain, "steps_per_epoch": steps_per_epoch, "rng": gather_rng_states(env)})
         if path != checkpoint_path(args.output_dir) and env.is_main:  # epoch files: plain weights too
-            save_checkpoint(path, {"model": core.state_dict(), "epoch": at_step // steps_per_epoch, "step": at_step,
-                                   "config": json.loads(json.dumps(vars(args))), **extra})
+            save_checkpoint(path, {"model": core.state_dict(), **plain})
 
-    preemption, stopping = Preemption(), []
-
-    def on_step_end(at_step: int) -> None:
-        if preemption.agreed(at_step, env):
-            stopping.append(at_step)
-        if stopping or (args.save_ckpt_steps > 0 and at_step % args.save_ckpt_steps == 0):
-            save(checkpoint_path(args.output_dir), at_step)
-
-    run_log = RunLog(env, args.output_dir, args.log_dir, total_steps, config, args.wandb, args.run_name)
-    control = StepControl(
-        lr_at=lambda s: cosine_schedule(s, lr, min_lr, total_steps, warmup, warmup_lr),
-        wd_at=lambda s: cosine_schedule(s, args.weight_decay, wd_end, total_steps),
-        on_step_end=on_step_end, should_stop=lambda: bool(stopping), log_every=args.log_every,
-        skip_nonfinite=args.skip_nonfinite, after_update=(lambda s: ema.update(core)) if ema else None)
+    checkpointer = Checkpointer(env, args.output_dir, save, every_steps=args.save_ckpt_steps,
+                                every_epochs=args.save_ckpt_freq, epochs=args.epochs, keep_last=args.keep_last_ckpts)
+    run_log = RunLog(env, args.output_dir, args.log_dir, schedule.total_steps, config, args.wandb, args.run_name)
+    control = StepControl(lr_at=schedule.lr_at, wd_at=schedule.wd_at, on_step_end=checkpointer.on_step_end,
+                          should_stop=lambda: checkpointer.stopping, log_every=args.log_every,
+                          skip_nonfinite=args.skip_nonfinite,
+                          after_update=(lambda s: ema.update(core)) if ema else None)
     tracker.epoch_size = len(train_set) // env.world_size
     val = eval_loader(data["val"], env, args, args.dist_eval)
-    input_dtype = update.input_dtype
+    nets = [("", core, update.input_dtype)] + ([("_ema", ema.module, None)] if ema else [])
     for epoch in range(start_epoch, args.epochs):
         t0 = time.time()
         train_set.set_epoch(epoch)
@@ -363,62 +348,40 @@ def train(args, env, model, data, nb_classes: int, precision: str, augment: bool
                                 num_classes=nb_classes, accum_iter=args.update_freq, mixup=mixup,
                                 smoothing=args.smoothing if augment else 0.0, tracker=tracker, metrics=run_log.step)
         step = stats.pop("end_step")
-        if stopping:
-            logger.warning("preemption signal: saved a resumable checkpoint at step %d; exiting with %d for requeue",
-                           step, REQUEUE_EXIT_CODE)
-            cleanup_distributed()
-            sys.exit(REQUEUE_EXIT_CODE)
-        bad = tracker.end_epoch()
-        record = {**{f"train_{k}": v for k, v in stats.items()}, **bad, "epoch": epoch}
-        for name, net in (("", core), ("_ema", ema.module if ema else None)):
-            if net is not None:
-                metrics, _ = evaluate(net, val, env, sharded=args.dist_eval, precision=precision,
-                                      input_dtype=input_dtype if net is core else None)
-                record.update({f"val{name}_{k}": v for k, v in metrics.items()})
+        if checkpointer.stopping:
+            checkpointer.exit_for_requeue(step)
+        record = {**{f"train_{k}": v for k, v in stats.items()}, **tracker.end_epoch(), "epoch": epoch}
+        for name, net, dtype in nets:
+            metrics, _ = evaluate(net, val, env, sharded=args.dist_eval, precision=precision, input_dtype=dtype)
+            record.update({f"val{name}_{k}": v for k, v in metrics.items()})
         if record["val_acc1"] > best["acc1"]:
             best = {"acc1": record["val_acc1"], "epoch": epoch}
             if env.is_main:
                 save_checkpoint(os.path.join(args.output_dir, "checkpoint-best.pth"), {
                     "model": core.state_dict(), "epoch": epoch, "step": step, "val_acc1": record["val_acc1"],
                     **({"model_ema": ema.module.state_dict()} if ema else {})})
-        if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
-            save(checkpoint_path(args.output_dir, epoch), step)
-            if env.is_main:
-                prune_checkpoints(args.output_dir, args.keep_last_ckpts)
-        save(checkpoint_path(args.output_dir), step)
+        checkpointer.on_epoch_end(epoch, step)
         logger.info("epoch %d: val top-1 %.2f top-5 %.2f (best %.2f at epoch %d)", epoch, record["val_acc1"],
                     record["val_acc5"], best["acc1"], best["epoch"])
         run_log.epoch({**record, "epoch_time": time.time() - t0})
     test = eval_loader(data["test"], env, args, args.dist_eval)
-    for name, net in (("", core), ("_ema", ema.module if ema else None)):
-        if net is not None:
-            metrics, videos = evaluate(net, test, env, sharded=args.dist_eval, precision=precision,
-                                       input_dtype=input_dtype if net is core else None, tracker=tracker)
-            if env.is_main:
-                write_test_results(args.output_dir, name, metrics, videos, data["test"].samples, views)
+    for name, net, dtype in nets:
+        metrics, videos = evaluate(net, test, env, sharded=args.dist_eval, precision=precision, input_dtype=dtype,
+                                   tracker=tracker)
+        if env.is_main:
+            write_test_results(args.output_dir, name, metrics, videos, data["test"].samples, views)
     run_log.close()
+    if args.enable_deepspeed:
+        model.destroy()  # DeepSpeed's own groups and buffers, before the process group goes
 
 
-def _resume(args, env, core, optimizer, scaler, ds_engine):
-    """(path, state) to resume from, with model / optimizer / scaler restored; None for a fresh run."""
-    if ds_engine is not None:
-        where = args.resume or (args.output_dir if args.auto_resume else "")
-        found = deepspeed_support.load(ds_engine, where) if where else None
-        if args.resume and found is None:
-            raise SystemExit(f"--resume {args.resume}: no DeepSpeed checkpoint there (expected an output folder, "
-                             f"its deepspeed/ folder or a deepspeed/step-N folder)")
-        return found
-    found = ((args.resume, load_checkpoint(args.resume)) if args.resume
-             else find_resume_checkpoint(args.output_dir) if args.auto_resume else None)
-    if found:
-        state = found[1]
-        if "optimizer" not in state:
-            raise SystemExit(f"{found[0]} holds weights only (no optimizer state): use it with --finetune, "
-                             f"not --resume")
-        core.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+def _resume_deepspeed(args, engine):
+    """(tag path, client state) of the DeepSpeed checkpoint to resume from; None for a fresh run."""
+    where = args.resume or (args.output_dir if args.auto_resume else "")
+    found = deepspeed_support.load(engine, where) if where else None
+    if args.resume and found is None:
+        raise SystemExit(f"--resume {args.resume}: no DeepSpeed checkpoint there (expected an output folder, "
+                         f"its deepspeed/ folder or a deepspeed/step-N folder)")
     return found
 
 

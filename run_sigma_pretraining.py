@@ -13,12 +13,10 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 
 import torch
 
-from checkpointing import checkpoint_path, find_resume_checkpoint, load_checkpoint, prune_checkpoints
 from datasets.annotations import read_annotations
 from datasets.decoding import BACKENDS
 from datasets.sampler import ResumableSampler
@@ -29,9 +27,8 @@ from engine_for_pretraining import train_one_epoch
 from masking_generator import MASKS
 from modeling_pretrain import MODELS, TARGET_TYPES, TEACHER_DIMS, build_teacher
 from optim_factory import create_optimizer, param_groups
-from runtime import (REQUEUE_EXIT_CODE, Preemption, RunLog, add_launcher_compat_flags, ignore_preemption_signals,
-                     restore_rng, resume_position, save_training_state, start_run, str2bool)
-from schedules import cosine_schedule, warmup_steps_from
+from runtime import (Checkpointer, RunLog, add_output_and_run_flags, ignore_preemption_signals, load_training_state,
+                     make_schedule, restore_rng, resume_position, save_training_state, start_run, str2bool)
 from training_loop import StepControl, TorchUpdate
 
 logger = logging.getLogger("sigma")
@@ -54,6 +51,8 @@ def get_args(argv=None) -> argparse.Namespace:
                    help="per-tube / per-clip target normalisation (official spelling accepted)")
     g.add_argument("--drop_path", type=float, default=0.0)
     g.add_argument("--use_checkpoint", action="store_true", help="gradient checkpointing")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (and DINO teacher); checkpoints keep the plain key names")
     g = p.add_argument_group("data")
     g.add_argument("--data_path", default="", help="root for relative paths in --data_path_csv")
     g.add_argument("--data_path_csv", required=True, help="pretraining list of `path label` lines")
@@ -85,22 +84,7 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
                    help="default: bf16 on CUDA, fp32 on CPU")
     g.add_argument("--skip_nonfinite", type=int, default=0, help="non-finite steps to skip before stopping")
-    g = p.add_argument_group("checkpoints and logging")
-    g.add_argument("--output_dir", default="output/pretrain")
-    g.add_argument("--log_dir", default=None, help="tensorboard dir (default: output_dir/tb)")
-    g.add_argument("--save_ckpt_freq", type=int, default=50, help="keep checkpoint-{epoch}.pth every N epochs")
-    g.add_argument("--save_ckpt_steps", type=int, default=1000, help="rolling checkpoint-latest.pth every N steps")
-    g.add_argument("--keep_last_ckpts", type=int, default=0, help="epoch checkpoints to keep (0: all)")
-    g.add_argument("--resume", default="", help="checkpoint to resume from (default: newest valid in output_dir)")
-    g.add_argument("--auto_resume", dest="auto_resume", action="store_true", default=True)
-    g.add_argument("--no_auto_resume", dest="auto_resume", action="store_false")
-    g.add_argument("--log_every", type=int, default=20)
-    g.add_argument("--run_name", default="sigma")
-    g.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (offline unless WANDB_MODE)")
-    g = p.add_argument_group("run")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    g.add_argument("--seed", type=int, default=0)
-    add_launcher_compat_flags(g)
+    add_output_and_run_flags(p, output_dir="output/pretrain", save_ckpt_freq=50, run_name="sigma")
     return p.parse_args(argv)
 
 
@@ -142,36 +126,32 @@ def main(args: argparse.Namespace) -> None:
     if steps_per_epoch == 0:
         raise ValueError(f"{len(dataset)} videos give no full step of batch {args.batch_size} x {env.world_size}")
     global_batch = args.batch_size * args.accum_iter * env.world_size
-    lr, min_lr, warmup_lr = (v * global_batch / 256 for v in (args.lr, args.min_lr, args.warmup_lr))
-    total_steps = args.epochs * steps_per_epoch
-    warmup = warmup_steps_from(args.warmup_epochs, args.warmup_steps, steps_per_epoch)
-    if warmup > total_steps:
-        raise ValueError(f"--warmup_epochs {args.warmup_epochs} / --warmup_steps {args.warmup_steps} give {warmup} "
-                         f"warmup steps, more than the {total_steps} steps of --epochs {args.epochs}")
-    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+    schedule = make_schedule(lr=args.lr, min_lr=args.min_lr, warmup_lr=args.warmup_lr, global_batch=global_batch,
+                             epochs=args.epochs, steps_per_epoch=steps_per_epoch, warmup_epochs=args.warmup_epochs,
+                             warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+                             weight_decay_end=args.weight_decay_end)
     core = model
     if env.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-    optimizer = create_optimizer(param_groups(core, args.weight_decay), lr=lr, betas=tuple(args.opt_betas),
+    optimizer = create_optimizer(param_groups(core, args.weight_decay), lr=schedule.lr, betas=tuple(args.opt_betas),
                                  eps=args.opt_eps)
+    if args.compile:  # `core` stays the plain module: saving, loading and param groups use its names
+        model = torch.compile(model)
+        teacher = torch.compile(teacher) if teacher is not None else None
     scaler = torch.amp.GradScaler(env.device.type) if precision == "fp16" else None
     update = TorchUpdate(model, optimizer, precision, scaler, args.clip_grad, args.accum_iter)
 
     start_epoch, step, start_in_epoch = 0, 0, 0
-    found = ((args.resume, load_checkpoint(args.resume)) if args.resume
-             else find_resume_checkpoint(args.output_dir) if args.auto_resume else None)
+    found = load_training_state(args.resume, args.auto_resume, args.output_dir, model=core, optimizer=optimizer,
+                                scaler=scaler)
     if found:
         path, state = found
-        core.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
         start_epoch, step, start_in_epoch = resume_position(state, path, steps_per_epoch)
         restore_rng(state, env)
         logger.info("resumed from %s at epoch %d, step %d", path, start_epoch, step)
     config = {**vars(args), "precision": precision, "world_size": env.world_size, "global_batch": global_batch,
-              "actual_lr": lr}
+              "actual_lr": schedule.lr}
     if env.is_main:
         with open(os.path.join(args.output_dir, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
@@ -180,20 +160,12 @@ def main(args: argparse.Namespace) -> None:
         save_training_state(path, env, model=core, optimizer=optimizer, scaler=scaler, step=at_step,
                             steps_per_epoch=steps_per_epoch, config=vars(args))
 
-    preemption, stopping = Preemption(), []
-
-    def on_step_end(at_step: int) -> None:
-        if preemption.agreed(at_step, env):
-            stopping.append(at_step)
-        if stopping or (args.save_ckpt_steps > 0 and at_step % args.save_ckpt_steps == 0):
-            save(checkpoint_path(args.output_dir), at_step)
-
-    run_log = RunLog(env, args.output_dir, args.log_dir, total_steps, config, args.wandb, args.run_name)
-    control = StepControl(
-        lr_at=lambda s: cosine_schedule(s, lr, min_lr, total_steps, warmup, warmup_lr),
-        wd_at=lambda s: cosine_schedule(s, args.weight_decay, wd_end, total_steps),
-        on_step_end=on_step_end, should_stop=lambda: bool(stopping), log_every=args.log_every,
-        skip_nonfinite=args.skip_nonfinite)
+    checkpointer = Checkpointer(env, args.output_dir, save, every_steps=args.save_ckpt_steps,
+                                every_epochs=args.save_ckpt_freq, epochs=args.epochs, keep_last=args.keep_last_ckpts)
+    run_log = RunLog(env, args.output_dir, args.log_dir, schedule.total_steps, config, args.wandb, args.run_name)
+    control = StepControl(lr_at=schedule.lr_at, wd_at=schedule.wd_at, on_step_end=checkpointer.on_step_end,
+                          should_stop=lambda: checkpointer.stopping, log_every=args.log_every,
+                          skip_nonfinite=args.skip_nonfinite)
     tracker = BadSampleTracker(args.max_bad_fraction, epoch_size=len(dataset) // env.world_size)
     n_parameters = sum(p.numel() for p in core.parameters() if p.requires_grad)
     for epoch in range(start_epoch, args.epochs):
@@ -206,16 +178,9 @@ def main(args: argparse.Namespace) -> None:
                                 accum_iter=args.accum_iter, teacher=teacher, normalize_target=args.normalize_target,
                                 tracker=tracker, metrics=run_log.step)
         step = stats.pop("end_step")
-        if stopping:
-            logger.warning("preemption signal: saved checkpoint-latest.pth at step %d; exiting with %d for requeue",
-                           step, REQUEUE_EXIT_CODE)
-            cleanup_distributed()
-            sys.exit(REQUEUE_EXIT_CODE)
-        if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
-            save(checkpoint_path(args.output_dir, epoch), step)
-            if env.is_main:
-                prune_checkpoints(args.output_dir, args.keep_last_ckpts)
-        save(checkpoint_path(args.output_dir), step)
+        if checkpointer.stopping:
+            checkpointer.exit_for_requeue(step)
+        checkpointer.on_epoch_end(epoch, step)
         bad = tracker.end_epoch()  # on every rank: each stops on its own share's bad files
         run_log.epoch({**{f"train_{k}": v for k, v in stats.items()}, **bad, "epoch": epoch,
                        "n_parameters": n_parameters, "epoch_time": time.time() - t0})

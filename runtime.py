@@ -5,14 +5,18 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
-from typing import Any, Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
-from checkpointing import rng_state, save_checkpoint, set_rng_state
-from distributed import DistEnv, barrier, setup_distributed, setup_logging
+from checkpointing import (checkpoint_path, find_resume_checkpoint, load_checkpoint, prune_checkpoints, rng_state,
+                           save_checkpoint, set_rng_state)
+from distributed import DistEnv, barrier, cleanup_distributed, setup_distributed, setup_logging
+from schedules import cosine_schedule, warmup_steps_from
 
 logger = logging.getLogger("sigma")
 
@@ -33,6 +37,59 @@ def add_launcher_compat_flags(group) -> None:
     and ignored, since the process layout always comes from the launcher's environment."""
     for flag in ("--local-rank", "--local_rank", "--world_size", "--dist_url"):
         group.add_argument(flag, default=None, help=argparse.SUPPRESS)
+
+
+def add_output_and_run_flags(p: argparse.ArgumentParser, *, output_dir: str, save_ckpt_freq: int,
+                             run_name: str) -> None:
+    """The "checkpoints and logging" and "run" flag groups every driver shares."""
+    g = p.add_argument_group("checkpoints and logging")
+    g.add_argument("--output_dir", default=output_dir)
+    g.add_argument("--log_dir", default=None, help="tensorboard dir (default: output_dir/tb)")
+    g.add_argument("--save_ckpt_freq", type=int, default=save_ckpt_freq, help="keep checkpoint-{epoch}.pth every N epochs")
+    g.add_argument("--save_ckpt_steps", type=int, default=1000, help="rolling resumable save every N steps")
+    g.add_argument("--keep_last_ckpts", type=int, default=0, help="epoch checkpoints to keep (0: all)")
+    g.add_argument("--resume", default="", help="checkpoint to resume from (default: newest valid in output_dir)")
+    g.add_argument("--auto_resume", dest="auto_resume", action="store_true", default=True)
+    g.add_argument("--no_auto_resume", dest="auto_resume", action="store_false")
+    g.add_argument("--log_every", type=int, default=20)
+    g.add_argument("--run_name", default=run_name)
+    g.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (offline unless WANDB_MODE)")
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--seed", type=int, default=0)
+    add_launcher_compat_flags(g)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """lr and weight decay as functions of the global optimizer step (lrs already batch-scaled)."""
+    lr: float
+    min_lr: float
+    warmup_lr: float
+    warmup_steps: int
+    total_steps: int
+    weight_decay: float
+    weight_decay_end: float
+
+    def lr_at(self, step: int) -> float:
+        return cosine_schedule(step, self.lr, self.min_lr, self.total_steps, self.warmup_steps, self.warmup_lr)
+
+    def wd_at(self, step: int) -> float:
+        return cosine_schedule(step, self.weight_decay, self.weight_decay_end, self.total_steps)
+
+
+def make_schedule(*, lr: float, min_lr: float, warmup_lr: float, global_batch: int, epochs: int,
+                  steps_per_epoch: int, warmup_epochs: int, warmup_steps: int, weight_decay: float,
+                  weight_decay_end: Optional[float]) -> Schedule:
+    """The official recipe's schedule: lrs scaled by global_batch / 256, linear warmup, cosine decay."""
+    total = epochs * steps_per_epoch
+    warmup = warmup_steps_from(warmup_epochs, warmup_steps, steps_per_epoch)
+    if warmup > total:
+        raise ValueError(f"--warmup_epochs {warmup_epochs} / --warmup_steps {warmup_steps} give {warmup} "
+                         f"warmup steps, more than the {total} steps of --epochs {epochs}")
+    scale = global_batch / 256
+    return Schedule(lr * scale, min_lr * scale, warmup_lr * scale, warmup, total, weight_decay,
+                    weight_decay if weight_decay_end is None else weight_decay_end)
 
 
 def ignore_preemption_signals(worker_id: int) -> None:
@@ -76,6 +133,42 @@ class Preemption:
         return flag.item() > 0
 
 
+class Checkpointer:
+    """When a driver saves: the rolling checkpoint-latest.pth every `every_steps` steps and as soon
+    as the ranks agree on a preemption signal, checkpoint-{epoch}.pth every `every_epochs` epochs
+    and after the last one (older ones pruned to `keep_last`).
+
+    Args:
+        save: save(path, step), called on every rank (saving is a collective).
+    """
+
+    def __init__(self, env: DistEnv, output_dir: str, save: Callable[[str, int], None], *, every_steps: int,
+                 every_epochs: int, epochs: int, keep_last: int = 0):
+        self.env, self.output_dir, self.save = env, output_dir, save
+        self.every_steps, self.every_epochs, self.epochs, self.keep_last = every_steps, every_epochs, epochs, keep_last
+        self.preemption = Preemption()
+        self.stopping = False
+
+    def on_step_end(self, step: int) -> None:
+        if self.preemption.agreed(step, self.env):
+            self.stopping = True
+        if self.stopping or (self.every_steps > 0 and step % self.every_steps == 0):
+            self.save(checkpoint_path(self.output_dir), step)
+
+    def on_epoch_end(self, epoch: int, step: int) -> None:
+        if (epoch + 1) % self.every_epochs == 0 or epoch + 1 == self.epochs:
+            self.save(checkpoint_path(self.output_dir, epoch), step)
+            if self.env.is_main:
+                prune_checkpoints(self.output_dir, self.keep_last)
+        self.save(checkpoint_path(self.output_dir), step)
+
+    def exit_for_requeue(self, step: int) -> None:
+        logger.warning("preemption signal: saved a resumable checkpoint at step %d; exiting with %d for requeue",
+                       step, REQUEUE_EXIT_CODE)
+        cleanup_distributed()
+        sys.exit(REQUEUE_EXIT_CODE)
+
+
 def gather_rng_states(env: DistEnv) -> list:
     """Every rank's RNG state, in rank order (a collective when distributed)."""
     if env.world_size == 1:
@@ -109,6 +202,26 @@ def save_training_state(path: str, env: DistEnv, *, model: nn.Module, optimizer:
             "steps_per_epoch": steps_per_epoch, "rng": rngs, "config": json.loads(json.dumps(config)),
             **(extra or {})})
     barrier()
+
+
+def load_training_state(resume: str, auto_resume: bool, output_dir: str, *, model: nn.Module,
+                        optimizer: torch.optim.Optimizer,
+                        scaler: Optional[torch.amp.GradScaler]) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """Restore model, optimizer and scaler from `resume`, else (with `auto_resume`) from the newest
+    valid checkpoint in `output_dir`. Returns (path, state), or None for a fresh run."""
+    found = ((resume, load_checkpoint(resume)) if resume
+             else find_resume_checkpoint(output_dir) if auto_resume else None)
+    if found is None:
+        return None
+    path, state = found
+    if "optimizer" not in state:
+        raise SystemExit(f"{path} holds weights only (no optimizer state): start from it with --finetune, "
+                         f"not --resume")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    return found
 
 
 def resume_position(state: Dict[str, Any], path: str, steps_per_epoch: int) -> Tuple[int, int, int]:

@@ -157,7 +157,7 @@ def run_epoch(model: nn.Module, loader: Iterable, update, control: StepControl, 
     model.train()
     step, sums, count, skipped = start_step, {}, 0, 0
     usable = len(loader) // accum_iter * accum_iter if hasattr(loader, "__len__") else None
-    t_data, clips = 0.0, 0
+    t_data, clips, window = 0.0, 0, 0  # the current metrics window: data wait, clips, steps
     t_window = t_last = time.perf_counter()
     for micro, batch in enumerate(loader):
         if micro == usable:
@@ -193,13 +193,14 @@ def run_epoch(model: nn.Module, loader: Iterable, update, control: StepControl, 
         for k, v in stats.items():
             sums[k] = sums.get(k, 0.0) + v.detach().float()
         count += 1
+        window += 1
         if step % control.log_every == 0 and metrics is not None:
+            # The window starts at the last log or at this epoch's start, whichever is later.
             elapsed = time.perf_counter() - t_window
             metrics({"step": step, "epoch": epoch, **{k: float(v) for k, v in stats.items()},
                      "weight_decay": control.wd_at(step - 1), "loss_scale": update.loss_scale(),
-                     "data_time": t_data / control.log_every, "step_time": elapsed / control.log_every,
-                     "clips_per_s": clips / elapsed})
-            t_data, clips, t_window = 0.0, 0, time.perf_counter()
+                     "data_time": t_data / window, "step_time": elapsed / window, "clips_per_s": clips / elapsed})
+            t_data, clips, window, t_window = 0.0, 0, 0, time.perf_counter()
         control.on_step_end(step)
         if control.should_stop():
             break

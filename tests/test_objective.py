@@ -180,3 +180,18 @@ def test_build_teacher_reads_dinov2_release_format(tmp_path):
     assert teacher(torch.randn(2, 3, 224, 224)).shape == (2, 196, 384)
     with pytest.raises(ValueError, match="no published dino_v1 weights"):
         build_teacher("dino_v1", "dino_l", 224, str(tmp_path / "dinov2.pth"))
+
+
+def test_inductor_compiled_model_matches_eager_loss_and_gradients():
+    torch.manual_seed(0)
+    model = tiny_pretrain("mlp")
+    videos, mask = clips(2), tube_mask(2, GRID, 0.75, generator=torch.Generator().manual_seed(0))
+    loss, _ = compute_loss(model, videos, mask)
+    loss.backward()
+    eager = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    compiled_loss, _ = compute_loss(torch.compile(model), videos, mask)
+    compiled_loss.backward()
+    torch.testing.assert_close(compiled_loss, loss, rtol=1e-4, atol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, eager[name], rtol=1e-3, atol=1e-5, msg=name)

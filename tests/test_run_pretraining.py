@@ -12,6 +12,7 @@ import torch
 
 import engine_for_pretraining
 import run_sigma_pretraining as run
+import runtime
 from datasets.synthetic import make_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,7 +92,7 @@ def test_sigterm_saves_a_resumable_checkpoint(data, tmp_path, workers):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGTERM)
     output, _ = proc.communicate(timeout=60)
-    assert proc.returncode == run.REQUEUE_EXIT_CODE, output[-2000:]
+    assert proc.returncode == runtime.REQUEUE_EXIT_CODE, output[-2000:]
     state = torch.load(tmp_path / "checkpoint-latest.pth", map_location="cpu", weights_only=True)
     assert 1 <= state["step"] < 12
     run.main(run.get_args(argv))
@@ -167,3 +168,27 @@ def test_resume_with_another_batch_size_restarts_the_epoch(data, tmp_path, caplo
     run.main(run.get_args(_argv(data, tmp_path, "--epochs", "2", "--batch_size", "4")))
     assert any("restarting at the beginning of epoch 1" in r.message for r in caplog.records)
     assert max(_losses(tmp_path)) == 4  # epoch 1 of 2 steps: global steps 3 and 4
+
+
+def test_compile_flag_trains_the_compiled_model_and_saves_plain_key_names(data, tmp_path, monkeypatch):
+    # Dynamo's eager backend: the same OptimizedModule wrapper (and "_orig_mod." names) as inductor,
+    # without minutes of C++ code generation; inductor itself is checked in test_objective.py.
+    compiled_models = []
+
+    def compile_eager(model, **kwargs):
+        compiled = torch._dynamo.optimize("eager")(model)
+        compiled_models.append(compiled)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", compile_eager)
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    run.main(run.get_args(_argv(data, eager, "--epochs", "1")))
+    run.main(run.get_args(_argv(data, compiled, "--epochs", "1", "--compile")))
+    assert len(compiled_models) == 1 and any(k.startswith("_orig_mod.") for k in compiled_models[0].state_dict())
+    a, b = _losses(eager), _losses(compiled)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-4)
+    keys = [set(torch.load(d / "checkpoint-latest.pth", map_location="cpu", weights_only=True)["model"])
+            for d in (eager, compiled)]
+    assert keys[0] == keys[1] and not any("_orig_mod" in k for k in keys[1])
