@@ -9,7 +9,7 @@
 #   bash bench/learning_signal.sh [OUT]        (default OUT=output/learning_signal)
 #
 # Sizes can be changed through the environment: EPOCHS, PT_BATCH, FRAMES, SIZE, TRAIN, VAL, PROTOS,
-# PROBE_EPOCHS.
+# PROBE_EPOCHS, DEVICE (cpu or cuda).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-output/learning_signal}
@@ -22,6 +22,7 @@ TRAIN=${TRAIN:-192}
 VAL=${VAL:-96}
 PROTOS=${PROTOS:-64}
 PROBE_EPOCHS=${PROBE_EPOCHS:-15}
+DEVICE=${DEVICE:-cpu}
 DATA=$OUT/data
 mkdir -p "$OUT"
 
@@ -39,7 +40,7 @@ pretrain() {  # name, objective flags...
     $PYTHON run_sigma_pretraining.py --data_path "$DATA/motion" --data_path_csv "$DATA/motion/pretrain.csv" "${CLIP[@]}" \
         --model pretrain_videomae_small_patch16_224 --decoder_depth 2 --batch_size "$PT_BATCH" \
         --epochs "$EPOCHS" --warmup_epochs 5 --lr 1.5e-3 --num_workers 2 --log_every 50 --save_ckpt_freq "$EPOCHS" \
-        --device cpu --seed 0 --output_dir "$OUT/$name" "$@"
+        --device "$DEVICE" --seed 0 --output_dir "$OUT/$name" "$@"
 }
 pretrain sigma_mlp --target_type mlp --loss_func SWAV --num_prototypes "$PROTOS"
 pretrain videomae --target_type pixel --loss_func L2
@@ -47,7 +48,7 @@ pretrain videomae --target_type pixel --loss_func L2
 for task in motion shape; do
     classes=$([ $task = motion ] && echo 4 || echo 3)
     EVAL=(--model vit_small_patch16_224 --data_set custom --nb_classes "$classes" --data_path "$DATA/$task" "${CLIP[@]}"
-          --short_side_size "$SIZE" --num_workers 2 --device cpu --seed 0)
+          --short_side_size "$SIZE" --num_workers 2 --device "$DEVICE" --seed 0)
     for name in sigma_mlp videomae random; do
         if [ "$name" = random ]; then weights=(--random_init); probe_weights=(); else
             weights=(--finetune "$OUT/$name/checkpoint-latest.pth"); probe_weights=("${weights[@]}"); fi
