@@ -111,7 +111,19 @@ def swapped_prediction(logits_target: torch.Tensor, logits_pred: torch.Tensor, e
     stats = {"loss_target": loss_target.detach(), "loss_pred": loss_pred.detach()}
     stats.update(_code_stats(q_target, "target"))
     stats.update(_code_stats(q_pred, "pred"))
+    stats.update(_score_stats(logits_target.detach(), "target"))
+    stats.update(_score_stats(logits_pred.detach(), "pred"))
     return loss_target + loss_pred, stats
+
+
+def _score_stats(logits: torch.Tensor, side: str) -> Dict[str, torch.Tensor]:
+    """What the model itself prefers, before Sinkhorn rebalances it: prototypes hit by the argmax of
+    the raw scores and the entropy of that usage (nats). Sinkhorn keeps the codes balanced even when
+    nearly every token scores highest on one prototype; this shows it."""
+    usage = torch.bincount(logits.argmax(-1), minlength=logits.shape[1]).float()  # [K]
+    freq = usage / usage.sum()
+    return {f"score_protos_used_{side}": (usage > 0).sum(),
+            f"score_usage_entropy_{side}": torch.special.entr(freq).sum()}
 
 
 def _code_stats(q: torch.Tensor, side: str, max_rows: int = 1024) -> Dict[str, torch.Tensor]:

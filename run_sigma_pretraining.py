@@ -193,7 +193,8 @@ def main(args: argparse.Namespace) -> None:
 def _summary(output_dir: str, tb_dir: str) -> None:
     epochs = [json.loads(line) for line in open(os.path.join(output_dir, "log.txt"))]
     first, last = epochs[0], epochs[-1]
-    used = {k: round(v) for k, v in last.items() if k.startswith("train_protos_used")}
+    used = {k[len("train_"):]: round(v) for k, v in last.items()
+            if k.startswith(("train_protos_used", "train_score_protos_used"))}
     logger.info("done: train_loss %.4f (epoch %d) -> %.4f (epoch %d); prototypes used %s; bad samples %d; "
                 "checkpoints in %s; tensorboard logs in %s", first["train_loss"], first["epoch"], last["train_loss"],
                 last["epoch"], used or "n/a", sum(e["bad_samples"] for e in epochs), output_dir, tb_dir)

@@ -195,3 +195,14 @@ def test_inductor_compiled_model_matches_eager_loss_and_gradients():
     torch.testing.assert_close(compiled_loss, loss, rtol=1e-4, atol=1e-5)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, eager[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_score_statistics_see_a_collapse_that_balanced_codes_hide():
+    # Every token scores highest on prototype 3, with small differences elsewhere: Sinkhorn still
+    # spreads the codes over the prototypes, the raw-score statistics report one prototype.
+    torch.manual_seed(0)
+    logits = torch.randn(64, 8) * 0.5
+    logits[:, 3] += 5.0
+    _, stats = swapped_prediction(logits, logits.clone(), epsilon=0.5, iterations=10)
+    assert stats["score_protos_used_target"].item() == 1 and stats["score_usage_entropy_target"].item() == 0
+    assert stats["protos_used_target"].item() >= 6
