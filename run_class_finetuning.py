@@ -128,6 +128,8 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--skip_nonfinite", type=int, default=0, help="non-finite steps to skip before stopping")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval", action="store_true", help="only run the multi-view test of the given weights")
+    g.add_argument("--disable_eval_during_finetuning", action="store_true",
+                   help="no validation after each epoch (no checkpoint-best.pth either)")
     g.add_argument("--dist_eval", type=str2bool, nargs="?", const=True, default=True,
                    help="shard validation/test over the processes (else every process evaluates everything)")
     add_output_and_run_flags(p, output_dir="output/finetune", save_ckpt_freq=5, run_name="finetune")
@@ -351,18 +353,19 @@ def train(args, env, core, data, nb_classes: int, precision: str, augment: bool,
         if checkpointer.stopping:
             checkpointer.exit_for_requeue(step)
         record = {**{f"train_{k}": v for k, v in stats.items()}, **tracker.end_epoch(), "epoch": epoch}
-        for name, net, dtype in nets:
+        for name, net, dtype in [] if args.disable_eval_during_finetuning else nets:
             metrics, _ = evaluate(net, val, env, sharded=args.dist_eval, precision=precision, input_dtype=dtype)
             record.update({f"val{name}_{k}": v for k, v in metrics.items()})
-        if record["val_acc1"] > best["acc1"]:
+        if record.get("val_acc1", -1.0) > best["acc1"]:
             best = {"acc1": record["val_acc1"], "epoch": epoch}
             if env.is_main:
                 save_checkpoint(os.path.join(args.output_dir, "checkpoint-best.pth"), {
                     "model": core.state_dict(), "epoch": epoch, "step": step, "val_acc1": record["val_acc1"],
                     **({"model_ema": ema.module.state_dict()} if ema else {})})
         checkpointer.on_epoch_end(epoch, step)
-        logger.info("epoch %d: val top-1 %.2f top-5 %.2f (best %.2f at epoch %d)", epoch, record["val_acc1"],
-                    record["val_acc5"], best["acc1"], best["epoch"])
+        if "val_acc1" in record:
+            logger.info("epoch %d: val top-1 %.2f top-5 %.2f (best %.2f at epoch %d)", epoch, record["val_acc1"],
+                        record["val_acc5"], best["acc1"], best["epoch"])
         run_log.epoch({**record, "epoch_time": time.time() - t0})
     test = eval_loader(data["test"], env, args, args.dist_eval)
     for name, net, dtype in nets:

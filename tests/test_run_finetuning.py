@@ -108,7 +108,8 @@ def test_finetune_from_our_pretraining_with_ema(data, pretrained, tmp_path):
 def test_finetune_from_official_format_checkpoint_at_other_frames(data, tmp_path):
     path = str(tmp_path / "sigma_official.pth")
     state = _official_sigma_mlp_checkpoint(path)
-    args = ft.get_args(_argv(data, tmp_path / "run", "--finetune", path, "--epochs", "1"))
+    args = ft.get_args(_argv(data, tmp_path / "run", "--finetune", path, "--epochs", "1",
+                             "--disable_eval_during_finetuning"))
     model, report = ft.build_model(args, 4)  # 4 frames of 32x32; the checkpoint was for 16 x 224
     assert report["initialised"] == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
     assert "prototypes" in report["dropped"] and "encoder.norm.weight" not in report["loaded"]
@@ -117,6 +118,9 @@ def test_finetune_from_official_format_checkpoint_at_other_frames(data, tmp_path
         assert torch.equal(own[key], state["encoder." + key])
     ft.main(args)
     assert json.loads((tmp_path / "run" / "test_results.json").read_text())["num_videos"] == 4
+    epoch = json.loads((tmp_path / "run" / "log.txt").read_text())
+    assert "train_loss" in epoch and "val_acc1" not in epoch  # no per-epoch validation
+    assert not (tmp_path / "run" / "checkpoint-best.pth").exists()
 
 
 def test_resume_continues_exactly(data, pretrained, tmp_path):
