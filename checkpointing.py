@@ -93,19 +93,24 @@ def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
         os.close(dir_fd)
 
 
-def load_checkpoint(path: str) -> Dict[str, Any]:
+def load_checkpoint(path: str, required: Sequence[str] = REQUIRED_KEYS) -> Dict[str, Any]:
     """Load a checkpoint with weights_only=True onto the CPU.
 
+    Args:
+        required: top-level keys it must have (a resume needs "model", "epoch" and "step"; a
+            published weights file has only "model" or "module": pass ()).
     Raises:
-        CheckpointError: the file is missing, unreadable, not a dict, or lacks "model", "epoch" or "step".
+        CheckpointError: the file is missing, unreadable, not a dict, or lacks a required key.
     """
+    if not os.path.isfile(path):
+        raise CheckpointError(path, "no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(path, f"{type(e).__name__}: {e}") from e
+        raise CheckpointError(path, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}") from e
     if not isinstance(state, dict):
         raise CheckpointError(path, f"expected a dict, got {type(state).__name__}")
-    missing = [k for k in REQUIRED_KEYS if k not in state]
+    missing = [k for k in required if k not in state]
     if missing:
         raise CheckpointError(path, f"missing keys {missing}; has {sorted(map(str, state))[:10]}")
     return state

@@ -280,14 +280,12 @@ def train(args, env, core, data, nb_classes: int, precision: str, augment: bool,
         train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, num_workers=args.num_workers,
         pin_memory=args.pin_mem and env.device.type == "cuda", collate_fn=collate_clips,
         persistent_workers=args.num_workers > 0, worker_init_fn=ignore_preemption_signals)
-    steps_per_epoch = len(loader) // args.update_freq
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_set)} videos give no full step of batch {args.batch_size} x {env.world_size}")
-    global_batch = args.batch_size * args.update_freq * env.world_size
-    schedule = make_schedule(lr=args.lr, min_lr=args.min_lr, warmup_lr=args.warmup_lr, global_batch=global_batch,
-                             epochs=args.epochs, steps_per_epoch=steps_per_epoch, warmup_epochs=args.warmup_epochs,
+    schedule = make_schedule(micro_batches=len(loader), accum=args.update_freq, batch_size=args.batch_size,
+                             world_size=env.world_size, num_videos=len(train_set), lr=args.lr, min_lr=args.min_lr,
+                             warmup_lr=args.warmup_lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
                              warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
                              weight_decay_end=args.weight_decay_end)
+    steps_per_epoch, global_batch = schedule.steps_per_epoch, schedule.global_batch
     mixup = None
     if augment and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax):
         mixup = Mixup(nb_classes, args.mixup, args.cutmix, args.cutmix_minmax, args.mixup_prob,

@@ -122,14 +122,12 @@ def main(args: argparse.Namespace) -> None:
     precision = args.precision or ("bf16" if env.device.type == "cuda" else "fp32")
     torch.manual_seed(args.seed + env.rank)
     model, teacher, dataset, sampler, loader = build(args, env)
-    steps_per_epoch = len(loader) // args.accum_iter
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(dataset)} videos give no full step of batch {args.batch_size} x {env.world_size}")
-    global_batch = args.batch_size * args.accum_iter * env.world_size
-    schedule = make_schedule(lr=args.lr, min_lr=args.min_lr, warmup_lr=args.warmup_lr, global_batch=global_batch,
-                             epochs=args.epochs, steps_per_epoch=steps_per_epoch, warmup_epochs=args.warmup_epochs,
+    schedule = make_schedule(micro_batches=len(loader), accum=args.accum_iter, batch_size=args.batch_size,
+                             world_size=env.world_size, num_videos=len(dataset), lr=args.lr, min_lr=args.min_lr,
+                             warmup_lr=args.warmup_lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
                              warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
                              weight_decay_end=args.weight_decay_end)
+    steps_per_epoch, global_batch = schedule.steps_per_epoch, schedule.global_batch
     core = model
     if env.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(

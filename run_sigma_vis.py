@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from checkpointing import CheckpointError
+from checkpointing import CheckpointError, load_checkpoint
 from datasets.annotations import AnnotationError, read_annotations
 from datasets.decoding import BACKENDS, VideoError, open_video
 from datasets.sampling import dense_indices
@@ -100,14 +100,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def read_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """(state dict, saved run config or {}) of a checkpoint; never unpickles code (weights_only)."""
-    if not os.path.isfile(path):
-        raise CheckpointError(path, "no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(path, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(path, f"expected a dict, got {type(state).__name__}")
+    state = load_checkpoint(path, required=())
     weights = next((state[k] for k in ("model", "module") if isinstance(state.get(k), dict)), None)
     if weights is None:
         raise CheckpointError(path, f"no 'model' or 'module' state dict (has {sorted(map(str, state))[:10]})")

@@ -62,7 +62,10 @@ def add_output_and_run_flags(p: argparse.ArgumentParser, *, output_dir: str, sav
 
 @dataclass(frozen=True)
 class Schedule:
-    """lr and weight decay as functions of the global optimizer step (lrs already batch-scaled)."""
+    """Steps of the run, and lr and weight decay as functions of the global optimizer step (lrs
+    already scaled by global_batch / 256)."""
+    steps_per_epoch: int
+    global_batch: int
     lr: float
     min_lr: float
     warmup_lr: float
@@ -78,18 +81,29 @@ class Schedule:
         return cosine_schedule(step, self.weight_decay, self.weight_decay_end, self.total_steps)
 
 
-def make_schedule(*, lr: float, min_lr: float, warmup_lr: float, global_batch: int, epochs: int,
-                  steps_per_epoch: int, warmup_epochs: int, warmup_steps: int, weight_decay: float,
-                  weight_decay_end: Optional[float]) -> Schedule:
-    """The official recipe's schedule: lrs scaled by global_batch / 256, linear warmup, cosine decay."""
+def make_schedule(*, micro_batches: int, accum: int, batch_size: int, world_size: int, num_videos: int,
+                  lr: float, min_lr: float, warmup_lr: float, epochs: int, warmup_epochs: int, warmup_steps: int,
+                  weight_decay: float, weight_decay_end: Optional[float]) -> Schedule:
+    """The official recipe's schedule: lrs scaled by the global batch / 256, linear warmup, cosine.
+
+    Args:
+        micro_batches: batches per epoch of this rank's loader; accum of them make one step.
+        batch_size: per rank and micro-batch, as the lr scaling counts it.
+        num_videos: for the error message when no full step fits.
+    """
+    steps_per_epoch = micro_batches // accum
+    if steps_per_epoch == 0:
+        raise ValueError(f"{num_videos} videos give no full step of batch {batch_size} x accum {accum} x "
+                         f"{world_size} processes")
     total = epochs * steps_per_epoch
     warmup = warmup_steps_from(warmup_epochs, warmup_steps, steps_per_epoch)
     if warmup > total:
         raise ValueError(f"--warmup_epochs {warmup_epochs} / --warmup_steps {warmup_steps} give {warmup} "
                          f"warmup steps, more than the {total} steps of --epochs {epochs}")
+    global_batch = batch_size * accum * world_size
     scale = global_batch / 256
-    return Schedule(lr * scale, min_lr * scale, warmup_lr * scale, warmup, total, weight_decay,
-                    weight_decay if weight_decay_end is None else weight_decay_end)
+    return Schedule(steps_per_epoch, global_batch, lr * scale, min_lr * scale, warmup_lr * scale, warmup, total,
+                    weight_decay, weight_decay if weight_decay_end is None else weight_decay_end)
 
 
 def ignore_preemption_signals(worker_id: int) -> None:
