@@ -42,13 +42,19 @@ fail() {
 }
 
 cleanup() {
+    local status=$?
     if (( ${#JOBS[@]} )); then scancel "${JOBS[@]}" 2>/dev/null || true; fi
     local pid deadline=$((SECONDS + 15))
     for pid in "${DAEMON_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${DAEMON_PIDS[@]}"; do  # gone before the next run binds the same ports
         while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.2; done
     done
-    log "work folder kept: $WORK"
+    # Checkpoints make the folder a few GB: kept for a post-mortem only when something failed.
+    if (( status == 0 )) && [[ -z ${SLURM_TEST_DIR:-} ]]; then
+        rm -rf "$WORK"
+    else
+        log "work folder kept: $WORK"
+    fi
 }
 trap cleanup EXIT
 
