@@ -161,8 +161,11 @@ wait_job() {
             COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL|DEADLINE) return ;;
         esac
         # Slurm holds a requeued job for about two minutes (a fixed delay) before it may start
-        # again; clearing that hold keeps the test short and changes nothing else.
+        # again; clearing that hold keeps the test short and changes nothing else. slurmd rejects
+        # a job credential issued in the same second as the revocation of the previous run's
+        # ("Job credential revoked"), so the hold is cleared a few seconds after the requeue.
         if [[ "$state" == PENDING && "$reason" == BeginTime && "$(job_field "$id" Restarts)" != 0 ]]; then
+            sleep 3
             scontrol update JobId="$id" StartTime=now
         fi
         sleep 2
