@@ -51,7 +51,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import engine_for_pretraining  # noqa: E402
-from bench_sinkhorn import classic_sinkhorn  # noqa: E402
+from bench_sinkhorn import classic_sinkhorn, sync, time_fn  # noqa: E402
 from engine_for_pretraining import compute_loss  # noqa: E402
 from masking_generator import tube_mask  # noqa: E402
 from modeling_pretrain import MODELS, TEACHER_ARCHS, TEACHER_DIMS, TARGET_TYPES, DinoTeacher  # noqa: E402
@@ -258,24 +258,6 @@ def make_step(model, teacher, optimizer, scaler, videos, mask, precision: str):
     return step
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_steps(step: Callable[[], object], warmup: int, iters: int, device: torch.device) -> List[float]:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(iters):
-        _sync(device)
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def _rss_peak_reset() -> bool:
     """Reset the process's peak RSS (Linux >= 4.0); False where that is not possible."""
     try:
@@ -332,11 +314,11 @@ def measure(args: argparse.Namespace, model, teacher, videos, mask, device: torc
         flops, first_loss = count_flops(eager_step)
         for _ in range(args.warmup):
             step()
-        _sync(device)
+        sync(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         rss_reset = device.type == "cpu" and _rss_peak_reset()
-        times = time_steps(step, 0, args.iters, device)
+        times = time_fn(step, device, 0, args.iters)
         if device.type == "cuda":
             peak_mb, peak_kind = torch.cuda.max_memory_allocated(device) / 2 ** 20, "cuda_max_memory_allocated"
         else:
@@ -346,7 +328,7 @@ def measure(args: argparse.Namespace, model, teacher, videos, mask, device: torc
             per_step = []
             with stage_marks(lambda: current[0], model, teacher, sinkhorn):
                 for _ in range(args.iters):
-                    _sync(device)
+                    sync(device)
                     current[0] = Timeline(device)
                     current[0].mark("start")
                     step(current[0])
@@ -436,7 +418,7 @@ def main(args: argparse.Namespace) -> int:
             base = None
             if args.official_dir:
                 official_step = official_model_and_step(args, videos, mask, model)
-                base = statistics.median(time_steps(official_step, args.warmup, args.iters, device))
+                base = statistics.median(time_fn(official_step, device, args.warmup, args.iters))
                 del official_step
                 print(json.dumps({"variant": "official", "model": args.model, "target_type": args.target_type,
                                   "loss_func": resolved_loss_func(args), "precision": args.precision,

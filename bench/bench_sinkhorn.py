@@ -74,20 +74,20 @@ def cosine_scores(n: int, k: int, dim: int, device: torch.device, seed: int = 0)
     return (x.to(device) @ c.to(device).t()).contiguous()
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn: Callable[[], torch.Tensor], device: torch.device, warmup: int, iters: int) -> List[float]:
+def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> List[float]:
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(iters):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return times
 
