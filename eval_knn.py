@@ -23,11 +23,10 @@ import torch.nn.functional as F
 from datasets.annotations import read_annotations
 from datasets.decoding import BACKENDS
 from datasets.sampler import ShardSampler
-from datasets.video_dataset import ClipConfig, VideoClipDataset, collate_clips
+from datasets.video_dataset import DATA_SETS, ClipConfig, VideoClipDataset, collate_clips
 from distributed import cleanup_distributed
 from engine_for_finetuning import gather_views, merge_views, predict_views
 from modeling_finetune import MODELS, load_pretrained_weights, pooling_for_frozen_features
-from run_class_finetuning import DATA_SETS
 from runtime import add_launcher_compat_flags, start_run
 
 logger = logging.getLogger("sigma")

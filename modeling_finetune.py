@@ -308,9 +308,9 @@ class ModelEma(nn.Module):
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        ema = list(self.module.parameters())
-        new = [p.detach().float() for p in model.parameters()]
-        torch._foreach_lerp_(ema, new, 1.0 - self.decay)
+        # Frozen parameters (a linear probe's backbone) never change: only trained ones are averaged.
+        pairs = [(e, p) for e, p in zip(self.module.parameters(), model.parameters()) if p.requires_grad]
+        torch._foreach_lerp_([e for e, _ in pairs], [p.detach().float() for _, p in pairs], 1.0 - self.decay)
         for b_ema, b in zip(self.module.buffers(), model.buffers()):
             b_ema.copy_(b)
 

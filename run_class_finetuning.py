@@ -27,7 +27,8 @@ from datasets.decoding import BACKENDS
 from datasets.mixup import MODES as MIXUP_MODES
 from datasets.mixup import Mixup
 from datasets.sampler import ResumableSampler, ShardSampler
-from datasets.video_dataset import AugmentConfig, BadSampleTracker, ClipConfig, VideoClipDataset, collate_clips
+from datasets.video_dataset import (DATA_SETS, AugmentConfig, BadSampleTracker, ClipConfig, VideoClipDataset,
+                                    collate_clips)
 from distributed import cleanup_distributed
 from engine_for_finetuning import evaluate, train_one_epoch
 from modeling_finetune import MODELS, LinearProbe, ModelEma, load_pretrained_weights, pooling_for_frozen_features
@@ -38,11 +39,6 @@ from runtime import (Checkpointer, RunLog, add_output_and_run_flags, check_finit
 from training_loop import DeepSpeedUpdate, StepControl, TorchUpdate
 
 logger = logging.getLogger("sigma")
-
-# data_set -> (classes, frame sampling, horizontal flip). SSv2's labels name directions ("left to
-# right"), so it is never flipped and samples one frame per segment, as in the official code.
-DATA_SETS = {"Kinetics-400": (400, "dense", True), "SSV2": (174, "segment", False), "UCF101": (101, "dense", True),
-             "HMDB51": (51, "dense", True), "Diving48": (48, "dense", True), "custom": (None, "dense", True)}
 
 
 def get_args(argv=None) -> argparse.Namespace:

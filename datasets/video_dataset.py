@@ -33,6 +33,11 @@ logger = logging.getLogger(__name__)
 
 MODES = ("pretrain", "train", "val", "test")
 
+# --data_set -> (classes, frame sampling, horizontal flip). SSv2's labels name directions ("left to
+# right"), so it is never flipped and samples one frame per segment, as in the official code.
+DATA_SETS = {"Kinetics-400": (400, "dense", True), "SSV2": (174, "segment", False), "UCF101": (101, "dense", True),
+             "HMDB51": (51, "dense", True), "Diving48": (48, "dense", True), "custom": (None, "dense", True)}
+
 
 @dataclass(frozen=True)
 class ClipConfig:

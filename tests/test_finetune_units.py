@@ -177,3 +177,14 @@ def test_knn_weighted_votes_known_answer():
     # k above the bank size is capped; a lone far neighbour is outvoted by weight, not count.
     votes = knn_classify(bank, bank_labels, queries, num_classes=3, k=10, temperature=0.07)
     assert topk_accuracy(votes, torch.tensor([0, 1])) == {"top1": 100.0, "top5": 100.0}
+
+
+def test_model_ema_averages_only_trained_parameters():
+    probe = mf.LinearProbe(_tiny_vit(num_classes=0, drop_path_rate=0.0), num_classes=3)
+    ema = mf.ModelEma(probe, decay=0.5)
+    with torch.no_grad():
+        probe.head[1].weight.add_(2.0)
+    ema.update(probe)
+    torch.testing.assert_close(ema.module.head[1].weight, probe.head[1].weight - 1.0)
+    for a, b in zip(ema.module.backbone.parameters(), probe.backbone.parameters()):
+        assert torch.equal(a, b)
