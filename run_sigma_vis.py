@@ -27,7 +27,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from checkpointing import CheckpointError, load_checkpoint
 from datasets.annotations import AnnotationError, read_annotations
@@ -238,7 +237,8 @@ def reconstruct(model: PretrainVisionTransformer, videos: torch.Tensor, mask: to
     t, p = model.tubelet_size, model.patch_size
     grid = (videos.shape[2] // t, videos.shape[3] // p, videos.shape[4] // p)
     tubes = patchify(videos, t, p)  # [1, N, P, C] ImageNet-normalised
-    pixels = tubes * tubes.new_tensor(IMAGENET_DEFAULT_STD) + tubes.new_tensor(IMAGENET_DEFAULT_MEAN)  # in [0, 1]
+    every = torch.ones(tubes.shape[:2], dtype=torch.bool, device=tubes.device)
+    pixels = pixel_targets(tubes, every, normalize=False).reshape(tubes.shape)  # [1, N, P, C] in [0, 1]
     pred = model(videos, mask).pred.float()  # [1, N_mask, P*C]
     loss = F.mse_loss(pred, pixel_targets(tubes, mask, normalize_target)).item()
     masked = pixels[mask]  # [N_mask, P, C]
