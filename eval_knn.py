@@ -27,7 +27,7 @@ from datasets.video_dataset import DATA_SETS, ClipConfig, VideoClipDataset, coll
 from distributed import cleanup_distributed
 from engine_for_finetuning import gather_views, merge_views, predict_views
 from modeling_finetune import MODELS, load_pretrained_weights, pooling_for_frozen_features
-from runtime import add_launcher_compat_flags, start_run
+from runtime import add_launcher_compat_flags, start_run, write_config
 
 logger = logging.getLogger("sigma")
 
@@ -138,9 +138,8 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
     if env.is_main:
         with open(os.path.join(args.output_dir, "knn_results.json"), "w") as f:
             json.dump(results, f, indent=2)
-        with open(os.path.join(args.output_dir, "config.json"), "w") as f:
-            json.dump({**vars(args), "nb_classes": nb_classes, "precision": precision,
-                       "world_size": env.world_size}, f, indent=2)
+    write_config(args.output_dir, env, {**vars(args), "nb_classes": nb_classes, "precision": precision,
+                                        "world_size": env.world_size})
     cleanup_distributed()
     return results
 

@@ -34,8 +34,8 @@ from engine_for_finetuning import evaluate, train_one_epoch
 from modeling_finetune import MODELS, LinearProbe, ModelEma, load_pretrained_weights, pooling_for_frozen_features
 from optim_factory import create_optimizer, param_groups
 from runtime import (Checkpointer, RunLog, add_output_and_run_flags, check_finite, gather_rng_states,
-                     ignore_preemption_signals, load_training_state, make_schedule, restore_rng, resume_position,
-                     save_training_state, start_run, str2bool)
+                     ignore_preemption_signals, load_training_state, make_schedule, resume_from,
+                     save_training_state, start_run, str2bool, write_config)
 from training_loop import DeepSpeedUpdate, StepControl, TorchUpdate
 
 logger = logging.getLogger("sigma")
@@ -301,14 +301,10 @@ def train(args, env, core, data, nb_classes: int, precision: str, augment: bool,
         if ema is not None and state.get("model_ema"):
             ema.module.load_state_dict(state["model_ema"])
         best = state.get("best", best)
-        start_epoch, step, start_in_epoch = resume_position(state, path, steps_per_epoch)
-        restore_rng(state, env)
-        logger.info("resumed from %s at epoch %d, step %d", path, start_epoch, step)
+        start_epoch, step, start_in_epoch = resume_from(state, path, steps_per_epoch, env)
     config = {**vars(args), "precision": precision, "world_size": env.world_size, "global_batch": global_batch,
               "actual_lr": schedule.lr, "nb_classes": nb_classes}
-    if env.is_main:
-        with open(os.path.join(args.output_dir, "config.json"), "w") as f:
-            json.dump(config, f, indent=2)
+    write_config(args.output_dir, env, config)
 
     def save(path: str, at_step: int) -> None:
         extra = {"best": best, **({"model_ema": ema.module.state_dict()} if ema else {})}

@@ -28,7 +28,7 @@ from masking_generator import MASKS
 from modeling_pretrain import MODELS, TARGET_TYPES, TEACHER_DIMS, build_teacher
 from optim_factory import create_optimizer, param_groups
 from runtime import (Checkpointer, RunLog, add_output_and_run_flags, ignore_preemption_signals, load_training_state,
-                     make_schedule, restore_rng, resume_position, save_training_state, start_run, str2bool)
+                     make_schedule, resume_from, save_training_state, start_run, str2bool, write_config)
 from training_loop import StepControl, TorchUpdate
 
 logger = logging.getLogger("sigma")
@@ -145,14 +145,10 @@ def main(args: argparse.Namespace) -> None:
                                 scaler=scaler)
     if found:
         path, state = found
-        start_epoch, step, start_in_epoch = resume_position(state, path, steps_per_epoch)
-        restore_rng(state, env)
-        logger.info("resumed from %s at epoch %d, step %d", path, start_epoch, step)
+        start_epoch, step, start_in_epoch = resume_from(state, path, steps_per_epoch, env)
     config = {**vars(args), "precision": precision, "world_size": env.world_size, "global_batch": global_batch,
               "actual_lr": schedule.lr}
-    if env.is_main:
-        with open(os.path.join(args.output_dir, "config.json"), "w") as f:
-            json.dump(config, f, indent=2)
+    write_config(args.output_dir, env, config)
 
     def save(path: str, at_step: int) -> None:
         save_training_state(path, env, model=core, optimizer=optimizer, scaler=scaler, step=at_step,

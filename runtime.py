@@ -252,10 +252,21 @@ def resume_position(state: Dict[str, Any], path: str, steps_per_epoch: int) -> T
     return start_epoch, step, start_in_epoch
 
 
-def restore_rng(state: Dict[str, Any], env: DistEnv) -> None:
+def resume_from(state: Dict[str, Any], path: str, steps_per_epoch: int, env: DistEnv) -> Tuple[int, int, int]:
+    """Restore this rank's RNG state from a loaded checkpoint; return its `resume_position`."""
+    position = resume_position(state, path, steps_per_epoch)
     rngs = state.get("rng") or []
     if rngs:
         set_rng_state(rngs[env.rank] if env.rank < len(rngs) else rngs[0])
+    logger.info("resumed from %s at epoch %d, step %d", path, position[0], position[1])
+    return position
+
+
+def write_config(output_dir: str, env: DistEnv, config: Dict[str, Any]) -> None:
+    """The resolved run configuration as output_dir/config.json (rank 0)."""
+    if env.is_main:
+        with open(os.path.join(output_dir, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
 
 
 def format_duration(seconds: float) -> str:
