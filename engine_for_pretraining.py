@@ -13,7 +13,7 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from modeling_finetune import patchify
 from sinkhorn import MAX_EXP_SPREAD, sinkhorn_knopp
-from training_loop import StepControl, run_epoch
+from training_loop import EpochTotals, StepControl, run_epoch
 
 
 def normalize_per_group(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -181,11 +181,12 @@ def compute_loss(model: nn.Module, videos: torch.Tensor, bool_masked_pos: torch.
 def train_one_epoch(model: nn.Module, loader: Iterable, update, control: StepControl, *, device: torch.device,
                     epoch: int, start_step: int, accum_iter: int = 1, teacher: Optional[nn.Module] = None,
                     normalize_target: bool = True, tracker=None,
-                    metrics: Optional[Callable[[Dict[str, float]], None]] = None) -> Dict[str, float]:
+                    metrics: Optional[Callable[[Dict[str, float]], None]] = None,
+                    totals: Optional[EpochTotals] = None) -> Dict[str, float]:
     """One pretraining epoch (see `training_loop.run_epoch` for the step machinery)."""
 
     def loss_fn(batch):
         return compute_loss(model, batch["video"], batch["mask"], teacher=teacher, normalize_target=normalize_target)
 
     return run_epoch(model, loader, update, control, loss_fn, device=device, epoch=epoch, start_step=start_step,
-                     accum_iter=accum_iter, tracker=tracker, metrics=metrics)
+                     accum_iter=accum_iter, tracker=tracker, metrics=metrics, totals=totals)

@@ -27,7 +27,8 @@ from datasets.video_dataset import DATA_SETS, ClipConfig, VideoClipDataset, coll
 from distributed import cleanup_distributed
 from engine_for_finetuning import gather_views, merge_views, predict_views
 from modeling_finetune import MODELS, load_pretrained_weights, pooling_for_frozen_features
-from runtime import add_launcher_compat_flags, start_run, write_config
+from runtime import add_launcher_compat_flags, check_flags, clip_rules, start_run, write_config
+from shutdown import WORKER_INIT, run_driver
 
 logger = logging.getLogger("sigma")
 
@@ -61,7 +62,11 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--seed", type=int, default=0)
     add_launcher_compat_flags(g)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_flags(p, args, {"k": (lambda v: min(v) >= 1, "one or more integers >= 1"),
+                          "temperature": (lambda v: v > 0, "> 0"), "batch_size": (lambda v: v >= 1, ">= 1"),
+                          "num_workers": (lambda v: v >= 0, ">= 0"), **clip_rules(args)})
+    return args
 
 
 def knn_classify(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int, k: int,
@@ -96,7 +101,8 @@ def features(model, samples: Sequence, args, env, sampling: str, precision: str)
     dataset = VideoClipDataset(samples, "val", clip=clip, video_backend=args.video_backend, seed=args.seed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, sampler=ShardSampler(len(dataset), env.world_size, env.rank),
-        num_workers=args.num_workers, collate_fn=collate_clips, pin_memory=env.device.type == "cuda")
+        num_workers=args.num_workers, collate_fn=collate_clips, pin_memory=env.device.type == "cuda",
+        worker_init_fn=WORKER_INIT)
     views = predict_views(lambda v: F.normalize(model.forward_features(v).float(), dim=-1), model, loader,
                           device=env.device, precision=precision)
     videos = merge_views(gather_views(views, env))
@@ -145,4 +151,4 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
 
 
 if __name__ == "__main__":
-    main(get_args())
+    run_driver(main, get_args())
