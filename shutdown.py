@@ -9,7 +9,9 @@ exits within seconds:
   event, so multiprocessing's exit handler, which SIGTERMs and then joins them, never waits on a
   worker that ignores SIGTERM;
 - the process group is destroyed without a barrier (a failed rank's peers are not waiting for it
-  at one), and a watchdog ends the process if any of this cleanup itself blocks.
+  at one), and a watchdog ends the process if any of this cleanup itself blocks;
+- the process then ends with os._exit: the run's files are closed, and no library teardown during
+  interpreter finalisation can turn a finished run into a crash.
 
 Why workers ignore SIGTERM / SIGUSR1 at all: Slurm and torchrun signal every process of a job, and
 the main process still needs its workers for the few steps until the ranks agree to stop and save.
@@ -106,32 +108,57 @@ def exit_code_of(e: SystemExit) -> int:
 
 
 def describe(e: BaseException) -> str:
-    """One line naming an error, its type only where the message alone would not be clear."""
-    text = str(e).strip() or type(e).__name__
+    """One line naming an error, its type only where the message alone would not be clear. An
+    error re-raised from a DataLoader worker is named by its original last line."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "worker" in lines[0]:
+        return f"{lines[-1]} (in a data-loader worker)"
+    text = lines[0] if len(lines) == 1 else " ".join(lines[:3]) if lines else type(e).__name__
     return text if isinstance(e, RunError) else f"{type(e).__name__}: {text}"
 
 
+def stop_workers(timeout_s: float = 5.0) -> None:
+    """End this process's daemonic children (DataLoader workers) now rather than at interpreter exit,
+    so that none is still decoding (and printing) when the run's last line names its cause."""
+    release_workers()
+    # DataLoader's SIGCHLD handler would raise "worker exited unexpectedly" for the workers ended here.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    children = [p for p in multiprocessing.active_children() if p.daemon]
+    for p in children:
+        p.terminate()
+    for p in children:
+        p.join(timeout_s)
+
+
 def run_driver(main: Callable[[Any], None], args: Any, grace_s: float = EXIT_GRACE_S) -> None:
-    """Run a driver's `main(args)` as a process; never returns. See the module docstring."""
-    code: Optional[int] = None
+    """Run a driver's `main(args)` as a process; never returns (see the module docstring).
+
+    `main` must close what it writes (it does: RunLog.close, checkpoints are fsynced); stdout,
+    stderr and the log handlers are flushed here.
+    """
+    cause: Optional[str] = None
     try:
         main(args)
         code = 0
     except SystemExit as e:
         code = exit_code_of(e)
         if not isinstance(e.code, (int, type(None))):
-            logger.error("%s", e.code)
+            cause = str(e.code)
     except KeyboardInterrupt:
-        logger.error("interrupted")
-        code = 130
+        code, cause = 130, "interrupted"
     except BaseException as e:  # noqa: BLE001 - every cause must end the process
         if not isinstance(e, RunError):
             logger.error("%s", "".join(traceback.format_exception(e)).rstrip())
-        logger.error("run failed: %s", describe(e))
-        code = 1
-    release_workers()
+        code, cause = 1, f"run failed: {describe(e)}"
     _watchdog(code, grace_s)
+    stop_workers()
     if code != 0:
         _abort_process_group()
+    if cause:
+        logger.error("%s", cause)
     _flush_logs()
-    sys.exit(code)
+    # Everything the run writes is written and closed by now. Ending here skips the interpreter's
+    # finalisation, where C++ threads of third-party libraries (gloo work objects that DeepSpeed
+    # keeps referenced, for one) are destroyed after Python is gone and abort a finished run with
+    # "terminate called without an active exception" (exit -6, which Slurm reports as a failure).
+    os._exit(code)
