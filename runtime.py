@@ -172,22 +172,32 @@ class Preemption:
     """Records SIGTERM / SIGUSR1 (Slurm's preemption and --signal warnings) instead of dying.
 
     While armed (the training loop runs), the first signal asks for a checkpoint at the next step
-    the ranks agree on; a second one ends the process at once, or right after a save in progress
-    (`saving`), with REQUEUE_EXIT_CODE since a resumable checkpoint then exists. Once disarmed
+    the ranks agree on; a second one (DUPLICATE_WINDOW_S or more later) ends the process at once,
+    or right after a save in progress (`saving`), with REQUEUE_EXIT_CODE since a resumable
+    checkpoint then exists. Once disarmed
     (training is over: only evaluation is left, which a requeued run repeats) any signal exits
     with REQUEUE_EXIT_CODE at once.
     """
 
+    # A job's processes often get one preemption twice within a moment (slurmstepd signals every
+    # task and the batch shell forwards its own copy through srun): only a later signal is a second.
+    DUPLICATE_WINDOW_S = 10.0
+
     def __init__(self):
         self.signals = []
         self.armed = True
+        self._first_at = None
         self._saving = self._exit_after_save = False
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
         self.signals.append(signum)
-        if self.armed and len(self.signals) == 1:
+        now = time.monotonic()
+        if self.armed and self._first_at is None:
+            self._first_at = now
+            return
+        if self.armed and now - self._first_at < self.DUPLICATE_WINDOW_S:
             return
         if self._saving:
             self._exit_after_save = True

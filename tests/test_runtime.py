@@ -37,22 +37,20 @@ def test_resume_position_mid_epoch_and_after_a_batch_size_change():
     assert resume_position({"step": 25, "steps_per_epoch": 10}, "ckpt", 4) == (3, 12, 0)
 
 
-def _restoring_signals(test):
-    def wrapper(*args, **kwargs):
-        old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
-        try:
-            test(*args, **kwargs)
-        finally:
-            for s, handler in old.items():
-                signal.signal(s, handler)
-    return wrapper
+@pytest.fixture
+def restore_signals():
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for s, handler in old.items():
+        signal.signal(s, handler)
 
 
-@_restoring_signals
-def test_second_signal_ends_the_run_unless_a_save_is_in_progress():
+def test_second_signal_ends_the_run_unless_a_save_is_in_progress(restore_signals, monkeypatch):
     preemption = Preemption()
     os.kill(os.getpid(), signal.SIGTERM)  # the first: a checkpoint at the next agreed step
-    assert preemption.signals == [signal.SIGTERM]
+    os.kill(os.getpid(), signal.SIGTERM)  # the same preemption, forwarded a second time
+    assert preemption.signals == [signal.SIGTERM] * 2
+    monkeypatch.setattr(Preemption, "DUPLICATE_WINDOW_S", 0.0)
     with pytest.raises(SystemExit) as info:
         os.kill(os.getpid(), signal.SIGTERM)
     assert info.value.code == 128 + signal.SIGTERM
@@ -66,8 +64,7 @@ def test_second_signal_ends_the_run_unless_a_save_is_in_progress():
     assert saved == [True] and info.value.code == REQUEUE_EXIT_CODE
 
 
-@_restoring_signals
-def test_after_training_a_signal_exits_for_requeue_at_once():
+def test_after_training_a_signal_exits_for_requeue_at_once(restore_signals):
     preemption = Preemption()
     preemption.disarm()
     with pytest.raises(SystemExit) as info:
