@@ -55,7 +55,7 @@ MASK_GREY = 0.5  # masked tubes in the masked-input row
 GAP, LABEL_W, CAPTION_H = 4, 150, 22  # px between frames, of the row-label column, of the GIF caption strip
 MIN_TILE = 160  # px: smaller clips are shown enlarged (nearest neighbour), so every tube is visible
 MAX_COLUMNS = 8  # frames shown per row of a PNG; longer clips show every n-th frame (the GIF has all)
-CELL_LABEL_MIN = 28  # px: tubes this large get their prototype id written on them
+CELL_LABEL_MIN = 28  # px: tubes this large (and wide enough for the id) get their prototype id written on them
 LEGEND_W, LEGEND_MAX = 150, 48  # px per legend entry; entries listed (most tubes first)
 FONT_SIZE = 16
 GIF_FRAME_MS = 250
@@ -105,8 +105,9 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def read_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], str]:
-    """(state dict, saved run config or {}, "name, epoch E (step S)" for titles) of a checkpoint;
-    never unpickles code (weights_only). Epoch is the saved count of completed epochs."""
+    """(state dict, saved run config or {}, "name, after E epochs (step S)" for titles) of a checkpoint;
+    never unpickles code (weights_only). E is the saved "epoch": epochs completed (checkpoint-{E-1}.pth
+    is written at the end of epoch E-1, counted from 0 as log.txt counts them)."""
     state = load_checkpoint(path, required=())
     weights = next((state[k] for k in ("model", "module") if isinstance(state.get(k), dict)), None)
     if weights is None:
@@ -114,9 +115,10 @@ def read_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any],
     if "decoder.head.weight" not in weights:
         raise CheckpointError(path, "not a pretraining checkpoint: it has no decoder")
     config = state.get("config")
-    name = os.path.basename(path)
-    if isinstance(state.get("epoch"), int):
-        name += f", epoch {state['epoch']}" + (f" (step {state['step']})" if isinstance(state.get("step"), int) else "")
+    name, epochs = os.path.basename(path), state.get("epoch")
+    if isinstance(epochs, int):
+        name += f", after {epochs} epoch{'' if epochs == 1 else 's'}"
+        name += f" (step {state['step']})" if isinstance(state.get("step"), int) else ""
     else:
         name += " (no epoch recorded)"
     return weights, config if isinstance(config, dict) else {}, name
@@ -334,7 +336,7 @@ def figure(title: Sequence[str], rows: Sequence[Tuple[str, np.ndarray]], caption
     if cell_ids is not None:
         row, ids = cell_ids
         cell = tile // ids.shape[-1]
-        if cell >= CELL_LABEL_MIN:
+        if cell >= max(CELL_LABEL_MIN, SMALL_FONT.getlength(str(ids.max())) + 12):  # room for the id and a margin
             for c in range(T):
                 x0, y0 = tile_origin(row, c, tile, len(title))
                 for (h, w), k in np.ndenumerate(ids[c]):

@@ -93,7 +93,7 @@ def test_prototype_figures_use_the_checkpoint_config(data, tmp_path):
     assert Image.open(png).format == "PNG" and Image.open(png).width == _width(4, 32)
     # The title names the checkpoint, its epoch and step, and the video.
     title = Image.open(png).text["Title"]
-    assert "mlp.pth, epoch 1 (step 2)" in title and "00000.mp4" in title and "argmax" in title
+    assert "mlp.pth, after 1 epoch (step 2)" in title and "00000.mp4" in title and "argmax" in title
     # 32-pixel clips are shown at 160 pixels, 32 per tube, each tube labelled with its prototype id.
     assert _tile(32) == 160 >= vis.MIN_TILE
     overlay = _cells(png, 1, 4, 32)
@@ -151,7 +151,7 @@ def test_pixel_model_reconstruction_and_kmeans(data, tmp_path):
               "--clusters", "3"])
     rec_png = out / "00000_reconstruction.png"
     assert Image.open(rec_png).width == _width(4, 32)
-    assert "pixel.pth, epoch 1" in Image.open(rec_png).text["Title"]
+    assert "pixel.pth, after 1 epoch (step 2)" in Image.open(rec_png).text["Title"]
     hidden, rec, original = (_cells(rec_png, r, 4, 32) for r in range(3))
     grey = round(255 * vis.MASK_GREY)
     masked = (hidden == grey).all(axis=(0, 3))  # [160, 160] pixels hidden in every frame (tube mask)
@@ -206,7 +206,7 @@ def test_usage_histogram_over_a_csv(data, tmp_path):
     order = sorted(range(64), key=lambda k: -counts[k])  # most used first, ties by id (stable)
     assert summary["by_usage"] == order
     png = Image.open(out / "prototype_usage.png")
-    assert "mlp.pth, epoch 1 (step 2)" in png.text["Title"] and "7/64 used" in png.text["Title"]
+    assert "mlp.pth, after 1 epoch (step 2)" in png.text["Title"] and "7/64 used" in png.text["Title"]
     img = np.asarray(png.convert("RGB"))
     bottom, top = vis.PLOT_Y + vis.PLOT_H - 1, vis.PLOT_Y
     # Bars sorted by use, in their prototypes' colours, on a log(1 + tubes) axis: a prototype with
@@ -252,6 +252,12 @@ def test_figure_legend_lists_every_id_by_tubes():
         swatch = img[y + (i // per_line) * vis.LINE_H + 2 + vis.FONT_SIZE // 2,
                      x + (i % per_line) * vis.LEGEND_W + vis.FONT_SIZE // 2]
         assert (swatch == colours[k]).all(), (k, swatch)
+    # Ids are written on tubes only where they fit: 80 px cells get "7", 32 px cells not "255".
+    for cell, k, written in ((80, 7, True), (32, 255, False)):
+        ids = np.full((2, 160 // cell, 160 // cell), k)
+        img = np.asarray(vis.figure(["title"], [("ids", frames)], ["a", "b"], cell_ids=(0, ids)))
+        x, y = vis.tile_origin(0, 0, 160, 1)
+        assert (img[y:y + 160, x:x + 160] == 0).all(axis=-1).any() == written
     many = vis.legend_entries(torch.arange(100))
     img = vis.figure(["title"], [("frames", frames)], ["a", "b"], many)
     assert img.height > vis.legend_origin(1, 160, 1)[1] + 2 * vis.LINE_H  # several legend lines
