@@ -185,13 +185,30 @@ def main(args: argparse.Namespace) -> None:
 
 
 def _summary(output_dir: str, tb_dir: str) -> None:
+    """One closing line: loss first -> last epoch, the collapse monitors of the last epoch (per-batch
+    means, see PRETRAIN.md "Collapse monitors"), bad samples, where the outputs are."""
     epochs = [json.loads(line) for line in open(os.path.join(output_dir, "log.txt"))]
     first, last = epochs[0], epochs[-1]
-    used = {k[len("train_"):]: round(v) for k, v in last.items()
-            if k.startswith(("train_protos_used", "train_score_protos_used"))}
-    logger.info("done: train_loss %.4f (epoch %d) -> %.4f (epoch %d); prototypes used %s; bad samples %d; "
-                "checkpoints in %s; tensorboard logs in %s", first["train_loss"], first["epoch"], last["train_loss"],
-                last["epoch"], used or "n/a", sum(e["bad_samples"] for e in epochs), output_dir, tb_dir)
+    config_path = os.path.join(output_dir, "config.json")
+    k = json.load(open(config_path)).get("num_prototypes") if os.path.isfile(config_path) else None
+    of_k = f"/{k}" if k else ""
+
+    def sides(name: str, fmt: str, suffix: str = "") -> str:
+        return ", ".join(f"{fmt.format(last[f'train_{name}_{side}'])}{suffix} {side}" for side in ("pred", "target")
+                         if f"train_{name}_{side}" in last)
+
+    if "train_protos_used_pred" in last:
+        protos = f"prototypes used (balanced Sinkhorn codes) {sides('protos_used', '{:.0f}', of_k)}"
+        if "train_score_protos_used_pred" in last:
+            ln_k = f" of ln {k} = {torch.tensor(float(k)).log():.2f}" if k else ""
+            protos += (f"; raw-score argmax {sides('score_protos_used', '{:.0f}', of_k)}, "
+                       f"usage entropy {sides('score_usage_entropy', '{:.2f}')}{ln_k} nats")
+        protos += " (last epoch, per batch; what these mean: PRETRAIN.md, Collapse monitors)"
+    else:
+        protos = "no prototypes (pixel targets)"
+    logger.info("done: train_loss %.4f (epoch %d) -> %.4f (epoch %d); %s; bad samples %d; checkpoints in %s; "
+                "tensorboard logs in %s", first["train_loss"], first["epoch"], last["train_loss"], last["epoch"],
+                protos, sum(e["bad_samples"] for e in epochs), output_dir, tb_dir)
 
 
 if __name__ == "__main__":
