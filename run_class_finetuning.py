@@ -42,7 +42,7 @@ logger = logging.getLogger("sigma")
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser("fine-tuning and evaluation")
+    p = argparse.ArgumentParser("fine-tuning and evaluation", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--model", default="vit_base_patch16_224", choices=sorted(MODELS))
     g.add_argument("--finetune", default="", help="pretrained or fine-tuned checkpoint (ours, SIGMA, VideoMAE)")

@@ -34,7 +34,7 @@ from training_loop import StepControl, TorchUpdate
 logger = logging.getLogger("sigma")
 
 def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser("SIGMA pretraining")
+    p = argparse.ArgumentParser("SIGMA pretraining", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("model and objective")
     g.add_argument("--model", default="pretrain_videomae_small_patch16_224", choices=sorted(MODELS))
     g.add_argument("--decoder_depth", type=int, default=4)

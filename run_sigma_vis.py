@@ -63,9 +63,12 @@ PLOT_X, PLOT_Y, PLOT_W, PLOT_H, MARGIN = 90, 100, 1200, 360, 24  # usage histogr
 KMEANS_ITERATIONS = 50
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """-h with the default of every flag that has help text, and the module docstring as written."""
+
+
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("SIGMA visualisation", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser("SIGMA visualisation", description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group("inputs")
     g.add_argument("--checkpoint", required=True, help="pretraining checkpoint (loaded with weights_only)")
     g.add_argument("--video", default="", help="video for the tube overlay and the reconstruction figures")

@@ -613,6 +613,10 @@ def write_annotations(annotations: Annotations, out_dir: str) -> List[str]:
 # command line
 # ---------------------------------------------------------------------------------------------
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """-h with the default of every flag that has help text, and the module docstring as written."""
+
+
 def _run_transcode(args: argparse.Namespace) -> int:
     report = transcode_tree(args.src, args.dst, short_side=args.short_side, height=args.height, gop=args.gop,
                             crf=args.crf, workers=args.workers, ext=args.ext)
@@ -634,7 +638,7 @@ def _run_csv(args: argparse.Namespace) -> int:
 def _csv_parser(sub: argparse._SubParsersAction, name: str, help_text: str, video_flag: str = "--video_dir",
                 ext: bool = True) -> Tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     """A CSV subcommand with its output flags; returns the parser and its input group."""
-    p = sub.add_parser(name, help=help_text, description=help_text)
+    p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
     inputs = p.add_argument_group("input")
     inputs.add_argument(video_flag, required=True, help="video folder; CSV paths are relative to it")
     out = p.add_argument_group("output")
@@ -646,11 +650,11 @@ def _csv_parser(sub: argparse._SubParsersAction, name: str, help_text: str, vide
 
 
 def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser("python -m datasets.prepare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser("python -m datasets.prepare", description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("transcode", help="re-encode a video tree to H.264 for fast clip decoding")
+    p = sub.add_parser("transcode", help="re-encode a video tree to H.264 for fast clip decoding",
+                       formatter_class=HelpFormatter)
     g = p.add_argument_group("files")
     g.add_argument("--src", required=True, help="folder searched recursively for " + " ".join(VIDEO_EXTS))
     g.add_argument("--dst", required=True, help="output folder; the source tree is mirrored")
