@@ -139,7 +139,7 @@ def test_step_bench_fast_path_variants_agree(capsys):
     assert classic["loss"] == pytest.approx(scaling["loss"], rel=1e-5)
     assert math_attention["loss"] == pytest.approx(scaling["loss"], rel=1e-4)
     assert bf16["loss"] == pytest.approx(scaling["loss"], rel=2e-2)
-    assert math_attention["gflops_per_clip"] == pytest.approx(scaling["gflops_per_clip"], rel=2e-2)
+    assert math_attention["raw"]["flops_per_step"] == pytest.approx(scaling["raw"]["flops_per_step"], rel=2e-2)
     assert scaling["fused_adamw"] is False  # the fused kernel is CUDA only
 
 
@@ -149,7 +149,7 @@ def test_step_bench_dino_teacher_is_timed_and_counted(capsys):
     assert dino["teacher"] == "dino_s" and dino["loss_func"] == "SWAV"
     assert dino["breakdown"]["teacher"] > 0
     # The teacher's forward (a ViT-S over 2 frames per clip) adds FLOPs the MLP projection does not have.
-    assert dino["gflops_per_clip"] > mlp["gflops_per_clip"]
+    assert dino["raw"]["flops_per_step"] > mlp["raw"]["flops_per_step"]
 
 
 def test_step_bench_reports_a_failing_config(capsys):
