@@ -403,7 +403,7 @@ def usage_plot(counts: torch.Tensor, title: Sequence[str]) -> Image.Image:
     img = Image.new("RGB", (PLOT_X + PLOT_W + MARGIN, PLOT_Y + PLOT_H + 3 * LINE_H + MARGIN), "white")
     draw = ImageDraw.Draw(img)
     bottom = PLOT_Y + PLOT_H - 1
-    label_ids = PLOT_W // K >= SMALL_FONT.getlength(str(K - 1)) + 2
+    label_ids = PLOT_W / K >= SMALL_FONT.getlength(str(K - 1)) + 2
     uniform = int(counts.sum()) / K
     y = bar_top(uniform, top)
     for x in range(PLOT_X, PLOT_X + PLOT_W, 8):  # dashed, behind the bars: visible where use is below uniform
@@ -417,12 +417,15 @@ def usage_plot(counts: torch.Tensor, title: Sequence[str]) -> Image.Image:
         draw.rectangle([x0, bar_top(int(counts[k]), top), x1, bottom], fill=tuple(int(c) for c in colours[k]))
         if label_ids:
             draw.text(((x0 + x1) // 2, bottom + 4), str(k), fill="black", anchor="ma", font=SMALL_FONT)
-    # Log ticks at 0, 1, 10, 100, ... and the largest count.
-    ticks = [0] + [10 ** e for e in range(int(math.log10(top)) + 1)]
-    for tick in ticks + ([top] if top not in ticks else []):
+    # Log ticks at the largest count, then ..., 100, 10, 1, 0 where their labels do not overlap.
+    last_y = None
+    for tick in [top] + [10 ** e for e in range(int(math.log10(top)), -1, -1)] + [0]:
         y = bar_top(tick, top)
+        if last_y is not None and y - last_y < FONT_SIZE:
+            continue
         draw.line([(PLOT_X - 5, y), (PLOT_X - 1, y)], fill="black")
         draw.text((PLOT_X - 7, y), str(tick), fill="black", anchor="rm", font=SMALL_FONT)
+        last_y = y
     draw.line([(PLOT_X - 1, PLOT_Y), (PLOT_X - 1, bottom + 1), (PLOT_X + PLOT_W, bottom + 1)], fill="black")
     draw.text((PLOT_X - 7, PLOT_Y - 8), "tubes (log)", fill="black", anchor="rd", font=SMALL_FONT)
     for i, line in enumerate(title):
