@@ -17,7 +17,8 @@ on the device. Prints one JSON line per config (batch size):
                                  known dense peak of the device (PEAK_TFLOPS)
     breakdown                    with --breakdown: median seconds per stage (see STAGES);
                                  breakdown_total_s the median step total, breakdown_steps each
-                                 step's unrounded stage seconds
+                                 step's unrounded stage seconds, breakdown_wall_s each of those
+                                 steps timed whole (synchronised host clock)
     raw                          the unrounded figures the rounded ones come from: flops_per_step
                                  (exact count), median_step_s, tflops, mfu; compare these, not the
                                  rounded fields (at CPU sizes tflops is ~1e-3, so 4 decimals is one digit)
@@ -330,18 +331,22 @@ def measure(args: argparse.Namespace, model, teacher, videos, mask, device: torc
             peak_mb, peak_kind = _rss_peak_mb(rss_reset), "cpu_peak_rss" if rss_reset else "cpu_ru_maxrss_lifetime"
         if args.breakdown:
             current: List[Optional[Timeline]] = [None]
-            per_step = []
+            per_step, walls = [], []
             with stage_marks(lambda: current[0], model, teacher, sinkhorn):
                 for _ in range(args.iters):
                     sync(device)
+                    t0 = time.perf_counter()
                     current[0] = Timeline(device)
                     current[0].mark("start")
                     step(current[0])
+                    sync(device)
+                    walls.append(time.perf_counter() - t0)  # the same step on the host clock
                     per_step.append(current[0].stages())
                     current[0] = None
             record["breakdown"] = {s: round(statistics.median(d[s] for d in per_step), 5) for s in STAGES}
             record["breakdown_total_s"] = round(statistics.median(sum(d.values()) for d in per_step), 5)
             record["breakdown_steps"] = per_step  # unrounded seconds per stage, one dict per step
+            record["breakdown_wall_s"] = walls
     median = statistics.median(times)
     peak = args.peak_tflops or peak_tflops(device, args.precision)
     achieved = flops / median / 1e12

@@ -72,10 +72,11 @@ def test_step_bench_sweep_flops_mfu_and_breakdown():
         for name in step_bench.STAGES:
             assert stages[name] == round(statistics.median(d[name] for d in steps), 5)
         assert r["breakdown_total_s"] == round(statistics.median(sum(d.values()) for d in steps), 5)
-        # A sum of medians is not the median of sums; on a quiet machine they are close.
-        assert sum(stages.values()) == pytest.approx(r["breakdown_total_s"], rel=0.25)
-        # Stages cover the whole step: their sum is the step's time (loosely: the machine is shared).
-        assert 0.33 < r["breakdown_total_s"] / r["median_step_s"] < 3
+        # Stages cover the whole step: each marked step's stages add up to that same step timed whole
+        # (the host clock around it; only the Timeline set-up and the call itself fall outside the
+        # marks). Timings of different steps are not compared: on a shared machine they vary 2x.
+        for d, wall in zip(steps, r["breakdown_wall_s"], strict=True):
+            assert 0.9 * wall < sum(d.values()) <= wall
     # Every matmul is per clip or per token: FLOPs per clip do not depend on the batch.
     assert rows[0]["raw"]["flops_per_step"] * 2 == pytest.approx(rows[1]["raw"]["flops_per_step"], rel=1e-3)
 
