@@ -27,14 +27,14 @@ from datasets.video_dataset import DATA_SETS, ClipConfig, VideoClipDataset, coll
 from distributed import cleanup_distributed
 from engine_for_finetuning import gather_views, merge_views, predict_views
 from modeling_finetune import MODELS, load_pretrained_weights, pooling_for_frozen_features
-from runtime import add_launcher_compat_flags, check_flags, clip_rules, start_run, write_config
+from runtime import HelpFormatter, add_launcher_compat_flags, check_flags, clip_rules, start_run, write_config
 from shutdown import WORKER_INIT, run_driver
 
 logger = logging.getLogger("sigma")
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser("kNN evaluation of frozen features")
+    p = argparse.ArgumentParser("kNN evaluation of frozen features", formatter_class=HelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--model", default="vit_base_patch16_224", choices=sorted(MODELS))
     g.add_argument("--finetune", default="", help="checkpoint whose encoder is evaluated (ours, SIGMA, VideoMAE)")

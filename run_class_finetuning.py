@@ -34,8 +34,8 @@ from distributed import cleanup_distributed
 from engine_for_finetuning import evaluate, train_one_epoch
 from modeling_finetune import MODELS, LinearProbe, ModelEma, load_pretrained_weights, pooling_for_frozen_features
 from optim_factory import create_optimizer, param_groups
-from runtime import (Checkpointer, RunLog, add_output_and_run_flags, check_finite, check_flags, clip_rules,
-                     common_rules, gather_rng_states, load_training_state, make_schedule, resume_from,
+from runtime import (Checkpointer, HelpFormatter, RunLog, add_output_and_run_flags, check_finite, check_flags,
+                     clip_rules, common_rules, gather_rng_states, load_training_state, make_schedule, resume_from,
                      save_training_state, start_run, str2bool, write_config)
 from shutdown import WORKER_INIT, run_driver
 from training_loop import DeepSpeedUpdate, EpochTotals, StepControl, TorchUpdate
@@ -44,7 +44,7 @@ logger = logging.getLogger("sigma")
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser("fine-tuning and evaluation")
+    p = argparse.ArgumentParser("fine-tuning and evaluation", formatter_class=HelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--model", default="vit_base_patch16_224", choices=sorted(MODELS))
     g.add_argument("--finetune", default="", help="pretrained or fine-tuned checkpoint (ours, SIGMA, VideoMAE)")
@@ -332,7 +332,8 @@ def train(args, env, core, data, nb_classes: int, precision: str, augment: bool,
     write_config(args.output_dir, env, config)
 
     def save(path: str, at_step: int) -> None:
-        extra = {"best": best, "epoch_totals": totals.state(), **({"model_ema": ema.module.state_dict()} if ema else {})}
+        extra = {"best": best, "epoch_totals": totals.state(),
+                 **({"model_ema": ema.module.state_dict()} if ema else {})}
         if not args.enable_deepspeed:
             save_training_state(path, env, model=core, optimizer=optimizer, scaler=scaler, step=at_step,
                                 steps_per_epoch=steps_per_epoch, config=vars(args), extra=extra)

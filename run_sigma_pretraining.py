@@ -27,16 +27,16 @@ from engine_for_pretraining import train_one_epoch
 from masking_generator import MASKS
 from modeling_pretrain import MODELS, TARGET_TYPES, TEACHER_DIMS, build_teacher
 from optim_factory import create_optimizer, param_groups
-from runtime import (Checkpointer, RunLog, add_output_and_run_flags, check_flags, clip_rules, common_rules,
-                     load_training_state, make_schedule, resume_from, save_training_state, start_run, str2bool,
-                     write_config)
+from runtime import (Checkpointer, HelpFormatter, RunLog, add_output_and_run_flags, check_flags, clip_rules,
+                     common_rules, load_training_state, make_schedule, resume_from, save_training_state, start_run,
+                     str2bool, write_config)
 from shutdown import WORKER_INIT, run_driver
 from training_loop import EpochTotals, StepControl, TorchUpdate
 
 logger = logging.getLogger("sigma")
 
 def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser("SIGMA pretraining")
+    p = argparse.ArgumentParser("SIGMA pretraining", formatter_class=HelpFormatter)
     g = p.add_argument_group("model and objective")
     g.add_argument("--model", default="pretrain_videomae_small_patch16_224", choices=sorted(MODELS))
     g.add_argument("--decoder_depth", type=int, default=4)
@@ -208,13 +208,30 @@ def main(args: argparse.Namespace) -> None:
 
 
 def _summary(output_dir: str, tb_dir: str) -> None:
+    """One closing line: loss first -> last epoch, the collapse monitors of the last epoch (per-batch
+    means, see PRETRAIN.md "Collapse monitors"), bad samples, where the outputs are."""
     epochs = [json.loads(line) for line in open(os.path.join(output_dir, "log.txt"))]
     first, last = epochs[0], epochs[-1]
-    used = {k[len("train_"):]: round(v) for k, v in last.items()
-            if k.startswith(("train_protos_used", "train_score_protos_used"))}
-    logger.info("done: train_loss %.4f (epoch %d) -> %.4f (epoch %d); prototypes used %s; bad samples %d; "
-                "checkpoints in %s; tensorboard logs in %s", first["train_loss"], first["epoch"], last["train_loss"],
-                last["epoch"], used or "n/a", sum(e["bad_samples"] for e in epochs), output_dir, tb_dir)
+    config_path = os.path.join(output_dir, "config.json")
+    k = json.load(open(config_path)).get("num_prototypes") if os.path.isfile(config_path) else None
+    of_k = f"/{k}" if k else ""
+
+    def sides(name: str, fmt: str, suffix: str = "") -> str:
+        return ", ".join(f"{fmt.format(last[f'train_{name}_{side}'])}{suffix} {side}" for side in ("pred", "target")
+                         if f"train_{name}_{side}" in last)
+
+    if "train_protos_used_pred" in last:
+        protos = f"prototypes used (balanced Sinkhorn codes) {sides('protos_used', '{:.0f}', of_k)}"
+        if "train_score_protos_used_pred" in last:
+            ln_k = f" of ln {k} = {torch.tensor(float(k)).log():.2f}" if k else ""
+            protos += (f"; raw-score argmax {sides('score_protos_used', '{:.0f}', of_k)}, "
+                       f"usage entropy {sides('score_usage_entropy', '{:.2f}')}{ln_k} nats")
+        protos += " (last epoch, per batch; what these mean: PRETRAIN.md, Collapse monitors)"
+    else:
+        protos = "no prototypes (pixel targets)"
+    logger.info("done: train_loss %.4f (epoch %d) -> %.4f (epoch %d); %s; bad samples %d; checkpoints in %s; "
+                "tensorboard logs in %s", first["train_loss"], first["epoch"], last["train_loss"], last["epoch"],
+                protos, sum(e["bad_samples"] for e in epochs), output_dir, tb_dir)
 
 
 if __name__ == "__main__":

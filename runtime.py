@@ -2,6 +2,7 @@
 resume positions and the metric sinks (metrics.jsonl, log.txt, tensorboard, optional wandb)."""
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -32,6 +33,22 @@ def str2bool(v: str) -> bool:
     if v.lower() in ("0", "false", "no", "n"):
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`-h` with every option's default, also for options without a help text."""
+
+    def _format_action(self, action):
+        if not action.help and action.option_strings and action.default is not argparse.SUPPRESS:
+            action = copy.copy(action)
+            # A --no_x flag whose dest defaults to True says nothing: "(default: True)" would read as
+            # the opposite of what it does.
+            if action.nargs != 0 or action.const == action.default:
+                action.help = "(default: %(default)s)"
+        elif action.nargs == 0 and action.const != action.default and action.help:
+            action = copy.copy(action)  # "(default: True)" under --no_x would read as the opposite
+            action.help = action.help.replace("%(default)s", "").strip() or None
+        return super()._format_action(action)
 
 
 def add_launcher_compat_flags(group) -> None:
