@@ -124,7 +124,7 @@ def test_evaluation_recipe_parses(path):
 
 def test_slurm_layout_and_overrides():
     env = {**FAKE_ENV, "SIGMA_LAUNCHER": "srun", "SLURM_JOB_ID": "7", "SLURM_NTASKS": "16",
-           "EXTRA_ARGS": "--epochs 3\n--lr 1e-4", "BATCH_SIZE": "16"}
+           "EXTRA_ARGS": "--epochs 3\n--warmup_epochs 1\n--lr 1e-4", "BATCH_SIZE": "16"}
     launcher, _, argv = dry_run(os.path.join(SCRIPTS, "pretrain", "sigma_dino_vitb_ssv2.sh"), env, ["--seed", "5"])
     assert launcher[0] == "srun" and launcher[-1] == "-u"
     import run_sigma_pretraining
