@@ -88,8 +88,10 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--no_pin_mem", dest="pin_mem", action="store_false")
     g.add_argument("--max_bad_fraction", type=float, default=0.2)
     g = p.add_argument_group("augmentation")
-    g.add_argument("--finetuning_crops", type=float, nargs=2, default=(0.08, 1.0), metavar=("MIN", "MAX"),
-                   help="area range of the random resized crop")
+    g.add_argument("--finetuning_crops", type=float, nargs=2, default=(0.25, 1.0), metavar=("MIN", "MAX"),
+                   help="area range of the random resized crop (official SIGMA: 0.25 1.0; VideoMAE: 0.08 1.0)")
+    g.add_argument("--crop_first", action="store_true",
+                   help="crop, then RandAugment the crop: cheaper, not the official order (see FINETUNE.md)")
     g.add_argument("--aa", default="rand-m7-n4-mstd0.5-inc1", help="RandAugment policy; 'none' turns it off")
     g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
     g.add_argument("--remode", default="pixel", choices=["pixel", "rand", "const"])
@@ -138,7 +140,7 @@ def build_datasets(args, nb_classes: int, sampling: str, flip: bool, augment: bo
     clip = ClipConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate, sampling=sampling,
                       input_size=args.input_size, short_side_size=args.short_side_size)
     aa = None if args.aa.lower() == "none" or not augment else args.aa
-    aug = AugmentConfig(scale=tuple(args.finetuning_crops), flip=flip, auto_augment=aa,
+    aug = AugmentConfig(scale=tuple(args.finetuning_crops), flip=flip, auto_augment=aa, crop_first=args.crop_first,
                         reprob=args.reprob if augment else 0.0, remode=args.remode, recount=args.recount)
     common = dict(clip=clip, augment=aug, video_backend=args.video_backend, seed=args.seed)
     out = {}

@@ -19,6 +19,9 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 # timm's default hparams fill colour: the ImageNet mean in uint8, round(255 * mean).
 IMG_MEAN_UINT8 = tuple(round(255 * m) for m in IMAGENET_DEFAULT_MEAN)  # (124, 116, 104)
+# The fill of the official fine-tuning RandAugment (VideoMAE/SIGMA rand_augment.py _FILL): their
+# create_random_augment passes no img_mean.
+OFFICIAL_FILL = (128, 128, 128)
 
 # Normalisation folded into one multiply-add on uint8 values: (x / 255 - mean) / std.
 _NORM_SCALE = torch.tensor([1.0 / (255.0 * s) for s in IMAGENET_DEFAULT_STD]).view(3, 1, 1, 1)
@@ -45,15 +48,34 @@ def _negate_half(value: float, generator: torch.Generator) -> float:
 # ----------------------------------------------------------------------------------------------
 # Resizing and deterministic crops
 
-def resize_short_side(clip: torch.Tensor, size: int, antialias: bool = True) -> torch.Tensor:
+def bilinear_resize(clip: torch.Tensor, size: Sequence[int], antialias: bool = False) -> torch.Tensor:
+    """Bilinear resize of uint8 frames to size = (h, w).
+
+    antialias=False is cv2.resize(INTER_LINEAR), the official val/test resize: half-pixel centres,
+    no low-pass when shrinking, computed in float32 and rounded to the nearest level (cv2's
+    fixed-point arithmetic differs from this by at most one level, on about one pixel in eight).
+    antialias=True low-passes when shrinking, as PIL's bilinear.
+
+    Args:
+        clip: uint8 [T, C, H, W].
+    """
+    if antialias:
+        return F.resize(clip, list(size), antialias=True)
+    x = clip.to(torch.float32)
+    out = NF.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)  # [T, C, h, w]
+
+
+def resize_short_side(clip: torch.Tensor, size: int, antialias: bool = False) -> torch.Tensor:
     """Bilinear resize so that min(h, w) == size, keeping the aspect ratio.
 
-    The long side is truncated, int(size * long / short), as the official video_transforms.Resize.
+    The long side is truncated, int(size * long / short), as the official video_transforms.Resize,
+    which resizes with cv2 INTER_LINEAR (antialias=False, the default).
 
     Args:
         clip: uint8 [T, C, H, W].
         size: target short side.
-        antialias: low-pass when shrinking (PIL-like); False matches cv2's INTER_LINEAR.
+        antialias: low-pass when shrinking (PIL-like) instead of the official cv2 resize.
     """
     h, w = clip.shape[-2:]
     if h <= w:
@@ -62,7 +84,7 @@ def resize_short_side(clip: torch.Tensor, size: int, antialias: bool = True) -> 
         new_h, new_w = int(size * h / w), size
     if (new_h, new_w) == (h, w):
         return clip
-    return F.resize(clip, [new_h, new_w], antialias=antialias)  # [T, C, new_h, new_w]
+    return bilinear_resize(clip, (new_h, new_w), antialias=antialias)  # [T, C, new_h, new_w]
 
 
 def resize(clip: torch.Tensor, size: int) -> torch.Tensor:
@@ -227,6 +249,7 @@ def random_resized_crop(
     generator: torch.Generator,
     scale: Sequence[float] = (0.08, 1.0),
     ratio: Sequence[float] = (3 / 4, 4 / 3),
+    antialias: bool = True,
 ) -> torch.Tensor:
     """Inception-style random resized crop, the same box for every frame.
 
@@ -236,12 +259,36 @@ def random_resized_crop(
         generator: source of the box.
         scale: range of the crop's area fraction.
         ratio: range of the crop's aspect ratio (w / h), sampled log-uniformly.
+        antialias: False is the official fine-tuning crop's plain bilinear (then rounded to uint8).
     Returns:
         uint8 [T, C, size, size].
     """
     h, w = clip.shape[-2:]
     top, left, crop_h, crop_w = random_resized_crop_params(h, w, generator, scale=scale, ratio=ratio)
-    return F.resized_crop(clip, top, left, crop_h, crop_w, [size, size], antialias=True)
+    return bilinear_resize(clip[..., top:top + crop_h, left:left + crop_w], (size, size), antialias=antialias)
+
+
+def random_resized_crop_float(
+    video: torch.Tensor,
+    size: int,
+    generator: torch.Generator,
+    scale: Sequence[float] = (0.25, 1.0),
+    ratio: Sequence[float] = (0.75, 1.3333),
+) -> torch.Tensor:
+    """The official fine-tuning crop (video_transforms.random_resized_crop) on a float clip.
+
+    Box as `random_resized_crop_params`, then F.interpolate(bilinear, align_corners=False), no
+    antialias and no rounding: the official crops the normalised float frames.
+
+    Args:
+        video: float [C, T, H, W].
+    Returns:
+        float [C, T, size, size].
+    """
+    h, w = video.shape[-2:]
+    top, left, crop_h, crop_w = random_resized_crop_params(h, w, generator, scale=scale, ratio=ratio)
+    box = video[..., top:top + crop_h, left:left + crop_w]
+    return NF.interpolate(box, size=(size, size), mode="bilinear", align_corners=False)
 
 
 def horizontal_flip(clip: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
@@ -571,13 +618,15 @@ def random_erasing(
     max_area: float = 1 / 3,
     min_count: int = 1,
     max_count: int = 1,
+    max_attempts: int = 100,
 ) -> torch.Tensor:
-    """timm RandomErasing on a normalised clip, erasing the same box in every frame (a cube).
+    """The official video RandomErasing (VideoMAE/SIGMA random_erasing.py, cube mode) on a clip.
 
-    With probability `probability`, count ~ U{min_count..max_count} boxes are drawn, each from
-    up to 10 tries of area fraction U(min_area, max_area) / count and log-uniform aspect ratio
-    in [0.3, 1 / 0.3] (timm's default min_aspect). Fill: 'pixel' per-pixel N(0, 1) noise, 'rand' one N(0, 1)
-    colour per channel, 'const' zeros; the fill is also shared by all frames.
+    With probability `probability`, count ~ U{min_count..max_count} boxes are drawn, each from up
+    to `max_attempts` (official cube mode: 100) tries of area fraction U(min_area, max_area) / count
+    and log-uniform aspect ratio in [0.3, 1 / 0.3]. The box is the same in every frame (a cube);
+    the fill is drawn per frame, as the official: 'pixel' per-pixel N(0, 1) noise, 'rand' one
+    N(0, 1) colour per channel and frame, 'const' zeros.
 
     Args:
         clip: float [C, T, H, W]; modified in place and returned.
@@ -588,11 +637,11 @@ def random_erasing(
     # '>=' so that probability 0 never erases, even when the draw is exactly 0.
     if torch.rand(1, generator=generator).item() >= probability:
         return clip
-    c, _, img_h, img_w = clip.shape
+    c, t, img_h, img_w = clip.shape
     count = _randint(generator, min_count, max_count)
     log_aspect = (math.log(0.3), math.log(1 / 0.3))
     for _ in range(count):
-        for _attempt in range(10):
+        for _attempt in range(max_attempts):
             target_area = _uniform(generator, min_area, max_area) * img_h * img_w / count
             aspect = math.exp(_uniform(generator, *log_aspect))
             h = int(round(math.sqrt(target_area * aspect)))
@@ -600,11 +649,11 @@ def random_erasing(
             if w < img_w and h < img_h:
                 top, left = _randint(generator, 0, img_h - h), _randint(generator, 0, img_w - w)
                 if mode == "pixel":
-                    fill = torch.randn((c, 1, h, w), generator=generator, dtype=clip.dtype)
+                    fill = torch.randn((c, t, h, w), generator=generator, dtype=clip.dtype)
                 elif mode == "rand":
-                    fill = torch.randn((c, 1, 1, 1), generator=generator, dtype=clip.dtype)
+                    fill = torch.randn((c, t, 1, 1), generator=generator, dtype=clip.dtype)
                 else:
                     fill = torch.zeros((c, 1, 1, 1), dtype=clip.dtype)
-                clip[:, :, top:top + h, left:left + w] = fill  # broadcast over T (and h, w)
+                clip[:, :, top:top + h, left:left + w] = fill  # one box, a fill per frame
                 break
     return clip
