@@ -131,3 +131,23 @@ def test_test_views_match_official_reference(official_videos, sampling):
             for c in range(crops):
                 diff = (ours[c] - torch.from_numpy(ref[c])).abs()
                 assert diff.mean() < 0.004 and diff.max() <= ONE_LEVEL + 1e-4, (sample.path, s, c)
+
+
+def test_dino_teacher_and_prototype_scores_fp32_under_autocast():
+    from engine_for_pretraining import teacher_targets
+    from masking_generator import tube_mask
+    from tests.helpers import GRID, clips, tiny_pretrain, tiny_teacher
+
+    teacher, videos, mask = tiny_teacher("dino_v1"), clips(), tube_mask(2, GRID, 0.5)
+    frames = videos[:, :, ::2].transpose(1, 2).flatten(0, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = teacher(frames)
+    assert feats.dtype == torch.float32 and torch.equal(feats, teacher(frames))  # exactly the fp32 teacher
+    model = tiny_pretrain("dino_v1", "SWAV")
+    targets = teacher_targets(teacher, videos, mask.flatten(1), 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(videos, mask.flatten(1), targets)
+    assert out.logits_target.dtype == out.logits_pred.dtype == torch.float32
+    protos = torch.nn.functional.normalize(model.prototypes.detach(), dim=1) / model.temperature
+    expected = torch.nn.functional.normalize(out.pred.detach().float().flatten(0, 1), dim=-1) @ protos.t()
+    torch.testing.assert_close(out.logits_pred.detach(), expected, rtol=1e-5, atol=1e-5)
