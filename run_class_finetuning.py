@@ -24,9 +24,11 @@ import deepspeed_support
 from checkpointing import checkpoint_path, load_checkpoint, save_checkpoint
 from datasets.annotations import read_annotations
 from datasets.decoding import BACKENDS
+from datasets.gym import GYM_SETS, read_gym
 from datasets.mixup import MODES as MIXUP_MODES
 from datasets.mixup import Mixup
 from datasets.sampler import ResumableSampler, ShardSampler
+from datasets.subset import class_balanced_subset
 from datasets.video_dataset import (DATA_SETS, AugmentConfig, BadSampleTracker, ClipConfig, VideoClipDataset,
                                     collate_clips)
 from distributed import cleanup_distributed
@@ -71,7 +73,8 @@ def get_args(argv=None) -> argparse.Namespace:
                    help="keep --aa/--reprob/--mixup/--cutmix/--smoothing (official variant; off by default)")
     g = p.add_argument_group("data")
     g.add_argument("--data_set", default="Kinetics-400", choices=sorted(DATA_SETS))
-    g.add_argument("--data_path", required=True, help="folder with train.csv, val.csv, test.csv")
+    g.add_argument("--data_path", required=True,
+                   help="folder with train.csv, val.csv, test.csv (FineGym sets: annotations/ and subactions/)")
     g.add_argument("--data_root", default="", help="prefix of relative video paths (default: --data_path)")
     g.add_argument("--nb_classes", type=int, default=None, help="default: the data set's; required for custom")
     g.add_argument("--num_frames", type=int, default=16)
@@ -80,6 +83,8 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--input_size", type=int, default=224)
     g.add_argument("--short_side_size", type=int, default=224)
     g.add_argument("--num_sample", type=int, default=2, help="augmented clips per decoded training video")
+    g.add_argument("--examples", type=int, default=0,
+                   help="train on a class-balanced subset of about N videos, the official one (0: all)")
     g.add_argument("--test_num_segment", type=int, default=5)
     g.add_argument("--test_num_crop", type=int, default=3)
     g.add_argument("--video_backend", default="decord", choices=BACKENDS)
@@ -145,13 +150,19 @@ def build_datasets(args, nb_classes: int, sampling: str, flip: bool, augment: bo
     common = dict(clip=clip, augment=aug, video_backend=args.video_backend, seed=args.seed)
     out = {}
     for split in ("train", "val", "test"):
-        csv_path = os.path.join(args.data_path, f"{split}.csv")
-        if split == "test" and not os.path.exists(csv_path):
-            logger.info("no %s: testing on val.csv", csv_path)
-            csv_path = os.path.join(args.data_path, "val.csv")
         if split == "train" and args.eval:
             continue
-        samples = read_annotations(csv_path, root, nb_classes=nb_classes)
+        csv_path = os.path.join(args.data_path, f"{split}.csv")
+        if args.data_set in GYM_SETS:  # the official lists; val and test are both gym99_val.txt
+            samples = read_gym(args.data_path, split, args.data_set)
+        else:
+            if split == "test" and not os.path.exists(csv_path):
+                logger.info("no %s: testing on val.csv", csv_path)
+                csv_path = os.path.join(args.data_path, "val.csv")
+            samples = read_annotations(csv_path, root, nb_classes=nb_classes)
+        if split == "train" and args.examples:
+            samples = class_balanced_subset(samples, args.examples)
+            logger.info("--examples %d: training on %d videos", args.examples, len(samples))
         out[split] = VideoClipDataset(samples, split, num_sample=args.num_sample if split == "train" else 1,
                                       test_num_segment=args.test_num_segment, test_num_crop=args.test_num_crop,
                                       **common)

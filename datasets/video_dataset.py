@@ -35,8 +35,10 @@ MODES = ("pretrain", "train", "val", "test")
 
 # --data_set -> (classes, frame sampling, horizontal flip). SSv2's labels name directions ("left to
 # right"), so it is never flipped and samples one frame per segment, as in the official code.
+# GYM99, FX-S1 and UB-S1 read the official FineGym lists (datasets/gym.py), the others CSV files.
 DATA_SETS = {"Kinetics-400": (400, "dense", True), "SSV2": (174, "segment", False), "UCF101": (101, "dense", True),
-             "HMDB51": (51, "dense", True), "Diving48": (48, "dense", True), "custom": (None, "dense", True)}
+             "HMDB51": (51, "dense", True), "Diving48": (48, "dense", True), "GYM99": (99, "dense", True),
+             "FX-S1": (11, "dense", True), "UB-S1": (15, "dense", True), "custom": (None, "dense", True)}
 
 
 @dataclass(frozen=True)
