@@ -151,3 +151,19 @@ def test_dino_teacher_and_prototype_scores_fp32_under_autocast():
     protos = torch.nn.functional.normalize(model.prototypes.detach(), dim=1) / model.temperature
     expected = torch.nn.functional.normalize(out.pred.detach().float().flatten(0, 1), dim=-1) @ protos.t()
     torch.testing.assert_close(out.logits_pred.detach(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_knn_official_protocol_test_views_head_features(tmp_path):
+    import eval_knn
+    from datasets.synthetic import make_dataset
+
+    make_dataset(str(tmp_path), num_train=2, num_val=2, num_test=3, frames=12, height=36, width=48, seed=0)
+    argv = ["--model", "vit_small_patch16_224", "--data_set", "custom", "--nb_classes", "4", "--data_path",
+            str(tmp_path), "--input_size", "32", "--short_side_size", "32", "--num_frames", "4",
+            "--sampling_rate", "2", "--batch_size", "6", "--num_workers", "0", "--random_init",
+            "--official_protocol", "--output_dir", str(tmp_path / "knn")]
+    results = eval_knn.main(eval_knn.get_args(argv))
+    assert results["protocol"] == "official" and list(results["per_k"]) == ["200"]
+    assert results["num_train"] == results["num_val"] == 3 * 2 * 3  # every test view, bank = queries
+    one = eval_knn.main(eval_knn.get_args(argv + ["--k", "1"]))
+    assert one["top1"] == 100.0  # each query finds itself
