@@ -259,13 +259,17 @@ def random_resized_crop(
         generator: source of the box.
         scale: range of the crop's area fraction.
         ratio: range of the crop's aspect ratio (w / h), sampled log-uniformly.
-        antialias: False is the official fine-tuning crop's plain bilinear (then rounded to uint8).
+        antialias: False is the official fine-tuning crop's plain bilinear, here torch's native
+            uint8 kernel (5x faster than the float round trip of `bilinear_resize`, within one level).
     Returns:
         uint8 [T, C, size, size].
     """
     h, w = clip.shape[-2:]
     top, left, crop_h, crop_w = random_resized_crop_params(h, w, generator, scale=scale, ratio=ratio)
-    return bilinear_resize(clip[..., top:top + crop_h, left:left + crop_w], (size, size), antialias=antialias)
+    box = clip[..., top:top + crop_h, left:left + crop_w]
+    if antialias:
+        return F.resize(box, [size, size], antialias=True)
+    return NF.interpolate(box, size=(size, size), mode="bilinear", align_corners=False)  # uint8 in, uint8 out
 
 
 def random_resized_crop_float(

@@ -167,3 +167,19 @@ def test_knn_official_protocol_test_views_head_features(tmp_path):
     assert results["num_train"] == results["num_val"] == 3 * 2 * 3  # every test view, bank = queries
     one = eval_knn.main(eval_knn.get_args(argv + ["--k", "1"]))
     assert one["top1"] == 100.0  # each query finds itself
+
+
+@pytest.mark.parametrize("crop_first", [False, True])
+def test_train_view_rand_augment_order_and_fill(crop_first):
+    from datasets.video_dataset import AugmentConfig
+
+    augment = AugmentConfig(auto_augment="rand-m9-n2-p1.0", reprob=1.0, crop_first=crop_first)
+    ds = VideoClipDataset([], "train", ClipConfig(num_frames=4, input_size=32), augment)
+    assert ds.rand_augment.fill == (128, 128, 128) and augment.scale == (0.25, 1.0)
+    seen = []
+    ra = ds.rand_augment
+    ds.rand_augment = lambda clip, g: seen.append(tuple(clip.shape)) or ra(clip, g)
+    frames = torch.randint(0, 256, (4, 3, 48, 64), dtype=torch.uint8)
+    video = ds._train_view(frames, torch.Generator().manual_seed(0))
+    assert video.shape == (3, 4, 32, 32) and video.dtype == torch.float32
+    assert seen == [(4, 3, 32, 32) if crop_first else (4, 3, 48, 64)]  # official: the whole frame
