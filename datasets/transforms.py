@@ -273,25 +273,27 @@ def random_resized_crop(
 
 
 def random_resized_crop_float(
-    video: torch.Tensor,
+    clip: torch.Tensor,
     size: int,
     generator: torch.Generator,
     scale: Sequence[float] = (0.25, 1.0),
     ratio: Sequence[float] = (0.75, 1.3333),
 ) -> torch.Tensor:
-    """The official fine-tuning crop (video_transforms.random_resized_crop) on a float clip.
+    """The official fine-tuning crop (video_transforms.random_resized_crop), normalised float out.
 
     Box as `random_resized_crop_params`, then F.interpolate(bilinear, align_corners=False), no
-    antialias and no rounding: the official crops the normalised float frames.
+    antialias and no rounding, as the official, which crops the normalised float frames. Only the
+    box is converted to float: normalisation is a per-channel affine map and bilinear weights sum
+    to one, so normalising before or after the resize is the same (to float rounding).
 
     Args:
-        video: float [C, T, H, W].
+        clip: uint8 [T, C, H, W].
     Returns:
-        float [C, T, size, size].
+        float [C, T, size, size], ImageNet-normalised.
     """
-    h, w = video.shape[-2:]
+    h, w = clip.shape[-2:]
     top, left, crop_h, crop_w = random_resized_crop_params(h, w, generator, scale=scale, ratio=ratio)
-    box = video[..., top:top + crop_h, left:left + crop_w]
+    box = to_normalized_float(clip[..., top:top + crop_h, left:left + crop_w])  # [C, T, crop_h, crop_w]
     return NF.interpolate(box, size=(size, size), mode="bilinear", align_corners=False)
 
 

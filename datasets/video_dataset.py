@@ -189,9 +189,9 @@ class VideoClipDataset(torch.utils.data.Dataset):
             video = T.to_normalized_float(clip)  # [C, T, size, size]
         else:  # official: RandAugment on the decoded frames, then crop the float clip
             clip = self.rand_augment(frames, rng) if self.rand_augment is not None else frames
-            video = T.random_resized_crop_float(T.to_normalized_float(clip), size, rng, scale=scale, ratio=ratio)
+            video = T.random_resized_crop_float(clip, size, rng, scale=scale, ratio=ratio)  # [C, T, size, size]
             if self.augment.flip:
-                video = T.horizontal_flip(video, rng)  # [C, T, size, size]
+                video = T.horizontal_flip(video, rng)
         if self.augment.reprob > 0:
             video = T.random_erasing(video, rng, probability=self.augment.reprob, mode=self.augment.remode,
                                      max_count=self.augment.recount)

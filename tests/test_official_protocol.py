@@ -185,3 +185,14 @@ def test_train_view_rand_augment_order_and_fill(crop_first):
     video = ds._train_view(frames, torch.Generator().manual_seed(0))
     assert video.shape == (3, 4, 32, 32) and video.dtype == torch.float32
     assert seen == [(4, 3, 32, 32) if crop_first else (4, 3, 48, 64)]  # official: the whole frame
+
+
+def test_float_crop_equals_normalise_then_crop():
+    # The official crops the normalised float frames; ours normalises only the box: the same.
+    clip = torch.randint(0, 256, (3, 3, 40, 56), dtype=torch.uint8)
+    out = T.random_resized_crop_float(clip, 24, torch.Generator().manual_seed(5))
+    top, left, h, w = T.random_resized_crop_params(40, 56, torch.Generator().manual_seed(5), scale=(0.25, 1.0),
+                                                   ratio=(0.75, 1.3333))
+    full = T.to_normalized_float(clip)[..., top:top + h, left:left + w]
+    expected = torch.nn.functional.interpolate(full, size=(24, 24), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
