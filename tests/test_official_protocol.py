@@ -107,7 +107,7 @@ def official_videos(tmp_path_factory):
     root = tmp_path_factory.mktemp("official")
     rng = np.random.default_rng(0)
     lines = []
-    for i, (h, w, n, codec) in enumerate([(576, 768, 37, "h264"), (144, 176, 50, "h264"), (176, 144, 23, "h264"),
+    for i, (h, w, n, codec) in enumerate([(576, 768, 25, "h264"), (144, 176, 50, "h264"), (176, 144, 23, "h264"),
                                           (288, 352, 45, "mpeg4")]):
         frames, _ = render_clip(rng, label=i % 4, frames=n, height=h, width=w)
         name = f"v{i}.{'avi' if codec == 'mpeg4' else 'mp4'}"
