@@ -10,8 +10,6 @@ from datasets.sampling import dense_indices, linspace_indices, segment_indices
 from datasets.synthetic import render_clip, write_video
 from datasets.video_dataset import ClipConfig, VideoClipDataset
 
-ONE_LEVEL = 1.0 / (255 * 0.224)  # one uint8 level in normalised units (the smallest std)
-
 
 def test_k400_test_starts_n300_rate4():
     # Every 4th frame of 300: 75 entries; windows of 16 start at int(s * 59 / (m - 1)) in that list.
@@ -66,7 +64,7 @@ def test_resize_768x576_matches_hand_computed_bilinear():
     # samples the input at ((1 + 0.5) * 576 / 224 - 0.5, (2 + 0.5) * 768 / 298 - 0.5).
     h, w = 576, 768
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    frame = ((ys * 7 + xs * 13) % 256).to(torch.uint8)  # a pattern the antialias filter would blur
+    frame = ((xs % 3) * 100 + (ys % 2) * 50).to(torch.uint8)  # fine detail: antialiasing would blur it
     clip = frame.expand(1, 3, h, w)
     out = T.resize_short_side(clip, 224)
     assert out.shape == (1, 3, 224, 298)
@@ -76,20 +74,18 @@ def test_resize_768x576_matches_hand_computed_bilinear():
     f = frame.to(torch.float64)
     value = ((1 - fy) * ((1 - fx) * f[y0, x0] + fx * f[y0, x0 + 1])
              + fy * ((1 - fx) * f[y0 + 1, x0] + fx * f[y0 + 1, x0 + 1]))
-    assert abs(out[0, 0, 1, 2].item() - value.item()) <= 0.5 + 1e-6
-    assert out[0, 0, 1, 2].item() != T.resize_short_side(clip, 224, antialias=True)[0, 0, 1, 2].item()
+    assert abs(out[0, 0, 1, 2].item() - value.item()) <= 1.0  # cv2's 11-bit fixed point: within a level
+    assert abs(T.resize_short_side(clip, 224, antialias=True)[0, 0, 1, 2].item() - value.item()) > 5
 
 
-def test_resize_matches_cv2_inter_linear():
+@pytest.mark.parametrize("h,w", [(576, 768), (144, 176), (240, 320), (448, 448), (360, 642), (100, 100), (426, 240)])
+def test_resize_is_cv2_inter_linear_bit_for_bit(h, w):
     cv2 = pytest.importorskip("cv2")
-    rng = np.random.default_rng(0)
-    for h, w in [(576, 768), (144, 176)]:
-        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        new_h, new_w = 224, int(224 * w / h)
-        ref = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR).astype(int)
-        ours = T.resize_short_side(torch.from_numpy(img).permute(2, 0, 1)[None], 224)[0].permute(1, 2, 0).numpy()
-        diff = np.abs(ours.astype(int) - ref)
-        assert diff.max() <= 1 and diff.mean() < 0.2
+    img = np.random.default_rng(h * w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    new_h, new_w = (224, int(224 * w / h)) if h <= w else (int(224 * h / w), 224)
+    ref = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    ours = T.resize_short_side(torch.from_numpy(img).permute(2, 0, 1)[None], 224)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(ours, ref)
 
 
 def test_random_erasing_official_cube():
@@ -132,7 +128,7 @@ def test_test_views_match_official_reference(official_videos, sampling):
             ref = official_test_views(sample.path, sampling, 8, 2, 64, segments, crops, s)
             for c in range(crops):
                 diff = (ours[c] - torch.from_numpy(ref[c])).abs()
-                assert diff.mean() < 0.004 and diff.max() <= ONE_LEVEL + 1e-4, (sample.path, s, c)
+                assert diff.max() < 1e-4, (sample.path, s, c)  # the same frames and pixels
 
 
 def test_dino_teacher_and_prototype_scores_fp32_under_autocast():
