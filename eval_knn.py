@@ -4,6 +4,12 @@ The train split's features are the bank and the val split's are the queries: one
 centre clip per video, encoder in eval mode, tokens pooled and L2-normalised. Each query's k most
 similar bank videos vote for their labels with weight exp(cosine / temperature).
 
+--official_protocol is the official SIGMA eval_knn.py (QUVA-Lab/SIGMA, commit
+13e9c1720be401f99e0512c77db10f2fb7c1ea89) instead: k 200, every test view (--test_num_segment x
+--test_num_crop of test.csv, else val.csv) is both a bank entry and a query (so each query finds
+itself), and the features are the outputs of the randomly initialised classification head
+(nb_classes wide, after mean pooling and a fresh fc_norm), L2-normalised.
+
     python eval_knn.py --model vit_small_patch16_224 --finetune output/demo/checkpoint-latest.pth \\
         --data_set custom --nb_classes 4 --data_path data/demo --input_size 112 --num_frames 8 \\
         --output_dir output/demo_knn
@@ -25,7 +31,7 @@ from datasets.decoding import BACKENDS
 from datasets.sampler import ShardSampler
 from datasets.video_dataset import DATA_SETS, ClipConfig, VideoClipDataset, collate_clips
 from distributed import cleanup_distributed
-from engine_for_finetuning import gather_views, merge_views, predict_views
+from engine_for_finetuning import Views, gather_views, merge_views, predict_views
 from modeling_finetune import MODELS, load_pretrained_weights, pooling_for_frozen_features
 from runtime import HelpFormatter, add_launcher_compat_flags, check_flags, clip_rules, start_run, write_config
 from shutdown import WORKER_INIT, run_driver
@@ -54,8 +60,13 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--batch_size", type=int, default=32)
     g.add_argument("--num_workers", type=int, default=8)
     g = p.add_argument_group("kNN")
-    g.add_argument("--k", type=int, nargs="+", default=[20], help="neighbours (several values allowed)")
+    g.add_argument("--k", type=int, nargs="+", default=None,
+                   help="neighbours, several values allowed (default: 20; 200 with --official_protocol)")
     g.add_argument("--temperature", type=float, default=0.07)
+    g.add_argument("--official_protocol", action="store_true",
+                   help="the official SIGMA kNN: k 200, test-set views as bank and queries, head outputs")
+    g.add_argument("--test_num_segment", type=int, default=2, help="views per video with --official_protocol")
+    g.add_argument("--test_num_crop", type=int, default=3)
     g = p.add_argument_group("run")
     g.add_argument("--output_dir", default="output/knn")
     g.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"])
@@ -112,6 +123,25 @@ def features(model, samples: Sequence, args, env, sampling: str, precision: str)
     return F.normalize(videos.output, dim=-1), videos.label
 
 
+def official_features(model, samples: Sequence, args, env, sampling: str, precision: str):
+    """(L2-normalised head outputs [M, nb_classes], labels [M]) of every test view of every video."""
+    clip = ClipConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate, sampling=sampling,
+                      input_size=args.input_size, short_side_size=args.short_side_size)
+    dataset = VideoClipDataset(samples, "test", clip=clip, test_num_segment=args.test_num_segment,
+                               test_num_crop=args.test_num_crop, video_backend=args.video_backend, seed=args.seed)
+    items = max(1, args.batch_size // args.test_num_crop)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=items, sampler=ShardSampler(len(dataset), env.world_size, env.rank),
+        num_workers=args.num_workers, collate_fn=collate_clips, pin_memory=env.device.type == "cuda")
+    views = predict_views(lambda v: model(v).float(), model, loader, device=env.device, precision=precision)
+    views = Views(*(f.cpu() for f in gather_views(views, env)))
+    keys = torch.stack([views.index, views.segment, views.crop], 1)  # [M, 3]
+    _, inverse = torch.unique(keys, dim=0, return_inverse=True)  # drop the sampler's padding repeats
+    first = torch.full((int(inverse.max()) + 1,), keys.shape[0], dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(keys.shape[0]), reduce="amin")
+    return F.normalize(views.output[first], dim=-1), views.label[first]
+
+
 def main(args: argparse.Namespace) -> Dict[str, object]:
     env = start_run(args.device, args.output_dir, "knn.log")
     if bool(args.finetune) == args.random_init:
@@ -121,26 +151,40 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
     nb_classes = args.nb_classes or nb_default
     if nb_classes is None:
         raise SystemExit(f"--data_set {args.data_set} needs --nb_classes")
-    torch.manual_seed(args.seed)  # the same random encoder on every rank
-    mean_pooling = pooling_for_frozen_features(args.finetune, args.model_key) if args.finetune else True
-    model = MODELS[args.model](img_size=args.input_size, all_frames=args.num_frames, num_classes=0,
-                               use_mean_pooling=mean_pooling).to(env.device)
+    official = args.official_protocol
+    ks = args.k or ([200] if official else [20])
+    torch.manual_seed(args.seed)  # the same random encoder (and official head) on every rank
+    if official:  # the official model: mean pooling, a fresh fc_norm and a random nb_classes head
+        model = MODELS[args.model](img_size=args.input_size, all_frames=args.num_frames, num_classes=nb_classes,
+                                   use_mean_pooling=True, init_scale=0.001).to(env.device)
+    else:
+        mean_pooling = pooling_for_frozen_features(args.finetune, args.model_key) if args.finetune else True
+        model = MODELS[args.model](img_size=args.input_size, all_frames=args.num_frames, num_classes=0,
+                                   use_mean_pooling=mean_pooling).to(env.device)
     if args.finetune:
         load_pretrained_weights(model, args.finetune, args.model_key, args.model_prefix)
     root = args.data_root or args.data_path
-    splits = {s: read_annotations(os.path.join(args.data_path, f"{s}.csv"), root, nb_classes=nb_classes)
-              for s in ("train", "val")}
-    bank, bank_labels = features(model, splits["train"], args, env, sampling, precision)
-    queries, labels = features(model, splits["val"], args, env, sampling, precision)
+    if official:
+        test_csv = os.path.join(args.data_path, "test.csv")
+        csv_path = test_csv if os.path.exists(test_csv) else os.path.join(args.data_path, "val.csv")
+        bank, bank_labels = official_features(model, read_annotations(csv_path, root, nb_classes=nb_classes),
+                                              args, env, sampling, precision)
+        queries, labels = bank, bank_labels
+    else:
+        splits = {s: read_annotations(os.path.join(args.data_path, f"{s}.csv"), root, nb_classes=nb_classes)
+                  for s in ("train", "val")}
+        bank, bank_labels = features(model, splits["train"], args, env, sampling, precision)
+        queries, labels = features(model, splits["val"], args, env, sampling, precision)
     results = {"per_k": {}, "temperature": args.temperature, "num_train": int(bank.shape[0]),
-               "num_val": int(queries.shape[0]), "checkpoint": args.finetune or "random_init"}
-    for k in args.k:
+               "num_val": int(queries.shape[0]), "checkpoint": args.finetune or "random_init",
+               "protocol": "official" if official else "ours"}
+    for k in ks:
         votes = knn_classify(bank, bank_labels, queries, nb_classes, k, args.temperature)
         results["per_k"][str(k)] = topk_accuracy(votes, labels)
         logger.info("kNN k=%d T=%g: top-1 %.2f top-5 %.2f (%d bank, %d queries)", k, args.temperature,
                     results["per_k"][str(k)]["top1"], results["per_k"][str(k)]["top5"], bank.shape[0],
                     queries.shape[0])
-    results.update(results["per_k"][str(args.k[0])])
+    results.update(results["per_k"][str(ks[0])])
     if env.is_main:
         with open(os.path.join(args.output_dir, "knn_results.json"), "w") as f:
             json.dump(results, f, indent=2)

@@ -164,10 +164,12 @@ class PretrainVisionTransformer(nn.Module):
         self.normalize_prototypes()
         # Cosines over the temperature. The 1/T rides on the small [K, D] prototype matrix, which
         # saves a pass (and its gradient) over each [B*N_mask, K] score matrix. Only the target
-        # side trains the prototypes.
-        prototypes = (self.prototypes / self.temperature).to(pred.dtype)  # [K, D]
-        logits_target = F.normalize(proj.flatten(0, 1), dim=-1) @ prototypes.t()  # [B*N_mask, K]
-        logits_pred = F.normalize(pred.flatten(0, 1), dim=-1) @ prototypes.detach().t()  # [B*N_mask, K]
+        # side trains the prototypes. Scores in fp32 outside autocast: with K = 3000, bf16 scores
+        # change ~1.6% of the Sinkhorn argmax codes against fp32 (the official scores are fp16/fp32).
+        with torch.autocast(pred.device.type, enabled=False):
+            prototypes = self.prototypes.float() / self.temperature  # [K, D]
+            logits_target = F.normalize(proj.flatten(0, 1).float(), dim=-1) @ prototypes.t()  # [B*N_mask, K]
+            logits_pred = F.normalize(pred.flatten(0, 1).float(), dim=-1) @ prototypes.detach().t()  # [B*N_mask, K]
         return PretrainOutput(pred, logits_target, logits_pred)
 
 
@@ -223,8 +225,12 @@ class DinoTeacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """[F, 3, H, W] ImageNet-normalised frames -> [F, H/p * W/p, C] patch features."""
-        tokens = self.vit.forward_features(frames)[:, self.vit.num_prefix_tokens:]  # [F, h*w, C]
+        """[F, 3, H, W] ImageNet-normalised frames -> [F, H/p * W/p, C] fp32 patch features.
+
+        fp32 outside autocast, as the official teacher (bf16 features move Sinkhorn codes).
+        """
+        with torch.autocast(frames.device.type, enabled=False):
+            tokens = self.vit.forward_features(frames.float())[:, self.vit.num_prefix_tokens:]  # [F, h*w, C]
         F_, n, C = tokens.shape
         side = int(round(n ** 0.5))
         if (side, side) == self.grid:

@@ -25,9 +25,11 @@ import deepspeed_support
 from checkpointing import checkpoint_path, load_checkpoint, save_checkpoint
 from datasets.annotations import read_annotations
 from datasets.decoding import BACKENDS
+from datasets.gym import GYM_SETS, read_gym
 from datasets.mixup import MODES as MIXUP_MODES
 from datasets.mixup import Mixup
 from datasets.sampler import ResumableSampler, ShardSampler
+from datasets.subset import class_balanced_subset
 from datasets.video_dataset import (DATA_SETS, AugmentConfig, BadSampleTracker, ClipConfig, VideoClipDataset,
                                     collate_clips)
 from distributed import cleanup_distributed
@@ -73,7 +75,8 @@ def get_args(argv=None) -> argparse.Namespace:
                    help="keep --aa/--reprob/--mixup/--cutmix/--smoothing (official variant; off by default)")
     g = p.add_argument_group("data")
     g.add_argument("--data_set", default="Kinetics-400", choices=sorted(DATA_SETS))
-    g.add_argument("--data_path", required=True, help="folder with train.csv, val.csv, test.csv")
+    g.add_argument("--data_path", required=True,
+                   help="folder with train.csv, val.csv, test.csv (FineGym sets: annotations/ and subactions/)")
     g.add_argument("--data_root", default="", help="prefix of relative video paths (default: --data_path)")
     g.add_argument("--nb_classes", type=int, default=None, help="default: the data set's; required for custom")
     g.add_argument("--num_frames", type=int, default=16)
@@ -82,6 +85,8 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--input_size", type=int, default=224)
     g.add_argument("--short_side_size", type=int, default=224)
     g.add_argument("--num_sample", type=int, default=2, help="augmented clips per decoded training video")
+    g.add_argument("--examples", type=int, default=0,
+                   help="train on a class-balanced subset of about N videos, the official one (0: all)")
     g.add_argument("--test_num_segment", type=int, default=5)
     g.add_argument("--test_num_crop", type=int, default=3)
     g.add_argument("--video_backend", default="decord", choices=BACKENDS)
@@ -90,8 +95,10 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--no_pin_mem", dest="pin_mem", action="store_false")
     g.add_argument("--max_bad_fraction", type=float, default=0.2)
     g = p.add_argument_group("augmentation")
-    g.add_argument("--finetuning_crops", type=float, nargs=2, default=(0.08, 1.0), metavar=("MIN", "MAX"),
-                   help="area range of the random resized crop")
+    g.add_argument("--finetuning_crops", type=float, nargs=2, default=(0.25, 1.0), metavar=("MIN", "MAX"),
+                   help="area range of the random resized crop (official SIGMA: 0.25 1.0; VideoMAE: 0.08 1.0)")
+    g.add_argument("--crop_first", action="store_true",
+                   help="crop, then RandAugment the crop: cheaper, not the official order (see FINETUNE.md)")
     g.add_argument("--aa", default="rand-m7-n4-mstd0.5-inc1", help="RandAugment policy; 'none' turns it off")
     g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
     g.add_argument("--remode", default="pixel", choices=["pixel", "rand", "const"])
@@ -134,6 +141,7 @@ def get_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     check_flags(p, args, {
         "nb_classes": (lambda v: v >= 2, ">= 2"),
+        "examples": (lambda v: v >= 0, ">= 0 (0: every training video)"),
         "batch_size": (lambda v: v >= 1, ">= 1"),
         "update_freq": (lambda v: v >= 1, ">= 1"),
         "num_sample": (lambda v: v >= 1, ">= 1"),
@@ -157,18 +165,25 @@ def build_datasets(args, nb_classes: int, sampling: str, flip: bool, augment: bo
     clip = ClipConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate, sampling=sampling,
                       input_size=args.input_size, short_side_size=args.short_side_size)
     aa = None if args.aa.lower() == "none" or not augment else args.aa
-    aug = AugmentConfig(scale=tuple(args.finetuning_crops), flip=flip, auto_augment=aa,
+    aug = AugmentConfig(scale=tuple(args.finetuning_crops), flip=flip, auto_augment=aa, crop_first=args.crop_first,
                         reprob=args.reprob if augment else 0.0, remode=args.remode, recount=args.recount)
     common = dict(clip=clip, augment=aug, video_backend=args.video_backend, seed=args.seed)
     out = {}
     for split in ("train", "val", "test"):
-        csv_path = os.path.join(args.data_path, f"{split}.csv")
-        if split == "test" and not os.path.exists(csv_path):
-            logger.info("no %s: testing on val.csv", csv_path)
-            csv_path = os.path.join(args.data_path, "val.csv")
         if split == "train" and args.eval:
             continue
-        samples = read_annotations(csv_path, root, nb_classes=nb_classes, max_missing_fraction=args.max_bad_fraction)
+        csv_path = os.path.join(args.data_path, f"{split}.csv")
+        if args.data_set in GYM_SETS:  # the official lists; val and test are both gym99_val.txt
+            samples = read_gym(args.data_path, split, args.data_set)
+        else:
+            if split == "test" and not os.path.exists(csv_path):
+                logger.info("no %s: testing on val.csv", csv_path)
+                csv_path = os.path.join(args.data_path, "val.csv")
+            samples = read_annotations(csv_path, root, nb_classes=nb_classes,
+                                       max_missing_fraction=args.max_bad_fraction)
+        if split == "train" and args.examples:
+            samples = class_balanced_subset(samples, args.examples)
+            logger.info("--examples %d: training on %d videos", args.examples, len(samples))
         out[split] = VideoClipDataset(samples, split, num_sample=args.num_sample if split == "train" else 1,
                                       test_num_segment=args.test_num_segment, test_num_crop=args.test_num_crop,
                                       **common)

@@ -159,7 +159,7 @@ def read_clip(path: str, *, num_frames: int, sampling_rate: int, input_size: int
         reader = open_video(path, "pyav")  # decord rejects some files FFmpeg reads
     indices = dense_indices(reader.num_frames, num_frames, sampling_rate, "val")
     frames = reader.get_frames(indices)  # [T, C, H, W]
-    return center_crop(resize_short_side(frames, input_size), input_size), indices
+    return center_crop(resize_short_side(frames, input_size, antialias=True), input_size), indices
 
 
 def palette(k: int) -> np.ndarray:

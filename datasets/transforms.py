@@ -8,10 +8,12 @@ and magnitudes, and the same erased cube. This replaces the official per-frame P
 All randomness is drawn from the `generator` argument (never from the global RNGs), so a clip's
 augmentation is a function of the generator's state: seed it per (seed, epoch, item) to reproduce it.
 """
+import functools
 import math
 import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as NF
 import torchvision.transforms.v2.functional as F
@@ -19,6 +21,9 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 # timm's default hparams fill colour: the ImageNet mean in uint8, round(255 * mean).
 IMG_MEAN_UINT8 = tuple(round(255 * m) for m in IMAGENET_DEFAULT_MEAN)  # (124, 116, 104)
+# The fill of the official fine-tuning RandAugment (VideoMAE/SIGMA rand_augment.py _FILL): their
+# create_random_augment passes no img_mean.
+OFFICIAL_FILL = (128, 128, 128)
 
 # Normalisation folded into one multiply-add on uint8 values: (x / 255 - mean) / std.
 _NORM_SCALE = torch.tensor([1.0 / (255.0 * s) for s in IMAGENET_DEFAULT_STD]).view(3, 1, 1, 1)
@@ -45,15 +50,86 @@ def _negate_half(value: float, generator: torch.Generator) -> float:
 # ----------------------------------------------------------------------------------------------
 # Resizing and deterministic crops
 
-def resize_short_side(clip: torch.Tensor, size: int, antialias: bool = True) -> torch.Tensor:
+@functools.lru_cache(maxsize=256)
+def _cv2_linear_taps(src: int, dst: int, clamp: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """cv2.resize INTER_LINEAR taps along one axis: (first source index, its weight, the next's).
+
+    As cv2's resize for 8-bit images: scale = 1 / (dst / src); f = float32((d + 0.5) * scale - 0.5);
+    s = floor(f); weights round((1 - f) * 2048) and round(f * 2048) (11-bit fixed point). Along x
+    (`clamp`) a tap left of the image or on its last column becomes (s clamped, weights 2048, 0);
+    along y the weights are kept and the rows are clamped when read.
+    """
+    scale = 1.0 / (dst / src)
+    index, w0, w1 = [], [], []
+    for d in range(dst):
+        f = float(np.float32((d + 0.5) * scale - 0.5))
+        s = math.floor(f)
+        f = float(np.float32(f - s))
+        if clamp and s < 0:
+            s, f = 0, 0.0
+        if clamp and s >= src - 1:
+            s, f = src - 1, 0.0
+        index.append(s)
+        w0.append(int(np.rint(np.float32(1.0 - f) * np.float32(2048))))  # cvRound: half to even
+        w1.append(int(np.rint(np.float32(f) * np.float32(2048))))
+    return (torch.tensor(index), torch.tensor(w0, dtype=torch.int32), torch.tensor(w1, dtype=torch.int32))
+
+
+def cv2_linear_resize(clip: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bit-exact cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR) of uint8 frames.
+
+    cv2's fixed-point path: a horizontal pass with 11-bit weights into int32, then a vertical pass
+    computing ((r0 >> 4) * b0 >> 16) + ((r1 >> 4) * b1 >> 16), rounded by (+2) >> 2 (its SIMD
+    kernel). Exact 2x shrinks, where cv2 switches to INTER_AREA, give the same values. Checked
+    equal to cv2 on shrinking and enlarging sizes (tests/test_official_protocol.py).
+
+    Args:
+        clip: uint8 [T, C, H, W].
+        size: (h, w) of the output.
+    Returns:
+        uint8 [T, C, h, w].
+    """
+    h, w = clip.shape[-2:]
+    new_h, new_w = size
+    x0, a0, a1 = _cv2_linear_taps(w, new_w, True)
+    x1 = (x0 + 1).clamp_(max=w - 1)
+    y0, b0, b1 = _cv2_linear_taps(h, new_h, False)
+
+    def horizontal(rows: torch.Tensor) -> torch.Tensor:  # uint8 [T, C, h, W] -> int32 [T, C, h, w]
+        return (rows.index_select(-1, x0).to(torch.int32).mul_(a0)
+                .add_(rows.index_select(-1, x1).to(torch.int32).mul_(a1)))
+
+    r0 = horizontal(clip.index_select(-2, y0.clamp(0, h - 1))) >> 4  # [T, C, h, w]
+    r1 = horizontal(clip.index_select(-2, (y0 + 1).clamp(0, h - 1))) >> 4
+    out = ((r0 * b0.view(-1, 1)) >> 16) + ((r1 * b1.view(-1, 1)) >> 16)
+    return ((out + 2) >> 2).clamp_(0, 255).to(torch.uint8)
+
+
+def bilinear_resize(clip: torch.Tensor, size: Sequence[int], antialias: bool = False) -> torch.Tensor:
+    """Bilinear resize of uint8 frames to size = (h, w).
+
+    antialias=False is the official val/test resize, cv2.resize(INTER_LINEAR) bit for bit
+    (`cv2_linear_resize`): half-pixel centres, no low-pass when shrinking. antialias=True
+    low-passes when shrinking, as PIL's bilinear.
+
+    Args:
+        clip: uint8 [T, C, H, W].
+    """
+    if antialias:
+        return F.resize(clip, list(size), antialias=True)
+    return cv2_linear_resize(clip, size)  # [T, C, h, w]
+
+
+def resize_short_side(clip: torch.Tensor, size: int, antialias: bool = False) -> torch.Tensor:
     """Bilinear resize so that min(h, w) == size, keeping the aspect ratio.
 
-    The long side is truncated, int(size * long / short), as the official video_transforms.Resize.
+    The long side is truncated, int(size * long / short), as the official video_transforms.Resize,
+    which resizes with cv2 INTER_LINEAR (antialias=False, the default).
 
     Args:
         clip: uint8 [T, C, H, W].
         size: target short side.
-        antialias: low-pass when shrinking (PIL-like); False matches cv2's INTER_LINEAR.
+        antialias: low-pass when shrinking (PIL-like) instead of the official cv2 resize.
     """
     h, w = clip.shape[-2:]
     if h <= w:
@@ -62,7 +138,7 @@ def resize_short_side(clip: torch.Tensor, size: int, antialias: bool = True) -> 
         new_h, new_w = int(size * h / w), size
     if (new_h, new_w) == (h, w):
         return clip
-    return F.resize(clip, [new_h, new_w], antialias=antialias)  # [T, C, new_h, new_w]
+    return bilinear_resize(clip, (new_h, new_w), antialias=antialias)  # [T, C, new_h, new_w]
 
 
 def resize(clip: torch.Tensor, size: int) -> torch.Tensor:
@@ -227,6 +303,7 @@ def random_resized_crop(
     generator: torch.Generator,
     scale: Sequence[float] = (0.08, 1.0),
     ratio: Sequence[float] = (3 / 4, 4 / 3),
+    antialias: bool = True,
 ) -> torch.Tensor:
     """Inception-style random resized crop, the same box for every frame.
 
@@ -236,12 +313,42 @@ def random_resized_crop(
         generator: source of the box.
         scale: range of the crop's area fraction.
         ratio: range of the crop's aspect ratio (w / h), sampled log-uniformly.
+        antialias: False is the official fine-tuning crop's plain bilinear, here torch's native
+            uint8 kernel (5x faster than the float round trip of `bilinear_resize`, within one level).
     Returns:
         uint8 [T, C, size, size].
     """
     h, w = clip.shape[-2:]
     top, left, crop_h, crop_w = random_resized_crop_params(h, w, generator, scale=scale, ratio=ratio)
-    return F.resized_crop(clip, top, left, crop_h, crop_w, [size, size], antialias=True)
+    box = clip[..., top:top + crop_h, left:left + crop_w]
+    if antialias:
+        return F.resize(box, [size, size], antialias=True)
+    return NF.interpolate(box, size=(size, size), mode="bilinear", align_corners=False)  # uint8 in, uint8 out
+
+
+def random_resized_crop_float(
+    clip: torch.Tensor,
+    size: int,
+    generator: torch.Generator,
+    scale: Sequence[float] = (0.25, 1.0),
+    ratio: Sequence[float] = (0.75, 1.3333),
+) -> torch.Tensor:
+    """The official fine-tuning crop (video_transforms.random_resized_crop), normalised float out.
+
+    Box as `random_resized_crop_params`, then F.interpolate(bilinear, align_corners=False), no
+    antialias and no rounding, as the official, which crops the normalised float frames. Only the
+    box is converted to float: normalisation is a per-channel affine map and bilinear weights sum
+    to one, so normalising before or after the resize is the same (to float rounding).
+
+    Args:
+        clip: uint8 [T, C, H, W].
+    Returns:
+        float [C, T, size, size], ImageNet-normalised.
+    """
+    h, w = clip.shape[-2:]
+    top, left, crop_h, crop_w = random_resized_crop_params(h, w, generator, scale=scale, ratio=ratio)
+    box = to_normalized_float(clip[..., top:top + crop_h, left:left + crop_w])  # [C, T, crop_h, crop_w]
+    return NF.interpolate(box, size=(size, size), mode="bilinear", align_corners=False)
 
 
 def horizontal_flip(clip: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
@@ -571,13 +678,15 @@ def random_erasing(
     max_area: float = 1 / 3,
     min_count: int = 1,
     max_count: int = 1,
+    max_attempts: int = 100,
 ) -> torch.Tensor:
-    """timm RandomErasing on a normalised clip, erasing the same box in every frame (a cube).
+    """The official video RandomErasing (VideoMAE/SIGMA random_erasing.py, cube mode) on a clip.
 
-    With probability `probability`, count ~ U{min_count..max_count} boxes are drawn, each from
-    up to 10 tries of area fraction U(min_area, max_area) / count and log-uniform aspect ratio
-    in [0.3, 1 / 0.3] (timm's default min_aspect). Fill: 'pixel' per-pixel N(0, 1) noise, 'rand' one N(0, 1)
-    colour per channel, 'const' zeros; the fill is also shared by all frames.
+    With probability `probability`, count ~ U{min_count..max_count} boxes are drawn, each from up
+    to `max_attempts` (official cube mode: 100) tries of area fraction U(min_area, max_area) / count
+    and log-uniform aspect ratio in [0.3, 1 / 0.3]. The box is the same in every frame (a cube);
+    the fill is drawn per frame, as the official: 'pixel' per-pixel N(0, 1) noise, 'rand' one
+    N(0, 1) colour per channel and frame, 'const' zeros.
 
     Args:
         clip: float [C, T, H, W]; modified in place and returned.
@@ -588,11 +697,11 @@ def random_erasing(
     # '>=' so that probability 0 never erases, even when the draw is exactly 0.
     if torch.rand(1, generator=generator).item() >= probability:
         return clip
-    c, _, img_h, img_w = clip.shape
+    c, t, img_h, img_w = clip.shape
     count = _randint(generator, min_count, max_count)
     log_aspect = (math.log(0.3), math.log(1 / 0.3))
     for _ in range(count):
-        for _attempt in range(10):
+        for _attempt in range(max_attempts):
             target_area = _uniform(generator, min_area, max_area) * img_h * img_w / count
             aspect = math.exp(_uniform(generator, *log_aspect))
             h = int(round(math.sqrt(target_area * aspect)))
@@ -600,11 +709,11 @@ def random_erasing(
             if w < img_w and h < img_h:
                 top, left = _randint(generator, 0, img_h - h), _randint(generator, 0, img_w - w)
                 if mode == "pixel":
-                    fill = torch.randn((c, 1, h, w), generator=generator, dtype=clip.dtype)
+                    fill = torch.randn((c, t, h, w), generator=generator, dtype=clip.dtype)
                 elif mode == "rand":
-                    fill = torch.randn((c, 1, 1, 1), generator=generator, dtype=clip.dtype)
+                    fill = torch.randn((c, t, 1, 1), generator=generator, dtype=clip.dtype)
                 else:
                     fill = torch.zeros((c, 1, 1, 1), dtype=clip.dtype)
-                clip[:, :, top:top + h, left:left + w] = fill  # broadcast over T (and h, w)
+                clip[:, :, top:top + h, left:left + w] = fill  # one box, a fill per frame
                 break
     return clip

@@ -26,7 +26,7 @@ import torch
 from datasets import transforms as T
 from datasets.annotations import Sample
 from datasets.decoding import VideoError, open_video
-from datasets.sampling import dense_indices, segment_indices
+from datasets.sampling import dense_indices, linspace_indices, segment_indices
 from masking_generator import MASKS
 
 logger = logging.getLogger(__name__)
@@ -35,8 +35,10 @@ MODES = ("pretrain", "train", "val", "test")
 
 # --data_set -> (classes, frame sampling, horizontal flip). SSv2's labels name directions ("left to
 # right"), so it is never flipped and samples one frame per segment, as in the official code.
+# GYM99, FX-S1 and UB-S1 read the official FineGym lists (datasets/gym.py), the others CSV files.
 DATA_SETS = {"Kinetics-400": (400, "dense", True), "SSV2": (174, "segment", False), "UCF101": (101, "dense", True),
-             "HMDB51": (51, "dense", True), "Diving48": (48, "dense", True), "custom": (None, "dense", True)}
+             "HMDB51": (51, "dense", True), "Diving48": (48, "dense", True), "GYM99": (99, "dense", True),
+             "FX-S1": (11, "dense", True), "UB-S1": (15, "dense", True), "custom": (None, "dense", True)}
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,19 @@ class ClipConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training augmentation; pretraining uses only `pretrain_augmentation`."""
+    """Training augmentation; pretraining uses only `pretrain_augmentation`.
+
+    Fine-tuning follows the official order: RandAugment on the whole decoded frame, then the
+    random resized crop (plain bilinear on the normalised float clip), flip, random erasing.
+    `crop_first` crops first (uint8, plain bilinear, rounded) and runs RandAugment on the crop:
+    cheaper, but rotate/shear/translate then act on the crop, not the frame (FINETUNE.md).
+    """
     pretrain_augmentation: str = "multi_scale_crop"  # or "resize"
-    scale: Tuple[float, float] = (0.08, 1.0)  # random resized crop area range
+    scale: Tuple[float, float] = (0.25, 1.0)  # random resized crop area range (official fine-tuning)
+    ratio: Tuple[float, float] = (0.75, 1.3333)  # its aspect ratio range, as the official literal
     flip: bool = True  # off for SSv2, where left/right is the label
     auto_augment: Optional[str] = "rand-m7-n4-mstd0.5-inc1"
+    crop_first: bool = False
     reprob: float = 0.25
     remode: str = "pixel"
     recount: int = 1
@@ -87,7 +97,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.test_num_segment = test_num_segment if mode == "test" else 1
         self.video_backend, self.num_threads = video_backend, num_threads
         self.seed, self.min_video_frames, self.max_retries = seed, min_video_frames, max_retries
-        self.rand_augment = T.RandAugment(augment.auto_augment) if mode == "train" and augment.auto_augment else None
+        self.rand_augment = (T.RandAugment(augment.auto_augment, fill=T.OFFICIAL_FILL)
+                             if mode == "train" and augment.auto_augment else None)
         self.mask_grid = (clip.num_frames // mask.tubelet_size, clip.input_size // mask.patch_size,
                           clip.input_size // mask.patch_size)
         # Shared with DataLoader workers (also persistent ones): set_epoch reaches them.
@@ -145,7 +156,9 @@ class VideoClipDataset(torch.utils.data.Dataset):
         if n < self.min_video_frames:
             raise VideoError(reader.path, f"too short: {n} frames (< {self.min_video_frames})")
         mode = "train" if self.mode == "pretrain" else self.mode
-        if self.clip.sampling == "dense":
+        if self.clip.sampling == "dense" and self.mode == "train":
+            indices = linspace_indices(n, self.clip.num_frames, self.clip.sampling_rate, rng)
+        elif self.clip.sampling == "dense":
             indices = dense_indices(n, self.clip.num_frames, self.clip.sampling_rate, mode, rng,
                                     segment, self.test_num_segment)
         else:
@@ -166,14 +179,19 @@ class VideoClipDataset(torch.utils.data.Dataset):
         return [T.to_normalized_float(c) for c in T.spatial_crops(frames, size, self.num_views)]
 
     def _train_view(self, frames: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-        # Crop first, then RandAugment on the small crop: the same ops per pixel as augmenting
-        # the full frame first, at a fraction of the cost.
-        clip = T.random_resized_crop(frames, self.clip.input_size, rng, scale=self.augment.scale)
-        if self.augment.flip:
-            clip = T.horizontal_flip(clip, rng)
-        if self.rand_augment is not None:
-            clip = self.rand_augment(clip, rng)
-        video = T.to_normalized_float(clip)  # [C, T, H, W]
+        size, scale, ratio = self.clip.input_size, self.augment.scale, self.augment.ratio
+        if self.augment.crop_first:  # RandAugment on the small crop: cheaper, not the official order
+            clip = T.random_resized_crop(frames, size, rng, scale=scale, ratio=ratio, antialias=False)
+            if self.augment.flip:
+                clip = T.horizontal_flip(clip, rng)
+            if self.rand_augment is not None:
+                clip = self.rand_augment(clip, rng)
+            video = T.to_normalized_float(clip)  # [C, T, size, size]
+        else:  # official: RandAugment on the decoded frames, then crop the float clip
+            clip = self.rand_augment(frames, rng) if self.rand_augment is not None else frames
+            video = T.random_resized_crop_float(clip, size, rng, scale=scale, ratio=ratio)  # [C, T, size, size]
+            if self.augment.flip:
+                video = T.horizontal_flip(video, rng)
         if self.augment.reprob > 0:
             video = T.random_erasing(video, rng, probability=self.augment.reprob, mode=self.augment.remode,
                                      max_count=self.augment.recount)

@@ -92,9 +92,10 @@ def test_dense_train_window_inside_video():
 
 def test_dense_val_centre_and_test_segments():
     assert dense_indices(100, 16, 4, "val")[0] == 18
+    # Test: windows of the list of every 4th frame (25 entries), at int(s * 9 / 4) in it.
     starts = [dense_indices(100, 16, 4, "test", segment=s, num_segments=5)[0] for s in range(5)]
-    assert starts == [0, 9, 18, 27, 36]
-    assert dense_indices(100, 16, 4, "test", segment=0, num_segments=1)[0] == 18  # one view: centre
+    assert starts == [0, 8, 16, 24, 36]
+    assert dense_indices(100, 16, 4, "test", segment=0, num_segments=1)[0] == 16  # one view: centre
 
 
 def test_dense_short_video_repeats_last_frame():
@@ -109,8 +110,8 @@ def test_segment_sampling():
     assert segment_indices(48, 16, "val") == [3 * i + 1 for i in range(16)]
     views = [segment_indices(48, 16, "test", segment=j, num_segments=3) for j in range(3)]
     assert views == [[3 * i + j for i in range(16)] for j in range(3)]
-    assert segment_indices(48, 16, "test", segment=0, num_segments=1) == segment_indices(48, 16, "val")
-    assert segment_indices(8, 16, "val") == sorted(list(range(8)) * 2)  # short: every frame twice
+    assert segment_indices(48, 16, "test", segment=0, num_segments=1) == [3 * i for i in range(16)]  # starts
+    assert segment_indices(8, 16, "val") == [0] * 16  # shorter than 16 frames: frame 0, as the official
 
 
 def test_sampling_argument_errors():

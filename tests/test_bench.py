@@ -164,3 +164,11 @@ def test_cuda_correctness_fails_without_a_gpu(capsys):
     import cuda_correctness
     assert cuda_correctness.main() == 1
     assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"check": "cuda_available", "ok": False}
+
+
+def test_bench_transforms_times_both_randaugment_orders(capsys):
+    import bench_transforms
+
+    bench_transforms.main(["--shape", "2", "3", "40", "48", "--size", "32", "--clips", "1", "--warmup", "0"])
+    chains = [json.loads(line)["chain"] for line in capsys.readouterr().out.splitlines()]
+    assert chains == ["official", "crop_first", "multi_scale_crop"]

@@ -8,6 +8,7 @@ for real in a reduced form; tests/slurm/run_slurm_test.sh submits the .sbatch fi
 import glob
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -118,8 +119,44 @@ def test_evaluation_recipe_parses(path):
     run = {"linear_probe": "linear_probe_k400", "knn": "knn_k400"}.get(name, name)
     assert args.output_dir == f"/runs/{run}/sigma_dino_vitb_k400-checkpoint-799"
     if name != "knn":
-        assert (args.test_num_segment, args.test_num_crop) == ((2, 3) if dataset == "ssv2" else (5, 3))
+        views = (7, 3) if name == "finetune_sigma_head_vitb_k400" else (2, 3) if dataset == "ssv2" else (5, 3)
+        assert (args.test_num_segment, args.test_num_crop) == views
         assert args.linear_probing == (name == "linear_probe")
+    else:
+        assert args.k == [20] and not args.official_protocol
+
+
+@pytest.mark.parametrize("dataset, epochs, views, save", [("k400", 100, (7, 3), 1), ("ssv2", 40, (2, 3), 100)])
+def test_sigma_head_rows_are_the_official_recipe(dataset, epochs, views, save):
+    """QUVA-Lab/SIGMA scripts_finetune HEAD: 8 GPUs x 4 = 32 videos, lr 1e-3, one clip per video."""
+    import run_class_finetuning
+
+    path = os.path.join(SCRIPTS, "finetune", f"finetune_sigma_head_vitb_{dataset}.sh")
+    text = open(path).read()
+    assert "QUVA-Lab/SIGMA scripts_finetune/finetune_" in text and re.search(r"commit\s[#\s]*[0-9a-f]{40}", text)
+    args = run_class_finetuning.get_args(dry_run(path)[2])
+    assert args.batch_size * args.update_freq * 8 == 32 and args.batch_size == 4
+    assert (args.lr, args.epochs, args.num_sample, args.warmup_lr) == (1e-3, epochs, 1, 1e-6)
+    assert (args.test_num_segment, args.test_num_crop, args.save_ckpt_freq) == (*views, save)
+    assert tuple(args.finetuning_crops) == (0.25, 1.0) and not args.crop_first
+
+
+@pytest.mark.parametrize("path", LAUNCHERS, ids=rel)
+def test_launcher_headers_cite_a_commit(path):
+    header = "".join(line for line in open(path) if line.startswith("#"))
+    if "QUVA-Lab/SIGMA" in header or "MCG-NJU/VideoMAE" in header:
+        assert re.search(r"commit\s[#\s]*[0-9a-f]{40}", header), f"{rel(path)} cites an official script, no commit"
+    else:
+        assert "Derived" in header or "no official" in header, f"{rel(path)} names no source"
+
+
+def test_knn_official_switch():
+    import eval_knn
+
+    _, _, argv = dry_run(os.path.join(SCRIPTS, "eval", "knn.sh"), {**FAKE_ENV, "OFFICIAL": "1"})
+    args = eval_knn.get_args(argv)
+    assert args.official_protocol and args.k == [200] and (args.test_num_segment, args.test_num_crop) == (2, 3)
+    assert args.output_dir == "/runs/knn_official_k400/sigma_dino_vitb_k400-checkpoint-799"
 
 
 def test_slurm_layout_and_overrides():

@@ -3,8 +3,9 @@
 # DATASET=ssv2|k400|ucf101|hmdb51 picks the data, its sampling rate and its test views (SSv2 2x3,
 # the others 5x3). The paper compares frozen features this way (issue 5 quotes its K400 ViT-B
 # numbers: SIGMA-MLP 30.7, VideoMAE 20.7); the model card has no linear-probe row.
-# Recipe: QUVA-Lab/SIGMA scripts_finetune/linear_probing_ssv2.sh: 8 GPUs x 24 x update_freq 2 = 384
-# videos per step, 2 clips per video, lr 1e-3, warmup lr 1e-6, 30 epochs. The official
+# Recipe: QUVA-Lab/SIGMA scripts_finetune/linear_probing_ssv2.sh at commit
+# 28947930afafc3753f5095bfa7f864c74e026b75: 8 GPUs x 24 x update_freq 2 = 384 videos per step,
+# 2 clips per video, lr 1e-3, warmup lr 1e-6, 30 epochs. The official
 # --linear_probing also trained the final norms with fine-tuning augmentation on; ours freezes the
 # whole backbone in eval mode and trains without mixup, RandAugment or erasing (run_class_finetuning.py
 # --lp_train_norms / --lp_augment restore the official variant).

@@ -2,6 +2,7 @@
 # Fine-tune a pretrained ViT-B/16 on HMDB51 (split 1), then test with 5 clips x 3 crops per video.
 # Expected top-1 (model card): not in the model card (the paper fine-tunes its K400-pretrained ViT-B; split 1).
 # Recipe: neither SIGMA nor VideoMAE publishes an HMDB51 script. Derived: VideoMAE's UCF101 recipe
+# (MCG-NJU/VideoMAE commit cece3888324f509bcf298469ec5919cfc68987d7)
 # (finetune_vitb_ucf101.sh: 8 GPUs x 16 = 128 videos, lr 5e-4, layer decay 0.7, 100 epochs, drop path
 # 0.2, head dropout 0.5) unchanged.
 # Needs GPUs and data: HMDB51_ROOT, PRETRAINED, OUTPUT_ROOT (scripts/common.sh).

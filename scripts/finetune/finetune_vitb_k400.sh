@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Fine-tune a pretrained ViT-B/16 on Kinetics-400, then test with 5 clips x 3 crops per video.
 # Expected top-1 (model card): SIGMA-DINO ViT-B 800 ep: 81.6; VideoMAE ViT-B 800 ep: 80.0 (16x5x3).
-# Recipe: SIGMA FINETUNE.md, identical to MCG-NJU/VideoMAE scripts/kinetics/
-# videomae_vit_base_patch16_224_tubemasking_ratio_0.9_epoch_800/finetune.sh: 64 GPUs x 8 = 512 videos
-# per step, lr 1e-3, 100 epochs, sampling rate 4, 5x3 test views. Disagreement: SIGMA's
-# scripts_finetune/finetune_kinetics.sh uses 8 GPUs x 4 x update_freq 8 = 256 videos, 75 epochs and
-# 7x3 test views.
+# Recipe: MCG-NJU/VideoMAE scripts/kinetics/videomae_vit_base_patch16_224_tubemasking_ratio_0.9_epoch_800/
+# finetune.sh at commit dd87594461537aa8398b902bc4589f0ccefd3edd (the recipe SIGMA's FINETUNE.md points
+# to): 64 GPUs x 8 = 512 videos per step, lr 1e-3, 100 epochs, sampling rate 4, 5x3 test views.
+# Disagreement: the SIGMA HEAD script, QUVA-Lab/SIGMA scripts_finetune/finetune_kinetics.sh at commit
+# 9876f0925783fa417143cc5484788179aad0e90a, uses 8 GPUs x 4 = 32 videos, 100 epochs and 7x3 test
+# views: finetune_sigma_head_vitb_k400.sh.
 # Needs GPUs and data: K400_ROOT, PRETRAINED, OUTPUT_ROOT (scripts/common.sh).
 # BATCH_SIZE (per GPU), GLOBAL_BATCH, EXTRA_ARGS and the script's arguments override the recipe;
 # DEEPSPEED=1 adds the official scripts' --enable_deepspeed.

@@ -2,7 +2,8 @@
 # Fine-tune a pretrained ViT-B/16 on UCF101 (split 1), then test with 5 clips x 3 crops per video.
 # Expected top-1 (model card): not in the model card (the paper fine-tunes its K400-pretrained ViT-B; split 1).
 # Recipe: MCG-NJU/VideoMAE scripts/ucf101/videomae_vit_base_patch16_224_tubemasking_ratio_0.75_epoch_3200/
-# finetune.sh (SIGMA publishes none): 8 GPUs x 16 = 128 videos per step, 2 clips per video, lr 5e-4,
+# finetune.sh at commit cece3888324f509bcf298469ec5919cfc68987d7 (SIGMA publishes none): 8 GPUs x 16
+# = 128 videos per step, 2 clips per video, lr 5e-4,
 # warmup lr 1e-8, min lr 1e-5, layer decay 0.7, 100 epochs, drop path 0.2, head dropout 0.5.
 # Needs GPUs and data: UCF101_ROOT, PRETRAINED, OUTPUT_ROOT (scripts/common.sh).
 # BATCH_SIZE (per GPU), GLOBAL_BATCH, EXTRA_ARGS and the script's arguments override the recipe;

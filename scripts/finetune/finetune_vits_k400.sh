@@ -2,7 +2,8 @@
 # Fine-tune a pretrained ViT-S/16 on Kinetics-400, then test with 5 clips x 3 crops per video.
 # Expected top-1 (model card): SIGMA-DINO ViT-S 800 ep: 79.4; VideoMAE ViT-S 1600 ep: 79.0 (16x5x3).
 # Recipe: MCG-NJU/VideoMAE scripts/kinetics/videomae_vit_small_patch16_224_tubemasking_ratio_0.9_epoch_1600/
-# finetune.sh (SIGMA publishes no ViT-S fine-tuning script): 32 GPUs x 12 = 384 videos per step,
+# finetune.sh at commit 5cefe18cecab25e3cce8de88fad0b42e6ce858a7 (SIGMA publishes no ViT-S fine-tuning
+# script): 32 GPUs x 12 = 384 videos per step,
 # 2 augmented clips per video, lr 5e-4, 150 epochs, sampling rate 4.
 # Needs GPUs and data: K400_ROOT, PRETRAINED, OUTPUT_ROOT (scripts/common.sh).
 # BATCH_SIZE (per GPU), GLOBAL_BATCH, EXTRA_ARGS and the script's arguments override the recipe;

@@ -2,7 +2,8 @@
 # Fine-tune a pretrained ViT-S/16 on Something-Something v2, then test with 2 clips x 3 crops per video.
 # Expected top-1 (model card): SIGMA-DINO ViT-S 2400 ep: 68.6; VideoMAE ViT-S 2400 ep: 66.8 (16x2x3).
 # Recipe: MCG-NJU/VideoMAE scripts/ssv2/videomae_vit_small_patch16_224_tubemasking_ratio_0.9_epoch_2400/
-# finetune.sh (SIGMA publishes no ViT-S fine-tuning script): 32 GPUs x 12 = 384 videos per step,
+# finetune.sh at commit 5cefe18cecab25e3cce8de88fad0b42e6ce858a7 (SIGMA publishes no ViT-S fine-tuning
+# script): 32 GPUs x 12 = 384 videos per step,
 # 2 augmented clips per video, lr 1e-3, layer decay 0.7, 40 epochs.
 # Needs GPUs and data: SSV2_ROOT, PRETRAINED, OUTPUT_ROOT (scripts/common.sh).
 # BATCH_SIZE (per GPU), GLOBAL_BATCH, EXTRA_ARGS and the script's arguments override the recipe;

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # SIGMA-DINO ViT-B/16 pretraining on Kinetics-400, 800 epochs.
 # Model card: top-1 81.6 (16x5x3) after fine-tuning (scripts/finetune/finetune_vitb_k400.sh).
-# Recipe: QUVA-Lab/SIGMA scripts_pretrain/pretrain_kinetics_vit_b_multi_node.sh: 16 GPUs x 40 = 640 clips
-# per step, eps 0.05, sampling rate 4. Disagreement: its single-node script uses 8 GPUs x 2 = 16.
+# Recipe: QUVA-Lab/SIGMA scripts_pretrain/pretrain_kinetics_vit_b_multi_node.sh at commit
+# 4b39a643c82e9676bd802f2fe3bb153fd4930da7: 16 GPUs x 40 = 640 clips per step, eps 0.05, sampling rate 4.
+# Disagreement: its single-node script (same commit) uses 8 GPUs x 2 = 16.
 # The official --epochs N+1 worked around a scheduler crash on the last epoch; ours has none.
 # Needs GPUs and data: K400_ROOT, DINO_WEIGHTS, OUTPUT_ROOT (scripts/common.sh).
 # BATCH_SIZE (per GPU), GLOBAL_BATCH, EXTRA_ARGS and the script's arguments override the recipe.

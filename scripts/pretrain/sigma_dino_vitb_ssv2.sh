@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # SIGMA-DINO ViT-B/16 pretraining on Something-Something v2, 800 epochs.
 # Model card: top-1 70.9 (16x2x3) after fine-tuning (scripts/finetune/finetune_vitb_ssv2.sh).
-# Recipe: QUVA-Lab/SIGMA scripts_pretrain/pretrain_ssv2_vit_b_multi_node.sh: 16 GPUs x 32 = 512 clips per
-# step, eps 0.03. Disagreements: that repository's single-node script uses 8 GPUs x 16 = 128 clips,
-# and its PRETRAIN.md text 64 GPUs x 32 = 2048 (lr scales with the global batch either way).
+# Recipe: QUVA-Lab/SIGMA scripts_pretrain/pretrain_ssv2_vit_b_multi_node.sh at commit
+# f16f367312a017af16e48c3ec118c6d6800ed530 (HEAD): 16 GPUs x 32 = 512 clips per step, eps 0.03.
+# Disagreements: scripts_pretrain/pretrain_ssv2_vit_b_single_node.sh at commit
+# d21c374f2a1252b44827f12c289c689069979bea uses 8 GPUs x 16 = 128 clips; the 64 GPUs x 32 = 2048 of
+# PRETRAIN.md is first-commit text (13e9c1720be401f99e0512c77db10f2fb7c1ea89) copied from VideoMAE,
+# not a SIGMA run (lr scales with the global batch either way).
 # The official --epochs N+1 worked around a scheduler crash on the last epoch; ours has none.
 # Needs GPUs and data: SSV2_ROOT, DINO_WEIGHTS, OUTPUT_ROOT (scripts/common.sh).
 # BATCH_SIZE (per GPU), GLOBAL_BATCH, EXTRA_ARGS and the script's arguments override the recipe.

@@ -2,6 +2,7 @@
 # SIGMA-DINO ViT-S/16 pretraining on Kinetics-400, 800 epochs.
 # Model card: top-1 79.4 (16x5x3) after fine-tuning (scripts/finetune/finetune_vits_k400.sh).
 # Recipe: no official script for this row. Derived: the official ViT-S SSv2 script
+# (QUVA-Lab/SIGMA scripts_pretrain/pretrain_ssv2_vit_s.sh at commit 4b39a643c82e9676bd802f2fe3bb153fd4930da7)
 # (8 GPUs x 16 = 128 clips, DINO ViT-B/16 teacher) with the Kinetics settings of the official ViT-B
 # K400 script (sampling rate 4, eps 0.05) and the model card's 800 epochs.
 # The official --epochs N+1 worked around a scheduler crash on the last epoch; ours has none.

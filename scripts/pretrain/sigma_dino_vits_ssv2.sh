@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SIGMA-DINO ViT-S/16 pretraining on Something-Something v2, 2400 epochs.
 # Model card: top-1 68.6 (16x2x3) after fine-tuning (scripts/finetune/finetune_vits_ssv2.sh).
-# Recipe: QUVA-Lab/SIGMA scripts_pretrain/pretrain_ssv2_vit_s.sh: 8 GPUs x 16 = 128 clips per step,
+# Recipe: QUVA-Lab/SIGMA scripts_pretrain/pretrain_ssv2_vit_s.sh at commit
+# 4b39a643c82e9676bd802f2fe3bb153fd4930da7: 8 GPUs x 16 = 128 clips per step,
 # eps 0.05, 2400 epochs, and the DINO ViT-B/16 teacher for the ViT-S student (TEACHER=dino_s
 # uses the DINO ViT-S/16 release instead; the paper does not say which one its ViT-S row used).
 # The official --epochs N+1 worked around a scheduler crash on the last epoch; ours has none.

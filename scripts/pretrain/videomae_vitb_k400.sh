@@ -2,7 +2,7 @@
 # VideoMAE baseline: ViT-B/16 pretraining on Kinetics-400 with pixel targets (L2), 800 epochs.
 # Model card: top-1 80.0 (16x5x3) after fine-tuning (scripts/finetune/finetune_vitb_k400.sh).
 # Recipe: MCG-NJU/VideoMAE scripts/kinetics/videomae_vit_base_patch16_224_tubemasking_ratio_0.9_epoch_800/
-# pretrain.sh: 64 GPUs x 32 = 2048 clips per step, sampling rate 4.
+# pretrain.sh at commit 26abf5397d3cbdfd1e836b44ada04d74aeb767fd: 64 GPUs x 32 = 2048 clips per step, sampling rate 4.
 # The official --epochs N+1 worked around a scheduler crash on the last epoch; ours has none.
 # Needs GPUs and data: K400_ROOT, OUTPUT_ROOT (scripts/common.sh).
 # BATCH_SIZE (per GPU), GLOBAL_BATCH, EXTRA_ARGS and the script's arguments override the recipe.

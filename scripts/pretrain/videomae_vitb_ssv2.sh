@@ -2,7 +2,7 @@
 # VideoMAE baseline: ViT-B/16 pretraining on Something-Something v2 with pixel targets (L2), 800 epochs.
 # Model card: top-1 69.6 (16x2x3) after fine-tuning (scripts/finetune/finetune_vitb_ssv2.sh).
 # Recipe: MCG-NJU/VideoMAE scripts/ssv2/videomae_vit_base_patch16_224_tubemasking_ratio_0.9_epoch_800/
-# pretrain.sh: 64 GPUs x 32 = 2048 clips per step.
+# pretrain.sh at commit ed5ce1f2cc1604f64232083c934c0407fc1c5076: 64 GPUs x 32 = 2048 clips per step.
 # The official --epochs N+1 worked around a scheduler crash on the last epoch; ours has none.
 # Needs GPUs and data: SSV2_ROOT, OUTPUT_ROOT (scripts/common.sh).
 # BATCH_SIZE (per GPU), GLOBAL_BATCH, EXTRA_ARGS and the script's arguments override the recipe.

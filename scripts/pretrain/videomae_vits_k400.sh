@@ -2,7 +2,8 @@
 # VideoMAE baseline: ViT-S/16 pretraining on Kinetics-400 with pixel targets (L2), 1600 epochs.
 # Model card: top-1 79.0 (16x5x3) after fine-tuning (scripts/finetune/finetune_vits_k400.sh).
 # Recipe: MCG-NJU/VideoMAE scripts/kinetics/videomae_vit_small_patch16_224_tubemasking_ratio_0.9_epoch_1600/
-# pretrain.sh: 32 GPUs x 32 = 1024 clips per step, sampling rate 4, 1600 epochs.
+# pretrain.sh at commit 5cefe18cecab25e3cce8de88fad0b42e6ce858a7: 32 GPUs x 32 = 1024 clips per step,
+# sampling rate 4, 1600 epochs.
 # The official --epochs N+1 worked around a scheduler crash on the last epoch; ours has none.
 # Needs GPUs and data: K400_ROOT, OUTPUT_ROOT (scripts/common.sh).
 # BATCH_SIZE (per GPU), GLOBAL_BATCH, EXTRA_ARGS and the script's arguments override the recipe.

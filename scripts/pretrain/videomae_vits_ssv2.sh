@@ -2,8 +2,9 @@
 # VideoMAE baseline: ViT-S/16 pretraining on Something-Something v2 with pixel targets (L2), 2400 epochs.
 # Model card: top-1 66.8 (16x2x3) after fine-tuning (scripts/finetune/finetune_vits_ssv2.sh).
 # Recipe: MCG-NJU/VideoMAE scripts/ssv2/videomae_vit_small_patch16_224_tubemasking_ratio_0.9_epoch_2400/
-# pretrain.sh: 32 per GPU. Disagreement inside that script: its comment says 32 GPUs (1024 clips per
-# step), its launch line --nnodes=8 (64 GPUs, 2048); we follow the comment.
+# pretrain.sh at commit 5cefe18cecab25e3cce8de88fad0b42e6ce858a7: 32 per GPU. Disagreement inside
+# that script: its comment says 32 GPUs (1024 clips per step), its launch line --nnodes=8 (64 GPUs,
+# 2048); we follow the comment.
 # The official --epochs N+1 worked around a scheduler crash on the last epoch; ours has none.
 # Needs GPUs and data: SSV2_ROOT, OUTPUT_ROOT (scripts/common.sh).
 # BATCH_SIZE (per GPU), GLOBAL_BATCH, EXTRA_ARGS and the script's arguments override the recipe.
