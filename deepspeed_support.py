@@ -7,6 +7,7 @@ state lives in DeepSpeed's own checkpoint folders (ZeRO partitions the optimizer
 per save, ``deepspeed/step-{N}``; the plain ``checkpoint-*.pth`` weights files stay loadable
 without DeepSpeed.
 """
+import argparse
 import logging
 import os
 import re
@@ -58,17 +59,26 @@ def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if config["fp16"]["enabled"] and env.device.type != "cuda":
         raise ValueError("DeepSpeed fp16 needs CUDA; use --precision bf16 or fp32 on the CPU")
-    # DeepSpeed reads the launcher variables itself; srun and a plain `python` do not set them.
-    for name, value in (("LOCAL_RANK", env.local_rank), ("RANK", env.rank), ("WORLD_SIZE", env.world_size)):
-        os.environ.setdefault(name, str(value))
+    # DeepSpeed reads the launcher variables itself; srun and a plain `python` do not set them, and
+    # stale ones from an outer launcher must not win over the layout setup_distributed found.
+    os.environ.update(LOCAL_RANK=str(env.local_rank), RANK=str(env.rank), WORLD_SIZE=str(env.world_size))
     if not dist.is_initialized():  # a single process: DeepSpeed still wants a process group
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         dist.init_process_group("nccl" if env.device.type == "cuda" else "gloo",
                                 init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    # DeepSpeed calls set_device(LOCAL_RANK) unless told the device: with one GPU bound to each task
+    # (srun --gpus-per-task=1) every task but the node's first would ask for an ordinal it cannot see.
+    engine, _, _, _ = deepspeed.initialize(args=argparse.Namespace(device_rank=device_rank(env)), model=model,
+                                           optimizer=optimizer, config=config)
     return engine
+
+
+def device_rank(env: DistEnv) -> int:
+    """The device ordinal DeepSpeed must use: the one setup_distributed chose (0 off CUDA, where
+    DeepSpeed's CPU accelerator ignores it)."""
+    return env.device.index if env.device.type == "cuda" else 0
 
 
 def _tags(ds_dir: str) -> list:

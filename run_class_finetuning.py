@@ -29,7 +29,7 @@ from datasets.mixup import Mixup
 from datasets.sampler import ResumableSampler, ShardSampler
 from datasets.video_dataset import (DATA_SETS, AugmentConfig, BadSampleTracker, ClipConfig, VideoClipDataset,
                                     collate_clips)
-from distributed import cleanup_distributed
+from distributed import cleanup_distributed, wrap_ddp
 from engine_for_finetuning import evaluate, train_one_epoch
 from modeling_finetune import MODELS, LinearProbe, ModelEma, load_pretrained_weights, pooling_for_frozen_features
 from optim_factory import create_optimizer, param_groups
@@ -261,8 +261,7 @@ def build_update(args, env, core, optimizer, precision: str):
         return engine, None, DeepSpeedUpdate(engine)
     model = core
     if env.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            core, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+        model = wrap_ddp(core, env)
     if args.compile:  # `core` stays the plain module: saving, loading and evaluation use it
         model = torch.compile(model)
     scaler = torch.amp.GradScaler(env.device.type) if precision == "fp16" else None

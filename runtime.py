@@ -13,15 +13,15 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from checkpointing import (checkpoint_path, find_resume_checkpoint, load_checkpoint, prune_checkpoints, rng_state,
-                           save_checkpoint, set_rng_state)
-from distributed import DistEnv, barrier, cleanup_distributed, setup_distributed, setup_logging
+from checkpointing import (CheckpointError, checkpoint_path, find_resume_checkpoint, load_checkpoint, prune_checkpoints,
+                           rng_state, save_checkpoint, set_rng_state)
+from distributed import (DistEnv, barrier, broadcast_object, cleanup_distributed, gather_objects, host_group,
+                         is_main_process, setup_distributed, setup_logging)
 from schedules import cosine_schedule, warmup_steps_from
 
 logger = logging.getLogger("sigma")
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: preempted, a resumable checkpoint was written; requeue me
-STOP_CHECK_EVERY = 10  # steps between collective checks for a preemption signal
 
 
 def str2bool(v: str) -> bool:
@@ -132,19 +132,30 @@ class Preemption:
 
     def __init__(self):
         self.signals = []
+        self._pending = None  # (work, flag) of the all-reduce started at the previous step
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, lambda signum, frame: self.signals.append(signum))
 
     def agreed(self, step: int, env: DistEnv) -> bool:
-        """Whether every rank stops after `step`. Ranks may see the signal at different steps, so
-        with several processes they agree every STOP_CHECK_EVERY steps (one tiny all-reduce)."""
+        """Whether every rank stops after `step` (called by every rank after every step).
+
+        Ranks may see the signal at different steps. With several processes each call starts a
+        non-blocking all-reduce of this rank's flag over the host (gloo) group and reads the one
+        started a step earlier, which has long finished: every step is checked, without a device
+        sync or a wait, and all ranks stop after the same step, one step after the first saw it.
+        """
         if env.world_size == 1:
             return bool(self.signals)
-        if step % STOP_CHECK_EVERY:
-            return False
-        flag = torch.tensor([float(bool(self.signals))], device=env.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return flag.item() > 0
+        stop = False
+        if self._pending is not None:
+            work, flag = self._pending
+            work.wait()
+            stop = bool(flag.item())
+        flag = torch.tensor([int(bool(self.signals))], dtype=torch.int32)
+        work = torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=host_group(),
+                                            async_op=True)
+        self._pending = (work, flag)
+        return stop
 
 
 class Checkpointer:
@@ -222,12 +233,25 @@ def load_training_state(resume: str, auto_resume: bool, output_dir: str, *, mode
                         optimizer: torch.optim.Optimizer,
                         scaler: Optional[torch.amp.GradScaler]) -> Optional[Tuple[str, Dict[str, Any]]]:
     """Restore model, optimizer and scaler from `resume`, else (with `auto_resume`) from the newest
-    valid checkpoint in `output_dir`. Returns (path, state), or None for a fresh run."""
-    found = ((resume, load_checkpoint(resume)) if resume
-             else find_resume_checkpoint(output_dir) if auto_resume else None)
-    if found is None:
+    valid checkpoint in `output_dir`. Returns (path, state), or None for a fresh run.
+
+    With several processes rank 0 chooses the file and every rank loads that one (a rank with a
+    stale view of a shared filesystem must not pick another); a rank that cannot read it, or reads
+    another step, stops every rank with the reason.
+    """
+    found = find_resume_checkpoint(output_dir) if not resume and auto_resume and is_main_process() else None
+    path = broadcast_object(resume or (found[0] if found else None))
+    if path is None:
         return None
-    path, state = found
+    state, error = (found[1], None) if found and found[0] == path else _try_load(path)
+    errors = gather_objects(error)
+    if any(errors):
+        raise SystemExit(f"cannot resume from {path} on rank(s) {[r for r, e in enumerate(errors) if e]}: "
+                         + "; ".join(f"rank {r}: {e}" for r, e in enumerate(errors) if e))
+    steps = gather_objects(state["step"])
+    if len(set(steps)) > 1:
+        raise SystemExit(f"{path} holds steps {steps} on ranks 0..{len(steps) - 1}: the ranks see different "
+                         f"versions of the file (a stale shared-filesystem cache?)")
     if "optimizer" not in state:
         raise SystemExit(f"{path} holds weights only (no optimizer state): start from it with --finetune, "
                          f"not --resume")
@@ -235,7 +259,15 @@ def load_training_state(resume: str, auto_resume: bool, output_dir: str, *, mode
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    return found
+    return path, state
+
+
+def _try_load(path: str) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """(state, None) or (None, why it cannot be loaded)."""
+    try:
+        return load_checkpoint(path), None
+    except CheckpointError as e:
+        return None, str(e)
 
 
 def resume_position(state: Dict[str, Any], path: str, steps_per_epoch: int) -> Tuple[int, int, int]:
