@@ -31,8 +31,9 @@ def pixel_targets(tubes: torch.Tensor, bool_masked_pos: Union[torch.Tensor, Mask
     Returns:
         [B, N_mask, P*C]: pixels in [0, 1], normalised per tube and channel when `normalize`.
     """
-    mean = tubes.new_tensor(IMAGENET_DEFAULT_MEAN)
-    std = tubes.new_tensor(IMAGENET_DEFAULT_STD)
+    # Filled on the device, not copied from a host list (a pageable copy waits for the device).
+    mean = torch.stack([tubes.new_full((), m) for m in IMAGENET_DEFAULT_MEAN])  # [C]
+    std = torch.stack([tubes.new_full((), s) for s in IMAGENET_DEFAULT_STD])  # [C]
     masked = take_tokens(tubes, MaskIndex.of(bool_masked_pos).masked) * std + mean  # [B, N_mask, P, C] in [0, 1]
     if normalize:
         masked = normalize_per_group(masked, dim=-2)
