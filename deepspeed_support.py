@@ -81,6 +81,39 @@ def device_rank(env: DistEnv) -> int:
     return env.device.index if env.device.type == "cuda" else 0
 
 
+def master_state_dict(engine) -> Dict[str, torch.Tensor]:
+    """The module's state dict with every parameter taken from the optimizer's fp32 master copy.
+
+    Under bf16/fp16 the module holds only the rounded weights the optimizer writes back after each
+    step; a plain checkpoint-*.pth (fine-tuning further, evaluation) wants the fp32 masters. ZeRO
+    1/2 partition the masters: gathering them is a collective, so every rank calls this.
+    """
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    masters = _unpartitioned_masters(engine.optimizer)
+    state = engine.module.state_dict()
+    for name, param in engine.module.named_parameters():
+        master = safe_get_full_fp32_param(param)  # ZeRO 1/2/3; None without ZeRO
+        if master is None:
+            master = masters.get(id(param))
+        if master is not None:
+            state[name] = master.detach().reshape(param.shape)
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _unpartitioned_masters(optimizer) -> Dict[int, torch.Tensor]:
+    """id(low-precision param) -> its fp32 master, for DeepSpeed's ZeRO-0 fp16/bf16 optimizers
+    (FP16_UnfusedOptimizer keeps fp32 copies per parameter, FP16_Optimizer one flat buffer per group)."""
+    low = getattr(optimizer, "fp16_groups", None) or []
+    if hasattr(optimizer, "fp32_groups_flat"):
+        from torch._utils import _unflatten_dense_tensors
+
+        high = [_unflatten_dense_tensors(flat, group) for flat, group in zip(optimizer.fp32_groups_flat, low)]
+    else:
+        high = getattr(optimizer, "fp32_groups", None) or []
+    return {id(p): m for group, masters in zip(low, high) for p, m in zip(group, masters)}
+
+
 def _tags(ds_dir: str) -> list:
     """(step, tag) of the step-N folders in `ds_dir`, newest first."""
     found = [(int(m.group(1)), name) for name in os.listdir(ds_dir) if (m := _TAG.fullmatch(name))] \

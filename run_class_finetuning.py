@@ -316,8 +316,10 @@ def train(args, env, core, data, nb_classes: int, precision: str, augment: bool,
                  **extra}
         deepspeed_support.save(model, args.output_dir, env, {
             **plain, "steps_per_epoch": steps_per_epoch, "rng": gather_rng_states(env)})
-        if path != checkpoint_path(args.output_dir) and env.is_main:  # epoch files: plain weights too
-            save_checkpoint(path, {"model": core.state_dict(), **plain})
+        if path != checkpoint_path(args.output_dir):  # epoch files: plain fp32 weights too (a collective)
+            weights = deepspeed_support.master_state_dict(model)
+            if env.is_main:
+                save_checkpoint(path, {"model": weights, **plain})
 
     checkpointer = Checkpointer(env, args.output_dir, save, every_steps=args.save_ckpt_steps,
                                 every_epochs=args.save_ckpt_freq, epochs=args.epochs, keep_last=args.keep_last_ckpts)
@@ -345,11 +347,12 @@ def train(args, env, core, data, nb_classes: int, precision: str, augment: bool,
         for name, net, dtype in [] if args.disable_eval_during_finetuning else nets:
             metrics, _ = evaluate(net, val, env, sharded=args.dist_eval, precision=precision, input_dtype=dtype)
             record.update({f"val{name}_{k}": v for k, v in metrics.items()})
-        if record.get("val_acc1", -1.0) > best["acc1"]:
+        if record.get("val_acc1", -1.0) > best["acc1"]:  # the same on every rank (gathered views)
             best = {"acc1": record["val_acc1"], "epoch": epoch}
+            weights = deepspeed_support.master_state_dict(model) if args.enable_deepspeed else core.state_dict()
             if env.is_main:
                 save_checkpoint(os.path.join(args.output_dir, "checkpoint-best.pth"), {
-                    "model": core.state_dict(), "epoch": epoch, "step": step, "val_acc1": record["val_acc1"],
+                    "model": weights, "epoch": epoch, "step": step, "val_acc1": record["val_acc1"],
                     **({"model_ema": ema.module.state_dict()} if ema else {})})
         checkpointer.on_epoch_end(epoch, step)
         if "val_acc1" in record:
