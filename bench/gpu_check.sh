@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device check for a GPU machine: one script, about 6 minutes (stage limits add up to the budget).
+# Device check for a GPU machine: one script, about 6 minutes (its stage limits add up to its budget).
 #   preflight          nvidia-smi; every import the code needs, the missing ones named (stops here)
 #   cuda_correctness   bench/cuda_correctness.py (CPU vs CUDA loss, bf16 vs fp32, Sinkhorn, AdamW, SDPA)
 #   vit_b_mlp_bf16     step benchmark, SIGMA-MLP ViT-B batch 32 bf16: s/step, peak memory, MFU
@@ -23,9 +23,10 @@ cd "$(dirname "$0")/.." || exit 1
 PY=${PYTHON:-python}
 OUT=${OUT:-$(mktemp -d)}
 DRY=${GPU_CHECK_DRY:-0}
-BUDGET=${GPU_CHECK_SECONDS:-365}  # the stage limits below add up to 360 s
+BUDGET=${GPU_CHECK_SECONDS:-375}  # the stage limits below add up to 370 s
 SCALE=1  # stage limits x SCALE: the CPU dry run is slower than the GPU
-WORK=$OUT/work
+WORK=$OUT/work  # generated videos and run folders (a fresh one per check: no resume from an old run)
+if [[ "$MODE" == main ]]; then rm -rf "$WORK"; fi
 mkdir -p "$OUT/logs" "$WORK"
 JSONL=$OUT/gpu_check.jsonl
 
@@ -37,7 +38,7 @@ if [[ "$DRY" == 1 ]]; then
     SINKHORN_N=(--n 64 --k 16)
 else
     DEVICE=cuda SIZE=224 FRAMES=16 BATCH=4 PROTOS=3000 VIDEO=(--frames 40 --height 240 --width 320)
-    STEP=(bench/bench_pretrain_step.py --device cuda --warmup 3 --iters 10)
+    STEP=(bench/bench_pretrain_step.py --device cuda --warmup 2 --iters 6)
     SINKHORN_N=(--n 45152 --k 3000)  # 32 clips x 1411 masked tubes (16x224x224, 90% of 1568)
 fi
 NGPU=0
@@ -53,7 +54,7 @@ pretrain_args() {  # the pretraining recipe of the DDP stage, output in $1
     echo --model pretrain_videomae_small_patch16_224 --data_path "$WORK/videos" \
         --data_path_csv "$WORK/videos/pretrain.csv" --input_size "$SIZE" --num_frames "$FRAMES" \
         --sampling_rate 2 --batch_size "$BATCH" --epochs 2 --warmup_epochs 1 --num_prototypes "$PROTOS" \
-        --num_workers 2 --log_every 1 --save_ckpt_steps 1 --save_ckpt_freq 1 --device "$DEVICE" --output_dir "$1"
+        --num_workers 2 --log_every 1 --save_ckpt_steps 0 --save_ckpt_freq 1 --device "$DEVICE" --output_dir "$1"
 }
 
 torchrun_pretrain() {  # torchrun_pretrain OUTPUT_DIR: start the driver in the background, pid in TR_PID
@@ -88,7 +89,7 @@ def losses(out):
 ref, resumed = losses(sys.argv[1]), losses(sys.argv[2])
 diff = max(abs(ref[s] - resumed.get(s, float("inf"))) for s in ref)
 resumed_from = [l for l in open(f"{sys.argv[2]}/train.log") if "resumed from" in l]
-ok = sorted(ref) == sorted(resumed) and diff <= 1e-4 and bool(resumed_from)
+ok = sorted(ref) == sorted(resumed) and diff <= 1e-3 and bool(resumed_from)  # CUDA kernels are not all deterministic
 print(json.dumps({"check": "ddp_kill_resume", "ok": ok, "processes": int(sys.argv[3]), "steps": len(ref),
                   "max_abs_loss_diff": diff, "resumed": bool(resumed_from)}))
 sys.exit(0 if ok else 1)
@@ -255,7 +256,7 @@ EOF
 if stage preflight 30 "$PY" -c "$PREFLIGHT" "$DEVICE"; then
     if [[ "$DEVICE" == cuda ]]; then
         timeout 10 nvidia-smi > "$OUT/logs/nvidia-smi.log" 2>&1
-        stage cuda_correctness 40 "$PY" bench/cuda_correctness.py
+        stage cuda_correctness 50 "$PY" bench/cuda_correctness.py
     fi
     stage vit_b_mlp_bf16 30 "$PY" "${STEP[@]}" --model pretrain_videomae_base_patch16_224 --target_type mlp \
         --precision bf16 --batch_size "$( [[ $DRY == 1 ]] && echo 2 || echo 32 )"
