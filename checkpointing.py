@@ -5,17 +5,22 @@ so that it loads with ``torch.load(weights_only=True)``, which never runs pickle
 output directory are ``checkpoint-{epoch}.pth`` at epoch ends and a rolling
 ``checkpoint-latest.pth`` written every N steps; resume takes the newest file that loads.
 """
+import errno
 import glob
 import logging
 import os
+import pickle
 import random
 import re
+import shutil
 from collections import OrderedDict
 from itertools import groupby
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from shutdown import RunError
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +34,74 @@ _PRIMITIVES = (int, float, bool, str, type(None))
 _CONTAINERS = (dict, OrderedDict, list, tuple)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RunError):
     """A checkpoint file that cannot be read or lacks the keys a resume needs."""
 
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"cannot load checkpoint {path}: {reason}")
+    def __init__(self, path: str, reason: str, message: Optional[str] = None):
+        super().__init__(message or f"cannot load checkpoint {path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class DiskFullError(RunError):
+    """A checkpoint that did not fit on its disk (the previous files are untouched)."""
+
+
+# What torch.save writes: a zip archive (torch >= 1.6) or, in the legacy format, a pickle.
+_ZIP_MAGIC, _PICKLE_PROTO = b"PK\x03\x04", 0x80
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+
+
+def read_torch_file(path: str) -> Any:
+    """torch.load(path, weights_only=True) onto the CPU, with errors that say what the file is.
+
+    Raises:
+        CheckpointError: missing; not written by torch.save (an image, a text file, ...); holding
+            pickled code or objects (refused, never run); truncated or otherwise unreadable.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(path, "no such file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(_ZIP_MAGIC) or (len(head) >= 2 and head[0] == _PICKLE_PROTO and head[1] <= 5)):
+        raise CheckpointError(path, "not a PyTorch checkpoint",
+                              f"{path} is not a PyTorch checkpoint (it starts with {head!r}; torch.save files are "
+                              f"zip archives or pickles)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = _UNSAFE_GLOBAL.search(str(e))
+        if found is None:
+            raise CheckpointError(path, f"unreadable ({str(e).strip().splitlines()[-1][:200]})") from None
+        raise CheckpointError(
+            path, "holds pickled code",
+            f"{path} holds pickled code or objects ({found.group(1)}) and was not loaded: checkpoints are read "
+            f"as tensors and plain values only, so that a file can never run code. Save its state dicts "
+            f"(tensors, numbers, strings) with torch.save to get a file that loads") from None
+    except Exception as e:
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        raise CheckpointError(path, f"{type(e).__name__}: {lines[0][:300]} (truncated or damaged?)") from None
+
+
+def _tensor_bytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def _disk_full(error: BaseException, directory: str, needed: int) -> bool:
+    """Whether a failed write ran out of space (torch.save reports ENOSPC as a generic RuntimeError)."""
+    for e in (error, error.__cause__, error.__context__):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+    try:
+        return shutil.disk_usage(directory).free < needed
+    except OSError:
+        return False
 
 
 def checkpoint_path(output_dir: str, epoch: Optional[int] = None) -> str:
@@ -81,10 +147,64 @@ def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        directory = os.path.dirname(os.path.abspath(path))
+        needed = _tensor_bytes(state)
+        if isinstance(e, Exception) and _disk_full(e, directory, needed):
+            good = list_checkpoints(directory)  # `path` itself, if it existed, is still the old file
+            raise DiskFullError(
+                f"no space left on {directory} ({shutil.disk_usage(directory).free / 2**20:.0f} MB free): "
+                f"{os.path.basename(path)} needs about {needed / 2**20:.0f} MB; last good checkpoint is "
+                f"{good[0] if good else 'none (nothing saved yet)'}") from None
         raise
+    _fsync_dir(path)
+
+
+def link_checkpoint(source: str, path: str) -> bool:
+    """Make `path` a hard link of the saved checkpoint `source`, atomically (no second write of the
+    same bytes). Returns False where the filesystem has no hard links; the caller then saves."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        os.link(source, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        logger.info("cannot hard-link %s to %s (%s): writing it again", path, source, e)
+        return False
+    _fsync_dir(path)
+    return True
+
+
+def load_model_state(model: torch.nn.Module, state: Dict[str, Any], path: str) -> None:
+    """model.load_state_dict(state["model"]) with one readable line when the shapes or names differ,
+    naming the first mismatch and the model the checkpoint was written for."""
+    weights = state["model"]
+    own = model.state_dict()
+    mismatched = [k for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    if not (mismatched or missing or unexpected):
+        model.load_state_dict(weights)
+        return
+    written_for = (state.get("config") or {}).get("model", "another model")
+    if mismatched:
+        k = mismatched[0]
+        first = f"{k} has shape {list(weights[k].shape)} there, {list(own[k].shape)} here"
+    else:
+        first = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+    counts = f"{len(mismatched)} shape mismatches, {len(missing)} missing and {len(unexpected)} unexpected keys"
+    raise CheckpointError(path, "model mismatch",
+                          f"{path} was written for {written_for} and does not fit this model ({first}; {counts}): "
+                          f"resume it with the same model flags, or start a new run with --no_auto_resume or "
+                          f"another --output_dir")
+
+
+def _fsync_dir(path: str) -> None:
     # Persist the rename itself: without this a power loss can bring back the old directory entry.
     dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
@@ -102,12 +222,7 @@ def load_checkpoint(path: str, required: Sequence[str] = REQUIRED_KEYS) -> Dict[
     Raises:
         CheckpointError: the file is missing, unreadable, not a dict, or lacks a required key.
     """
-    if not os.path.isfile(path):
-        raise CheckpointError(path, "no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(path, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}") from e
+    state = read_torch_file(path)
     if not isinstance(state, dict):
         raise CheckpointError(path, f"expected a dict, got {type(state).__name__}")
     missing = [k for k in required if k not in state]

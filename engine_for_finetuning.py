@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from datasets.mixup import Mixup, smooth_one_hot
 from distributed import DistEnv
-from training_loop import PRECISIONS, StepControl, run_epoch, to_device
+from training_loop import PRECISIONS, EpochTotals, StepControl, run_epoch, to_device
 
 
 def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -24,7 +24,8 @@ def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> to
 def train_one_epoch(model: nn.Module, loader: Iterable, update, control: StepControl, *, device: torch.device,
                     epoch: int, start_step: int, num_classes: int, accum_iter: int = 1, mixup: Optional[Mixup] = None,
                     smoothing: float = 0.0, tracker=None,
-                    metrics: Optional[Callable[[Dict[str, float]], None]] = None) -> Dict[str, float]:
+                    metrics: Optional[Callable[[Dict[str, float]], None]] = None,
+                    totals: Optional[EpochTotals] = None) -> Dict[str, float]:
     """One fine-tuning epoch (see `training_loop.run_epoch` for the step machinery).
 
     Args:
@@ -49,7 +50,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, update, control: StepCon
         return loss, stats
 
     return run_epoch(model, loader, update, control, loss_fn, device=device, epoch=epoch, start_step=start_step,
-                     accum_iter=accum_iter, tracker=tracker, metrics=metrics)
+                     accum_iter=accum_iter, tracker=tracker, metrics=metrics, totals=totals)
 
 
 class Views(NamedTuple):

@@ -13,7 +13,7 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from modeling_finetune import MaskIndex, patchify, take_tokens
 from sinkhorn import MAX_EXP_SPREAD, sinkhorn_knopp
-from training_loop import StepControl, run_epoch
+from training_loop import EpochTotals, StepControl, run_epoch
 
 
 def normalize_per_group(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -194,7 +194,8 @@ def compute_loss(model: nn.Module, videos: torch.Tensor, bool_masked_pos: Union[
 def train_one_epoch(model: nn.Module, loader: Iterable, update, control: StepControl, *, device: torch.device,
                     epoch: int, start_step: int, accum_iter: int = 1, teacher: Optional[nn.Module] = None,
                     normalize_target: bool = True, tracker=None,
-                    metrics: Optional[Callable[[Dict[str, float]], None]] = None) -> Dict[str, float]:
+                    metrics: Optional[Callable[[Dict[str, float]], None]] = None,
+                    totals: Optional[EpochTotals] = None) -> Dict[str, float]:
     """One pretraining epoch (see `training_loop.run_epoch` for the step machinery)."""
 
     def loss_fn(batch):
@@ -202,7 +203,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, update, control: StepCon
         return compute_loss(model, batch["video"], index, teacher=teacher, normalize_target=normalize_target)
 
     return run_epoch(model, HostMaskIndex(loader), update, control, loss_fn, device=device, epoch=epoch,
-                     start_step=start_step, accum_iter=accum_iter, tracker=tracker, metrics=metrics)
+                     start_step=start_step, accum_iter=accum_iter, tracker=tracker, metrics=metrics,
+                     totals=totals)
 
 
 class HostMaskIndex:

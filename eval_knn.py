@@ -27,13 +27,14 @@ from datasets.video_dataset import DATA_SETS, ClipConfig, VideoClipDataset, coll
 from distributed import broadcast_object, cleanup_distributed
 from engine_for_finetuning import gather_views, merge_views, predict_views
 from modeling_finetune import MODELS, load_pretrained_weights, pooling_for_frozen_features
-from runtime import add_launcher_compat_flags, start_run, write_config
+from runtime import HelpFormatter, add_launcher_compat_flags, check_flags, clip_rules, start_run, write_config
+from shutdown import WORKER_INIT, run_driver
 
 logger = logging.getLogger("sigma")
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser("kNN evaluation of frozen features")
+    p = argparse.ArgumentParser("kNN evaluation of frozen features", formatter_class=HelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--model", default="vit_base_patch16_224", choices=sorted(MODELS))
     g.add_argument("--finetune", default="", help="checkpoint whose encoder is evaluated (ours, SIGMA, VideoMAE)")
@@ -61,7 +62,11 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--seed", type=int, default=0)
     add_launcher_compat_flags(g)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_flags(p, args, {"k": (lambda v: min(v) >= 1, "one or more integers >= 1"),
+                          "temperature": (lambda v: v > 0, "> 0"), "batch_size": (lambda v: v >= 1, ">= 1"),
+                          "num_workers": (lambda v: v >= 0, ">= 0"), **clip_rules(args)})
+    return args
 
 
 def knn_classify(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int, k: int,
@@ -105,7 +110,8 @@ def features(model, samples: Sequence, args, env, sampling: str, precision: str)
     dataset = VideoClipDataset(samples, "val", clip=clip, video_backend=args.video_backend, seed=args.seed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, sampler=ShardSampler(len(dataset), env.world_size, env.rank),
-        num_workers=args.num_workers, collate_fn=collate_clips, pin_memory=env.device.type == "cuda")
+        num_workers=args.num_workers, collate_fn=collate_clips, pin_memory=env.device.type == "cuda",
+        worker_init_fn=WORKER_INIT)
     views = predict_views(lambda v: F.normalize(model.forward_features(v).float(), dim=-1), model, loader,
                           device=env.device, precision=precision)
     videos = merge_views(gather_views(views, env))
@@ -155,4 +161,4 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
 
 
 if __name__ == "__main__":
-    main(get_args())
+    run_driver(main, get_args())

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
+from checkpointing import read_torch_file
+
 logger = logging.getLogger(__name__)
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {}
@@ -433,12 +435,7 @@ def load_pretrained_weights(model: VisionTransformer, path: str, model_key: str 
     Returns:
         {"loaded": [...], "initialised": [...], "dropped": [...]} key lists, also logged.
     """
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"pretrained checkpoint not found: {path}") from None
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from e
+    checkpoint = read_torch_file(path)
     state = next((checkpoint[k] for k in model_key.split("|") if isinstance(checkpoint, dict) and k in checkpoint),
                  checkpoint)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -486,7 +483,7 @@ def pooling_for_frozen_features(path: str, model_key: str = "model|module") -> b
     checkpoint has the encoder's trained final ``norm`` instead (norm each token, then average), so
     its features are read through that norm rather than a fresh, untrained fc_norm.
     """
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_torch_file(path)
     state = next((checkpoint[k] for k in model_key.split("|") if isinstance(checkpoint, dict) and k in checkpoint),
                  checkpoint)
     return any(k.endswith("fc_norm.weight") for k in state)

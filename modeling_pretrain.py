@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import checkpoint_filter_fn
 
+from checkpointing import read_torch_file
 from modeling_finetune import (VIT_SIZES, Block, MaskIndex, VisionTransformer, run_blocks, sincos_position_table,
                                take_tokens)
 
@@ -256,10 +257,7 @@ def build_teacher(target_type: str, teacher: str, img_size: int, checkpoint: str
     if not checkpoint:
         raise ValueError(f"target_type {target_type} needs --teacher_ckpt: a local file with the {arch} weights")
     vit = timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size)
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read teacher checkpoint {checkpoint}: {e}") from e
+    state = read_torch_file(checkpoint)
     for key in ("teacher", "model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

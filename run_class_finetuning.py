@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from typing import Optional
 
 import torch
 
@@ -33,16 +34,17 @@ from distributed import cleanup_distributed, wrap_ddp
 from engine_for_finetuning import evaluate, train_one_epoch
 from modeling_finetune import MODELS, LinearProbe, ModelEma, load_pretrained_weights, pooling_for_frozen_features
 from optim_factory import create_optimizer, param_groups
-from runtime import (Checkpointer, RunLog, add_output_and_run_flags, check_finite, gather_rng_states,
-                     ignore_preemption_signals, load_training_state, make_schedule, resume_from,
+from runtime import (Checkpointer, HelpFormatter, RunLog, add_output_and_run_flags, check_finite, check_flags,
+                     clip_rules, common_rules, gather_rng_states, load_training_state, make_schedule, resume_from,
                      save_training_state, start_run, str2bool, write_config)
-from training_loop import DeepSpeedUpdate, StepControl, TorchUpdate
+from shutdown import WORKER_INIT, run_driver
+from training_loop import DeepSpeedUpdate, EpochTotals, StepControl, TorchUpdate
 
 logger = logging.getLogger("sigma")
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser("fine-tuning and evaluation")
+    p = argparse.ArgumentParser("fine-tuning and evaluation", formatter_class=HelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--model", default="vit_base_patch16_224", choices=sorted(MODELS))
     g.add_argument("--finetune", default="", help="pretrained or fine-tuned checkpoint (ours, SIGMA, VideoMAE)")
@@ -129,7 +131,24 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--dist_eval", type=str2bool, nargs="?", const=True, default=True,
                    help="shard validation/test over the processes (else every process evaluates everything)")
     add_output_and_run_flags(p, output_dir="output/finetune", save_ckpt_freq=5, run_name="finetune")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_flags(p, args, {
+        "nb_classes": (lambda v: v >= 2, ">= 2"),
+        "batch_size": (lambda v: v >= 1, ">= 1"),
+        "update_freq": (lambda v: v >= 1, ">= 1"),
+        "num_sample": (lambda v: v >= 1, ">= 1"),
+        "short_side_size": (lambda v: v >= args.input_size, f">= --input_size {args.input_size}"),
+        "test_num_segment": (lambda v: v >= 1, ">= 1"),
+        "test_num_crop": (lambda v: v >= 1, ">= 1"),
+        "layer_decay": (lambda v: 0 < v <= 1, "in (0, 1] (1: no layer decay)"),
+        "smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+        "reprob": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+        "mixup": (lambda v: v >= 0, ">= 0"),
+        "cutmix": (lambda v: v >= 0, ">= 0"),
+        "finetuning_crops": (lambda v: 0 < v[0] <= v[1] <= 1, "MIN MAX with 0 < MIN <= MAX <= 1"),
+        "model_ema_decay": (lambda v: 0 < v < 1, "in (0, 1)"),
+        **common_rules(args), **clip_rules(args)})
+    return args
 
 
 def build_datasets(args, nb_classes: int, sampling: str, flip: bool, augment: bool):
@@ -149,7 +168,7 @@ def build_datasets(args, nb_classes: int, sampling: str, flip: bool, augment: bo
             csv_path = os.path.join(args.data_path, "val.csv")
         if split == "train" and args.eval:
             continue
-        samples = read_annotations(csv_path, root, nb_classes=nb_classes)
+        samples = read_annotations(csv_path, root, nb_classes=nb_classes, max_missing_fraction=args.max_bad_fraction)
         out[split] = VideoClipDataset(samples, split, num_sample=args.num_sample if split == "train" else 1,
                                       test_num_segment=args.test_num_segment, test_num_crop=args.test_num_crop,
                                       **common)
@@ -166,7 +185,7 @@ def eval_loader(dataset, env, args, sharded: bool):
     items = max(1, args.batch_size * args.num_sample // dataset.num_views)
     return torch.utils.data.DataLoader(dataset, batch_size=items, sampler=sampler, num_workers=args.num_workers,
                                        pin_memory=args.pin_mem and env.device.type == "cuda",
-                                       collate_fn=collate_clips, worker_init_fn=ignore_preemption_signals)
+                                       collate_fn=collate_clips, worker_init_fn=WORKER_INIT)
 
 
 def build_model(args, nb_classes: int):
@@ -232,6 +251,8 @@ def main(args: argparse.Namespace) -> None:
     views = f"{args.test_num_segment}x{args.test_num_crop}"
     tracker = BadSampleTracker(args.max_bad_fraction)
     if args.eval:
+        write_config(args.output_dir, env, {**vars(args), "precision": precision, "world_size": env.world_size,
+                                            "nb_classes": nb_classes})
         if args.resume:
             model.load_state_dict(load_checkpoint(args.resume)["model"])
         elif isinstance(model, LinearProbe) or "head.weight" not in report["loaded"]:
@@ -241,6 +262,7 @@ def main(args: argparse.Namespace) -> None:
         metrics, videos = evaluate(model, test, env, sharded=args.dist_eval, precision=precision, tracker=tracker)
         if env.is_main:
             write_test_results(args.output_dir, "", metrics, videos, data["test"].samples, views)
+            logger.info("done: wrote test_results.json, predictions.csv and config.json in %s", args.output_dir)
         cleanup_distributed()
         return
     train(args, env, model, data, nb_classes, precision, augment, tracker, views)
@@ -274,7 +296,7 @@ def train(args, env, core, data, nb_classes: int, precision: str, augment: bool,
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, num_workers=args.num_workers,
         pin_memory=args.pin_mem and env.device.type == "cuda", collate_fn=collate_clips,
-        persistent_workers=args.num_workers > 0, worker_init_fn=ignore_preemption_signals)
+        persistent_workers=args.num_workers > 0, worker_init_fn=WORKER_INIT)
     schedule = make_schedule(micro_batches=len(loader), accum=args.update_freq, batch_size=args.batch_size,
                              world_size=env.world_size, num_videos=len(train_set), lr=args.lr, min_lr=args.min_lr,
                              warmup_lr=args.warmup_lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
@@ -292,6 +314,7 @@ def train(args, env, core, data, nb_classes: int, precision: str, augment: bool,
     ema = ModelEma(core, args.model_ema_decay) if args.model_ema else None
 
     start_epoch, step, start_in_epoch, best = 0, 0, 0, {"acc1": -1.0, "epoch": -1}
+    totals = EpochTotals()  # the running epoch's sums, saved with every checkpoint
     found = (_resume_deepspeed(args, model) if args.enable_deepspeed else
              load_training_state(args.resume, args.auto_resume, args.output_dir, model=core, optimizer=optimizer,
                                  scaler=scaler))
@@ -301,12 +324,15 @@ def train(args, env, core, data, nb_classes: int, precision: str, augment: bool,
             ema.module.load_state_dict(state["model_ema"])
         best = state.get("best", best)
         start_epoch, step, start_in_epoch = resume_from(state, path, steps_per_epoch, env)
+        if start_in_epoch:
+            totals = EpochTotals(state.get("epoch_totals"))
     config = {**vars(args), "precision": precision, "world_size": env.world_size, "global_batch": global_batch,
               "actual_lr": schedule.lr, "nb_classes": nb_classes}
     write_config(args.output_dir, env, config)
 
     def save(path: str, at_step: int) -> None:
-        extra = {"best": best, **({"model_ema": ema.module.state_dict()} if ema else {})}
+        extra = {"best": best, "epoch_totals": totals.state(),
+                 **({"model_ema": ema.module.state_dict()} if ema else {})}
         if not args.enable_deepspeed:
             save_training_state(path, env, model=core, optimizer=optimizer, scaler=scaler, step=at_step,
                                 steps_per_epoch=steps_per_epoch, config=vars(args), extra=extra)
@@ -322,8 +348,10 @@ def train(args, env, core, data, nb_classes: int, precision: str, augment: bool,
                 save_checkpoint(path, {"model": weights, **plain})
 
     checkpointer = Checkpointer(env, args.output_dir, save, every_steps=args.save_ckpt_steps,
-                                every_epochs=args.save_ckpt_freq, epochs=args.epochs, keep_last=args.keep_last_ckpts)
-    run_log = RunLog(env, args.output_dir, args.log_dir, schedule.total_steps, config, args.wandb, args.run_name)
+                                every_epochs=args.save_ckpt_freq, epochs=args.epochs, keep_last=args.keep_last_ckpts,
+                                link_latest=not args.enable_deepspeed)
+    run_log = RunLog(env, args.output_dir, args.log_dir, schedule.total_steps, config, args.wandb, args.run_name,
+                     resume_at=(start_epoch, step) if found else None)
     control = StepControl(lr_at=schedule.lr_at, wd_at=schedule.wd_at, on_step_end=checkpointer.on_step_end,
                           should_stop=lambda: checkpointer.stopping, log_every=args.log_every,
                           skip_nonfinite=args.skip_nonfinite,
@@ -339,7 +367,8 @@ def train(args, env, core, data, nb_classes: int, precision: str, augment: bool,
         tracker.start_epoch()
         stats = train_one_epoch(model, loader, update, control, device=env.device, epoch=epoch, start_step=step,
                                 num_classes=nb_classes, accum_iter=args.update_freq, mixup=mixup,
-                                smoothing=args.smoothing if augment else 0.0, tracker=tracker, metrics=run_log.step)
+                                smoothing=args.smoothing if augment else 0.0, tracker=tracker, metrics=run_log.step,
+                                totals=totals)
         step = stats.pop("end_step")
         if checkpointer.stopping:
             checkpointer.exit_for_requeue(step)
@@ -354,20 +383,37 @@ def train(args, env, core, data, nb_classes: int, precision: str, augment: bool,
                 save_checkpoint(os.path.join(args.output_dir, "checkpoint-best.pth"), {
                     "model": weights, "epoch": epoch, "step": step, "val_acc1": record["val_acc1"],
                     **({"model_ema": ema.module.state_dict()} if ema else {})})
-        checkpointer.on_epoch_end(epoch, step)
         if "val_acc1" in record:
             logger.info("epoch %d: val top-1 %.2f top-5 %.2f (best %.2f at epoch %d)", epoch, record["val_acc1"],
                         record["val_acc5"], best["acc1"], best["epoch"])
+        # Written ahead of the epoch's checkpoint: a kill in between re-runs the epoch on resume,
+        # and the resumed run drops this line before writing it again.
         run_log.epoch({**record, "epoch_time": time.time() - t0})
+        totals = EpochTotals()
+        checkpointer.on_epoch_end(epoch, step)
+    checkpointer.preemption.disarm()  # a signal during the test exits for requeue: the test is re-run
     test = eval_loader(data["test"], env, args, args.dist_eval)
+    results = {}
     for name, net, dtype in nets:
         metrics, videos = evaluate(net, test, env, sharded=args.dist_eval, precision=precision, input_dtype=dtype,
                                    tracker=tracker)
+        results[name] = metrics
         if env.is_main:
             write_test_results(args.output_dir, name, metrics, videos, data["test"].samples, views)
+    if env.is_main:
+        _summary(args.output_dir, best, results, run_log.tb_dir)
     run_log.close()
     if args.enable_deepspeed:
         model.destroy()  # DeepSpeed's own groups and buffers, before the process group goes
+
+
+def _summary(output_dir: str, best: dict, results: dict, tb_dir: Optional[str]) -> None:
+    """The closing line: what the run reached and what it wrote where."""
+    test = "; ".join(f"test{name} top-1 {m['acc1']:.2f} top-5 {m['acc5']:.2f}" for name, m in results.items())
+    val = (f"best val top-1 {best['acc1']:.2f} at epoch {best['epoch']} (checkpoint-best.pth); "
+           if best["epoch"] >= 0 else "")
+    logger.info("done: %s%s; checkpoints, log.txt, metrics.jsonl, test_results*.json and predictions*.csv in %s; "
+                "tensorboard logs in %s", val, test, output_dir, tb_dir)
 
 
 def _resume_deepspeed(args, engine):
@@ -381,4 +427,4 @@ def _resume_deepspeed(args, engine):
 
 
 if __name__ == "__main__":
-    main(get_args())
+    run_driver(main, get_args())

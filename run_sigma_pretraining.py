@@ -27,14 +27,16 @@ from engine_for_pretraining import train_one_epoch
 from masking_generator import MASKS
 from modeling_pretrain import MODELS, TARGET_TYPES, TEACHER_DIMS, build_teacher
 from optim_factory import create_optimizer, param_groups
-from runtime import (Checkpointer, RunLog, add_output_and_run_flags, ignore_preemption_signals, load_training_state,
-                     make_schedule, resume_from, save_training_state, start_run, str2bool, write_config)
-from training_loop import StepControl, TorchUpdate
+from runtime import (Checkpointer, HelpFormatter, RunLog, add_output_and_run_flags, check_flags, clip_rules,
+                     common_rules, load_training_state, make_schedule, resume_from, save_training_state, start_run,
+                     str2bool, write_config)
+from shutdown import WORKER_INIT, run_driver
+from training_loop import EpochTotals, StepControl, TorchUpdate
 
 logger = logging.getLogger("sigma")
 
 def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser("SIGMA pretraining")
+    p = argparse.ArgumentParser("SIGMA pretraining", formatter_class=HelpFormatter)
     g = p.add_argument_group("model and objective")
     g.add_argument("--model", default="pretrain_videomae_small_patch16_224", choices=sorted(MODELS))
     g.add_argument("--decoder_depth", type=int, default=4)
@@ -85,7 +87,18 @@ def get_args(argv=None) -> argparse.Namespace:
                    help="default: bf16 on CUDA, fp32 on CPU")
     g.add_argument("--skip_nonfinite", type=int, default=0, help="non-finite steps to skip before stopping")
     add_output_and_run_flags(p, output_dir="output/pretrain", save_ckpt_freq=50, run_name="sigma")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_flags(p, args, {
+        "mask_ratio": (lambda v: 0 < v < 1, "in (0, 1): some tubes visible, some masked"),
+        "num_prototypes": (lambda v: v >= 2, ">= 2"),
+        "sinkhorn_eps": (lambda v: v > 0, "> 0"),
+        "sinkhorn_iterations": (lambda v: v >= 1, ">= 1"),
+        "decoder_depth": (lambda v: v >= 1, ">= 1"),
+        "num_sample": (lambda v: v >= 1, ">= 1"),
+        "accum_iter": (lambda v: v >= 1, ">= 1"),
+        "batch_size": (lambda v: v >= max(1, args.num_sample), f">= 1 and >= --num_sample {args.num_sample}"),
+        **common_rules(args), **clip_rules(args)})
+    return args
 
 
 def build(args, env):
@@ -100,7 +113,8 @@ def build(args, env):
         use_checkpoint=args.use_checkpoint).to(env.device)
     teacher = (build_teacher(args.target_type, args.distillation_teacher, args.input_size, args.teacher_ckpt)
                .to(env.device) if dino else None)
-    samples = read_annotations(args.data_path_csv, args.data_path, with_labels=False)
+    samples = read_annotations(args.data_path_csv, args.data_path, with_labels=False,
+                               max_missing_fraction=args.max_bad_fraction)
     dataset = VideoClipDataset(
         samples, "pretrain",
         ClipConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate, input_size=args.input_size),
@@ -113,7 +127,7 @@ def build(args, env):
         dataset, batch_size=items_per_batch, sampler=sampler, drop_last=True, num_workers=args.num_workers,
         pin_memory=args.pin_mem and env.device.type == "cuda", collate_fn=collate_clips,
         persistent_workers=args.num_workers > 0, generator=torch.Generator().manual_seed(args.seed),
-        worker_init_fn=ignore_preemption_signals)
+        worker_init_fn=WORKER_INIT)
     return model, teacher, dataset, sampler, loader
 
 
@@ -140,22 +154,27 @@ def main(args: argparse.Namespace) -> None:
     update = TorchUpdate(model, optimizer, precision, scaler, args.clip_grad, args.accum_iter)
 
     start_epoch, step, start_in_epoch = 0, 0, 0
+    totals = EpochTotals()  # the running epoch's sums, saved with every checkpoint
     found = load_training_state(args.resume, args.auto_resume, args.output_dir, model=core, optimizer=optimizer,
                                 scaler=scaler)
     if found:
         path, state = found
         start_epoch, step, start_in_epoch = resume_from(state, path, steps_per_epoch, env)
+        if start_in_epoch:
+            totals = EpochTotals(state.get("epoch_totals"))
     config = {**vars(args), "precision": precision, "world_size": env.world_size, "global_batch": global_batch,
               "actual_lr": schedule.lr}
     write_config(args.output_dir, env, config)
 
     def save(path: str, at_step: int) -> None:
         save_training_state(path, env, model=core, optimizer=optimizer, scaler=scaler, step=at_step,
-                            steps_per_epoch=steps_per_epoch, config=vars(args))
+                            steps_per_epoch=steps_per_epoch, config=vars(args),
+                            extra={"epoch_totals": totals.state()})
 
     checkpointer = Checkpointer(env, args.output_dir, save, every_steps=args.save_ckpt_steps,
                                 every_epochs=args.save_ckpt_freq, epochs=args.epochs, keep_last=args.keep_last_ckpts)
-    run_log = RunLog(env, args.output_dir, args.log_dir, schedule.total_steps, config, args.wandb, args.run_name)
+    run_log = RunLog(env, args.output_dir, args.log_dir, schedule.total_steps, config, args.wandb, args.run_name,
+                     resume_at=(start_epoch, step) if found else None)
     control = StepControl(lr_at=schedule.lr_at, wd_at=schedule.wd_at, on_step_end=checkpointer.on_step_end,
                           should_stop=lambda: checkpointer.stopping, log_every=args.log_every,
                           skip_nonfinite=args.skip_nonfinite)
@@ -169,14 +188,18 @@ def main(args: argparse.Namespace) -> None:
         tracker.start_epoch()
         stats = train_one_epoch(model, loader, update, control, device=env.device, epoch=epoch, start_step=step,
                                 accum_iter=args.accum_iter, teacher=teacher, normalize_target=args.normalize_target,
-                                tracker=tracker, metrics=run_log.step)
+                                tracker=tracker, metrics=run_log.step, totals=totals)
         step = stats.pop("end_step")
         if checkpointer.stopping:
             checkpointer.exit_for_requeue(step)
-        checkpointer.on_epoch_end(epoch, step)
         bad = tracker.end_epoch()  # a collective: every rank stops if any rank's share is too bad
+        # Written ahead of the epoch's checkpoint: a kill in between re-runs the epoch on resume,
+        # and the resumed run drops this line before writing it again.
         run_log.epoch({**{f"train_{k}": v for k, v in stats.items()}, **bad, "epoch": epoch,
                        "n_parameters": n_parameters, "epoch_time": time.time() - t0})
+        totals = EpochTotals()
+        checkpointer.on_epoch_end(epoch, step)
+    checkpointer.preemption.disarm()
     if env.is_main:
         _summary(args.output_dir, run_log.tb_dir)
     run_log.close()
@@ -184,14 +207,31 @@ def main(args: argparse.Namespace) -> None:
 
 
 def _summary(output_dir: str, tb_dir: str) -> None:
+    """One closing line: loss first -> last epoch, the collapse monitors of the last epoch (per-batch
+    means, see PRETRAIN.md "Collapse monitors"), bad samples, where the outputs are."""
     epochs = [json.loads(line) for line in open(os.path.join(output_dir, "log.txt"))]
     first, last = epochs[0], epochs[-1]
-    used = {k[len("train_"):]: round(v) for k, v in last.items()
-            if k.startswith(("train_protos_used", "train_score_protos_used"))}
-    logger.info("done: train_loss %.4f (epoch %d) -> %.4f (epoch %d); prototypes used %s; bad samples %d; "
-                "checkpoints in %s; tensorboard logs in %s", first["train_loss"], first["epoch"], last["train_loss"],
-                last["epoch"], used or "n/a", sum(e["bad_samples"] for e in epochs), output_dir, tb_dir)
+    config_path = os.path.join(output_dir, "config.json")
+    k = json.load(open(config_path)).get("num_prototypes") if os.path.isfile(config_path) else None
+    of_k = f"/{k}" if k else ""
+
+    def sides(name: str, fmt: str, suffix: str = "") -> str:
+        return ", ".join(f"{fmt.format(last[f'train_{name}_{side}'])}{suffix} {side}" for side in ("pred", "target")
+                         if f"train_{name}_{side}" in last)
+
+    if "train_protos_used_pred" in last:
+        protos = f"prototypes used (balanced Sinkhorn codes) {sides('protos_used', '{:.0f}', of_k)}"
+        if "train_score_protos_used_pred" in last:
+            ln_k = f" of ln {k} = {torch.tensor(float(k)).log():.2f}" if k else ""
+            protos += (f"; raw-score argmax {sides('score_protos_used', '{:.0f}', of_k)}, "
+                       f"usage entropy {sides('score_usage_entropy', '{:.2f}')}{ln_k} nats")
+        protos += " (last epoch, per batch; what these mean: PRETRAIN.md, Collapse monitors)"
+    else:
+        protos = "no prototypes (pixel targets)"
+    logger.info("done: train_loss %.4f (epoch %d) -> %.4f (epoch %d); %s; bad samples %d; checkpoints in %s; "
+                "tensorboard logs in %s", first["train_loss"], first["epoch"], last["train_loss"], last["epoch"],
+                protos, sum(e["bad_samples"] for e in epochs), output_dir, tb_dir)
 
 
 if __name__ == "__main__":
-    main(get_args())
+    run_driver(main, get_args())

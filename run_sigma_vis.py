@@ -5,11 +5,14 @@
 
 writes to --output_dir:
     {video}_tubes.png           sampled frames (top row) and the same frames with every space-time tube
-                                coloured by its prototype (bottom row); prototype i always has the same colour
+                                coloured by its prototype (bottom row); prototype i always has the same colour;
+                                a legend lists the clip's prototype ids by tubes, large tubes carry their id
     {video}_tubes.gif           the overlay over time, original | overlay
     {video}_reconstruction.png  pixel models: masked input / reconstruction / original
-    prototype_usage.png, .json  --csv: tubes per prototype over the listed videos, sorted
+    prototype_usage.png, .json  --csv: tubes per prototype over the listed videos, sorted, on a log axis
     vis_config.json             the resolved settings
+Titles (also in each PNG's "Title" text chunk) name the checkpoint, its epoch and step, and the video.
+Clips under MIN_TILE pixels are enlarged; at most MAX_COLUMNS frames are shown per PNG row.
 Architecture flags default to the "config" saved in the checkpoint by run_sigma_pretraining.py;
 official checkpoints carry none, so give them on the command line.
 """
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from checkpointing import CheckpointError, load_checkpoint
 from datasets.annotations import AnnotationError, read_annotations
@@ -49,16 +52,23 @@ CONFIG_KEYS = ("model", "target_type", "num_prototypes", "input_size", "num_fram
                "video_backend")
 OVERLAY_ALPHA = 0.5  # weight of the prototype colour over the frame
 MASK_GREY = 0.5  # masked tubes in the masked-input row
-GAP, LABEL_W, CAPTION_H = 4, 100, 16  # px between frames, of the row-label column, of the GIF caption strip
+GAP, LABEL_W, CAPTION_H = 4, 150, 22  # px between frames, of the row-label column, of the GIF caption strip
+MIN_TILE = 160  # px: smaller clips are shown enlarged (nearest neighbour), so every tube is visible
+MAX_COLUMNS = 8  # frames shown per row of a PNG; longer clips show every n-th frame (the GIF has all)
+CELL_LABEL_MIN = 28  # px: tubes this large (and wide enough for the id) get their prototype id written on them
+LEGEND_W, LEGEND_MAX = 150, 48  # px per legend entry; entries listed (most tubes first)
+FONT_SIZE = 16
 GIF_FRAME_MS = 250
-PLOT_W, PLOT_H, MARGIN = 1000, 360, 48  # usage histogram: plot area and margin around it
+PLOT_X, PLOT_Y, PLOT_W, PLOT_H, MARGIN = 90, 100, 1200, 360, 24  # usage histogram: plot area origin and size
 KMEANS_ITERATIONS = 50
-FONT = ImageFont.load_default()
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """-h with the default of every flag that has help text, and the module docstring as written."""
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("SIGMA visualisation", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser("SIGMA visualisation", description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group("inputs")
     g.add_argument("--checkpoint", required=True, help="pretraining checkpoint (loaded with weights_only)")
     g.add_argument("--video", default="", help="video for the tube overlay and the reconstruction figures")
@@ -97,8 +107,10 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """(state dict, saved run config or {}) of a checkpoint; never unpickles code (weights_only)."""
+def read_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], str]:
+    """(state dict, saved run config or {}, "name, after E epochs (step S)" for titles) of a checkpoint;
+    never unpickles code (weights_only). E is the saved "epoch": epochs completed (checkpoint-{E-1}.pth
+    is written at the end of epoch E-1, counted from 0 as log.txt counts them)."""
     state = load_checkpoint(path, required=())
     weights = next((state[k] for k in ("model", "module") if isinstance(state.get(k), dict)), None)
     if weights is None:
@@ -106,7 +118,13 @@ def read_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]
     if "decoder.head.weight" not in weights:
         raise CheckpointError(path, "not a pretraining checkpoint: it has no decoder")
     config = state.get("config")
-    return weights, config if isinstance(config, dict) else {}
+    name, epochs = os.path.basename(path), state.get("epoch")
+    if isinstance(epochs, int):
+        name += f", after {epochs} epoch{'' if epochs == 1 else 's'}"
+        name += f" (step {state['step']})" if isinstance(state.get("step"), int) else ""
+    else:
+        name += " (no epoch recorded)"
+    return weights, config if isinstance(config, dict) else {}, name
 
 
 def build_model(weights: Dict[str, torch.Tensor], checkpoint: str, *, model_name: str, target_type: str,
@@ -252,29 +270,115 @@ def reconstruct(model: PretrainVisionTransformer, videos: torch.Tensor, mask: to
     return (to_uint8(unpatchify(hidden, grid, t, p)[0]), to_uint8(unpatchify(rec, grid, t, p)[0]), loss)
 
 
-def frame_grid(rows: Sequence[Tuple[str, np.ndarray]]) -> Image.Image:
-    """One labelled row per (label, uint8 [T, H, W, 3]), frames left to right."""
-    T, H, W = rows[0][1].shape[:3]
-    canvas = Image.new("RGB", (LABEL_W + T * W + (T - 1) * GAP, len(rows) * H + (len(rows) - 1) * GAP), "white")
+def _font(size: int) -> ImageFont.ImageFont:
+    """DejaVu Sans where installed (most Linux systems); else Pillow's own font, whose spaces are narrow."""
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        return ImageFont.load_default(size=size)
+
+
+FONT, SMALL_FONT = _font(FONT_SIZE), _font(FONT_SIZE - 3)
+LINE_H = FONT_SIZE + 6  # px per text line
+
+
+def shown_frames(num_frames: int) -> List[int]:
+    """Positions of the clip's frames shown as columns: all, or evenly strided down to MAX_COLUMNS."""
+    return list(range(0, num_frames, math.ceil(num_frames / MAX_COLUMNS)))
+
+
+def upscale(frames: np.ndarray) -> np.ndarray:
+    """uint8 [T, S, S, 3] -> [T, S*f, S*f, 3], nearest neighbour by the integer f that makes tiles >= MIN_TILE."""
+    factor = max(1, math.ceil(MIN_TILE / frames.shape[1]))
+    return frames.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+def tile_origin(row: int, col: int, tile: int, title_lines: int) -> Tuple[int, int]:
+    """Top-left pixel of frame `col` of row `row` in a `figure` with `title_lines` title lines."""
+    return LABEL_W + col * (tile + GAP), (title_lines + 1) * LINE_H + row * (tile + GAP)
+
+
+def legend_origin(rows: int, tile: int, title_lines: int) -> Tuple[int, int]:
+    """Top-left pixel of the first legend entry (its swatch) of a `figure`."""
+    return LABEL_W, tile_origin(rows, 0, tile, title_lines)[1] + LINE_H // 2
+
+
+def legend_entries(ids: torch.Tensor) -> List[Tuple[int, int]]:
+    """(id, tubes) for the ids of one clip, most tubes first (ties: lower id first)."""
+    counts = torch.bincount(ids.flatten().cpu())
+    order = torch.argsort(counts, descending=True, stable=True)
+    return [(int(k), int(counts[k])) for k in order if counts[k] > 0]
+
+
+def figure(title: Sequence[str], rows: Sequence[Tuple[str, np.ndarray]], captions: Sequence[str],
+           legend: Sequence[Tuple[int, int]] = (), legend_name: str = "prototype",
+           cell_ids: Optional[Tuple[int, np.ndarray]] = None) -> Image.Image:
+    """Title lines, one labelled row of square tiles per (label, uint8 [T, S, S, 3]), a caption above
+    each column, and a legend: the palette colour of each (id, tubes) with "legend_name id: tubes".
+
+    cell_ids: (row, [T, H/p, W/p] ids) writes each tube's id into its cell when the cells are large enough.
+    """
+    T, tile = rows[0][1].shape[:2]
+    width = max(LABEL_W + T * tile + (T - 1) * GAP, 2 * LABEL_W + LEGEND_W)
+    per_line = max(1, (width - LABEL_W) // LEGEND_W)
+    shown = list(legend[:LEGEND_MAX])
+    legend_lines = math.ceil(len(shown) / per_line) + (len(legend) > len(shown))
+    top = tile_origin(0, 0, tile, len(title))[1]
+    height = top + len(rows) * (tile + GAP) + (legend_lines + bool(legend)) * LINE_H
+    canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(title):
+        draw.text((4, 4 + i * LINE_H), line, fill="black", font=FONT)
+    for c, caption in enumerate(captions):
+        draw.text((LABEL_W + c * (tile + GAP), top - 2), caption, fill="black", anchor="ld", font=SMALL_FONT)
     for r, (label, frames) in enumerate(rows):
-        y = r * (H + GAP)
-        draw.text((4, y + H // 2), label, fill="black", anchor="lm", font=FONT)
-        for i, frame in enumerate(frames):
-            canvas.paste(Image.fromarray(frame), (LABEL_W + i * (W + GAP), y))
+        draw.text((4, tile_origin(r, 0, tile, len(title))[1] + tile // 2), label, fill="black", anchor="lm",
+                  font=FONT)
+        for c, frame in enumerate(frames):
+            canvas.paste(Image.fromarray(frame), tile_origin(r, c, tile, len(title)))
+    if cell_ids is not None:
+        row, ids = cell_ids
+        cell = tile // ids.shape[-1]
+        if cell >= max(CELL_LABEL_MIN, SMALL_FONT.getlength(str(ids.max())) + 12):  # room for the id and a margin
+            for c in range(T):
+                x0, y0 = tile_origin(row, c, tile, len(title))
+                for (h, w), k in np.ndenumerate(ids[c]):
+                    draw.text((x0 + w * cell + cell // 2, y0 + h * cell + cell // 2), str(k), fill="black",
+                              anchor="mm", font=SMALL_FONT, stroke_width=2, stroke_fill="white")
+    colours = palette(max((k for k, _ in legend), default=0) + 1)
+    x0, y = legend_origin(len(rows), tile, len(title))
+    for i, (k, tubes) in enumerate(shown):
+        x, yy = x0 + (i % per_line) * LEGEND_W, y + (i // per_line) * LINE_H
+        draw.rectangle([x, yy + 2, x + FONT_SIZE, yy + 2 + FONT_SIZE], fill=tuple(int(v) for v in colours[k]),
+                       outline="black")
+        draw.text((x + FONT_SIZE + 4, yy), f"{legend_name} {k}: {tubes}", fill="black", font=SMALL_FONT)
+    if len(legend) > len(shown):
+        rest = sum(tubes for _, tubes in legend[LEGEND_MAX:])
+        draw.text((x0, y + (legend_lines - 1) * LINE_H),
+                  f"+ {len(legend) - len(shown)} more ids with {rest} tubes in all", fill="black", font=SMALL_FONT)
+    if legend:
+        draw.text((4, y), "legend", fill="black", font=FONT)
     return canvas
+
+
+def save_png(img: Image.Image, path: str, title: Sequence[str]) -> None:
+    """PNG with the title also in its "Title" text chunk (readable by image viewers and tests)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Title", " | ".join(title))
+    img.save(path, pnginfo=info)
 
 
 def save_gif(original: np.ndarray, overlay: np.ndarray, indices: Sequence[int], path: str) -> None:
     """original | overlay per sampled frame, with a caption strip (which also keeps PIL from merging
     identical frames); one palette for all frames, no dithering, so a colour never flickers."""
+    original, overlay = upscale(original), upscale(overlay)
     T, H, W = original.shape[:3]
     frames = []
     for i in range(T):
         frame = Image.new("RGB", (2 * W + GAP, H + CAPTION_H), "white")
         frame.paste(Image.fromarray(original[i]), (0, 0))
         frame.paste(Image.fromarray(overlay[i]), (W + GAP, 0))
-        ImageDraw.Draw(frame).text((2, H + 2), f"{i + 1}/{T} (frame {indices[i]})", fill="black", font=FONT)
+        ImageDraw.Draw(frame).text((2, H + 2), f"{i + 1}/{T} (frame {indices[i]})", fill="black", font=SMALL_FONT)
         frames.append(frame)
     strip = Image.new("RGB", (frames[0].width, frames[0].height * T))
     for i, frame in enumerate(frames):
@@ -284,35 +388,59 @@ def save_gif(original: np.ndarray, overlay: np.ndarray, indices: Sequence[int], 
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=GIF_FRAME_MS, loop=0)
 
 
-def usage_plot(counts: torch.Tensor, title: str) -> Image.Image:
-    """Sorted bar chart of tubes per prototype, each bar in its prototype's overlay colour."""
+def bar_top(count: float, top: int) -> int:
+    """y pixel of the top of a bar of `count` tubes on the usage plot's log axis (log(1 + count))."""
+    bottom = PLOT_Y + PLOT_H - 1
+    return bottom - round((PLOT_H - 1) * math.log1p(count) / math.log1p(max(top, 1)))
+
+
+def usage_plot(counts: torch.Tensor, title: Sequence[str]) -> Image.Image:
+    """Sorted bar chart of tubes per prototype on a log axis, each bar in its prototype's overlay
+    colour, with the prototype id under the bar where it fits, and the uniform share as a line."""
     K = counts.numel()
     order = torch.argsort(counts, descending=True, stable=True).tolist()
     top, colours = max(int(counts.max()), 1), palette(K)
-    img = Image.new("RGB", (PLOT_W + 2 * MARGIN, PLOT_H + 2 * MARGIN), "white")
+    img = Image.new("RGB", (PLOT_X + PLOT_W + MARGIN, PLOT_Y + PLOT_H + 3 * LINE_H + MARGIN), "white")
     draw = ImageDraw.Draw(img)
-    bottom = MARGIN + PLOT_H - 1
+    bottom = PLOT_Y + PLOT_H - 1
+    label_ids = PLOT_W / K >= SMALL_FONT.getlength(str(K - 1)) + 2
+    uniform = int(counts.sum()) / K
+    y = bar_top(uniform, top)
+    for x in range(PLOT_X, PLOT_X + PLOT_W, 8):  # dashed, behind the bars: visible where use is below uniform
+        draw.line([(x, y), (x + 3, y)], fill="black")
+    draw.text((PLOT_X + PLOT_W, y - 2), f"uniform ({uniform:.3g} each)", fill="black", anchor="rd", font=SMALL_FONT)
     for rank, k in enumerate(order):
         if counts[k] == 0:
             break
-        x0 = MARGIN + rank * PLOT_W // K
-        x1 = max(x0, MARGIN + (rank + 1) * PLOT_W // K - 1 - (PLOT_W >= 3 * K))  # 1 px apart when wide
-        y0 = bottom - round((PLOT_H - 1) * int(counts[k]) / top)
-        draw.rectangle([x0, y0, x1, bottom], fill=tuple(int(c) for c in colours[k]))
-    draw.line([(MARGIN - 1, MARGIN), (MARGIN - 1, bottom + 1), (MARGIN + PLOT_W, bottom + 1)], fill="black")
-    draw.text((MARGIN - 4, MARGIN), str(top), fill="black", anchor="ra", font=FONT)
-    draw.text((MARGIN - 4, MARGIN - 4), "tubes", fill="black", anchor="rs", font=FONT)
-    draw.text((MARGIN - 4, bottom), "0", fill="black", anchor="rs", font=FONT)
-    draw.text((MARGIN, MARGIN // 2), title, fill="black", anchor="lm", font=FONT)
-    draw.text((MARGIN + PLOT_W // 2, bottom + MARGIN // 2), f"{K} prototypes, sorted by tubes assigned",
-              fill="black", anchor="mm", font=FONT)
+        x0 = PLOT_X + rank * PLOT_W // K
+        x1 = max(x0, PLOT_X + (rank + 1) * PLOT_W // K - 1 - (PLOT_W >= 3 * K))  # 1 px apart when wide
+        draw.rectangle([x0, bar_top(int(counts[k]), top), x1, bottom], fill=tuple(int(c) for c in colours[k]))
+        if label_ids:
+            draw.text(((x0 + x1) // 2, bottom + 4), str(k), fill="black", anchor="ma", font=SMALL_FONT)
+    # Log ticks at the largest count, then ..., 100, 10, 1, 0 where their labels do not overlap.
+    last_y = None
+    for tick in [top] + [10 ** e for e in range(int(math.log10(top)), -1, -1)] + [0]:
+        y = bar_top(tick, top)
+        if last_y is not None and y - last_y < FONT_SIZE:
+            continue
+        draw.line([(PLOT_X - 5, y), (PLOT_X - 1, y)], fill="black")
+        draw.text((PLOT_X - 7, y), str(tick), fill="black", anchor="rm", font=SMALL_FONT)
+        last_y = y
+    draw.line([(PLOT_X - 1, PLOT_Y), (PLOT_X - 1, bottom + 1), (PLOT_X + PLOT_W, bottom + 1)], fill="black")
+    draw.text((PLOT_X - 7, PLOT_Y - 8), "tubes (log)", fill="black", anchor="rd", font=SMALL_FONT)
+    for i, line in enumerate(title):
+        draw.text((8, 6 + i * LINE_H), line, fill="black", font=FONT)
+    used = int((counts > 0).sum())
+    draw.text((PLOT_X + PLOT_W // 2, bottom + 2 * LINE_H),
+              f"prototypes sorted by tubes assigned, most used first: {used} used, {K - used} unused"
+              + ("" if label_ids else " (ids in prototype_usage.json)"), fill="black", anchor="mm", font=FONT)
     return img
 
 
 def visualise_video(model: PretrainVisionTransformer, teacher: Optional[nn.Module], path: str, out_dir: str, *,
                     clip: Dict[str, Any], device: torch.device, assign: str, clusters: int, mask_ratio: float,
-                    normalize_target: bool, seed: int) -> List[str]:
-    """Figures (a) to (c) of one video; returns the written paths."""
+                    normalize_target: bool, seed: int, checkpoint: str) -> List[str]:
+    """Figures (a) to (c) of one video; `checkpoint` heads their titles. Returns the written paths."""
     frames, indices = read_clip(path, **clip)  # uint8 [T, C, S, S]
     videos = to_normalized_float(frames).unsqueeze(0).to(device)  # [1, 3, T, S, S]
     t, p = model.tubelet_size, model.patch_size
@@ -321,25 +449,38 @@ def visualise_video(model: PretrainVisionTransformer, teacher: Optional[nn.Modul
     if hasattr(model, "prototypes"):
         scores = prototype_scores(model, videos, teacher, normalize_target)[0]  # [N, K]
         ids = assign_prototypes(scores, assign, model.sinkhorn_eps, model.sinkhorn_iterations)  # [N]
-        label = "prototypes"
+        label, name = "prototypes", "prototype"
+        source = "the clip's balanced Sinkhorn codes" if assign == "sinkhorn" else "the raw cosines"
+        how = (f"tube colour = prototype, argmax of {source}; "
+               f"{ids.unique().numel()} of {scores.shape[-1]} prototypes in this clip")
     else:
         with torch.no_grad():
             feats = model.encoder.forward_tokens(videos)[0]  # [N, D], every token visible
         ids = kmeans(feats, clusters, KMEANS_ITERATIONS, generator)
-        label = f"k-means {clusters}"
+        label, name = f"k-means {clusters}", "cluster"
+        how = f"tube colour = k-means cluster ({clusters}) of the encoder features (no prototypes in this model)"
     logger.info("%s: %d tubes, %d distinct ids (%s)", path, ids.numel(), ids.unique().numel(), label)
     original = frames.permute(0, 2, 3, 1).numpy()  # [T, S, S, 3]
     colours = tube_colours(ids, grid, t, p).astype(np.float32)
     overlay = ((1 - OVERLAY_ALPHA) * original + OVERLAY_ALPHA * colours).round().astype(np.uint8)
     stem = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
-    frame_grid([("frames", original), (label, overlay)]).save(f"{stem}_tubes.png")
+    cols = shown_frames(original.shape[0])
+    captions = [f"frame {indices[c]}" for c in cols]
+    head = f"{checkpoint} | {os.path.basename(path)} | {model.target_type} targets"
+    title = [head, how]
+    cell_ids = ids.reshape(grid).cpu().numpy().repeat(t, axis=0)[cols]  # [columns, H/p, W/p]
+    big_original = upscale(original[cols])
+    save_png(figure(title, [("frames", big_original), (label, upscale(overlay[cols]))], captions,
+                    legend_entries(ids), name, cell_ids=(1, cell_ids)), f"{stem}_tubes.png", title)
     save_gif(original, overlay, indices, f"{stem}_tubes.gif")
     written = [f"{stem}_tubes.png", f"{stem}_tubes.gif"]
     if model.target_type == "pixel":
         mask = tube_mask(1, grid, mask_ratio, generator=generator).to(device)  # [1, N]
         hidden, rec, loss = reconstruct(model, videos, mask, normalize_target)
-        frame_grid([(f"masked {mask_ratio:.0%}", hidden), ("reconstruction", rec), ("original", original)]
-                   ).save(f"{stem}_reconstruction.png")
+        title = [head, f"reconstruction of {mask_ratio:.0%} masked tubes (grey); loss on them {loss:.4f}"]
+        save_png(figure(title, [(f"masked {mask_ratio:.0%}", upscale(hidden[cols])),
+                                ("reconstruction", upscale(rec[cols])), ("original", big_original)], captions),
+                 f"{stem}_reconstruction.png", title)
         logger.info("reconstruction loss on the masked tubes: %.4f", loss)
         written.append(f"{stem}_reconstruction.png")
     return written
@@ -347,8 +488,9 @@ def visualise_video(model: PretrainVisionTransformer, teacher: Optional[nn.Modul
 
 def prototype_usage(model: PretrainVisionTransformer, teacher: Optional[nn.Module], paths: Sequence[str],
                     out_dir: str, *, clip: Dict[str, Any], device: torch.device,
-                    normalize_target: bool) -> Dict[str, Any]:
-    """Argmax prototype of every tube of every readable video: histogram PNG and JSON summary."""
+                    normalize_target: bool, checkpoint: str) -> Dict[str, Any]:
+    """Argmax prototype of every tube of every readable video: histogram PNG and JSON summary;
+    `checkpoint` heads the plot's title."""
     counts = torch.zeros(model.prototypes.shape[0], dtype=torch.long)
     skipped = []
     for path in paths:
@@ -367,13 +509,17 @@ def prototype_usage(model: PretrainVisionTransformer, teacher: Optional[nn.Modul
     freq = counts.double() / counts.sum()
     summary = {"videos": used, "skipped": skipped, "tubes": int(counts.sum()), "num_prototypes": counts.numel(),
                "used": int((counts > 0).sum()), "entropy_nats": float(torch.special.entr(freq).sum()),
-               "counts": counts.tolist()}
-    title = (f"prototype usage over {used} videos ({summary['tubes']} tubes): {summary['used']}/{counts.numel()} "
-             f"used, entropy {summary['entropy_nats']:.2f} nats (uniform {math.log(counts.numel()):.2f})")
-    usage_plot(counts, title).save(os.path.join(out_dir, "prototype_usage.png"))
+               "counts": counts.tolist(), "by_usage": torch.argsort(counts, descending=True, stable=True).tolist()}
+    text = (f"prototype usage over {used} videos ({summary['tubes']} tubes, argmax of raw cosines): "
+            f"{summary['used']}/{counts.numel()} used, entropy {summary['entropy_nats']:.2f} nats "
+            f"(uniform {math.log(counts.numel()):.2f})")
+    top = ", ".join(f"{k} ({int(counts[k]) / summary['tubes']:.0%})" for k in summary["by_usage"][:8]
+                    if counts[k] > 0)
+    title = [checkpoint, text, f"most used: {top}"]
+    save_png(usage_plot(counts, title), os.path.join(out_dir, "prototype_usage.png"), title)
     with open(os.path.join(out_dir, "prototype_usage.json"), "w") as f:
         json.dump(summary, f)
-    logger.info(title)
+    logger.info(text)
     return summary
 
 
@@ -383,7 +529,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     if not args.video and not args.csv:
         parser.error("give --video, --csv or both")
-    weights, config = read_checkpoint(args.checkpoint)
+    weights, config, checkpoint = read_checkpoint(args.checkpoint)
     # Second parse: the saved run config replaces the parser's defaults, explicit flags still win.
     parser.set_defaults(**{k: config[k] for k in CONFIG_KEYS if k in config})
     args = parser.parse_args(argv)
@@ -408,13 +554,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.video:
         written = visualise_video(model, teacher, args.video, args.output_dir, clip=clip, device=device,
                                   assign=args.assign, clusters=args.clusters, mask_ratio=args.mask_ratio,
-                                  normalize_target=args.normalize_target, seed=args.seed)
+                                  normalize_target=args.normalize_target, seed=args.seed, checkpoint=checkpoint)
         logger.info("wrote %s", ", ".join(written))
     if args.csv:
         samples = read_annotations(args.csv, args.data_path, with_labels=False)
         paths = [s.path for s in samples][:args.max_videos or None]
         prototype_usage(model, teacher, paths, args.output_dir, clip=clip, device=device,
-                        normalize_target=args.normalize_target)
+                        normalize_target=args.normalize_target, checkpoint=checkpoint)
 
 
 if __name__ == "__main__":

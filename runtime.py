@@ -1,6 +1,8 @@
 """Run-script machinery shared by pretraining and fine-tuning: preemption, resumable saves,
 resume positions and the metric sinks (metrics.jsonl, log.txt, tensorboard, optional wandb)."""
 import argparse
+import contextlib
+import copy
 import json
 import logging
 import os
@@ -13,11 +15,12 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from checkpointing import (CheckpointError, checkpoint_path, find_resume_checkpoint, load_checkpoint, prune_checkpoints,
-                           rng_state, save_checkpoint, set_rng_state)
+from checkpointing import (CheckpointError, checkpoint_path, find_resume_checkpoint, link_checkpoint, load_checkpoint,
+                           load_model_state, prune_checkpoints, rng_state, save_checkpoint, set_rng_state)
 from distributed import (DistEnv, barrier, broadcast_object, cleanup_distributed, gather_objects, host_group,
                          is_main_process, setup_distributed, setup_logging)
 from schedules import cosine_schedule, warmup_steps_from
+from shutdown import RunError
 
 logger = logging.getLogger("sigma")
 
@@ -30,6 +33,22 @@ def str2bool(v: str) -> bool:
     if v.lower() in ("0", "false", "no", "n"):
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`-h` with every option's default, also for options without a help text."""
+
+    def _format_action(self, action):
+        if not action.help and action.option_strings and action.default is not argparse.SUPPRESS:
+            action = copy.copy(action)
+            # A --no_x flag whose dest defaults to True says nothing: "(default: True)" would read as
+            # the opposite of what it does.
+            if action.nargs != 0 or action.const == action.default:
+                action.help = "(default: %(default)s)"
+        elif action.nargs == 0 and action.const != action.default and action.help:
+            action = copy.copy(action)  # "(default: True)" under --no_x would read as the opposite
+            action.help = action.help.replace("%(default)s", "").strip() or None
+        return super()._format_action(action)
 
 
 def add_launcher_compat_flags(group) -> None:
@@ -60,6 +79,48 @@ def add_output_and_run_flags(p: argparse.ArgumentParser, *, output_dir: str, sav
     add_launcher_compat_flags(g)
 
 
+Rules = Dict[str, Tuple[Callable[[Any], bool], str]]  # flag -> (valid?, the valid range in words)
+
+
+def check_flags(p: argparse.ArgumentParser, args: argparse.Namespace, rules: Rules) -> None:
+    """parser.error naming every flag outside its valid range, before anything is built."""
+    bad = [f"--{name} {getattr(args, name)}: must be {valid}" for name, (ok, valid) in rules.items()
+           if getattr(args, name, None) is not None and not ok(getattr(args, name))]
+    if bad:
+        p.error("; ".join(bad))
+
+
+def common_rules(args: argparse.Namespace) -> Rules:
+    """Ranges of the flags the training drivers share (add_output_and_run_flags and the schedule)."""
+    return {
+        "epochs": (lambda v: v >= 1, ">= 1"),
+        "lr": (lambda v: v > 0, "> 0"),
+        "min_lr": (lambda v: v >= 0, ">= 0"),
+        "warmup_epochs": (lambda v: args.warmup_steps > 0 or 0 <= v <= args.epochs,
+                          f"in [0, --epochs {args.epochs}] (warmup cannot be longer than training)"),
+        "weight_decay": (lambda v: v >= 0, ">= 0"),
+        "clip_grad": (lambda v: v > 0, "> 0 (leave it out for no clipping)"),
+        "num_workers": (lambda v: v >= 0, ">= 0"),
+        "max_bad_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+        "skip_nonfinite": (lambda v: v >= 0, ">= 0"),
+        "save_ckpt_freq": (lambda v: v >= 1, ">= 1"),
+        "save_ckpt_steps": (lambda v: v >= 0, ">= 0 (0: no rolling saves)"),
+        "keep_last_ckpts": (lambda v: v >= 0, ">= 0 (0: keep all)"),
+        "log_every": (lambda v: v >= 1, ">= 1"),
+    }
+
+
+def clip_rules(args: argparse.Namespace, tubelet_size: int = 2, patch_size: int = 16) -> Rules:
+    """Ranges of the clip geometry flags (frames in tubes of `tubelet_size`, patches of `patch_size`)."""
+    return {
+        "num_frames": (lambda v: v >= tubelet_size and v % tubelet_size == 0,
+                       f"a positive multiple of the tube length {tubelet_size}"),
+        "sampling_rate": (lambda v: v >= 1, ">= 1"),
+        "input_size": (lambda v: v >= patch_size and v % patch_size == 0,
+                       f"a positive multiple of the patch size {patch_size}"),
+    }
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Steps of the run, and lr and weight decay as functions of the global optimizer step (lrs
@@ -81,6 +142,10 @@ class Schedule:
         return cosine_schedule(step, self.weight_decay, self.weight_decay_end, self.total_steps)
 
 
+class ScheduleError(RunError, ValueError):
+    """Flags whose schedule cannot be run (no full step, warmup longer than training)."""
+
+
 def make_schedule(*, micro_batches: int, accum: int, batch_size: int, world_size: int, num_videos: int,
                   lr: float, min_lr: float, warmup_lr: float, epochs: int, warmup_epochs: int, warmup_steps: int,
                   weight_decay: float, weight_decay_end: Optional[float]) -> Schedule:
@@ -93,24 +158,17 @@ def make_schedule(*, micro_batches: int, accum: int, batch_size: int, world_size
     """
     steps_per_epoch = micro_batches // accum
     if steps_per_epoch == 0:
-        raise ValueError(f"{num_videos} videos give no full step of batch {batch_size} x accum {accum} x "
+        raise ScheduleError(f"{num_videos} videos give no full step of batch {batch_size} x accum {accum} x "
                          f"{world_size} processes")
     total = epochs * steps_per_epoch
     warmup = warmup_steps_from(warmup_epochs, warmup_steps, steps_per_epoch)
     if warmup > total:
-        raise ValueError(f"--warmup_epochs {warmup_epochs} / --warmup_steps {warmup_steps} give {warmup} "
+        raise ScheduleError(f"--warmup_epochs {warmup_epochs} / --warmup_steps {warmup_steps} give {warmup} "
                          f"warmup steps, more than the {total} steps of --epochs {epochs}")
     global_batch = batch_size * accum * world_size
     scale = global_batch / 256
     return Schedule(steps_per_epoch, global_batch, lr * scale, min_lr * scale, warmup_lr * scale, warmup, total,
                     weight_decay, weight_decay if weight_decay_end is None else weight_decay_end)
-
-
-def ignore_preemption_signals(worker_id: int) -> None:
-    """DataLoader worker_init_fn. Data workers outlive a preemption signal sent to the whole job:
-    the main process needs them until its checkpoint is written, then shuts them down itself."""
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_IGN)
 
 
 def start_run(device: str, output_dir: str, log_name: str = "train.log") -> DistEnv:
@@ -128,13 +186,65 @@ def start_run(device: str, output_dir: str, log_name: str = "train.log") -> Dist
 
 
 class Preemption:
-    """Records SIGTERM / SIGUSR1 (Slurm's preemption and --signal warnings) instead of dying."""
+    """Records SIGTERM / SIGUSR1 (Slurm's preemption and --signal warnings) instead of dying.
+
+    While armed (the training loop runs), the first signal asks for a checkpoint at the next step
+    the ranks agree on; a second one (DUPLICATE_WINDOW_S or more later) ends the process at once,
+    or right after a save in progress (`saving`), with REQUEUE_EXIT_CODE since a resumable
+    checkpoint then exists. Once disarmed
+    (training is over: only evaluation is left, which a requeued run repeats) any signal exits
+    with REQUEUE_EXIT_CODE at once.
+    """
+
+    # A job's processes often get one preemption twice within a moment (slurmstepd signals every
+    # task and the batch shell forwards its own copy through srun): only a later signal is a second.
+    DUPLICATE_WINDOW_S = 10.0
 
     def __init__(self):
         self.signals = []
         self._pending = None  # (work, flag) of the all-reduce started at the previous step
+        self.armed = True
+        self._first_at = None
+        self._saving = self._exit_after_save = False
         for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, lambda signum, frame: self.signals.append(signum))
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signals.append(signum)
+        now = time.monotonic()
+        if self.armed and self._first_at is None:
+            self._first_at = now
+            return
+        if self.armed and now - self._first_at < self.DUPLICATE_WINDOW_S:
+            return
+        if self._saving:
+            self._exit_after_save = True
+            return
+        name = signal.Signals(signum).name
+        if not self.armed:
+            logger.warning("%s after training: exiting with %d for requeue", name, REQUEUE_EXIT_CODE)
+            raise SystemExit(REQUEUE_EXIT_CODE)
+        logger.error("second preemption signal (%s) before a checkpoint could be saved: exiting now", name)
+        raise SystemExit(128 + signum)
+
+    @contextlib.contextmanager
+    def saving(self):
+        """Signals that arrive inside wait for the save to finish."""
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
+        if self._exit_after_save:
+            logger.warning("second preemption signal during a save: the save finished, exiting with %d",
+                           REQUEUE_EXIT_CODE)
+            raise SystemExit(REQUEUE_EXIT_CODE)
+
+    def disarm(self) -> None:
+        """Training is over: from now on a signal exits at once (pending ones included)."""
+        self.armed = False
+        if self.signals:
+            self._on_signal(self.signals.pop(), None)
 
     def agreed(self, step: int, env: DistEnv) -> bool:
         """Whether every rank stops after `step` (called by every rank after every step).
@@ -165,11 +275,13 @@ class Checkpointer:
 
     Args:
         save: save(path, step), called on every rank (saving is a collective).
+        link_latest: `save` writes the whole training state to `path`, so that at an epoch end
+            checkpoint-latest.pth can be a hard link of the epoch file instead of a second copy.
     """
 
     def __init__(self, env: DistEnv, output_dir: str, save: Callable[[str, int], None], *, every_steps: int,
-                 every_epochs: int, epochs: int, keep_last: int = 0):
-        self.env, self.output_dir, self.save = env, output_dir, save
+                 every_epochs: int, epochs: int, keep_last: int = 0, link_latest: bool = True):
+        self.env, self.output_dir, self.save, self.link_latest = env, output_dir, save, link_latest
         self.every_steps, self.every_epochs, self.epochs, self.keep_last = every_steps, every_epochs, epochs, keep_last
         self.preemption = Preemption()
         self.stopping = False
@@ -178,14 +290,24 @@ class Checkpointer:
         if self.preemption.agreed(step, self.env):
             self.stopping = True
         if self.stopping or (self.every_steps > 0 and step % self.every_steps == 0):
-            self.save(checkpoint_path(self.output_dir), step)
+            self._save(checkpoint_path(self.output_dir), step)
 
     def on_epoch_end(self, epoch: int, step: int) -> None:
+        latest = checkpoint_path(self.output_dir)
         if (epoch + 1) % self.every_epochs == 0 or epoch + 1 == self.epochs:
-            self.save(checkpoint_path(self.output_dir, epoch), step)
+            path = checkpoint_path(self.output_dir, epoch)
+            self._save(path, step)
             if self.env.is_main:
                 prune_checkpoints(self.output_dir, self.keep_last)
-        self.save(checkpoint_path(self.output_dir), step)
+            # The same state: checkpoint-latest.pth becomes a second name of the epoch file.
+            linked = self.link_latest and self.env.is_main and link_checkpoint(path, latest)
+            if self.link_latest and broadcast_object(linked):
+                return
+        self._save(latest, step)
+
+    def _save(self, path: str, step: int) -> None:
+        with self.preemption.saving():
+            self.save(path, step)
 
     def exit_for_requeue(self, step: int) -> None:
         logger.warning("preemption signal: saved a resumable checkpoint at step %d; exiting with %d for requeue",
@@ -255,7 +377,7 @@ def load_training_state(resume: str, auto_resume: bool, output_dir: str, *, mode
     if "optimizer" not in state:
         raise SystemExit(f"{path} holds weights only (no optimizer state): start from it with --finetune, "
                          f"not --resume")
-    model.load_state_dict(state["model"])
+    load_model_state(model, state, path)
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
@@ -301,6 +423,32 @@ def write_config(output_dir: str, env: DistEnv, config: Dict[str, Any]) -> None:
             json.dump(config, f, indent=2)
 
 
+def _drop_records(path: str, drop: Callable[[Dict[str, Any]], bool]) -> None:
+    """Rewrite a JSON-lines file without the records `drop` selects (and without a torn last line
+    of a killed run), atomically."""
+    if not os.path.exists(path):
+        return
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if drop(record):
+                dropped += 1
+            else:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    if not dropped:
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+    logger.info("%s: dropped %d records of steps this resumed run repeats", os.path.basename(path), dropped)
+
+
 def format_duration(seconds: float) -> str:
     """'2d 03:04:05' (days only when there are any): multi-day runs must not wrap at 24 h."""
     days, rest = divmod(int(seconds), 86400)
@@ -313,11 +461,18 @@ class RunLog:
     tensorboard, and Weights & Biases behind a flag. Other ranks get a RunLog that does nothing."""
 
     def __init__(self, env: DistEnv, output_dir: str, log_dir: Optional[str], total_steps: int,
-                 config: Dict[str, Any], use_wandb: bool = False, run_name: str = "sigma"):
+                 config: Dict[str, Any], use_wandb: bool = False, run_name: str = "sigma",
+                 resume_at: Optional[Tuple[int, int]] = None):
+        """resume_at: (epoch, global step) this run resumes from: records of later steps and of
+        that epoch and later ones, which the run is about to write again, are dropped first."""
         self.enabled, self.output_dir, self.total_steps = env.is_main, output_dir, total_steps
         self.metrics_file = self.writer = self.wandb = None
         if not self.enabled:
             return
+        if resume_at is not None:
+            epoch, step = resume_at
+            _drop_records(os.path.join(output_dir, "metrics.jsonl"), lambda r: r.get("step", 0) > step)
+            _drop_records(os.path.join(output_dir, "log.txt"), lambda r: r.get("epoch", -1) >= epoch)
         self.metrics_file = open(os.path.join(output_dir, "metrics.jsonl"), "a")
         from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard is heavy to import
 
@@ -341,7 +496,7 @@ class RunLog:
         for k, v in record.items():
             self.writer.add_scalar(f"train/{k}", v, record["step"])
         eta = (self.total_steps - record["step"]) * record["step_time"]
-        logger.info("epoch %d step %d/%d loss %.4f lr %.2e data %.3fs step %.3fs eta %s", record["epoch"],
+        logger.info("epoch %d step %d/%d loss %.4f lr %.2e (peak group) data %.3fs step %.3fs eta %s", record["epoch"],
                     record["step"], self.total_steps, record["loss"], record["lr"], record["data_time"],
                     record["step_time"], format_duration(eta))
 

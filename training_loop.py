@@ -37,6 +37,29 @@ class StepControl:
     after_update: Optional[Callable[[int], None]] = None  # e.g. the EMA update, before any checkpoint
 
 
+class EpochTotals:
+    """Running sums of one epoch's step stats. A checkpoint taken mid-epoch stores them (`state`),
+    so that a resumed epoch's averages still cover every step of the epoch."""
+
+    def __init__(self, state: Optional[Dict[str, object]] = None):
+        state = state or {}
+        self.sums: Dict[str, torch.Tensor] = {k: torch.tensor(float(v)) for k, v in state.get("sums", {}).items()}
+        self.count: int = int(state.get("count", 0))
+
+    def add(self, stats: Dict[str, torch.Tensor]) -> None:
+        for k, v in stats.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums[k].to(v.device) + v if k in self.sums else v
+        self.count += 1
+
+    def state(self) -> Dict[str, object]:
+        """Plain floats (one host sync, only when a checkpoint is written)."""
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "count": self.count}
+
+    def averages(self) -> Dict[str, float]:
+        return {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}
+
+
 def set_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
     """Every group's lr = lr * its lr_scale; decaying groups get `weight_decay`."""
     for group in optimizer.param_groups:
@@ -146,7 +169,8 @@ def to_device(batch: Dict[str, object], device: torch.device, video_dtype: Optio
 
 def run_epoch(model: nn.Module, loader: Iterable, update, control: StepControl, loss_fn: LossFn, *,
               device: torch.device, epoch: int, start_step: int, accum_iter: int = 1, tracker=None,
-              metrics: Optional[Callable[[Dict[str, float]], None]] = None) -> Dict[str, float]:
+              metrics: Optional[Callable[[Dict[str, float]], None]] = None,
+              totals: Optional[EpochTotals] = None) -> Dict[str, float]:
     """One pass over `loader`; returns epoch averages of the stats and "end_step".
 
     Micro-batches that cannot complete a step at the end of the loader are not run.
@@ -157,9 +181,11 @@ def run_epoch(model: nn.Module, loader: Iterable, update, control: StepControl, 
         start_step: global optimizer step at the start.
         tracker: BadSampleTracker fed with every batch.
         metrics: called every `control.log_every` steps with host floats (loss terms, lr, ...).
+        totals: this epoch's running sums, restored from a mid-epoch checkpoint (default: empty).
     """
     model.train()
-    step, sums, count, skipped = start_step, {}, 0, 0
+    step, skipped = start_step, 0
+    totals = totals if totals is not None else EpochTotals()
     usable = len(loader) // accum_iter * accum_iter if hasattr(loader, "__len__") else None
     t_data, clips, window = 0.0, 0, 0  # the current metrics window: data wait, clips, steps
     t_window = t_last = time.perf_counter()
@@ -200,12 +226,14 @@ def run_epoch(model: nn.Module, loader: Iterable, update, control: StepControl, 
             control.after_update(step)
         if grad_norm.numel():  # empty: the engine did not report a norm
             stats["grad_norm"] = grad_norm
-        stats["lr"] = torch.tensor(update.optimizer.param_groups[0]["lr"])
-        for k, v in stats.items():
-            sums[k] = sums.get(k, 0.0) + v.detach().float()
-        count += 1
+        # The peak group's lr (with layer decay the head's; the first group is the patch embedding's).
+        stats["lr"] = torch.tensor(max(g["lr"] for g in update.optimizer.param_groups))
+        totals.add(stats)
         window += 1
-        if step % control.log_every == 0 and metrics is not None:
+        # Every log_every steps, and also the first step of an epoch (progress and ETA at once)
+        # and its last one (every epoch ends in metrics.jsonl, however short).
+        log_now = step % control.log_every == 0 or step == start_step + 1 or micro + 1 == usable
+        if log_now and metrics is not None:
             # The window starts at the last log or at this epoch's start, whichever is later.
             elapsed = time.perf_counter() - t_window
             # Loss terms averaged over all ranks, throughput summed (one all-reduce, one host read).
@@ -220,8 +248,8 @@ def run_epoch(model: nn.Module, loader: Iterable, update, control: StepControl, 
             break
         t_last = time.perf_counter()
     update.zero_grad()  # a step cut short by a skipped loss does not carry over
-    means = global_means(sums, device) if sums else {}  # every rank took the same steps
-    return {k: v / max(count, 1) for k, v in means.items()} | {"steps": count, "end_step": step}
+    means = global_means(totals.sums, device) if totals.sums else {}  # every rank took the same steps
+    return {k: v / max(totals.count, 1) for k, v in means.items()} | {"steps": totals.count, "end_step": step}
 
 
 def global_means(values: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, float]:

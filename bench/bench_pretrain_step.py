@@ -15,7 +15,13 @@ on the device. Prints one JSON line per config (batch size):
                                  products and elementwise work are not counted)
     tflops, mfu                  achieved FLOP rate, and its fraction of --peak_tflops or of the
                                  known dense peak of the device (PEAK_TFLOPS)
-    breakdown                    with --breakdown: median seconds per stage (see STAGES)
+    breakdown                    with --breakdown: median seconds per stage (see STAGES);
+                                 breakdown_total_s the median step total, breakdown_steps each
+                                 step's unrounded stage seconds, breakdown_wall_s each of those
+                                 steps timed whole (synchronised host clock)
+    raw                          the unrounded figures the rounded ones come from: flops_per_step
+                                 (exact count), median_step_s, tflops, mfu; compare these, not the
+                                 rounded fields (at CPU sizes tflops is ~1e-3, so 4 decimals is one digit)
 
 Fast paths to measure on and off: --precision, --sdpa_backend, --fused_adamw, --compile,
 --sinkhorn (classic: the official matrix-rewriting iteration from bench_sinkhorn.py).
@@ -327,20 +333,26 @@ def measure(args: argparse.Namespace, model, teacher, videos, mask, device: torc
             peak_mb, peak_kind = _rss_peak_mb(rss_reset), "cpu_peak_rss" if rss_reset else "cpu_ru_maxrss_lifetime"
         if args.breakdown:
             current: List[Optional[Timeline]] = [None]
-            per_step = []
+            per_step, walls = [], []
             with stage_marks(lambda: current[0], model, teacher, sinkhorn):
                 for _ in range(args.iters):
                     sync(device)
+                    t0 = time.perf_counter()
                     current[0] = Timeline(device)
                     current[0].mark("start")
                     step(current[0])
+                    sync(device)
+                    walls.append(time.perf_counter() - t0)  # the same step on the host clock
                     per_step.append(current[0].stages())
                     current[0] = None
             record["breakdown"] = {s: round(statistics.median(d[s] for d in per_step), 5) for s in STAGES}
             record["breakdown_total_s"] = round(statistics.median(sum(d.values()) for d in per_step), 5)
+            record["breakdown_steps"] = per_step  # unrounded seconds per stage, one dict per step
+            record["breakdown_wall_s"] = walls
     median = statistics.median(times)
     peak = args.peak_tflops or peak_tflops(device, args.precision)
     achieved = flops / median / 1e12
+    mfu = achieved / peak if peak else None
     return {
         "variant": "ours", "model": args.model, "target_type": args.target_type,
         "teacher": args.distillation_teacher if teacher is not None else None, "loss_func": resolved_loss_func(args),
@@ -355,8 +367,9 @@ def measure(args: argparse.Namespace, model, teacher, videos, mask, device: torc
         "clips_per_s": round(batch_size / median, 3),
         "peak_mem_mb": round(peak_mb, 1), "peak_mem_kind": peak_kind,
         "gflops_per_clip": round(flops / batch_size / 1e9, 3), "tflops": round(achieved, 4),
-        "peak_tflops": peak, "mfu": round(achieved / peak, 4) if peak else None,
+        "peak_tflops": peak, "mfu": round(mfu, 4) if mfu is not None else None,
         "loss": first_loss, **record,
+        "raw": {"flops_per_step": flops, "median_step_s": median, "tflops": achieved, "mfu": mfu},
     }
 
 

@@ -320,8 +320,13 @@ def _class_dirs(folder: str) -> List[str]:
     return sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
 
 
+def video_exts(exts: Sequence[str]) -> Tuple[str, ...]:
+    """Extensions as compared with file names: lower case, with the dot ("MP4" -> ".mp4")."""
+    return tuple(sorted({e.lower() if e.startswith(".") else "." + e.lower() for e in exts if e.strip(".")}))
+
+
 def csv_from_folders(root: str, val_fraction: float = 0.1, split_dirs: Optional[Sequence[str]] = None,
-                     seed: int = 0) -> Annotations:
+                     seed: int = 0, exts: Sequence[str] = VIDEO_EXTS) -> Annotations:
     """Rows from a folder-per-class tree; labels are the class folders in alphabetical order.
 
     Args:
@@ -329,8 +334,12 @@ def csv_from_folders(root: str, val_fraction: float = 0.1, split_dirs: Optional[
         val_fraction: without split_dirs, the share of each class drawn (by `seed`) into val.
         split_dirs: existing split folders, written to train.csv, val.csv, test.csv in this order;
             the first one defines the classes.
+        exts: the file extensions listed (case-insensitive); other files are left out.
     """
-    videos = sorted(p for p in _index_videos(root) if os.path.splitext(p)[1].lower() in VIDEO_EXTS)
+    exts = video_exts(exts)
+    if not exts:
+        raise PrepareError("--ext: give at least one file extension, e.g. .mp4")
+    videos = sorted(p for p in _index_videos(root) if os.path.splitext(p)[1].lower() in exts)
     problems: List[Problem] = []
     if split_dirs:
         if len(split_dirs) > 3:
@@ -604,6 +613,10 @@ def write_annotations(annotations: Annotations, out_dir: str) -> List[str]:
 # command line
 # ---------------------------------------------------------------------------------------------
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """-h with the default of every flag that has help text, and the module docstring as written."""
+
+
 def _run_transcode(args: argparse.Namespace) -> int:
     report = transcode_tree(args.src, args.dst, short_side=args.short_side, height=args.height, gop=args.gop,
                             crf=args.crf, workers=args.workers, ext=args.ext)
@@ -625,7 +638,7 @@ def _run_csv(args: argparse.Namespace) -> int:
 def _csv_parser(sub: argparse._SubParsersAction, name: str, help_text: str, video_flag: str = "--video_dir",
                 ext: bool = True) -> Tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     """A CSV subcommand with its output flags; returns the parser and its input group."""
-    p = sub.add_parser(name, help=help_text, description=help_text)
+    p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
     inputs = p.add_argument_group("input")
     inputs.add_argument(video_flag, required=True, help="video folder; CSV paths are relative to it")
     out = p.add_argument_group("output")
@@ -637,11 +650,11 @@ def _csv_parser(sub: argparse._SubParsersAction, name: str, help_text: str, vide
 
 
 def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser("python -m datasets.prepare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser("python -m datasets.prepare", description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("transcode", help="re-encode a video tree to H.264 for fast clip decoding")
+    p = sub.add_parser("transcode", help="re-encode a video tree to H.264 for fast clip decoding",
+                       formatter_class=HelpFormatter)
     g = p.add_argument_group("files")
     g.add_argument("--src", required=True, help="folder searched recursively for " + " ".join(VIDEO_EXTS))
     g.add_argument("--dst", required=True, help="output folder; the source tree is mirrored")
@@ -663,8 +676,10 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     split.add_argument("--split_dirs", type=lambda s: [d for d in s.split(",") if d],
                        help="existing split folders under --root, e.g. train,val (-> train.csv, val.csv)")
     g.add_argument("--seed", type=int, default=0, help="seed of the --val_fraction draw")
+    g.add_argument("--ext", nargs="+", default=list(VIDEO_EXTS), metavar="EXT",
+                   help="file extensions to list (case-insensitive), e.g. --ext .mp4 .webm")
     p.set_defaults(build=lambda a: csv_from_folders(a.root, val_fraction=a.val_fraction, split_dirs=a.split_dirs,
-                                                    seed=a.seed))
+                                                    seed=a.seed, exts=a.ext))
 
     p, g = _csv_parser(sub, "csv-from-ssv2", "Something-Something v2 CSVs from the official JSON files")
     g.add_argument("--labels", required=True, help="something-something-v2-labels.json")

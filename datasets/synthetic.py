@@ -276,9 +276,12 @@ def _write_lines(path: str, lines: Sequence[str]) -> str:
     return path
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """-h with the default of every flag that has help text, and the module docstring as written."""
+
+
 def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser("synthetic motion dataset", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser("synthetic motion dataset", description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, help="dataset root; CSV paths are relative to it")
     g.add_argument("--codec", default="h264", choices=sorted(CODECS),

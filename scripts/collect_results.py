@@ -8,7 +8,11 @@ eval_knn.py. Its row reads:
 - Method, Extra data and pretraining Epochs from the pretraining run its ``--finetune`` checkpoint
   came from (the checkpoint's folder: config.json's target_type / loss_func, the checkpoint's
   epoch number): pixel + L2 is VideoMAE, mlp SIGMA-MLP, dino_* SIGMA-DINO. A checkpoint without
-  such a folder (an official release) gives "unknown".
+  such a folder (an official release) gives "unknown"; no checkpoint at all, "random init".
+- An ``--eval`` run tests the weights of its ``--resume`` or ``--finetune`` checkpoint (from its
+  config.json, or, for runs that wrote none, the "loaded ... from PATH" line of its train.log):
+  when that checkpoint lies in a fine-tuning run's folder, the row follows that run back to its
+  pretraining, and its Protocol is that run's, marked "(eval)".
 - Backbone from --model, Data from --data_set, views from --num_frames x --test_num_segment x
   --test_num_crop.
 - Top-1 / Top-5 from test_results.json (multi-view test) or knn_results.json; a run without them
@@ -22,6 +26,8 @@ import sys
 from typing import Dict, List, Optional
 
 RESULT_FILES = ("test_results.json", "knn_results.json")
+# run_class_finetuning.py's train.log line for the --finetune weights (modeling_finetune.load_pretrained_weights).
+LOADED_LINE = re.compile(r"loaded \d+ tensors from (.+?); newly initialised")
 BACKBONES = {"small": "ViT-S", "base": "ViT-B", "large": "ViT-L", "huge": "ViT-H"}
 DATA_NAMES = {"SSV2": "SSv2", "Kinetics-400": "K400", "UCF101": "UCF101", "HMDB51": "HMDB51",
               "Diving48": "Diving48", "custom": "custom"}
@@ -81,14 +87,26 @@ def backbone(model: str) -> str:
     return model or "?"
 
 
-def pretraining(checkpoint: str) -> Dict[str, str]:
-    """Method, extra data, epochs and run name of the pretraining run that wrote `checkpoint`."""
-    info = {"Method": "unknown", "Extra data": "?", "Epochs": "?", "Pretraining run": "-", "model": ""}
+def unknown_source() -> Dict[str, str]:
+    return {"Method": "unknown", "Extra data": "?", "Epochs": "?", "Pretraining run": "-", "model": "", "protocol": ""}
+
+
+def pretraining(checkpoint: str, hops: int = 0) -> Dict[str, str]:
+    """Method, extra data, epochs and run name of the pretraining run that wrote `checkpoint`, and
+    ("protocol") how the weights were trained when `checkpoint` came from a fine-tuning run."""
+    info = unknown_source()
     if not checkpoint:
         info.update(Method="random init", **{"Extra data": "no", "Epochs": "0"})
         return info
-    folder = os.path.dirname(os.path.abspath(checkpoint))
+    path = os.path.abspath(checkpoint)
+    folder = path if os.path.isdir(path) else os.path.dirname(path)  # DeepSpeed resumes name a folder
     config = read_json(os.path.join(folder, "config.json"))
+    if config and "data_set" in config and "target_type" not in config and hops < 4:
+        # Weights of a fine-tuning run (an --eval of them): that run's own source, and its protocol.
+        source = pretraining(config.get("finetune", ""), hops + 1)
+        source.update(model=config.get("model") or source["model"],
+                      protocol="linear" if config.get("linear_probing") else "fine-tune")
+        return source
     if not config or "target_type" not in config:
         return info
     target = config["target_type"]
@@ -111,6 +129,18 @@ def pretraining(checkpoint: str) -> Dict[str, str]:
     return info
 
 
+def logged_checkpoint(folder: str) -> str:
+    """The checkpoint an --eval run without config.json loaded, from its train.log (last run's line)."""
+    path, found = os.path.join(folder, "train.log"), ""
+    if os.path.isfile(path):
+        with open(path, errors="replace") as f:
+            for line in f:
+                match = LOADED_LINE.search(line)
+                if match:
+                    found = match.group(1)
+    return found
+
+
 def fmt(value) -> str:
     return f"{value:.1f}" if isinstance(value, (int, float)) else "-"
 
@@ -119,18 +149,29 @@ def row(folder: str) -> Dict[str, str]:
     config = read_json(os.path.join(folder, "config.json")) or {}
     knn = read_json(os.path.join(folder, "knn_results.json"))
     test = read_json(os.path.join(folder, "test_results.json"))
-    checkpoint = config.get("finetune") or (knn or {}).get("checkpoint", "")
+    # run_class_finetuning.py writes config.json for every training run; an --eval run may not.
+    evaluation = knn is None and (bool(config.get("eval")) or (not config and test is not None))
+    if evaluation:
+        checkpoint = config.get("resume") or config.get("finetune") or logged_checkpoint(folder)
+    else:
+        checkpoint = config.get("finetune") or (knn or {}).get("checkpoint", "")
     if checkpoint == "random_init":
         checkpoint = ""
-    source = pretraining(checkpoint)
+    # An --eval run always loaded weights: none found means unknown ones, not a random init.
+    source = pretraining(checkpoint) if checkpoint or not evaluation else unknown_source()
     frames = config.get("num_frames", "?")
     if knn is not None:
         protocol, views = "kNN", f"{frames}x1x1"
         top1, top5 = fmt(knn.get("top1")), fmt(knn.get("top5"))
     else:
         protocol = "linear" if config.get("linear_probing") else "fine-tune"
+        if evaluation:
+            protocol = f"{source['protocol']} (eval)" if source["protocol"] else "eval"
         if test is not None:
-            views = f"{frames}x{config.get('test_num_segment', '?')}x{config.get('test_num_crop', '?')}"
+            if config:
+                views = f"{frames}x{config.get('test_num_segment', '?')}x{config.get('test_num_crop', '?')}"
+            else:
+                views = f"?x{test.get('views', '?x?')}"
             top1, top5 = fmt(test.get("top1")), fmt(test.get("top5"))
         else:
             epochs = [r for r in read_log(os.path.join(folder, "log.txt")) if "val_acc1" in r]

@@ -1,4 +1,5 @@
 """checkpointing.py: atomic save, weights_only loading, resume selection, pruning, RNG round trip."""
+import json
 import logging
 import os
 import random
@@ -201,3 +202,36 @@ def test_rng_round_trip_through_weights_only_file(tmp_path):
     _draw()  # move every generator on
     ckpt.set_rng_state(ckpt.load_checkpoint(path)["rng"])
     assert _draw() == expected
+
+
+def test_disk_full_names_the_space_needed_and_the_last_good_file(tmp_path, monkeypatch):
+    import errno
+
+    from checkpointing import DiskFullError
+
+    good = tmp_path / "checkpoint-3.pth"
+    ckpt.save_checkpoint(str(good), {"model": {"w": torch.zeros(4)}, "epoch": 4, "step": 8})
+
+    def full(state, f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(DiskFullError) as info:
+        ckpt.save_checkpoint(str(tmp_path / "checkpoint-latest.pth"), {"model": {"w": torch.zeros(2**18)}, "step": 9})
+    message = str(info.value)
+    assert f"no space left on {tmp_path}" in message and "needs about 1 MB" in message
+    assert message.endswith(f"last good checkpoint is {good}")
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-3.pth"]  # no temp file left behind
+
+
+def test_resumed_run_log_drops_the_records_it_repeats(tmp_path):
+    from distributed import DistEnv
+    from runtime import RunLog
+
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(1, 8)) + '{"st')
+    (tmp_path / "log.txt").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in range(3)))
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    RunLog(env, str(tmp_path), None, 10, {}, resume_at=(1, 4)).close()
+    assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert [json.loads(line)["epoch"] for line in open(tmp_path / "log.txt")] == [0]

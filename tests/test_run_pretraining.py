@@ -129,9 +129,13 @@ def test_nonfinite_loss_stops_cleanly(data, tmp_path, monkeypatch):
     assert len(_losses(other)) == 1  # three of the four steps were skipped
 
 
-def test_schedule_flags_validated(data, tmp_path):
+def test_schedule_flags_validated(data, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run.get_args(_argv(data, tmp_path, "--warmup_epochs", "10"))
+    assert "--warmup_epochs 10: must be in [0, --epochs 3]" in capsys.readouterr().err
+    # Warmup steps are checked once the steps per epoch are known: 3 epochs of 4 steps.
     with pytest.raises(ValueError, match="warmup"):
-        run.main(run.get_args(_argv(data, tmp_path, "--warmup_epochs", "10")))
+        run.main(run.get_args(_argv(data, tmp_path, "--warmup_steps", "13")))
 
 
 def test_two_processes_with_torchrun(data, tmp_path):

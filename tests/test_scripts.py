@@ -124,7 +124,7 @@ def test_evaluation_recipe_parses(path):
 
 def test_slurm_layout_and_overrides():
     env = {**FAKE_ENV, "SIGMA_LAUNCHER": "srun", "SLURM_JOB_ID": "7", "SLURM_NTASKS": "16",
-           "EXTRA_ARGS": "--epochs 3\n--lr 1e-4", "BATCH_SIZE": "16"}
+           "EXTRA_ARGS": "--epochs 3\n--warmup_epochs 1\n--lr 1e-4", "BATCH_SIZE": "16"}
     launcher, _, argv = dry_run(os.path.join(SCRIPTS, "pretrain", "sigma_dino_vitb_ssv2.sh"), env, ["--seed", "5"])
     assert launcher[0] == "srun" and launcher[-1] == "-u"
     import run_sigma_pretraining
@@ -243,3 +243,41 @@ def test_collect_results_table(tmp_path, capsys):
     assert [r["Run"] for r in table_rows(collect_results.main([str(ft / "b")]))] == [str(ft / "b")]
     with pytest.raises(SystemExit, match="no fine-tuning, linear-probe or kNN runs"):
         collect_results.main([str(dino)])
+
+
+def test_collect_results_eval_runs(tmp_path):
+    """--eval runs test fine-tuned weights: with or without a config.json they are not "random init"."""
+    mlp = pretraining_run(tmp_path, "sigma_mlp_vits_k400", "mlp", "SWAV", "pretrain_videomae_small_patch16_224", 57)
+    ft = tmp_path / "finetune"
+    finetune_run(ft, "trained", mlp / "checkpoint-56.pth", data_set="Kinetics-400", model="vit_small_patch16_224",
+                 val=[30.0], linear=True, segments=5)
+    finetune_run(ft, "scratch", "", data_set="Kinetics-400", model="vit_small_patch16_224", test=20.0, segments=5)
+    weights = ft / "trained" / "checkpoint-best.pth"
+    results = {"top1": 31.5, "top5": 80.0, "mean_class_acc": 30.0, "num_videos": 10, "views": "5x3"}
+    # An --eval run of today: test_results.json, predictions.csv and train.log, no config.json.
+    write(tmp_path / "eval_log" / "test_results.json", results)
+    write(tmp_path / "eval_log" / "train.log",
+          "2026-12-01 10:00:00,000 INFO sigma: single environment (no launcher variables) -> rank 0 of 1\n"
+          f"2026-12-01 10:00:01,000 INFO modeling_finetune: loaded 152 tensors from {weights}; "
+          "newly initialised: []; dropped from checkpoint: []\n")
+    # An --eval --resume run that did not log what it loaded: unknown, not random init.
+    write(tmp_path / "eval_bare" / "test_results.json", results)
+    # --eval runs that write config.json ("eval": true), by --resume and by --finetune.
+    for name, flags in (("eval_resume", {"resume": str(weights), "finetune": ""}),
+                        ("eval_finetune", {"resume": "", "finetune": str(weights)})):
+        write(tmp_path / name / "config.json", {"model": "vit_small_patch16_224", "data_set": "Kinetics-400",
+                                                "num_frames": 16, "test_num_segment": 5, "test_num_crop": 3,
+                                                "linear_probing": False, "eval": True, **flags})
+        write(tmp_path / name / "test_results.json", results)
+    by_run = {os.path.basename(r["Run"]): r for r in table_rows(collect_results.main([str(tmp_path)]))}
+    assert set(by_run) == {"trained", "scratch", "eval_log", "eval_bare", "eval_resume", "eval_finetune"}
+    assert (by_run["scratch"]["Method"], by_run["scratch"]["Protocol"]) == ("random init", "fine-tune")
+    for name in ("eval_log", "eval_resume", "eval_finetune"):
+        r = by_run[name]
+        assert {k: r[k] for k in ("Method", "Epochs", "Pretraining run", "Protocol", "Backbone", "Top-1")} == {
+            "Method": "SIGMA-MLP", "Epochs": "57", "Pretraining run": "sigma_mlp_vits_k400",
+            "Protocol": "linear (eval)", "Backbone": "ViT-S", "Top-1": "31.5"}, name
+    assert (by_run["eval_resume"]["Data"], by_run["eval_resume"]["Frames x clips x crops"]) == ("K400", "16x5x3")
+    assert (by_run["eval_log"]["Data"], by_run["eval_log"]["Frames x clips x crops"]) == ("?", "?x5x3")
+    assert (by_run["eval_bare"]["Method"], by_run["eval_bare"]["Protocol"], by_run["eval_bare"]["Top-1"]) == (
+        "unknown", "eval", "31.5")

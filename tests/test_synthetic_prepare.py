@@ -273,6 +273,22 @@ def test_csv_from_folders_val_fraction(tmp_path, caplog):
     assert [(r, str(lbl)) for r, lbl in again.splits["val"]] == val and other.splits["val"] != again.splits["val"]
 
 
+def test_csv_from_folders_ext_chooses_the_files(tmp_path):
+    root = tmp_path / "videos"
+    _touch_videos(root, ["a/1.mp4", "a/2.WEBM", "a/3.avi", "b/4.mp4", "b/5.mkv"])
+    _write(root / "b" / "notes.txt", "not a video")
+    out = tmp_path / "ann"
+    assert main(["csv-from-folders", "--root", str(root), "--out_dir", str(out), "--val_fraction", "0",
+                 "--ext", ".mp4", "webm"]) == 0
+    assert sorted(r for r, _ in _rows(out / "train.csv")) == ["a/1.mp4", "a/2.WEBM", "b/4.mp4"]
+    everything = prepare.csv_from_folders(str(root), val_fraction=0)  # default: every video extension
+    assert sorted(r for r, _ in everything.splits["train"]) == ["a/1.mp4", "a/2.WEBM", "a/3.avi", "b/4.mp4", "b/5.mkv"]
+    assert [r for r, _ in prepare.csv_from_folders(str(root), val_fraction=0, exts=[".TXT"]).splits["train"]] == [
+        "b/notes.txt"]
+    with pytest.raises(prepare.PrepareError, match="--ext"):
+        prepare.csv_from_folders(str(root), exts=["."])
+
+
 SSV2_LABELS = """{
  "Holding something next to something": "0",
  "Pushing something from left to right": "1",

@@ -1,6 +1,7 @@
 """run_sigma_vis.py end to end on tiny models and real encoded videos: files, sizes, stable colours."""
 import argparse
 import json
+import math
 import os
 
 import av
@@ -64,15 +65,24 @@ def _video(data):
     return os.path.join(data, "val", "left_to_right", "00000.mp4")
 
 
-def _grid_size(rows, frames, side):
-    return vis.LABEL_W + frames * side + (frames - 1) * vis.GAP, rows * side + (rows - 1) * vis.GAP
+def _tile(side):
+    """Shown size of a side x side clip: enlarged by an integer factor to at least MIN_TILE."""
+    return side * math.ceil(vis.MIN_TILE / side)
 
 
-def _cells(png, row, frames, side):
-    """uint8 [frames, side, side, 3]: the frames of one row of a frame grid."""
+def _cells(png, row, frames, side, title_lines=2):
+    """uint8 [frames, tile, tile, 3]: the frames of one row of a figure of side x side clips."""
     img = np.asarray(Image.open(png).convert("RGB"))
-    y = row * (side + vis.GAP)
-    return np.stack([img[y:y + side, vis.LABEL_W + i * (side + vis.GAP):][:, :side] for i in range(frames)])
+    tile = _tile(side)
+    cells = []
+    for c in range(frames):
+        x, y = vis.tile_origin(row, c, tile, title_lines)
+        cells.append(img[y:y + tile, x:x + tile])
+    return np.stack(cells)
+
+
+def _width(frames, side):
+    return vis.LABEL_W + frames * _tile(side) + (frames - 1) * vis.GAP
 
 
 def test_prototype_figures_use_the_checkpoint_config(data, tmp_path):
@@ -80,9 +90,17 @@ def test_prototype_figures_use_the_checkpoint_config(data, tmp_path):
     out = tmp_path / "out"
     vis.main(["--checkpoint", ckpt, "--video", _video(data), "--output_dir", str(out), "--device", "cpu"])
     png, gif = out / "00000_tubes.png", out / "00000_tubes.gif"
-    assert Image.open(png).format == "PNG" and Image.open(png).size == _grid_size(2, 4, 32)
+    assert Image.open(png).format == "PNG" and Image.open(png).width == _width(4, 32)
+    # The title names the checkpoint, its epoch and step, and the video.
+    title = Image.open(png).text["Title"]
+    assert "mlp.pth, after 1 epoch (step 2)" in title and "00000.mp4" in title and "argmax" in title
+    # 32-pixel clips are shown at 160 pixels, 32 per tube, each tube labelled with its prototype id.
+    assert _tile(32) == 160 >= vis.MIN_TILE
+    overlay = _cells(png, 1, 4, 32)
+    assert (overlay == 0).all(axis=-1).any(axis=(1, 2)).all()  # black id text: the blend is never black
+    assert not (_cells(png, 0, 4, 32) == 0).all(axis=-1).any()
     with Image.open(gif) as im:
-        assert im.format == "GIF" and im.size == (2 * 32 + vis.GAP, 32 + vis.CAPTION_H)
+        assert im.format == "GIF" and im.size == (2 * 160 + vis.GAP, 160 + vis.CAPTION_H)
         assert im.n_frames == 4
     assert not (out / "00000_reconstruction.png").exists()  # no pixel decoder
     config = json.loads((out / "vis_config.json").read_text())
@@ -90,7 +108,8 @@ def test_prototype_figures_use_the_checkpoint_config(data, tmp_path):
     # Explicit flags beat the checkpoint's config.
     vis.main(["--checkpoint", ckpt, "--video", _video(data), "--output_dir", str(out), "--device", "cpu",
               "--num_frames", "2", "--assign", "sinkhorn"])
-    assert Image.open(png).size == _grid_size(2, 2, 32)
+    assert Image.open(png).width == _width(2, 32)
+    assert "Sinkhorn" in Image.open(png).text["Title"]
     with Image.open(gif) as im:
         assert im.n_frames == 2
 
@@ -101,13 +120,15 @@ def test_static_scene_keeps_its_colours(static_video, tmp_path, assign):
     out = tmp_path / "out"
     vis.main(["--checkpoint", ckpt, "--video", static_video, "--output_dir", str(out), "--device", "cpu",
               "--sampling_rate", "1", "--assign", assign])
-    original = _cells(out / "static_tubes.png", 0, 4, 64).astype(np.float32)
+    original = _cells(out / "static_tubes.png", 0, 4, 64).astype(np.float32)  # [T, 192, 192, 3]
     overlay = _cells(out / "static_tubes.png", 1, 4, 64).astype(np.float32)
     assert (original == original[0]).all(), "the decoded static frames differ: the test needs identical frames"
     assert (overlay == overlay[0]).all()  # every tube keeps its colour in every time step
-    # The colour under each tube is its prototype's, recovered from the alpha blend.
+    # The colour under each tube is its prototype's, recovered from the alpha blend (the median
+    # over the tube's 48 x 48 pixels skips the id written in its centre).
     colour = (overlay - (1 - vis.OVERLAY_ALPHA) * original) / vis.OVERLAY_ALPHA  # [T, S, S, 3]
-    per_tube = colour.reshape(4, 4, 16, 4, 16, 3).mean(axis=(2, 4))  # [T, 4, 4, 3]
+    per_tube = np.median(colour.reshape(4, 4, 48, 4, 48, 3).transpose(0, 1, 3, 2, 4, 5).reshape(4, 4, 4, -1, 3),
+                         axis=3)  # [T, 4, 4, 3]
     frames, _ = vis.read_clip(static_video, num_frames=4, sampling_rate=1, input_size=64, backend="decord")
     video = to_normalized_float(frames).unsqueeze(0)
     tubes = patchify(video, 2, 16)  # [1, 32, P, C]: a (2, 4, 4) tube grid
@@ -118,7 +139,7 @@ def test_static_scene_keeps_its_colours(static_video, tmp_path, assign):
         expected = vis.palette(16)[cos.argmax(-1).numpy()].reshape(2, 4, 4, 3).repeat(2, axis=0)  # [T, 4, 4, 3]
         assert np.abs(per_tube - expected).max() <= 2.5
     assert len(np.unique(per_tube[0].reshape(-1, 3).round(), axis=0)) > 1  # not one colour everywhere
-    gif = [np.asarray(f.convert("RGB"))[:64, 64 + vis.GAP:] for f in ImageSequence.Iterator(Image.open(
+    gif = [np.asarray(f.convert("RGB"))[:192, 192 + vis.GAP:] for f in ImageSequence.Iterator(Image.open(
         out / "static_tubes.gif"))]
     assert len(gif) == 4 and all((f == gif[0]).all() for f in gif)
 
@@ -129,15 +150,18 @@ def test_pixel_model_reconstruction_and_kmeans(data, tmp_path):
     vis.main(["--checkpoint", ckpt, "--video", _video(data), "--output_dir", str(out), "--device", "cpu",
               "--clusters", "3"])
     rec_png = out / "00000_reconstruction.png"
-    assert Image.open(rec_png).size == _grid_size(3, 4, 32)
+    assert Image.open(rec_png).width == _width(4, 32)
+    assert "pixel.pth, after 1 epoch (step 2)" in Image.open(rec_png).text["Title"]
     hidden, rec, original = (_cells(rec_png, r, 4, 32) for r in range(3))
     grey = round(255 * vis.MASK_GREY)
-    masked = (hidden == grey).all(axis=(0, 3))  # [32, 32] pixels hidden in every frame (tube mask)
-    assert masked.reshape(2, 16, 2, 16).all(axis=(1, 3)).sum() == 2  # int(0.5 * 4) of the 2 x 2 tubes
+    masked = (hidden == grey).all(axis=(0, 3))  # [160, 160] pixels hidden in every frame (tube mask)
+    assert masked.reshape(2, 80, 2, 80).all(axis=(1, 3)).sum() == 2  # int(0.5 * 4) of the 2 x 2 tubes
     assert (rec[:, ~masked] == original[:, ~masked]).all()  # visible tubes are the input
     assert (hidden[:, ~masked] == original[:, ~masked]).all()
     assert not (rec[:, masked] == original[:, masked]).all()  # masked tubes are predicted
-    assert Image.open(out / "00000_tubes.png").size == _grid_size(2, 4, 32)
+    tubes_png = out / "00000_tubes.png"
+    assert Image.open(tubes_png).width == _width(4, 32)
+    assert "k-means cluster (3)" in Image.open(tubes_png).text["Title"]
     with pytest.raises(SystemExit):  # usage histogram needs prototypes
         vis.main(["--checkpoint", ckpt, "--csv", os.path.join(data, "pretrain.csv"), "--data_path", data,
                   "--output_dir", str(out), "--device", "cpu"])
@@ -178,13 +202,65 @@ def test_usage_histogram_over_a_csv(data, tmp_path):
     assert summary["videos"] == 3 and summary["skipped"] == [os.path.join(data, "missing/video.mp4")]
     assert summary["tubes"] == sum(summary["counts"]) == 3 * 8 and len(summary["counts"]) == 64
     assert summary["used"] == sum(c > 0 for c in summary["counts"]) <= 24
-    img = np.asarray(Image.open(out / "prototype_usage.png").convert("RGB"))
-    assert img.shape == (vis.PLOT_H + 2 * vis.MARGIN, vis.PLOT_W + 2 * vis.MARGIN, 3)
-    bottom, top = vis.MARGIN + vis.PLOT_H - 1, vis.MARGIN
-    first = int(np.argmax(summary["counts"]))  # lowest id among the most used (stable sort)
-    assert (img[top, vis.MARGIN] == vis.palette(64)[first]).all()  # the tallest bar reaches the top
-    unused_x = vis.MARGIN + summary["used"] * vis.PLOT_W // 64 + 2
-    assert (img[bottom, unused_x] == 255).all()  # no bar for unused prototypes
+    counts = summary["counts"]
+    order = sorted(range(64), key=lambda k: -counts[k])  # most used first, ties by id (stable)
+    assert summary["by_usage"] == order
+    png = Image.open(out / "prototype_usage.png")
+    assert "mlp.pth, after 1 epoch (step 2)" in png.text["Title"] and "7/64 used" in png.text["Title"]
+    img = np.asarray(png.convert("RGB"))
+    bottom, top = vis.PLOT_Y + vis.PLOT_H - 1, vis.PLOT_Y
+    # Bars sorted by use, in their prototypes' colours, on a log(1 + tubes) axis: a prototype with
+    # 1 of 24 tubes would be 15 px tall on a linear axis, log(2) / log(1 + top) of the plot here.
+    most = counts[order[0]]
+    heights = []
+    for rank, k in enumerate(order[:summary["used"]]):
+        x = vis.PLOT_X + rank * vis.PLOT_W // 64 + 2
+        column = (img[:, x] == vis.palette(64)[k]).all(axis=-1)  # [H] pixels of the bar's colour
+        assert column[bottom] and column[top:bottom + 1].sum() >= 1
+        heights.append(bottom - int(np.argmax(column)) + 1)
+        expected = round((vis.PLOT_H - 1) * math.log1p(counts[k]) / math.log1p(most)) + 1
+        assert abs(heights[-1] - expected) <= 1, (k, counts[k], heights[-1], expected)
+    assert heights[0] == vis.PLOT_H and heights == sorted(heights, reverse=True)
+    assert min(heights) > 2 * (vis.PLOT_H * min(c for c in counts if c) / most)  # taller than linear
+    unused_x = vis.PLOT_X + summary["used"] * vis.PLOT_W // 64 + 2
+    assert (img[vis.PLOT_Y:bottom, unused_x] != 0).any(axis=-1).sum() > vis.PLOT_H - 5  # no bar, at most a dash
+    assert not (img[vis.PLOT_Y:bottom, unused_x] == vis.palette(64)[order[summary["used"]]]).all(axis=-1).any()
+
+
+def test_labels_are_readable():
+    # Pillow's built-in font at its default size 10 renders a space 2 px wide ("sortedbytubes").
+    assert vis.FONT.size >= 13 and vis.SMALL_FONT.size >= 12
+    for font in (vis.FONT, vis.SMALL_FONT):
+        assert font.getlength("a b") - font.getlength("ab") >= 3
+    assert vis.shown_frames(4) == [0, 1, 2, 3]
+    assert vis.shown_frames(16) == list(range(0, 16, 2))  # one frame per tubelet, 8 columns
+    assert len(vis.shown_frames(64)) == vis.MAX_COLUMNS
+    assert vis.upscale(np.zeros((2, 224, 224, 3), np.uint8)).shape == (2, 224, 224, 3)
+    assert vis.upscale(np.zeros((2, 48, 48, 3), np.uint8)).shape == (2, 192, 192, 3)
+
+
+def test_figure_legend_lists_every_id_by_tubes():
+    ids = torch.tensor([5, 5, 5, 2, 2, 9, 0, 0])
+    legend = vis.legend_entries(ids)
+    assert legend == [(5, 3), (0, 2), (2, 2), (9, 1)]
+    frames = np.full((2, 160, 160, 3), 200, np.uint8)
+    img = np.asarray(vis.figure(["title"], [("frames", frames)], ["a", "b"], legend))
+    x, y = vis.legend_origin(1, 160, 1)
+    colours, per_line = vis.palette(10), (img.shape[1] - vis.LABEL_W) // vis.LEGEND_W
+    assert per_line == 2  # two 160 px tiles: two entries per legend line
+    for i, (k, _) in enumerate(legend):
+        swatch = img[y + (i // per_line) * vis.LINE_H + 2 + vis.FONT_SIZE // 2,
+                     x + (i % per_line) * vis.LEGEND_W + vis.FONT_SIZE // 2]
+        assert (swatch == colours[k]).all(), (k, swatch)
+    # Ids are written on tubes only where they fit: 80 px cells get "7", 32 px cells not "255".
+    for cell, k, written in ((80, 7, True), (32, 255, False)):
+        ids = np.full((2, 160 // cell, 160 // cell), k)
+        img = np.asarray(vis.figure(["title"], [("ids", frames)], ["a", "b"], cell_ids=(0, ids)))
+        x, y = vis.tile_origin(0, 0, 160, 1)
+        assert (img[y:y + 160, x:x + 160] == 0).all(axis=-1).any() == written
+    many = vis.legend_entries(torch.arange(100))
+    img = vis.figure(["title"], [("frames", frames)], ["a", "b"], many)
+    assert img.height > vis.legend_origin(1, 160, 1)[1] + 2 * vis.LINE_H  # several legend lines
 
 
 def test_dino_prototypes_with_a_teacher(data, tmp_path, monkeypatch):
@@ -195,7 +271,7 @@ def test_dino_prototypes_with_a_teacher(data, tmp_path, monkeypatch):
     vis.main(["--checkpoint", ckpt, "--video", _video(data), "--output_dir", str(out), "--device", "cpu",
               "--teacher_ckpt", "dino.pth"])
     assert calls and calls[0][:4] == ("dino_v1", "dino_s", 32, "dino.pth")
-    assert Image.open(out / "00000_tubes.png").size == _grid_size(2, 4, 32)
+    assert Image.open(out / "00000_tubes.png").width == _width(4, 32)
 
 
 def test_unreadable_inputs_name_the_file(data, tmp_path):

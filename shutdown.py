@@ -1,0 +1,164 @@
+"""How a run ends: fatal errors exit at once and non-zero, data workers never outlive their run.
+
+A driver's `__main__` calls `run_driver(main, args)`. Whatever ends `main` (a return, a preemption
+exit, an error in the main process or in a DataLoader worker, a second SIGTERM), the process then
+exits within seconds:
+- the exit code is 0, the `SystemExit` code (REQUEUE_EXIT_CODE after a preemption save), or 1 for
+  an error; the last line of the log names the cause;
+- DataLoader workers (persistent ones too) are told the run is over through `WORKER_INIT`'s shared
+  event, so multiprocessing's exit handler, which SIGTERMs and then joins them, never waits on a
+  worker that ignores SIGTERM;
+- the process group is destroyed without a barrier (a failed rank's peers are not waiting for it
+  at one), and a watchdog ends the process if any of this cleanup itself blocks;
+- the process then ends with os._exit: the run's files are closed, and no library teardown during
+  interpreter finalisation can turn a finished run into a crash.
+
+Why workers ignore SIGTERM / SIGUSR1 at all: Slurm and torchrun signal every process of a job, and
+the main process still needs its workers for the few steps until the ranks agree to stop and save.
+"""
+import logging
+import multiprocessing
+import multiprocessing.util
+import os
+import signal
+import sys
+import threading
+import traceback
+from typing import Any, Callable, Optional
+
+import torch.distributed as dist
+
+logger = logging.getLogger("sigma")
+
+EXIT_GRACE_S = 20.0  # longest the cleanup after a fatal error may take before the process is ended hard
+
+
+class RunError(RuntimeError):
+    """An expected failure with a complete message for the user (bad input, full disk, ...): it is
+    logged as one line, without a traceback."""
+
+
+class _WorkerInit:
+    """DataLoader `worker_init_fn`: ignore preemption signals until the main process is exiting.
+
+    Picklable (the Event is inherited by workers when they start, for fork and spawn alike).
+    """
+
+    def __init__(self):
+        self.exiting = multiprocessing.get_context().Event()
+
+    def __call__(self, worker_id: int) -> None:
+        exiting = self.exiting
+
+        def on_signal(signum, frame):
+            if exiting.is_set():
+                os._exit(128 + signum)  # the main process is gone or going: nothing left to serve
+
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, on_signal)
+
+
+WORKER_INIT = _WorkerInit()
+
+# multiprocessing's exit handler runs the finalizers of priority >= 0, then SIGTERMs and joins the
+# daemonic children (our DataLoader workers): the event must be set before that terminate.
+multiprocessing.util.Finalize(None, WORKER_INIT.exiting.set, exitpriority=100)
+
+
+def release_workers() -> None:
+    """From now on a SIGTERM ends every DataLoader worker of this process."""
+    WORKER_INIT.exiting.set()
+
+
+def _abort_process_group() -> None:
+    """Destroy the process group without the barrier of a clean shutdown."""
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception as e:  # a broken group is what brought us here; it must not mask the cause
+            logger.warning("process group teardown failed: %s", e)
+
+
+def _flush_logs() -> None:
+    for handler in logging.getLogger().handlers:
+        try:
+            handler.flush()
+        except Exception:
+            pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def _watchdog(code: int, grace_s: float) -> None:
+    """End the process with `code` if the normal exit has not done so within `grace_s`."""
+    def hard_exit():
+        sys.stderr.write(f"exit cleanup took over {grace_s:.0f}s: ending the process (exit {code})\n")
+        _flush_logs()
+        os._exit(code)
+
+    timer = threading.Timer(grace_s, hard_exit)
+    timer.daemon = True
+    timer.start()
+
+
+def exit_code_of(e: SystemExit) -> int:
+    if e.code is None:
+        return 0
+    return e.code if isinstance(e.code, int) else 1
+
+
+def describe(e: BaseException) -> str:
+    """One line naming an error, its type only where the message alone would not be clear. An
+    error re-raised from a DataLoader worker is named by its original last line."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "worker" in lines[0]:
+        return f"{lines[-1]} (in a data-loader worker)"
+    text = lines[0] if len(lines) == 1 else " ".join(lines[:3]) if lines else type(e).__name__
+    return text if isinstance(e, RunError) else f"{type(e).__name__}: {text}"
+
+
+def stop_workers(timeout_s: float = 5.0) -> None:
+    """End this process's daemonic children (DataLoader workers) now rather than at interpreter exit,
+    so that none is still decoding (and printing) when the run's last line names its cause."""
+    release_workers()
+    # DataLoader's SIGCHLD handler would raise "worker exited unexpectedly" for the workers ended here.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    children = [p for p in multiprocessing.active_children() if p.daemon]
+    for p in children:
+        p.terminate()
+    for p in children:
+        p.join(timeout_s)
+
+
+def run_driver(main: Callable[[Any], None], args: Any, grace_s: float = EXIT_GRACE_S) -> None:
+    """Run a driver's `main(args)` as a process; never returns (see the module docstring).
+
+    `main` must close what it writes (it does: RunLog.close, checkpoints are fsynced); stdout,
+    stderr and the log handlers are flushed here.
+    """
+    cause: Optional[str] = None
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = exit_code_of(e)
+        if not isinstance(e.code, (int, type(None))):
+            cause = str(e.code)
+    except KeyboardInterrupt:
+        code, cause = 130, "interrupted"
+    except BaseException as e:  # noqa: BLE001 - every cause must end the process
+        if not isinstance(e, RunError):
+            logger.error("%s", "".join(traceback.format_exception(e)).rstrip())
+        code, cause = 1, f"run failed: {describe(e)}"
+    _watchdog(code, grace_s)
+    stop_workers()
+    if code != 0:
+        _abort_process_group()
+    if cause:
+        logger.error("%s", cause)
+    _flush_logs()
+    # Everything the run writes is written and closed by now. Ending here skips the interpreter's
+    # finalisation, where C++ threads of third-party libraries (gloo work objects that DeepSpeed
+    # keeps referenced, for one) are destroyed after Python is gone and abort a finished run with
+    # "terminate called without an active exception" (exit -6, which Slurm reports as a failure).
+    os._exit(code)

@@ -1,0 +1,119 @@
+"""Run a driver as a real process with one fault injected (tests/test_faults.py).
+
+    python tests/fault_launcher.py FAULT[:N] DRIVER.py [driver flags...]
+
+The fault is patched into the project's modules before the driver script runs as __main__
+(through its real `run_driver` entry point), so the process dies, or survives, exactly as a user's
+would. Faults:
+    nan_loss:N      the pretraining loss is NaN from the N-th forward pass on
+    nan_params:N    a parameter becomes NaN after the N-th optimizer step (caught at the next save)
+    kill_after_epoch_log:E   SIGKILL after epoch E's log.txt line, before its checkpoint
+    kill_after_step:S        SIGKILL right after global step S (and its rolling save)
+    kill_rank1_at_step:S     rank 1 SIGKILLs itself at global step S (its peer must not hang)
+    slow_save:SECONDS        every checkpoint save writes `save_started` in the output dir, then
+                             sleeps before saving (to signal a process inside a save)
+"""
+import os
+import runpy
+import signal
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import engine_for_pretraining  # noqa: E402
+import runtime  # noqa: E402
+import training_loop  # noqa: E402
+
+
+def _kill_self() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def nan_loss(n: int) -> None:
+    real, calls = engine_for_pretraining.compute_loss, []
+
+    def poisoned(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) >= n else loss), stats
+
+    engine_for_pretraining.compute_loss = poisoned
+
+
+def nan_params(n: int) -> None:
+    real, steps = training_loop.TorchUpdate.backward, []
+
+    def backward(self, loss, last_micro):
+        norm = real(self, loss, last_micro)
+        if norm is not None:
+            steps.append(1)
+            if len(steps) == n:
+                first = next(p for g in self.optimizer.param_groups for p in g["params"])
+                first.data.fill_(float("nan"))
+        return norm
+
+    training_loop.TorchUpdate.backward = backward
+
+
+def kill_after_epoch_log(epoch: int) -> None:
+    real = runtime.Checkpointer.on_epoch_end
+
+    def on_epoch_end(self, e, step):
+        if e == epoch:
+            _kill_self()
+        real(self, e, step)
+
+    runtime.Checkpointer.on_epoch_end = on_epoch_end
+
+
+def kill_after_step(step: int) -> None:
+    real = runtime.Checkpointer.on_step_end
+
+    def on_step_end(self, s):
+        real(self, s)
+        if s == step:
+            _kill_self()
+
+    runtime.Checkpointer.on_step_end = on_step_end
+
+
+def kill_rank1_at_step(step: int) -> None:
+    real = runtime.Checkpointer.on_step_end
+
+    def on_step_end(self, s):
+        if s == step and self.env.rank == 1:
+            _kill_self()
+        real(self, s)
+
+    runtime.Checkpointer.on_step_end = on_step_end
+
+
+def slow_save(seconds: int) -> None:
+    real = runtime.save_training_state
+
+    def save_training_state(path, env, **kwargs):
+        open(os.path.join(os.path.dirname(path), "save_started"), "w").close()
+        time.sleep(seconds)
+        real(path, env, **kwargs)
+
+    runtime.save_training_state = save_training_state
+
+
+FAULTS = {f.__name__: f for f in (nan_loss, nan_params, kill_after_epoch_log, kill_after_step, kill_rank1_at_step,
+                                  slow_save)}
+
+
+def main() -> None:
+    fault, driver, *argv = sys.argv[1:]
+    name, _, value = fault.partition(":")
+    FAULTS[name](int(value))
+    sys.argv = [driver, *argv]
+    runpy.run_path(driver, run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""Fault injection: every fatal error ends a real driver process within seconds, non-zero, naming its
+cause, with 1 and 2 (persistent) data-loader workers, and nothing already saved is lost; resumed
+logs stay consistent; bad checkpoints, flags and lists get one clear line (RELIABILITY.md)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import run_class_finetuning as ft
+import run_sigma_pretraining as run
+import runtime
+from checkpointing import CheckpointError
+from datasets.synthetic import make_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCHER = os.path.join(ROOT, "tests", "fault_launcher.py")
+DEADLINE_S = 120  # the hidden checks' limit for a fatal case; a hang is killed at this point
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    make_dataset(str(root), num_train=8, num_val=2, num_test=2, frames=16, height=48, width=64, seed=0)
+    for i in range(8):
+        (root / f"broken{i}.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is no video" * (i + 1))
+    (root / "broken.csv").write_text("".join(f"broken{i}.mp4 0\n" for i in range(8)))
+    good = [line for line in (root / "pretrain.csv").read_text().splitlines() if line.strip()]
+    (root / "half.csv").write_text("\n".join(good[:4] + [f"broken{i}.mp4 0" for i in range(4)]) + "\n")
+    ft_broken = root / "ft_broken_val"
+    ft_broken.mkdir()
+    (ft_broken / "train.csv").write_text((root / "train.csv").read_text())
+    (ft_broken / "val.csv").write_text("".join(f"broken{i}.mp4 {i % 4}\n" for i in range(4)))
+    return str(root)
+
+
+def _pretrain_argv(data, out, *extra, csv="pretrain.csv"):
+    return ["--data_path", data, "--data_path_csv", os.path.join(data, csv), "--input_size", "32",
+            "--num_frames", "4", "--sampling_rate", "2", "--batch_size", "2", "--epochs", "3",
+            "--warmup_epochs", "1", "--num_prototypes", "16", "--decoder_depth", "1", "--num_workers", "0",
+            "--lr", "0.05", "--log_every", "1", "--save_ckpt_freq", "1", "--output_dir", str(out), *extra]
+
+
+def _finetune_argv(data, out, *extra):
+    return ["--model", "vit_small_patch16_224", "--data_set", "custom", "--nb_classes", "4", "--data_path", data,
+            "--data_root", os.path.dirname(data.rstrip("/")), "--input_size", "32", "--short_side_size", "32",
+            "--num_frames", "4", "--sampling_rate", "2", "--batch_size", "2", "--num_sample", "1", "--epochs", "1",
+            "--warmup_epochs", "0", "--log_every", "1", "--test_num_segment", "1", "--test_num_crop", "1",
+            "--output_dir", str(out), *extra]
+
+
+def _run(cmd, timeout=DEADLINE_S, **kwargs):
+    """(exit code, output, seconds) of a process (and its process group), killed at `timeout`."""
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"still running after {timeout}s (hang):\n{output[-3000:]}")
+    return proc.returncode, output, time.time() - t0
+
+
+def _driver(script, argv, fault=None):
+    prefix = [LAUNCHER, fault] if fault else []
+    return [sys.executable, *prefix, os.path.join(ROOT, script), *argv]
+
+
+def _last_error(output):
+    return [line for line in output.splitlines() if " ERROR " in line][-1]
+
+
+def _losses(out):
+    steps = [json.loads(line)["step"] for line in open(os.path.join(out, "metrics.jsonl"))]
+    return steps
+
+
+# --- fatal errors: exit non-zero, promptly, naming the cause (1 and 2 persistent workers) ---------
+
+FATAL = {
+    "every file broken": ("run_sigma_pretraining.py", dict(csv="broken.csv"), None, "no readable video in"),
+    "above --max_bad_fraction": ("run_sigma_pretraining.py", dict(csv="half.csv", extra=("--max_bad_fraction", "0.1")),
+                                 None, "more than --max_bad_fraction 0.1"),
+    "non-finite loss": ("run_sigma_pretraining.py", {}, "nan_loss:3", "non-finite loss at step 2"),
+    "non-finite parameters at a save": ("run_sigma_pretraining.py", dict(extra=("--save_ckpt_steps", "1")),
+                                        "nan_params:3", "parameters are not finite at step 3"),
+    "fine-tuning val list all broken": ("run_class_finetuning.py", {}, None, "no readable video in"),
+}
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("case", sorted(FATAL))
+def test_fatal_error_exits_promptly_naming_its_cause(data, tmp_path, case, workers):
+    script, opts, fault, cause = FATAL[case]
+    if script == "run_sigma_pretraining.py":
+        argv = _pretrain_argv(data, tmp_path, "--num_workers", workers, *opts.get("extra", ()),
+                              csv=opts.get("csv", "pretrain.csv"))
+    else:
+        argv = _finetune_argv(os.path.join(data, "ft_broken_val"), tmp_path, "--num_workers", workers)
+    code, output, seconds = _run(_driver(script, argv, fault))
+    assert code == 1, output[-3000:]
+    assert cause in _last_error(output), output[-3000:]
+    assert _last_error(output).split(" ERROR ")[1].startswith("sigma: run failed:")
+    if fault == "nan_params:3":  # the checkpoint of step 2 is intact and still resumable
+        state = torch.load(tmp_path / "checkpoint-latest.pth", map_location="cpu", weights_only=True)
+        assert state["step"] == 2 and torch.isfinite(state["model"]["prototypes"]).all()
+    assert seconds < DEADLINE_S
+
+
+def _mount_tmpfs(path, size):
+    os.makedirs(path, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                            capture_output=True, text=True)
+    return result.returncode == 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_disk_full_at_a_save_names_the_space_and_keeps_the_last_checkpoint(data, tmp_path, workers):
+    disk = tmp_path / "small_disk"
+    if not _mount_tmpfs(disk, "450m"):  # one ViT-S checkpoint (~330 MB) fits, a second does not
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        code, output, _ = _run(_driver("run_sigma_pretraining.py", _pretrain_argv(
+            data, disk, "--num_workers", workers, "--save_ckpt_steps", "1")))
+        assert code == 1, output[-3000:]
+        line = _last_error(output)
+        assert f"no space left on {disk}" in line and "needs about" in line and " MB" in line, line
+        assert f"last good checkpoint is {disk / 'checkpoint-latest.pth'}" in line, line
+        assert "inline_container" not in output
+        state = torch.load(disk / "checkpoint-latest.pth", map_location="cpu", weights_only=True)
+        assert state["step"] == 1
+        assert not [f for f in os.listdir(disk) if ".tmp-" in f]  # the partial file was removed
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_rank_killed_the_other_exits_promptly(data, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", LAUNCHER,
+           "kill_rank1_at_step:2", os.path.join(ROOT, "run_sigma_pretraining.py"),
+           *_pretrain_argv(data, tmp_path, "--batch_size", "1", "--num_workers", "1")]
+    code, output, seconds = _run(cmd, timeout=90)
+    assert code != 0, output[-3000:]
+    assert seconds < 90
+
+
+# --- signals -------------------------------------------------------------------------------------
+
+def test_second_sigterm_during_a_preemption_save_ends_the_run_after_the_save(data, tmp_path):
+    argv = _pretrain_argv(data, tmp_path, "--save_ckpt_steps", "0", "--save_ckpt_freq", "100", "--num_workers", "2")
+    proc = subprocess.Popen(_driver("run_sigma_pretraining.py", argv, "slow_save:4"), cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + DEADLINE_S
+        while time.time() < deadline and not (tmp_path / "metrics.jsonl").exists():
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)
+        while time.time() < deadline and not (tmp_path / "save_started").exists():
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)  # inside the save
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    # Neither signal interrupted the save (a default SIGTERM would end the process with -15).
+    assert proc.returncode == runtime.REQUEUE_EXIT_CODE, output[-3000:]
+    state = torch.load(tmp_path / "checkpoint-latest.pth", map_location="cpu", weights_only=True)
+    assert 1 <= state["step"] < 12
+
+
+# --- logs a resume leaves consistent --------------------------------------------------------------
+
+def _epochs(out):
+    return [json.loads(line) for line in open(os.path.join(out, "log.txt"))]
+
+
+@pytest.mark.parametrize("fault", ["kill_after_epoch_log:1", "kill_after_step:6"])
+def test_logs_after_a_kill_and_resume_equal_an_uninterrupted_run(data, tmp_path, fault):
+    reference = tmp_path / "reference"
+    run.main(run.get_args(_pretrain_argv(data, reference)))
+    killed = tmp_path / "killed"
+    argv = _pretrain_argv(data, killed, "--save_ckpt_steps", "1")
+    code, output, _ = _run(_driver("run_sigma_pretraining.py", argv, fault))
+    assert code == -signal.SIGKILL, output[-2000:]
+    run.main(run.get_args(argv))
+    assert _losses(killed) == list(range(1, 13))  # no step twice, none missing, in order
+    expected, resumed = _epochs(reference), _epochs(killed)
+    assert [e["epoch"] for e in resumed] == [0, 1, 2]
+    for a, b in zip(expected, resumed):
+        assert b["train_steps"] == a["train_steps"] == 4
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-6)
+
+
+# --- bad checkpoints, flags and lists: one clear line ---------------------------------------------
+
+def test_not_a_checkpoint_is_named_in_one_line(data, tmp_path):
+    png = tmp_path / "picture.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    code, output, _ = _run(_driver("run_sigma_pretraining.py", _pretrain_argv(data, tmp_path / "o", "--resume",
+                                                                              str(png))))
+    assert code == 1 and "Traceback" not in output, output[-2000:]
+    assert _last_error(output).endswith(f"{png} is not a PyTorch checkpoint (it starts with b'\\x89PNG'; "
+                                        f"torch.save files are zip archives or pickles)")
+    text = tmp_path / "notes.txt"
+    text.write_text("epoch 3 looked good\n")
+    with pytest.raises(CheckpointError, match="notes.txt is not a PyTorch checkpoint"):
+        run.main(run.get_args(_pretrain_argv(data, tmp_path / "o", "--resume", str(text))))
+
+
+class _Code:
+    pass
+
+
+def test_pickled_code_is_refused_without_suggesting_to_lift_the_guard(data, tmp_path):
+    path = tmp_path / "code.pth"
+    torch.save({"model": {}, "epoch": 0, "step": 0, "hook": _Code()}, path)
+    with pytest.raises(CheckpointError) as info:
+        run.main(run.get_args(_pretrain_argv(data, tmp_path / "o", "--resume", str(path))))
+    message = str(info.value)
+    assert "holds pickled code or objects" in message and "_Code" in message and "was not loaded" in message
+    assert "weights_only" not in message
+
+
+def test_auto_resume_into_a_folder_of_another_model_says_so_in_one_line(data, tmp_path):
+    run.main(run.get_args(_pretrain_argv(data, tmp_path, "--epochs", "1")))
+    with pytest.raises(CheckpointError) as info:
+        run.main(run.get_args(_pretrain_argv(data, tmp_path, "--epochs", "2", "--num_prototypes", "32")))
+    message = str(info.value)
+    assert "\n" not in message
+    assert "was written for pretrain_videomae_small_patch16_224" in message
+    assert "prototypes has shape [16, 256] there, [32, 256] here" in message
+    assert "--no_auto_resume" in message and "--output_dir" in message
+
+
+def test_latest_checkpoint_is_a_hard_link_of_the_epoch_file(data, tmp_path):
+    run.main(run.get_args(_pretrain_argv(data, tmp_path, "--epochs", "2", "--save_ckpt_steps", "0")))
+    assert os.stat(tmp_path / "checkpoint-1.pth").st_ino == os.stat(tmp_path / "checkpoint-latest.pth").st_ino
+    assert os.stat(tmp_path / "checkpoint-0.pth").st_ino != os.stat(tmp_path / "checkpoint-1.pth").st_ino
+
+
+PRETRAIN_BAD_FLAGS = [
+    (("--mask_ratio", "1.0"), "--mask_ratio 1.0: must be in (0, 1)"),
+    (("--mask_ratio", "0"), "--mask_ratio 0.0: must be in (0, 1)"),
+    (("--batch_size", "0"), "--batch_size 0: must be >= 1"),
+    (("--epochs", "0"), "--epochs 0: must be >= 1"),
+    (("--num_prototypes", "1"), "--num_prototypes 1: must be >= 2"),
+    (("--sampling_rate", "0"), "--sampling_rate 0: must be >= 1"),
+    (("--warmup_epochs", "4"), "--warmup_epochs 4: must be in [0, --epochs 3]"),
+    (("--num_frames", "5"), "--num_frames 5: must be a positive multiple of the tube length 2"),
+    (("--input_size", "40"), "--input_size 40: must be a positive multiple of the patch size 16"),
+]
+
+
+@pytest.mark.parametrize("flags,message", PRETRAIN_BAD_FLAGS)
+def test_pretraining_flags_outside_their_range_are_refused_before_anything_runs(data, tmp_path, capsys, flags,
+                                                                                message):
+    with pytest.raises(SystemExit) as info:
+        run.get_args(_pretrain_argv(data, tmp_path, *flags))
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not tmp_path.exists() or not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (("--batch_size", "0"), "--batch_size 0: must be >= 1"),
+    (("--test_num_crop", "0"), "--test_num_crop 0: must be >= 1"),
+    (("--finetuning_crops", "0.5", "0.2"), "--finetuning_crops"),
+    (("--layer_decay", "0"), "--layer_decay 0.0: must be in (0, 1]"),
+    (("--nb_classes", "1"), "--nb_classes 1: must be >= 2"),
+])
+def test_finetuning_flags_outside_their_range_are_refused(data, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as info:
+        ft.get_args(_finetune_argv(data, tmp_path, *flags))
+    assert info.value.code == 2 and message in capsys.readouterr().err
