@@ -359,17 +359,18 @@ def load_training_state(resume: str, auto_resume: bool, output_dir: str, *, mode
 
     With several processes rank 0 chooses the file and every rank loads that one (a rank with a
     stale view of a shared filesystem must not pick another); a rank that cannot read it, or reads
-    another step, stops every rank with the reason.
+    another step, stops every rank (CheckpointError, SystemExit) with the reason.
     """
     found = find_resume_checkpoint(output_dir) if not resume and auto_resume and is_main_process() else None
     path = broadcast_object(resume or (found[0] if found else None))
     if path is None:
         return None
     state, error = (found[1], None) if found and found[0] == path else _try_load(path)
-    errors = gather_objects(error)
-    if any(errors):
-        raise SystemExit(f"cannot resume from {path} on rank(s) {[r for r, e in enumerate(errors) if e]}: "
-                         + "; ".join(f"rank {r}: {e}" for r, e in enumerate(errors) if e))
+    reasons = gather_objects(error.reason if error else None)
+    if error is not None:
+        raise error  # this rank's own reason; the others raise theirs or name this one
+    if any(reasons):
+        raise CheckpointError(path, "; ".join(f"rank {r}: {why}" for r, why in enumerate(reasons) if why))
     steps = gather_objects(state["step"])
     if len(set(steps)) > 1:
         raise SystemExit(f"{path} holds steps {steps} on ranks 0..{len(steps) - 1}: the ranks see different "
@@ -384,12 +385,12 @@ def load_training_state(resume: str, auto_resume: bool, output_dir: str, *, mode
     return path, state
 
 
-def _try_load(path: str) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+def _try_load(path: str) -> Tuple[Optional[Dict[str, Any]], Optional[CheckpointError]]:
     """(state, None) or (None, why it cannot be loaded)."""
     try:
         return load_checkpoint(path), None
     except CheckpointError as e:
-        return None, str(e)
+        return None, e
 
 
 def resume_position(state: Dict[str, Any], path: str, steps_per_epoch: int) -> Tuple[int, int, int]:
