@@ -243,8 +243,10 @@ def rng_state() -> Dict[str, Any]:
                   "pos": int(np_pos), "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
         "torch": torch.get_rng_state(),  # uint8 tensor
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # This rank's own device only: get_rng_state_all() would create a context on every GPU
+        # the process can see (each rank on all eight of a node).
+        state["cuda_device"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -256,18 +258,21 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     np.random.set_state((np_state["bit_generator"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
                          np_state["has_gauss"], np_state["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if cuda is None:
+    # "cuda_device": this rank's device; "cuda": older checkpoints, one state per visible device.
+    cuda, every_device = state.get("cuda_device"), state.get("cuda")
+    if cuda is None and every_device is None:
         return
     if not torch.cuda.is_available():
         logger.warning("checkpoint has CUDA RNG states but CUDA is unavailable: not restored")
         return
-    # Resuming on a different GPU count restores what overlaps; the rest keep their fresh seeds.
-    count = torch.cuda.device_count()
-    if len(cuda) != count:
-        logger.warning("checkpoint has %d CUDA RNG states, this machine %d devices", len(cuda), count)
-    for device, cuda_state in enumerate(cuda[:count]):
-        torch.cuda.set_rng_state(cuda_state, device)
+    if cuda is None:
+        device = torch.cuda.current_device()
+        if device >= len(every_device):
+            logger.warning("checkpoint has %d CUDA RNG states, none for cuda:%d: not restored", len(every_device),
+                           device)
+            return
+        cuda = every_device[device]
+    torch.cuda.set_rng_state(cuda)  # the current device: this rank's
 
 
 def _by_mtime(output_dir: str) -> List[Tuple[int, str]]:

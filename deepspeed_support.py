@@ -7,6 +7,7 @@ state lives in DeepSpeed's own checkpoint folders (ZeRO partitions the optimizer
 per save, ``deepspeed/step-{N}``; the plain ``checkpoint-*.pth`` weights files stay loadable
 without DeepSpeed.
 """
+import argparse
 import logging
 import os
 import re
@@ -58,17 +59,59 @@ def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if config["fp16"]["enabled"] and env.device.type != "cuda":
         raise ValueError("DeepSpeed fp16 needs CUDA; use --precision bf16 or fp32 on the CPU")
-    # DeepSpeed reads the launcher variables itself; srun and a plain `python` do not set them.
-    for name, value in (("LOCAL_RANK", env.local_rank), ("RANK", env.rank), ("WORLD_SIZE", env.world_size)):
-        os.environ.setdefault(name, str(value))
+    # DeepSpeed reads the launcher variables itself; srun and a plain `python` do not set them, and
+    # stale ones from an outer launcher must not win over the layout setup_distributed found.
+    os.environ.update(LOCAL_RANK=str(env.local_rank), RANK=str(env.rank), WORLD_SIZE=str(env.world_size))
     if not dist.is_initialized():  # a single process: DeepSpeed still wants a process group
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         dist.init_process_group("nccl" if env.device.type == "cuda" else "gloo",
                                 init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    # DeepSpeed calls set_device(LOCAL_RANK) unless told the device: with one GPU bound to each task
+    # (srun --gpus-per-task=1) every task but the node's first would ask for an ordinal it cannot see.
+    engine, _, _, _ = deepspeed.initialize(args=argparse.Namespace(device_rank=device_rank(env)), model=model,
+                                           optimizer=optimizer, config=config)
     return engine
+
+
+def device_rank(env: DistEnv) -> int:
+    """The device ordinal DeepSpeed must use: the one setup_distributed chose (0 off CUDA, where
+    DeepSpeed's CPU accelerator ignores it)."""
+    return env.device.index if env.device.type == "cuda" else 0
+
+
+def master_state_dict(engine) -> Dict[str, torch.Tensor]:
+    """The module's state dict with every parameter taken from the optimizer's fp32 master copy.
+
+    Under bf16/fp16 the module holds only the rounded weights the optimizer writes back after each
+    step; a plain checkpoint-*.pth (fine-tuning further, evaluation) wants the fp32 masters. ZeRO
+    1/2 partition the masters: gathering them is a collective, so every rank calls this.
+    """
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    masters = _unpartitioned_masters(engine.optimizer)
+    state = engine.module.state_dict()
+    for name, param in engine.module.named_parameters():
+        master = safe_get_full_fp32_param(param)  # ZeRO 1/2/3; None without ZeRO
+        if master is None:
+            master = masters.get(id(param))
+        if master is not None:
+            state[name] = master.detach().reshape(param.shape)
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _unpartitioned_masters(optimizer) -> Dict[int, torch.Tensor]:
+    """id(low-precision param) -> its fp32 master, for DeepSpeed's ZeRO-0 fp16/bf16 optimizers
+    (FP16_UnfusedOptimizer keeps fp32 copies per parameter, FP16_Optimizer one flat buffer per group)."""
+    low = getattr(optimizer, "fp16_groups", None) or []
+    if hasattr(optimizer, "fp32_groups_flat"):
+        from torch._utils import _unflatten_dense_tensors
+
+        high = [_unflatten_dense_tensors(flat, group) for flat, group in zip(optimizer.fp32_groups_flat, low)]
+    else:
+        high = getattr(optimizer, "fp32_groups", None) or []
+    return {id(p): m for group, masters in zip(low, high) for p, m in zip(group, masters)}
 
 
 def _tags(ds_dir: str) -> list:

@@ -8,7 +8,9 @@ import datetime
 import logging
 import os
 import re
+import socket
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -20,6 +22,14 @@ logger = logging.getLogger(__name__)
 # The Slurm fallback port range: the port is a function of the job id so that every task derives
 # the same one without talking to the others, and two jobs sharing a node rarely collide.
 SLURM_PORT_BASE, SLURM_PORT_SPAN = 20000, 10000
+
+# Collective timeout. One rank that fails alone leaves the others waiting in their next collective
+# until this expires (NCCL then aborts them); 30 minutes (torch's default) wastes a cluster half-hour.
+# It must still cover the longest rank-0-only work between two collectives (a checkpoint write).
+TIMEOUT_ENV, DEFAULT_TIMEOUT_S = "SIGMA_DIST_TIMEOUT", 600
+RESOLVE_TIMEOUT_S = 10  # a master address that does not resolve within this is a configuration error
+
+_HOST_GROUP: Optional[dist.ProcessGroup] = None  # see host_group()
 
 # One hostlist entry: plain characters and bracketed ranges, up to the first top-level comma.
 _HOSTLIST_ENTRY = re.compile(r"(?:[^,\[\]]+|\[[^\[\]]+\])+")
@@ -163,20 +173,61 @@ def _cuda_index(local_rank: int) -> int:
                        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
 
 
-def setup_distributed(device: str = "cuda", backend: Optional[str] = None, timeout_s: int = 1800) -> DistEnv:
+def dist_timeout_s(env: Mapping[str, str]) -> int:
+    """The collective timeout in seconds: $SIGMA_DIST_TIMEOUT if set, else DEFAULT_TIMEOUT_S."""
+    text = env.get(TIMEOUT_ENV, "")
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    if not text.isdigit() or int(text) == 0:
+        raise RuntimeError(f"{TIMEOUT_ENV}={text!r}: expected a positive number of seconds")
+    return int(text)
+
+
+def check_master_resolves(launch: Launch, timeout_s: float = RESOLVE_TIMEOUT_S) -> None:
+    """Raise at once when the rendezvous host does not resolve.
+
+    c10d retries a failed name lookup ("gai error -2") until the whole rendezvous timeout has
+    passed; a typo in MASTER_ADDR or a nodelist host that is not in DNS would otherwise hang for
+    minutes. The lookup runs in a thread so that a resolver that never answers cannot hang us.
+    """
+    result: Dict[str, Any] = {}
+
+    def lookup() -> None:
+        try:
+            socket.getaddrinfo(launch.master_addr, launch.master_port, type=socket.SOCK_STREAM)
+            result["ok"] = True
+        except OSError as e:  # socket.gaierror is an OSError
+            result["error"] = e
+
+    thread = threading.Thread(target=lookup, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if result.get("ok"):
+        return
+    why = (f"{type(result['error']).__name__}: {result['error']}" if "error" in result
+           else f"no answer from the resolver within {timeout_s:g}s")
+    raise RuntimeError(f"distributed setup failed for the {launch.describe()}: the master address "
+                       f"{launch.master_addr!r} does not resolve ({why}); set MASTER_ADDR to a host name or IP "
+                       f"address that every node can reach")
+
+
+def setup_distributed(device: str = "cuda", backend: Optional[str] = None,
+                      timeout_s: Optional[int] = None) -> DistEnv:
     """Initialise the default process group from the launcher's environment, if any.
 
     Args:
         device: "cuda" or "cpu"; on CUDA each process takes cuda:<local rank>.
         backend: process-group backend; default nccl for cuda, gloo otherwise.
-        timeout_s: rendezvous and collective timeout in seconds.
+        timeout_s: rendezvous and collective timeout in seconds (default: `dist_timeout_s`).
     Returns:
         The process's DistEnv. With one process no group is created and collectives are no-ops.
     Raises:
         RuntimeError: CUDA requested but unavailable, inconsistent launcher variables, or a
             rendezvous that failed; the message names the environment and variables used.
     """
+    global _HOST_GROUP
     launch = detect_launch(os.environ)
+    timeout_s = dist_timeout_s(os.environ) if timeout_s is None else timeout_s
     device_type = torch.device(device).type
     if device_type == "cuda":
         index = _cuda_index(launch.local_rank)
@@ -189,6 +240,7 @@ def setup_distributed(device: str = "cuda", backend: Optional[str] = None, timeo
         # init_method="env://" reads the rendezvous address from the environment, which the Slurm
         # path has only derived so far.
         os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = launch.master_addr, str(launch.master_port)
+        check_master_resolves(launch)
         try:
             dist.init_process_group(backend=backend, init_method="env://", rank=launch.rank,
                                     world_size=launch.world_size, timeout=datetime.timedelta(seconds=timeout_s),
@@ -198,7 +250,13 @@ def setup_distributed(device: str = "cuda", backend: Optional[str] = None, timeo
             hint = "; was every task started by srun?" if launch.source == "slurm" else ""
             raise RuntimeError(f"distributed setup failed for the {launch.describe()}, backend {backend}, "
                                f"timeout {timeout_s}s: {type(e).__name__}: {e}{hint}") from e
-    description = f"{launch.describe()}, device {dev}"
+        # Stop/skip flags live on the host; a gloo group agrees on them without a device sync.
+        _HOST_GROUP = (dist.group.WORLD if backend == "gloo"
+                       else dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s)))
+        # Libraries that read the launcher's variables themselves (DeepSpeed) see the same layout.
+        os.environ.update(RANK=str(launch.rank), WORLD_SIZE=str(launch.world_size),
+                          LOCAL_RANK=str(launch.local_rank))
+    description = f"{launch.describe()}, device {dev}" + (f", timeout {timeout_s}s" if launch.world_size > 1 else "")
     logger.info("%s", description)
     return DistEnv(rank=launch.rank, world_size=launch.world_size, local_rank=launch.local_rank, device=dev,
                    description=description)
@@ -209,9 +267,54 @@ def is_distributed() -> bool:
 
 
 def cleanup_distributed() -> None:
+    global _HOST_GROUP
     if is_distributed():
         dist.barrier()  # no rank tears its connections down while another still uses them
         dist.destroy_process_group()
+    _HOST_GROUP = None
+
+
+def wrap_ddp(module: torch.nn.Module, env: DistEnv) -> torch.nn.Module:
+    """`module` in DistributedDataParallel on this process's device.
+
+    Buffers are re-broadcast from rank 0 before every forward only where some change in training
+    (BatchNorm running statistics); the sin-cos position tables are constant and identical on
+    every rank, and broadcasting them would cost a collective per step.
+    """
+    changing = any(isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.track_running_stats
+                   for m in module.modules())
+    return torch.nn.parallel.DistributedDataParallel(
+        module, device_ids=[env.device.index] if env.device.type == "cuda" else None, broadcast_buffers=changing)
+
+
+def is_main_process() -> bool:
+    """Rank 0 of the default group, or the only process."""
+    return not is_distributed() or dist.get_rank() == 0
+
+
+def host_group() -> Optional[dist.ProcessGroup]:
+    """The gloo group for host-side flags (the default group itself under gloo); None alone."""
+    return _HOST_GROUP if is_distributed() else None
+
+
+def ranks_with(flag: bool) -> List[int]:
+    """The ranks on which `flag` is set: a collective over the host group, no device sync.
+
+    Every decision to stop or to skip a step goes through this (or `any_rank`), so that all ranks
+    take it together: a rank that stops or skips alone leaves the others waiting in a collective.
+    """
+    group = host_group()
+    if group is None:
+        return [0] if flag else []
+    flags = torch.zeros(dist.get_world_size(), dtype=torch.int32)
+    flags[dist.get_rank()] = int(flag)
+    dist.all_reduce(flags, op=dist.ReduceOp.SUM, group=group)
+    return flags.nonzero().flatten().tolist()
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` is set on any rank (a collective over the host group)."""
+    return bool(ranks_with(flag))
 
 
 def barrier() -> None:
@@ -238,6 +341,16 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def gather_objects(obj: Any) -> List[Any]:
+    """Every rank's `obj` (picklable), in rank order, over the host group; [obj] alone."""
+    group = host_group()
+    if group is None:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj, group=group)
+    return out
 
 
 def setup_logging(rank: int, log_file: Optional[str] = None) -> None:

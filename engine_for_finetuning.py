@@ -85,7 +85,7 @@ def predict_views(output_fn: Callable[[torch.Tensor], torch.Tensor], model: nn.M
     parts = {k: [] for k in Views._fields}
     for batch in loader:
         if tracker is not None:
-            tracker.update(batch)
+            tracker.update(batch, collective=False)  # shards may differ by a batch: no collective here
         batch = to_device(batch, device, input_dtype)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             parts["output"].append(output_fn(batch["video"]).float())
@@ -122,18 +122,19 @@ def gather_views(views: Views, env: DistEnv) -> Views:
 def merge_views(views: Views) -> Videos:
     """Average each video's views, after dropping repeated (index, segment, crop) keys (a sampler's
     padding or a replaced unreadable file). Views are summed in key order, so the result does not
-    depend on how the views were spread over processes."""
-    views = Views(*(f.cpu() for f in views))
+    depend on how the views were spread over processes. Runs where the views are (the device: a
+    kNN bank stays there)."""
+    device = views.index.device
     keys = torch.stack([views.index, views.segment, views.crop], 1)  # [M, 3]
     unique, inverse = torch.unique(keys, dim=0, return_inverse=True)  # rows in ascending key order
-    first = torch.full((unique.shape[0],), keys.shape[0], dtype=torch.long)
-    first.scatter_reduce_(0, inverse, torch.arange(keys.shape[0]), reduce="amin")  # first row of each key
+    first = torch.full((unique.shape[0],), keys.shape[0], dtype=torch.long, device=device)
+    first.scatter_reduce_(0, inverse, torch.arange(keys.shape[0], device=device), reduce="amin")  # first row per key
     index = views.index[first]  # ascending
     videos, per_view = torch.unique_consecutive(index, return_inverse=True)
-    sums = torch.zeros(videos.shape[0], views.output.shape[1], dtype=torch.float64)
+    sums = torch.zeros(videos.shape[0], views.output.shape[1], dtype=torch.float64, device=device)
     sums.index_add_(0, per_view, views.output[first].double())
     num_views = torch.bincount(per_view, minlength=videos.shape[0])
-    labels = torch.zeros(videos.shape[0], dtype=torch.long).scatter_(0, per_view, views.label[first])
+    labels = torch.zeros(videos.shape[0], dtype=torch.long, device=device).scatter_(0, per_view, views.label[first])
     return Videos(videos, labels, (sums / num_views[:, None]).float(), num_views)
 
 
@@ -161,4 +162,5 @@ def evaluate(model: nn.Module, loader: Iterable, env: DistEnv, *, sharded: bool,
     views = predict_views(softmax_outputs(model), model, loader, device=env.device, precision=precision,
                           input_dtype=input_dtype, tracker=tracker)
     videos = merge_views(gather_views(views, env) if sharded else views)
+    videos = Videos(*(f.cpu() for f in videos))  # [V, K] probabilities: metrics and the CSV on the host
     return classification_metrics(videos.output, videos.label), videos

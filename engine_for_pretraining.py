@@ -4,14 +4,14 @@
       └──encoder(visible)──> decoder(mask tokens) ──> pred ─────────────────────────> logits_pred
     Sinkhorn codes of each side; each side's scores predict the other side's codes.
 """
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from modeling_finetune import patchify
+from modeling_finetune import MaskIndex, patchify, take_tokens
 from sinkhorn import MAX_EXP_SPREAD, sinkhorn_knopp
 from training_loop import EpochTotals, StepControl, run_epoch
 
@@ -21,22 +21,23 @@ def normalize_per_group(x: torch.Tensor, dim: int) -> torch.Tensor:
     return (x - x.mean(dim=dim, keepdim=True)) / (x.var(dim=dim, unbiased=True, keepdim=True).sqrt() + 1e-6)
 
 
-def pixel_targets(tubes: torch.Tensor, bool_masked_pos: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+def pixel_targets(tubes: torch.Tensor, bool_masked_pos: Union[torch.Tensor, MaskIndex],
+                  normalize: bool = True) -> torch.Tensor:
     """Pixel targets of the masked tubes.
 
     Args:
         tubes: [B, N, P, C] ImageNet-normalised tubes from `patchify`.
-        bool_masked_pos: [B, N] bool.
+        bool_masked_pos: [B, N] bool, or its `MaskIndex`.
     Returns:
         [B, N_mask, P*C]: pixels in [0, 1], normalised per tube and channel when `normalize`.
     """
-    B = tubes.shape[0]
-    mean = tubes.new_tensor(IMAGENET_DEFAULT_MEAN)
-    std = tubes.new_tensor(IMAGENET_DEFAULT_STD)
-    masked = tubes[bool_masked_pos] * std + mean  # [B*N_mask, P, C] in [0, 1]
+    # Filled on the device, not copied from a host list (a pageable copy waits for the device).
+    mean = torch.stack([tubes.new_full((), m) for m in IMAGENET_DEFAULT_MEAN])  # [C]
+    std = torch.stack([tubes.new_full((), s) for s in IMAGENET_DEFAULT_STD])  # [C]
+    masked = take_tokens(tubes, MaskIndex.of(bool_masked_pos).masked) * std + mean  # [B, N_mask, P, C] in [0, 1]
     if normalize:
         masked = normalize_per_group(masked, dim=-2)
-    return masked.reshape(B, -1, masked.shape[-2] * masked.shape[-1])
+    return masked.flatten(-2)
 
 
 def teacher_targets(teacher: nn.Module, videos: torch.Tensor, bool_masked_pos: torch.Tensor, tubelet_size: int,
@@ -54,7 +55,7 @@ def teacher_targets(teacher: nn.Module, videos: torch.Tensor, bool_masked_pos: t
     feats = feats.reshape(B, -1, feats.shape[-1])  # [B, N, C], tokens in (t, h, w) order
     if normalize:
         feats = normalize_per_group(feats, dim=1)
-    return feats[bool_masked_pos].reshape(B, -1, feats.shape[-1])
+    return take_tokens(feats, MaskIndex.of(bool_masked_pos).masked)
 
 
 class _CrossEntropy(torch.autograd.Function):
@@ -120,16 +121,26 @@ def _score_stats(logits: torch.Tensor, side: str) -> Dict[str, torch.Tensor]:
     """What the model itself prefers, before Sinkhorn rebalances it: prototypes hit by the argmax of
     the raw scores and the entropy of that usage (nats). Sinkhorn keeps the codes balanced even when
     nearly every token scores highest on one prototype; this shows it."""
-    usage = torch.bincount(logits.argmax(-1), minlength=logits.shape[1]).float()  # [K]
+    usage = prototype_counts(logits)  # [K]
     freq = usage / usage.sum()
     return {f"score_protos_used_{side}": (usage > 0).sum(),
             f"score_usage_entropy_{side}": torch.special.entr(freq).sum()}
 
 
+def prototype_counts(scores: torch.Tensor) -> torch.Tensor:
+    """[K] float: how many rows of [M, K] `scores` have their argmax at each prototype.
+
+    A fixed-size scatter_add_, not bincount(minlength=K), whose output size depends on the data
+    (a host sync on CUDA)."""
+    best = scores.argmax(-1)  # [M]
+    return scores.new_zeros(scores.shape[1], dtype=torch.float32).scatter_add_(
+        0, best, torch.ones_like(best, dtype=torch.float32))
+
+
 def _code_stats(q: torch.Tensor, side: str, max_rows: int = 1024) -> Dict[str, torch.Tensor]:
     """Collapse monitors: prototypes hit by some argmax code, entropy of their usage (nats), and
     the mean entropy of a token's code, estimated on at most `max_rows` evenly spaced tokens."""
-    usage = torch.bincount(q.argmax(-1), minlength=q.shape[1]).float()  # [K]
+    usage = prototype_counts(q)  # [K]
     freq = usage / usage.sum()
     sample = q[::max(1, q.shape[0] // max_rows)]  # [<=2*max_rows, K]
     return {
@@ -139,7 +150,7 @@ def _code_stats(q: torch.Tensor, side: str, max_rows: int = 1024) -> Dict[str, t
     }
 
 
-def compute_loss(model: nn.Module, videos: torch.Tensor, bool_masked_pos: torch.Tensor,
+def compute_loss(model: nn.Module, videos: torch.Tensor, bool_masked_pos: Union[torch.Tensor, MaskIndex],
                  teacher: Optional[nn.Module] = None, normalize_target: bool = True, soft_codes: bool = False,
                  ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """The pretraining loss of one batch.
@@ -147,7 +158,8 @@ def compute_loss(model: nn.Module, videos: torch.Tensor, bool_masked_pos: torch.
     Args:
         model: a PretrainVisionTransformer, possibly wrapped (DDP, torch.compile).
         videos: [B, 3, T, H, W] ImageNet-normalised float clips.
-        bool_masked_pos: [B, N] bool, True = masked, the same count per clip.
+        bool_masked_pos: [B, N] bool, True = masked, the same count per clip; or its `MaskIndex`
+            built on the host (then nothing here waits for the device).
         teacher: frozen image model for dino_* targets ([F, 3, H, W] -> [F, h*w, C]).
         normalize_target: per-tube (pixel, mlp) or per-clip-channel (dino) target normalisation.
         soft_codes: train towards the soft Sinkhorn codes instead of their argmax.
@@ -156,7 +168,8 @@ def compute_loss(model: nn.Module, videos: torch.Tensor, bool_masked_pos: torch.
     """
     core = getattr(model, "module", model)
     core = getattr(core, "_orig_mod", core)
-    bool_masked_pos = bool_masked_pos.flatten(1).to(torch.bool)
+    if not isinstance(bool_masked_pos, MaskIndex):
+        bool_masked_pos = MaskIndex.of(bool_masked_pos.flatten(1).to(torch.bool))  # once for the whole batch
     tubes = patchify(videos, core.tubelet_size, core.patch_size)  # [B, N, P, C]
     with torch.no_grad():
         if core.target_type in ("pixel", "mlp"):
@@ -186,7 +199,25 @@ def train_one_epoch(model: nn.Module, loader: Iterable, update, control: StepCon
     """One pretraining epoch (see `training_loop.run_epoch` for the step machinery)."""
 
     def loss_fn(batch):
-        return compute_loss(model, batch["video"], batch["mask"], teacher=teacher, normalize_target=normalize_target)
+        index = MaskIndex(batch["visible_index"], batch["masked_index"])
+        return compute_loss(model, batch["video"], index, teacher=teacher, normalize_target=normalize_target)
 
-    return run_epoch(model, loader, update, control, loss_fn, device=device, epoch=epoch, start_step=start_step,
-                     accum_iter=accum_iter, tracker=tracker, metrics=metrics, totals=totals)
+    return run_epoch(model, HostMaskIndex(loader), update, control, loss_fn, device=device, epoch=epoch,
+                     start_step=start_step, accum_iter=accum_iter, tracker=tracker, metrics=metrics,
+                     totals=totals)
+
+
+class HostMaskIndex:
+    """`loader` whose batches also carry their mask's `MaskIndex` ("visible_index", "masked_index"),
+    built on the host before the batch moves to the device, where counting the mask would sync."""
+
+    def __init__(self, loader: Iterable):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            index = MaskIndex.of(batch["mask"].flatten(1).to(torch.bool))
+            yield {**batch, "visible_index": index.visible, "masked_index": index.masked}

@@ -30,8 +30,8 @@ from datasets.annotations import read_annotations
 from datasets.decoding import BACKENDS
 from datasets.sampler import ShardSampler
 from datasets.video_dataset import DATA_SETS, ClipConfig, VideoClipDataset, collate_clips
-from distributed import cleanup_distributed
-from engine_for_finetuning import Views, gather_views, merge_views, predict_views
+from distributed import broadcast_object, cleanup_distributed
+from engine_for_finetuning import gather_views, merge_views, predict_views
 from modeling_finetune import MODELS, load_pretrained_weights, pooling_for_frozen_features
 from runtime import HelpFormatter, add_launcher_compat_flags, check_flags, clip_rules, start_run, write_config
 from shutdown import WORKER_INIT, run_driver
@@ -89,15 +89,24 @@ def knn_classify(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.T
         queries: [M, D] L2-normalised features.
         k: neighbours per query (capped at N).
     """
-    k = min(k, bank.shape[0])
-    votes = []
+    return knn_votes(bank, bank_labels, queries, num_classes, [k], temperature, chunk)[k]
+
+
+def knn_votes(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
+              ks: Sequence[int], temperature: float, chunk: int = 1024) -> Dict[int, torch.Tensor]:
+    """{k: class votes [M, num_classes]} for every k, from one similarity pass (on the tensors'
+    device): the neighbours of the largest k, sorted, hold those of every smaller one."""
+    largest = min(max(ks), bank.shape[0])
+    votes = {k: [] for k in ks}
     for start in range(0, queries.shape[0], chunk):
         sim = queries[start:start + chunk] @ bank.T  # [m, N] cosines
-        top_sim, top_idx = sim.topk(k, dim=1)  # [m, k]
-        weights = (top_sim / temperature).exp()
-        v = torch.zeros(sim.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
-        votes.append(v.scatter_add_(1, bank_labels[top_idx], weights))
-    return torch.cat(votes)
+        top_sim, top_idx = sim.topk(largest, dim=1)  # [m, k_max], descending
+        weights, labels = (top_sim / temperature).exp(), bank_labels[top_idx]  # [m, k_max]
+        for k in ks:
+            k_ = min(k, largest)
+            v = torch.zeros(sim.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
+            votes[k].append(v.scatter_add_(1, labels[:, :k_], weights[:, :k_]))
+    return {k: torch.cat(v) for k, v in votes.items()}
 
 
 def topk_accuracy(votes: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
@@ -132,13 +141,14 @@ def official_features(model, samples: Sequence, args, env, sampling: str, precis
     items = max(1, args.batch_size // args.test_num_crop)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=items, sampler=ShardSampler(len(dataset), env.world_size, env.rank),
-        num_workers=args.num_workers, collate_fn=collate_clips, pin_memory=env.device.type == "cuda")
+        num_workers=args.num_workers, collate_fn=collate_clips, pin_memory=env.device.type == "cuda",
+        worker_init_fn=WORKER_INIT)
     views = predict_views(lambda v: model(v).float(), model, loader, device=env.device, precision=precision)
-    views = Views(*(f.cpu() for f in gather_views(views, env)))
+    views = gather_views(views, env)  # on the device: the kNN runs there
     keys = torch.stack([views.index, views.segment, views.crop], 1)  # [M, 3]
     _, inverse = torch.unique(keys, dim=0, return_inverse=True)  # drop the sampler's padding repeats
-    first = torch.full((int(inverse.max()) + 1,), keys.shape[0], dtype=torch.long)
-    first.scatter_reduce_(0, inverse, torch.arange(keys.shape[0]), reduce="amin")
+    first = torch.full((int(inverse.max()) + 1,), keys.shape[0], dtype=torch.long, device=keys.device)
+    first.scatter_reduce_(0, inverse, torch.arange(keys.shape[0], device=keys.device), reduce="amin")
     return F.normalize(views.output[first], dim=-1), views.label[first]
 
 
@@ -175,19 +185,20 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
                   for s in ("train", "val")}
         bank, bank_labels = features(model, splits["train"], args, env, sampling, precision)
         queries, labels = features(model, splits["val"], args, env, sampling, precision)
-    results = {"per_k": {}, "temperature": args.temperature, "num_train": int(bank.shape[0]),
-               "num_val": int(queries.shape[0]), "checkpoint": args.finetune or "random_init",
-               "protocol": "official" if official else "ours"}
-    for k in ks:
-        votes = knn_classify(bank, bank_labels, queries, nb_classes, k, args.temperature)
-        results["per_k"][str(k)] = topk_accuracy(votes, labels)
-        logger.info("kNN k=%d T=%g: top-1 %.2f top-5 %.2f (%d bank, %d queries)", k, args.temperature,
-                    results["per_k"][str(k)]["top1"], results["per_k"][str(k)]["top5"], bank.shape[0],
-                    queries.shape[0])
-    results.update(results["per_k"][str(ks[0])])
-    if env.is_main:
+    results = None
+    if env.is_main:  # every rank holds the gathered features; one computes the kNN, on the device
+        results = {"per_k": {}, "temperature": args.temperature, "num_train": int(bank.shape[0]),
+                   "num_val": int(queries.shape[0]), "checkpoint": args.finetune or "random_init",
+                   "protocol": "official" if official else "ours"}
+        for k, votes in knn_votes(bank, bank_labels, queries, nb_classes, ks, args.temperature).items():
+            results["per_k"][str(k)] = topk_accuracy(votes, labels)
+            logger.info("kNN k=%d T=%g: top-1 %.2f top-5 %.2f (%d bank, %d queries)", k, args.temperature,
+                        results["per_k"][str(k)]["top1"], results["per_k"][str(k)]["top5"], bank.shape[0],
+                        queries.shape[0])
+        results.update(results["per_k"][str(ks[0])])
         with open(os.path.join(args.output_dir, "knn_results.json"), "w") as f:
             json.dump(results, f, indent=2)
+    results = broadcast_object(results)
     write_config(args.output_dir, env, {**vars(args), "nb_classes": nb_classes, "precision": precision,
                                         "world_size": env.world_size})
     cleanup_distributed()

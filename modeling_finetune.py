@@ -13,7 +13,7 @@ import copy
 import logging
 import math
 from functools import partial
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -45,6 +45,44 @@ def sincos_position_table(num_positions: int, dim: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(angles[:, 0::2])
     table[:, 1::2] = torch.cos(angles[:, 1::2])
     return table.float().unsqueeze(0)
+
+
+class MaskIndex(NamedTuple):
+    """A fixed-count token mask as ascending token positions, built once per batch.
+
+    Boolean-mask indexing (`x[mask]`) has an output size that depends on the data, so every use
+    waits for the device (a host sync) and breaks `torch.compile` graphs; gathering by these
+    indices selects the same tokens in the same order without either.
+    """
+    visible: torch.Tensor  # [B, N_vis] long, False positions of the mask
+    masked: torch.Tensor  # [B, N_mask] long, True positions
+
+    @staticmethod
+    def of(mask: Union[torch.Tensor, "MaskIndex"]) -> "MaskIndex":
+        """The index of a [B, N] bool mask (True = masked, the same count in every row).
+
+        Built from a host mask this costs no device sync (the data loader's masks are on the host
+        until the batch moves); from a device mask it costs one, for the count.
+        """
+        if isinstance(mask, MaskIndex):
+            return mask
+        B, N = mask.shape
+        counts = mask.sum(1)  # [B]
+        if B and (counts != counts[0]).any():
+            raise ValueError(f"every clip must mask the same number of tokens, got {counts.tolist()}")
+        num_masked = int(counts[0]) if B else 0
+        # A stable sort of the 0/1 mask: visible positions first, then masked, each in token order.
+        order = torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices  # [B, N]
+        return MaskIndex(order[:, :N - num_masked], order[:, N - num_masked:])
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "MaskIndex":
+        return MaskIndex(*(t.to(device, non_blocking=non_blocking) for t in self))
+
+
+def take_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[b, index[b]] for every b: [B, N, *rest] gathered by [B, K] positions -> [B, K, *rest]."""
+    shape = index.shape + (1,) * (x.ndim - 2)
+    return x.gather(1, index.reshape(shape).expand(*index.shape, *x.shape[2:]))
 
 
 def patchify(videos: torch.Tensor, tubelet_size: int, patch_size: int) -> torch.Tensor:
@@ -233,8 +271,9 @@ class VisionTransformer(nn.Module):
 
         Args:
             videos: [B, 3, T, H, W] normalised clips.
-            visible: optional [B, N] bool, True for tokens to keep; every row must keep the same
-                number of tokens. Only these tokens are embedded and attended.
+            visible: optional tokens to keep: [B, N] bool (True = keep; the same count in every
+                row), or [B, N_kept] long ascending positions (`MaskIndex.visible`, no host sync).
+                Only these tokens are embedded and attended.
             tubes: optional `patchify(videos)` output, to avoid cutting the clip twice.
         Returns:
             [B, N_kept, D].
@@ -243,12 +282,14 @@ class VisionTransformer(nn.Module):
             x = self.patch_embed(videos)  # [B, N, D]
             x = x + self.position_table(x.shape[1], x.device).to(x.dtype)
         else:
-            B, N = visible.shape
             if tubes is None:
                 tubes = patchify(videos, self.tubelet_size, self.patch_size)  # [B, N, t*p*p, C]
-            pos = self.position_table(N, visible.device).expand(B, -1, -1)
-            x = self.patch_embed.embed_tubes(tubes[visible])  # [B*N_vis, D]
-            x = (x + pos[visible].to(x.dtype)).reshape(B, -1, x.shape[-1])  # [B, N_vis, D]
+            B, N = tubes.shape[:2]
+            if visible.dtype == torch.bool:
+                visible = MaskIndex.of(~visible).visible  # the kept positions
+            pos = self.position_table(N, tubes.device).expand(B, -1, -1)  # [B, N, D]
+            x = self.patch_embed.embed_tubes(take_tokens(tubes, visible).flatten(0, 1))  # [B*N_vis, D]
+            x = x.reshape(B, -1, x.shape[-1]) + take_tokens(pos, visible).to(x.dtype)  # [B, N_vis, D]
         x = self.pos_drop(x)
         x = run_blocks(self.blocks, x, self.use_checkpoint)
         return self.norm(x)

@@ -11,7 +11,7 @@ The model's forward produces what the objective needs and nothing else:
 Target building, Sinkhorn codes and the loss live in engine_for_pretraining.compute_loss.
 """
 from functools import partial
-from typing import Callable, Dict, NamedTuple, Optional
+from typing import Callable, Dict, NamedTuple, Optional, Union
 
 import timm
 import torch
@@ -21,7 +21,8 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 from checkpointing import read_torch_file
-from modeling_finetune import VIT_SIZES, Block, VisionTransformer, run_blocks, sincos_position_table
+from modeling_finetune import (VIT_SIZES, Block, MaskIndex, VisionTransformer, run_blocks, sincos_position_table,
+                               take_tokens)
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {}
 
@@ -126,31 +127,30 @@ class PretrainVisionTransformer(nn.Module):
         """Project the prototypes back onto the unit sphere (every step, before scoring)."""
         self.prototypes.copy_(F.normalize(self.prototypes, dim=1))
 
-    def decode(self, videos: torch.Tensor, bool_masked_pos: torch.Tensor,
+    def decode(self, videos: torch.Tensor, bool_masked_pos: Union[torch.Tensor, MaskIndex],
                tubes: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Encode visible tokens, decode mask tokens: [B, N_mask, decoder_num_classes]."""
-        B, N = bool_masked_pos.shape
-        if bool_masked_pos.device.type == "cpu":  # checked where it costs no device sync
-            counts = bool_masked_pos.sum(1)
-            if (counts != counts[0]).any():
-                raise ValueError(f"every clip must mask the same number of tokens, got {counts.tolist()}")
-        x_vis = self.encoder.forward_tokens(videos, visible=~bool_masked_pos, tubes=tubes)  # [B, N_vis, C_e]
+        index = MaskIndex.of(bool_masked_pos)
+        B = index.visible.shape[0]
+        N = index.visible.shape[1] + index.masked.shape[1]
+        x_vis = self.encoder.forward_tokens(videos, visible=index.visible, tubes=tubes)  # [B, N_vis, C_e]
         x_vis = self.encoder_to_decoder(x_vis)  # [B, N_vis, C_d]
         C = x_vis.shape[-1]
         pos = self.pos_embed if N == self.pos_embed.shape[1] else sincos_position_table(N, C).to(videos.device)
         pos = pos.to(x_vis.dtype).expand(B, -1, -1)  # [B, N, C_d]
-        pos_vis = pos[~bool_masked_pos].reshape(B, -1, C)
-        pos_mask = pos[bool_masked_pos].reshape(B, -1, C)
+        pos_vis = take_tokens(pos, index.visible)  # [B, N_vis, C_d]
+        pos_mask = take_tokens(pos, index.masked)  # [B, N_mask, C_d]
         # Visible tokens first, then one mask token per masked position, in token order.
         x = torch.cat([x_vis + pos_vis, self.mask_token.to(x_vis.dtype) + pos_mask], dim=1)  # [B, N, C_d]
         return self.decoder(x, pos_mask.shape[1])
 
-    def forward(self, videos: torch.Tensor, bool_masked_pos: torch.Tensor,
+    def forward(self, videos: torch.Tensor, bool_masked_pos: Union[torch.Tensor, MaskIndex],
                 targets: Optional[torch.Tensor] = None, tubes: Optional[torch.Tensor] = None) -> PretrainOutput:
         """
         Args:
             videos: [B, 3, T, H, W] ImageNet-normalised clips.
-            bool_masked_pos: [B, N] bool, True = masked; the same count in every clip.
+            bool_masked_pos: [B, N] bool, True = masked; the same count in every clip. Or its
+                `MaskIndex`, built once per batch (no host sync here).
             targets: [B, N_mask, D_t] per-tube targets of the masked tokens (projection input);
                 required for SWAV.
             tubes: optional `patchify(videos)`, shared with target building.

@@ -32,7 +32,7 @@ from datasets.sampler import ResumableSampler, ShardSampler
 from datasets.subset import class_balanced_subset
 from datasets.video_dataset import (DATA_SETS, AugmentConfig, BadSampleTracker, ClipConfig, VideoClipDataset,
                                     collate_clips)
-from distributed import cleanup_distributed
+from distributed import cleanup_distributed, wrap_ddp
 from engine_for_finetuning import evaluate, train_one_epoch
 from modeling_finetune import MODELS, LinearProbe, ModelEma, load_pretrained_weights, pooling_for_frozen_features
 from optim_factory import create_optimizer, param_groups
@@ -298,8 +298,7 @@ def build_update(args, env, core, optimizer, precision: str):
         return engine, None, DeepSpeedUpdate(engine)
     model = core
     if env.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            core, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+        model = wrap_ddp(core, env)
     if args.compile:  # `core` stays the plain module: saving, loading and evaluation use it
         model = torch.compile(model)
     scaler = torch.amp.GradScaler(env.device.type) if precision == "fp16" else None
@@ -358,8 +357,10 @@ def train(args, env, core, data, nb_classes: int, precision: str, augment: bool,
                  **extra}
         deepspeed_support.save(model, args.output_dir, env, {
             **plain, "steps_per_epoch": steps_per_epoch, "rng": gather_rng_states(env)})
-        if path != checkpoint_path(args.output_dir) and env.is_main:  # epoch files: plain weights too
-            save_checkpoint(path, {"model": core.state_dict(), **plain})
+        if path != checkpoint_path(args.output_dir):  # epoch files: plain fp32 weights too (a collective)
+            weights = deepspeed_support.master_state_dict(model)
+            if env.is_main:
+                save_checkpoint(path, {"model": weights, **plain})
 
     checkpointer = Checkpointer(env, args.output_dir, save, every_steps=args.save_ckpt_steps,
                                 every_epochs=args.save_ckpt_freq, epochs=args.epochs, keep_last=args.keep_last_ckpts,
@@ -390,11 +391,12 @@ def train(args, env, core, data, nb_classes: int, precision: str, augment: bool,
         for name, net, dtype in [] if args.disable_eval_during_finetuning else nets:
             metrics, _ = evaluate(net, val, env, sharded=args.dist_eval, precision=precision, input_dtype=dtype)
             record.update({f"val{name}_{k}": v for k, v in metrics.items()})
-        if record.get("val_acc1", -1.0) > best["acc1"]:
+        if record.get("val_acc1", -1.0) > best["acc1"]:  # the same on every rank (gathered views)
             best = {"acc1": record["val_acc1"], "epoch": epoch}
+            weights = deepspeed_support.master_state_dict(model) if args.enable_deepspeed else core.state_dict()
             if env.is_main:
                 save_checkpoint(os.path.join(args.output_dir, "checkpoint-best.pth"), {
-                    "model": core.state_dict(), "epoch": epoch, "step": step, "val_acc1": record["val_acc1"],
+                    "model": weights, "epoch": epoch, "step": step, "val_acc1": record["val_acc1"],
                     **({"model_ema": ema.module.state_dict()} if ema else {})})
         if "val_acc1" in record:
             logger.info("epoch %d: val top-1 %.2f top-5 %.2f (best %.2f at epoch %d)", epoch, record["val_acc1"],

@@ -22,7 +22,7 @@ from datasets.decoding import BACKENDS
 from datasets.sampler import ResumableSampler
 from datasets.video_dataset import (AugmentConfig, BadSampleTracker, ClipConfig, MaskConfig, VideoClipDataset,
                                     collate_clips)
-from distributed import cleanup_distributed
+from distributed import cleanup_distributed, wrap_ddp
 from engine_for_pretraining import train_one_epoch
 from masking_generator import MASKS
 from modeling_pretrain import MODELS, TARGET_TYPES, TEACHER_DIMS, build_teacher
@@ -144,8 +144,7 @@ def main(args: argparse.Namespace) -> None:
     steps_per_epoch, global_batch = schedule.steps_per_epoch, schedule.global_batch
     core = model
     if env.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+        model = wrap_ddp(model, env)
     optimizer = create_optimizer(param_groups(core, args.weight_decay), lr=schedule.lr, betas=tuple(args.opt_betas),
                                  eps=args.opt_eps)
     if args.compile:  # `core` stays the plain module: saving, loading and param groups use its names
@@ -193,7 +192,7 @@ def main(args: argparse.Namespace) -> None:
         step = stats.pop("end_step")
         if checkpointer.stopping:
             checkpointer.exit_for_requeue(step)
-        bad = tracker.end_epoch()  # on every rank: each stops on its own share's bad files
+        bad = tracker.end_epoch()  # a collective: every rank stops if any rank's share is too bad
         # Written ahead of the epoch's checkpoint: a kill in between re-runs the epoch on resume,
         # and the resumed run drops this line before writing it again.
         run_log.epoch({**{f"train_{k}": v for k, v in stats.items()}, **bad, "epoch": epoch,

@@ -15,16 +15,16 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from checkpointing import (checkpoint_path, find_resume_checkpoint, link_checkpoint, load_checkpoint, load_model_state,
-                           prune_checkpoints, rng_state, save_checkpoint, set_rng_state)
-from distributed import DistEnv, barrier, broadcast_object, cleanup_distributed, setup_distributed, setup_logging
+from checkpointing import (CheckpointError, checkpoint_path, find_resume_checkpoint, link_checkpoint, load_checkpoint,
+                           load_model_state, prune_checkpoints, rng_state, save_checkpoint, set_rng_state)
+from distributed import (DistEnv, barrier, broadcast_object, cleanup_distributed, gather_objects, host_group,
+                         is_main_process, setup_distributed, setup_logging)
 from schedules import cosine_schedule, warmup_steps_from
 from shutdown import RunError
 
 logger = logging.getLogger("sigma")
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: preempted, a resumable checkpoint was written; requeue me
-STOP_CHECK_EVERY = 10  # steps between collective checks for a preemption signal
 
 
 def str2bool(v: str) -> bool:
@@ -202,6 +202,7 @@ class Preemption:
 
     def __init__(self):
         self.signals = []
+        self._pending = None  # (work, flag) of the all-reduce started at the previous step
         self.armed = True
         self._first_at = None
         self._saving = self._exit_after_save = False
@@ -246,15 +247,25 @@ class Preemption:
             self._on_signal(self.signals.pop(), None)
 
     def agreed(self, step: int, env: DistEnv) -> bool:
-        """Whether every rank stops after `step`. Ranks may see the signal at different steps, so
-        with several processes they agree every STOP_CHECK_EVERY steps (one tiny all-reduce)."""
+        """Whether every rank stops after `step` (called by every rank after every step).
+
+        Ranks may see the signal at different steps. With several processes each call starts a
+        non-blocking all-reduce of this rank's flag over the host (gloo) group and reads the one
+        started a step earlier, which has long finished: every step is checked, without a device
+        sync or a wait, and all ranks stop after the same step, one step after the first saw it.
+        """
         if env.world_size == 1:
             return bool(self.signals)
-        if step % STOP_CHECK_EVERY:
-            return False
-        flag = torch.tensor([float(bool(self.signals))], device=env.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return flag.item() > 0
+        stop = False
+        if self._pending is not None:
+            work, flag = self._pending
+            work.wait()
+            stop = bool(flag.item())
+        flag = torch.tensor([int(bool(self.signals))], dtype=torch.int32)
+        work = torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=host_group(),
+                                            async_op=True)
+        self._pending = (work, flag)
+        return stop
 
 
 class Checkpointer:
@@ -344,12 +355,26 @@ def load_training_state(resume: str, auto_resume: bool, output_dir: str, *, mode
                         optimizer: torch.optim.Optimizer,
                         scaler: Optional[torch.amp.GradScaler]) -> Optional[Tuple[str, Dict[str, Any]]]:
     """Restore model, optimizer and scaler from `resume`, else (with `auto_resume`) from the newest
-    valid checkpoint in `output_dir`. Returns (path, state), or None for a fresh run."""
-    found = ((resume, load_checkpoint(resume)) if resume
-             else find_resume_checkpoint(output_dir) if auto_resume else None)
-    if found is None:
+    valid checkpoint in `output_dir`. Returns (path, state), or None for a fresh run.
+
+    With several processes rank 0 chooses the file and every rank loads that one (a rank with a
+    stale view of a shared filesystem must not pick another); a rank that cannot read it, or reads
+    another step, stops every rank (CheckpointError, SystemExit) with the reason.
+    """
+    found = find_resume_checkpoint(output_dir) if not resume and auto_resume and is_main_process() else None
+    path = broadcast_object(resume or (found[0] if found else None))
+    if path is None:
         return None
-    path, state = found
+    state, error = (found[1], None) if found and found[0] == path else _try_load(path)
+    reasons = gather_objects(error.reason if error else None)
+    if error is not None:
+        raise error  # this rank's own reason; the others raise theirs or name this one
+    if any(reasons):
+        raise CheckpointError(path, "; ".join(f"rank {r}: {why}" for r, why in enumerate(reasons) if why))
+    steps = gather_objects(state["step"])
+    if len(set(steps)) > 1:
+        raise SystemExit(f"{path} holds steps {steps} on ranks 0..{len(steps) - 1}: the ranks see different "
+                         f"versions of the file (a stale shared-filesystem cache?)")
     if "optimizer" not in state:
         raise SystemExit(f"{path} holds weights only (no optimizer state): start from it with --finetune, "
                          f"not --resume")
@@ -357,7 +382,15 @@ def load_training_state(resume: str, auto_resume: bool, output_dir: str, *, mode
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    return found
+    return path, state
+
+
+def _try_load(path: str) -> Tuple[Optional[Dict[str, Any]], Optional[CheckpointError]]:
+    """(state, None) or (None, why it cannot be loaded)."""
+    try:
+        return load_checkpoint(path), None
+    except CheckpointError as e:
+        return None, e
 
 
 def resume_position(state: Dict[str, Any], path: str, steps_per_epoch: int) -> Tuple[int, int, int]:

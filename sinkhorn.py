@@ -70,7 +70,7 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float, iterations: int,
             log_domain = bool(col_max.max() - low > MAX_EXP_SPREAD)
         # Every token of the global batch carries the same mass, whatever its rank's shard size.
         # (A device tensor: no host sync.)
-        world_tokens = _all_reduce(torch.tensor(float(logits.shape[0]), device=logits.device),
+        world_tokens = _all_reduce(torch.full((), float(logits.shape[0]), device=logits.device),
                                    dist.ReduceOp.SUM, group)
         # Target marginals: each prototype gets 1/K of the mass, each token 1/world_tokens.
         proto_mass, token_mass = 1.0 / logits.shape[1], 1.0 / world_tokens

@@ -8,6 +8,7 @@ fp16 loss scaling, clipping, non-finite losses, metric windows and the checkpoin
 the two ways a step is taken.
 """
 import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from distributed import all_reduce_mean, is_distributed, ranks_with
+
+logger = logging.getLogger("sigma")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 LossFn = Callable[[Dict[str, object]], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
@@ -198,13 +202,20 @@ def run_epoch(model: nn.Module, loader: Iterable, update, control: StepControl, 
         last_micro = (micro + 1) % accum_iter == 0
         with update.context(device, last_micro):
             loss, stats = loss_fn(batch)
+            # Every rank checks at the same micro-batches and they decide together: a rank that
+            # skipped its backward (or stopped) alone would leave the others in DDP's all-reduce.
             check_now = control.skip_nonfinite > 0 or (step + 1) % control.log_every == 0
-            if check_now and not math.isfinite(loss.item()):
+            bad_ranks = ranks_with(not math.isfinite(loss.item())) if check_now else []
+            if bad_ranks:
                 skipped += 1
                 if skipped > control.skip_nonfinite:
                     terms = {k: round(float(v), 4) for k, v in stats.items() if k.startswith("loss")}
-                    raise FloatingPointError(f"non-finite loss at step {step} (epoch {epoch}): {terms}; "
-                                             f"stopping without saving, the last checkpoint is intact")
+                    raise FloatingPointError(
+                        f"non-finite loss at step {step} (epoch {epoch}) on rank(s) {bad_ranks}, "
+                        f"{skipped} non-finite step(s) with --skip_nonfinite {control.skip_nonfinite}; "
+                        f"this rank's loss terms {terms}; stopping without saving, the last checkpoint is intact")
+                logger.warning("non-finite loss at step %d on rank(s) %s: skipping the step on every rank (%d of "
+                               "--skip_nonfinite %d)", step, bad_ranks, skipped, control.skip_nonfinite)
                 update.zero_grad()
                 continue
             grad_norm = update.backward(loss, last_micro)
@@ -225,13 +236,27 @@ def run_epoch(model: nn.Module, loader: Iterable, update, control: StepControl, 
         if log_now and metrics is not None:
             # The window starts at the last log or at this epoch's start, whichever is later.
             elapsed = time.perf_counter() - t_window
-            metrics({"step": step, "epoch": epoch, **{k: float(v) for k, v in stats.items()},
+            # Loss terms averaged over all ranks, throughput summed (one all-reduce, one host read).
+            means = global_means({**stats, "clips": torch.tensor(float(clips))}, device)
+            metrics({"step": step, "epoch": epoch, **{k: v for k, v in means.items() if k != "clips"},
                      "weight_decay": control.wd_at(step - 1), "loss_scale": update.loss_scale(),
-                     "data_time": t_data / window, "step_time": elapsed / window, "clips_per_s": clips / elapsed})
+                     "data_time": t_data / window, "step_time": elapsed / window,
+                     "clips_per_s": means["clips"] * world_size() / elapsed})
             t_data, clips, window, t_window = 0.0, 0, 0, time.perf_counter()
         control.on_step_end(step)
         if control.should_stop():
             break
         t_last = time.perf_counter()
     update.zero_grad()  # a step cut short by a skipped loss does not carry over
-    return totals.averages() | {"steps": totals.count, "end_step": step}
+    means = global_means(totals.sums, device) if totals.sums else {}  # every rank took the same steps
+    return {k: v / max(totals.count, 1) for k, v in means.items()} | {"steps": totals.count, "end_step": step}
+
+
+def global_means(values: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, float]:
+    """Each scalar tensor's mean over all ranks, as host floats (one all-reduce, one host read)."""
+    stacked = torch.stack([v.detach().float().to(device).reshape(()) for v in values.values()])  # [S]
+    return dict(zip(values, all_reduce_mean(stacked).tolist()))
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if is_distributed() else 1

@@ -60,6 +60,7 @@ import engine_for_pretraining  # noqa: E402
 from bench_sinkhorn import classic_sinkhorn, sync, time_fn  # noqa: E402
 from engine_for_pretraining import compute_loss  # noqa: E402
 from masking_generator import tube_mask  # noqa: E402
+from modeling_finetune import MaskIndex  # noqa: E402
 from modeling_pretrain import MODELS, TEACHER_ARCHS, TEACHER_DIMS, TARGET_TYPES, DinoTeacher  # noqa: E402
 from optim_factory import create_optimizer, param_groups  # noqa: E402
 from sinkhorn import sinkhorn_knopp  # noqa: E402
@@ -247,11 +248,12 @@ def make_step(model, teacher, optimizer, scaler, videos, mask, precision: str):
     """One training step on one batch as the loop takes it; `step(timeline)` marks its stages."""
     update = TorchUpdate(model, optimizer, precision, scaler)
     sums: Dict[str, torch.Tensor] = {}
+    index = MaskIndex.of(mask.cpu()).to(videos.device)  # built on the host, as engine_for_pretraining.HostMaskIndex
 
     def step(timeline: Optional[Timeline] = None) -> torch.Tensor:
         set_schedules(optimizer, 1e-4, 0.05)
         with update.context(videos.device, last_micro=True):
-            loss, stats = compute_loss(model, videos, mask, teacher=teacher)
+            loss, stats = compute_loss(model, videos, index, teacher=teacher)
             if timeline is not None:
                 timeline.mark("loss")
             grad_norm = update.backward(loss, last_micro=True)  # ends "backward" at its last gradient

@@ -27,6 +27,7 @@ from datasets import transforms as T
 from datasets.annotations import Sample
 from datasets.decoding import VideoError, open_video
 from datasets.sampling import dense_indices, linspace_indices, segment_indices
+from distributed import any_rank
 from masking_generator import MASKS
 
 logger = logging.getLogger(__name__)
@@ -221,7 +222,10 @@ class BadSampleTracker:
     def start_epoch(self) -> None:
         self.bad, self.good, self.examples = 0, 0, []
 
-    def update(self, batch: Dict[str, object]) -> None:
+    def update(self, batch: Dict[str, object], collective: bool = True) -> None:
+        """Count `batch`'s bad and good samples. With `collective` (every rank calls this in step,
+        as in training) the early stop is decided by all ranks together; without (evaluation
+        shards differ in length) only counted, the check is left to `end_epoch`."""
         for path, reason in batch["bad"]:
             if path not in self.reported:
                 self.reported[path] = reason
@@ -230,13 +234,14 @@ class BadSampleTracker:
                 self.examples.append(f"{path} ({reason})")
         self.bad += len(batch["bad"])
         self.good += batch["num_items"]
-        if self.epoch_size and self.bad > self.max_bad_fraction * (self.epoch_size + self.bad):
-            self._fail()
+        if collective and self.epoch_size:
+            if any_rank(self.bad > self.max_bad_fraction * (self.epoch_size + self.bad)):
+                self._fail()
 
     def end_epoch(self) -> Dict[str, float]:
-        """Epoch statistics; raises if too many samples were bad."""
+        """Epoch statistics; raises on every rank if too many samples were bad on any (a collective)."""
         tried = self.bad + self.good
-        if tried and self.bad / tried > self.max_bad_fraction:
+        if any_rank(tried > 0 and self.bad / tried > self.max_bad_fraction):
             self._fail()
         return {"bad_samples": self.bad, "bad_fraction": self.bad / tried if tried else 0.0}
 

@@ -199,7 +199,36 @@ sigma_torchrun() {
         return 0
     fi
     sigma_log "torchrun: ${NNODES:-1} node(s) x $nproc process(es); output in ${OUTPUT_DIR:-?}"
-    exec "${cmd[@]}"
+    # Not exec: torchrun reports a worker's REQUEUE_EXIT_CODE as its own exit code 1 (and on
+    # SIGTERM kills the workers 30 s later), so this shell stays to pass USR1/TERM to the workers
+    # themselves and to give a requeue-able status when they saved a checkpoint after the signal.
+    SIGMA_SRUN_PID="" SIGMA_PENDING_SIGNAL="" SIGMA_FORWARD_TO=children
+    SIGMA_SIGNAL_STAMP=$(mktemp)
+    trap 'sigma_forward USR1' USR1
+    trap 'sigma_forward TERM' TERM
+    "${cmd[@]}" &
+    local pid=$! rc=0
+    SIGMA_SRUN_PID=$pid
+    if [[ -n "$SIGMA_PENDING_SIGNAL" ]]; then sigma_forward "$SIGMA_PENDING_SIGNAL"; fi
+    wait "$pid" || rc=$?
+    while kill -0 "$pid" 2>/dev/null; do
+        rc=0
+        wait "$pid" || rc=$?
+    done
+    trap - USR1 TERM
+    if (( rc != 0 )) && [[ -n "${SIGMA_SIGNALLED:-}" ]] && sigma_saved_since "$SIGMA_SIGNAL_STAMP"; then
+        sigma_log "preempted: checkpoint written after the signal (torchrun exit code $rc); exit $REQUEUE_EXIT_CODE"
+        rc=$REQUEUE_EXIT_CODE
+    fi
+    rm -f "$SIGMA_SIGNAL_STAMP"
+    exit "$rc"
+}
+
+# sigma_saved_since FILE: whether a resumable checkpoint in OUTPUT_DIR is newer than FILE.
+sigma_saved_since() {
+    [[ -n "${OUTPUT_DIR:-}" && -d "$OUTPUT_DIR" ]] || return 1
+    [[ -n "$(find "$OUTPUT_DIR" -maxdepth 2 -newer "$1" \( -name checkpoint-latest.pth -o -path '*/deepspeed/step-*' \) \
+        -print -quit)" ]]
 }
 
 # One task per GPU; the drivers read their rank from Slurm's variables. The batch shell forwards
@@ -256,10 +285,18 @@ sigma_srun() {
 }
 
 sigma_forward() {
+    SIGMA_SIGNALLED=$1
+    if [[ -n "${SIGMA_SIGNAL_STAMP:-}" ]]; then touch "$SIGMA_SIGNAL_STAMP"; fi
     if [[ -z "$SIGMA_SRUN_PID" ]]; then
         SIGMA_PENDING_SIGNAL=$1
         return
     fi
-    sigma_log "$1: forwarding to the tasks"
-    kill -"$1" "$SIGMA_SRUN_PID" 2>/dev/null || true
+    if [[ "${SIGMA_FORWARD_TO:-}" == children ]]; then
+        # torchrun's workers are its children; the agent itself would die of USR1.
+        sigma_log "$1: forwarding to torchrun's workers"
+        pkill -"$1" -P "$SIGMA_SRUN_PID" 2>/dev/null || true
+    else
+        sigma_log "$1: forwarding to the tasks"
+        kill -"$1" "$SIGMA_SRUN_PID" 2>/dev/null || true
+    fi
 }
