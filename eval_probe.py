@@ -61,7 +61,7 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--num_workers", type=int, default=8)
     g = p.add_argument_group("probe")
     g.add_argument("--cv_folds", type=int, default=4, help="stratified folds of the train split that choose C")
-    g.add_argument("--Cs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0],
+    g.add_argument("--Cs", type=float, nargs="+", default=[1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0],
                    help="inverse L2 penalties tried (scikit-learn's C)")
     g.add_argument("--max_iter", type=int, default=1000, help="L-BFGS iterations per fit")
     g.add_argument("--k", type=int, nargs="+", default=[20], help="kNN neighbours (several values allowed)")

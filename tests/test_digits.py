@@ -75,3 +75,17 @@ def test_upsample_keeps_range_and_distractors_show():
     one = render_digits(np.random.default_rng(0), [images[0]], 0, 0, frames=4, size=48)
     three = render_digits(np.random.default_rng(0), [images[0], images[1], images[2]], 0, 0, frames=4, size=48)
     assert (three != one).any()
+
+
+def test_probe_separates_what_is_separable_and_not_noise():
+    from eval_probe import fit_probe
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (4, 16))
+    labels = np.arange(400) % 4
+    x = (centres[labels] + rng.normal(0, 0.8, (400, 16))).astype(np.float32)
+    good = fit_probe(x[:300], labels[:300], x[300:], labels[300:], Cs=[0.01, 1.0], folds=4, max_iter=200, seed=0)
+    assert good["top1"] > 90 and good["cv_top1"] > 90 and good["C"] in (0.01, 1.0)
+    noise = rng.normal(0, 1, (400, 16)).astype(np.float32)
+    chance = fit_probe(noise[:300], labels[:300], noise[300:], labels[300:], Cs=[0.01, 1.0], folds=4, max_iter=200,
+                       seed=0)
+    assert chance["top1"] < 45
