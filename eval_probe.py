@@ -130,8 +130,8 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
     results: Dict[str, object] = {"checkpoint": args.finetune or "random_init", "labellings": {}}
     for data_path in args.data_path:
         root = args.data_root or data_path
-        splits = {s: read_annotations(os.path.join(data_path, f"{s}.csv"), root, nb_classes=args.nb_classes or nb_default)
-                  for s in ("train", "val")}
+        splits = {s: read_annotations(os.path.join(data_path, f"{s}.csv"), root,
+                                      nb_classes=args.nb_classes or nb_default) for s in ("train", "val")}
         feats = {}
         for split, samples in splits.items():
             key = tuple(s.path for s in samples)

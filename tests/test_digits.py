@@ -89,3 +89,23 @@ def test_probe_separates_what_is_separable_and_not_noise():
     chance = fit_probe(noise[:300], labels[:300], noise[300:], labels[300:], Cs=[0.01, 1.0], folds=4, max_iter=200,
                        seed=0)
     assert chance["top1"] < 45
+
+
+def test_eval_probe_reports_probe_and_knn_for_every_labelling(tmp_path):
+    import eval_probe
+    data = make_digits_dataset(str(tmp_path / "digits"), num_train=40, num_val=12, num_test=0, frames=8, size=32, seed=0)
+    out = tmp_path / "probe"
+    results = eval_probe.main(eval_probe.get_args([
+        "--model", "vit_tiny_patch16_224", "--random_init", "--data_path", data["digit"]["dir"],
+        data["direction"]["dir"], "--data_root", data["root"], "--input_size", "32", "--short_side_size", "32",
+        "--num_frames", "4", "--sampling_rate", "2", "--num_workers", "0", "--Cs", "0.1", "1", "--k", "5", "20",
+        "--output_dir", str(out)]))
+    assert set(results["labellings"]) == {"digit", "direction"}
+    for name, classes in (("digit", 10), ("direction", 4)):
+        entry = results["labellings"][name]
+        assert entry["nb_classes"] == classes and entry["num_train"] == 40 and entry["num_val"] == 12
+        assert entry["probe"]["C"] in (0.1, 1.0) and 0 <= entry["probe"]["top1"] <= 100
+        assert set(entry["knn"]) == {"5", "20"}
+    assert (out / "probe_results.json").exists()
+    with pytest.raises(SystemExit, match="exactly one"):
+        eval_probe.main(eval_probe.get_args(["--data_path", data["digit"]["dir"], "--output_dir", str(out)]))

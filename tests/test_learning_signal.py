@@ -1,6 +1,7 @@
 """It learns: on generated moving-digit files, a short SIGMA-MLP pretraining lifts the frozen-feature
 digit probe above the same encoder before pretraining, and a supervised model trained from scratch
-beats chance on the motion labels. Small models and a few hundred steps: about a minute of CPU.
+beats chance on the motion labels. Small models and 400 steps each: about 2.5 minutes of CPU together, over
+the one-minute aim (150 steps, which fit it, did not learn: see BENCHMARKS.md).
 Margins and the seeds behind them are in BENCHMARKS.md ("CI-sized learning-signal tests")."""
 import os
 import types
@@ -23,9 +24,10 @@ from optim_factory import create_optimizer, param_groups  # noqa: E402
 
 SIZE, FRAMES, RATE = 48, 8, 4
 CLIP = ClipConfig(num_frames=FRAMES, sampling_rate=RATE, input_size=SIZE, short_side_size=SIZE)
-PRETRAIN_STEPS, SUPERVISED_STEPS = 150, 150
-# Worst seed seen (see BENCHMARKS.md): the test must never miss on a seed it was not tuned on.
-DIGIT_MARGIN, MOTION_FLOOR = 5.0, 45.0
+PRETRAIN_STEPS, SUPERVISED_STEPS = 400, 400
+# Seeds 0, 1, 2 gave digit-probe margins of 10, 13, 6 points and motion accuracies of 62, 55, 67
+# (seed 3: 60); the bounds sit below the worst of them (BENCHMARKS.md).
+DIGIT_MARGIN, MOTION_FLOOR = 4.0, 45.0
 
 
 @pytest.fixture(scope="module")
