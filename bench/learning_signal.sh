@@ -6,7 +6,7 @@
 # L-BFGS logistic regression, C by 4-fold CV on the train videos, and kNN-20) on two labellings of
 # the same videos: the digit (10 classes, appearance) and the motion direction (4 classes). Prints
 # the per-run JSON lines and a markdown table of mean, sd and the single runs (also written to
-# $OUT/learning_signal.md). About 25 minutes on 2 cores with the defaults.
+# $OUT/learning_signal.md). About 18 minutes on 2 cores with the defaults (BENCHMARKS.md).
 #
 #   bash bench/learning_signal.sh [OUT]        (default OUT=output/learning_signal)
 #
