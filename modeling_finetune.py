@@ -361,14 +361,20 @@ class ModelEma(nn.Module):
         return self.module(videos)
 
 
-# (embed_dim, depth, num_heads) of the four published sizes.
-VIT_SIZES = {"small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16), "huge": (1280, 32, 16)}
+# (embed_dim, depth, num_heads) of the four published sizes, and DeiT's ViT-Ti for CPU-sized work.
+VIT_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16),
+             "huge": (1280, 32, 16)}
 
 
 def _vit(size: str, **kwargs) -> VisionTransformer:
     embed_dim, depth, num_heads = VIT_SIZES[size]
     return VisionTransformer(patch_size=16, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                              mlp_ratio=4, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6), **kwargs)
+
+
+@register
+def vit_tiny_patch16_224(**kwargs) -> VisionTransformer:
+    return _vit("tiny", **kwargs)
 
 
 @register

@@ -174,7 +174,7 @@ class PretrainVisionTransformer(nn.Module):
 
 
 # Decoder width of each encoder size (half the encoder), as the official factories.
-DECODER_SIZES = {"small": (192, 3), "base": (384, 6), "large": (512, 8), "huge": (640, 8)}
+DECODER_SIZES = {"tiny": (96, 3), "small": (192, 3), "base": (384, 6), "large": (512, 8), "huge": (640, 8)}
 
 
 def _pretrain(size: str, **kwargs) -> PretrainVisionTransformer:
@@ -184,6 +184,11 @@ def _pretrain(size: str, **kwargs) -> PretrainVisionTransformer:
                                      encoder_num_heads=num_heads, decoder_embed_dim=decoder_dim,
                                      decoder_num_heads=decoder_heads, mlp_ratio=4, qkv_bias=True,
                                      norm_layer=partial(nn.LayerNorm, eps=1e-6), **kwargs)
+
+
+@register
+def pretrain_videomae_tiny_patch16_224(**kwargs) -> PretrainVisionTransformer:
+    return _pretrain("tiny", **kwargs)
 
 
 @register

@@ -99,6 +99,10 @@ def get_args(argv=None) -> argparse.Namespace:
                    help="area range of the random resized crop (official SIGMA: 0.25 1.0; VideoMAE: 0.08 1.0)")
     g.add_argument("--crop_first", action="store_true",
                    help="crop, then RandAugment the crop: cheaper, not the official order (see FINETUNE.md)")
+    g.add_argument("--flip", dest="flip", action="store_true", default=None,
+                   help="random horizontal flips in training (default: the data set's, off for SSV2)")
+    g.add_argument("--no_flip", dest="flip", action="store_false",
+                   help="no flips: for labels that name left/right (motion-labelled custom sets)")
     g.add_argument("--aa", default="rand-m7-n4-mstd0.5-inc1", help="RandAugment policy; 'none' turns it off")
     g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
     g.add_argument("--remode", default="pixel", choices=["pixel", "rand", "const"])
@@ -159,8 +163,10 @@ def get_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def build_datasets(args, nb_classes: int, sampling: str, flip: bool, augment: bool):
-    """train / val / test datasets; test falls back to val.csv when there is no test.csv."""
+def build_datasets(args, nb_classes: int, sampling: str, default_flip: bool, augment: bool):
+    """train / val / test datasets; test falls back to val.csv when there is no test.csv.
+    Training flips follow --flip / --no_flip, else the data set's `default_flip`."""
+    flip = default_flip if args.flip is None else args.flip
     root = args.data_root or args.data_path
     clip = ClipConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate, sampling=sampling,
                       input_size=args.input_size, short_side_size=args.short_side_size)
@@ -248,7 +254,7 @@ def main(args: argparse.Namespace) -> None:
     env = start_run(args.device, args.output_dir)
     precision = args.precision or ("bf16" if env.device.type == "cuda" else "fp32")
     torch.manual_seed(args.seed + env.rank)
-    nb_default, sampling, flip = DATA_SETS[args.data_set]
+    nb_default, sampling, default_flip = DATA_SETS[args.data_set]
     nb_classes = args.nb_classes or nb_default
     if nb_classes is None:
         raise SystemExit(f"--data_set {args.data_set} needs --nb_classes")
@@ -256,7 +262,7 @@ def main(args: argparse.Namespace) -> None:
     if not augment:
         logger.info("linear probing: no RandAugment, random erasing, mixup, cutmix or label smoothing "
                     "(--lp_augment keeps them)")
-    data = build_datasets(args, nb_classes, sampling, flip, augment)
+    data = build_datasets(args, nb_classes, sampling, default_flip, augment)
     model, report = build_model(args, nb_classes)
     model.to(env.device)
     if args.compile and args.enable_deepspeed:
@@ -342,7 +348,8 @@ def train(args, env, core, data, nb_classes: int, precision: str, augment: bool,
         if start_in_epoch:
             totals = EpochTotals(state.get("epoch_totals"))
     config = {**vars(args), "precision": precision, "world_size": env.world_size, "global_batch": global_batch,
-              "actual_lr": schedule.lr, "nb_classes": nb_classes}
+              "actual_lr": schedule.lr, "nb_classes": nb_classes,
+              "flip": data["val"].augment.flip}
     write_config(args.output_dir, env, config)
 
     def save(path: str, at_step: int) -> None:

@@ -1,91 +1,107 @@
 #!/usr/bin/env bash
-# Does pretraining teach the encoder anything? On generated videos (one textured object crossing a
-# drifting background), pretrain a small SIGMA-MLP and a VideoMAE-pixel model for the same number of
-# steps, then evaluate the frozen encoders of both and of a randomly initialised one with a linear
-# probe and weighted kNN on two labellings of such videos: the motion (4 directions; appearance
-# independent of the label) and the moving object's shape (3 shapes; direction random). Prints JSON
-# lines and a markdown table (also written to $OUT/learning_signal.md). CPU, about 20 minutes on 2 cores.
+# Does pretraining teach the encoder anything? A CPU-sized answer on moving handwritten digits
+# (datasets/digits.py: scikit-learn's UCI scans moving across 48x48 frames). For every seed,
+# pretrain a ViT-Ti SIGMA-MLP and a ViT-Ti VideoMAE (pixel) for the same number of steps, then
+# evaluate their frozen encoders and a randomly initialised one with eval_probe.py (standardised
+# L-BFGS logistic regression, C by 4-fold CV on the train videos, and kNN-20) on two labellings of
+# the same videos: the digit (10 classes, appearance) and the motion direction (4 classes). Prints
+# the per-run JSON lines and a markdown table of mean, sd and the single runs (also written to
+# $OUT/learning_signal.md). About 18 minutes on 2 cores with the defaults (BENCHMARKS.md).
 #
 #   bash bench/learning_signal.sh [OUT]        (default OUT=output/learning_signal)
 #
-# Sizes can be changed through the environment: EPOCHS, PT_BATCH, FRAMES, SIZE, TRAIN, VAL, PROTOS,
-# PROBE_EPOCHS, DEVICE (cpu or cuda).
+# Environment: SEEDS (pretraining / random-init seeds, default "0 1"), EPOCHS (8 = 496 steps),
+# JOBS (processes at once, default 2; each runs with OMP_NUM_THREADS=1, which is 4-7x faster
+# than two threads each on a shared 2-core machine), DATA_SEED, SPLIT_SEED (which videos and
+# which scans per split), TRAIN, VAL, PROTOS, DEVICE (cpu or cuda), PYTHON. Needs scikit-learn.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-output/learning_signal}
 PYTHON=${PYTHON:-python}
-EPOCHS=${EPOCHS:-60}
-PT_BATCH=${PT_BATCH:-16}
-FRAMES=${FRAMES:-8}
-SIZE=${SIZE:-64}
-TRAIN=${TRAIN:-192}
-VAL=${VAL:-96}
-PROTOS=${PROTOS:-64}
-PROBE_EPOCHS=${PROBE_EPOCHS:-15}
+SEEDS=${SEEDS:-0 1}
+EPOCHS=${EPOCHS:-8}
+JOBS=${JOBS:-2}
+DATA_SEED=${DATA_SEED:-0}
+SPLIT_SEED=${SPLIT_SEED:-$DATA_SEED}
+TRAIN=${TRAIN:-1000}
+VAL=${VAL:-400}
+PROTOS=${PROTOS:-16}
 DEVICE=${DEVICE:-cpu}
 DATA=$OUT/data
+export OMP_NUM_THREADS=1
 mkdir -p "$OUT"
 
-make_data() {  # folder, labelling flags...
-    local dir=$1; shift
-    [ -f "$dir/val.csv" ] || $PYTHON -m datasets.synthetic --out "$dir" "$@" --num_train "$TRAIN" --num_val "$VAL" \
-        --num_test 8 --frames 32 --height "$SIZE" --width $((SIZE * 5 / 4))
-}
-make_data "$DATA/motion" --classes 4 --seed 1
-make_data "$DATA/shape" --label shape --seed 2
+[ -f "$DATA/digit/val.csv" ] || $PYTHON -m datasets.digits --out "$DATA" --num_train "$TRAIN" --num_val "$VAL" \
+    --num_test 0 --seed "$DATA_SEED" --split_seed "$SPLIT_SEED"
 
-CLIP=(--input_size "$SIZE" --num_frames "$FRAMES" --sampling_rate 2)
-pretrain() {  # name, objective flags...
-    local name=$1; shift
-    $PYTHON run_sigma_pretraining.py --data_path "$DATA/motion" --data_path_csv "$DATA/motion/pretrain.csv" "${CLIP[@]}" \
-        --model pretrain_videomae_small_patch16_224 --decoder_depth 2 --batch_size "$PT_BATCH" \
-        --epochs "$EPOCHS" --warmup_epochs 5 --lr 1.5e-3 --num_workers 2 --log_every 50 --save_ckpt_freq "$EPOCHS" \
-        --device "$DEVICE" --seed 0 --output_dir "$OUT/$name" "$@"
+CLIP=(--input_size 48 --num_frames 8 --sampling_rate 4)
+pretrain() {  # name, seed, objective flags...
+    local name=$1 seed=$2; shift 2
+    [ -f "$OUT/$name/checkpoint-latest.pth" ] && [ -f "$OUT/$name/log.txt" ] && \
+        [ "$(wc -l < "$OUT/$name/log.txt")" -ge "$EPOCHS" ] && return
+    $PYTHON run_sigma_pretraining.py --data_path "$DATA" --data_path_csv "$DATA/pretrain.csv" "${CLIP[@]}" \
+        --model pretrain_videomae_tiny_patch16_224 --decoder_depth 2 --mask_ratio 0.75 --batch_size 16 \
+        --epochs "$EPOCHS" --warmup_epochs 1 --lr 8e-3 --num_workers 1 --log_every 100 \
+        --save_ckpt_freq "$EPOCHS" --save_ckpt_steps 0 --keep_last_ckpts 1 --device "$DEVICE" --seed "$seed" \
+        --output_dir "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
 }
-pretrain sigma_mlp --target_type mlp --loss_func SWAV --num_prototypes "$PROTOS"
-pretrain videomae --target_type pixel --loss_func L2
+probe() {  # name, seed, weight flags...
+    local name=$1 seed=$2; shift 2
+    $PYTHON eval_probe.py --model vit_tiny_patch16_224 "$@" --data_set custom \
+        --data_path "$DATA/digit" "$DATA/direction" --data_root "$DATA" "${CLIP[@]}" --short_side_size 48 \
+        --batch_size 64 --num_workers 1 --k 20 --device "$DEVICE" --seed "$seed" \
+        --output_dir "$OUT/probe_$name" >> "$OUT/probe_$name.log" 2>&1
+}
+run() {  # name, seed: one encoder, pretraining (unless random) then its probe
+    local name=$1 seed=$2
+    case $name in
+        sigma_mlp_*) pretrain "$name" "$seed" --target_type mlp --loss_func SWAV --num_prototypes "$PROTOS"
+                     probe "$name" "$seed" --finetune "$OUT/$name/checkpoint-latest.pth" ;;
+        videomae_*) pretrain "$name" "$seed" --target_type pixel --loss_func L2
+                    probe "$name" "$seed" --finetune "$OUT/$name/checkpoint-latest.pth" ;;
+        random_*) probe "$name" "$seed" --random_init ;;
+    esac
+    echo "done $name"
+}
 
-for task in motion shape; do
-    classes=$([ $task = motion ] && echo 4 || echo 3)
-    EVAL=(--model vit_small_patch16_224 --data_set custom --nb_classes "$classes" --data_path "$DATA/$task" "${CLIP[@]}"
-          --short_side_size "$SIZE" --num_workers 2 --device "$DEVICE" --seed 0)
+start=$(date +%s)
+for seed in $SEEDS; do
     for name in sigma_mlp videomae random; do
-        if [ "$name" = random ]; then weights=(--random_init); probe_weights=(); else
-            weights=(--finetune "$OUT/$name/checkpoint-latest.pth"); probe_weights=("${weights[@]}"); fi
-        $PYTHON eval_knn.py "${EVAL[@]}" "${weights[@]}" --k 10 20 --batch_size 32 --output_dir "$OUT/knn_${task}_$name"
-        $PYTHON run_class_finetuning.py "${EVAL[@]}" "${probe_weights[@]}" --linear_probing --epochs "$PROBE_EPOCHS" \
-            --warmup_epochs 2 --batch_size 32 --num_sample 1 --lr 0.1 --weight_decay 0.0 --test_num_segment 1 \
-            --test_num_crop 1 --save_ckpt_freq 1000 --save_ckpt_steps 0 --log_every 1000 --no_auto_resume \
-            --output_dir "$OUT/probe_${task}_$name"
+        while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+        run "${name}_s$seed" "$seed" &
     done
 done
+wait
+elapsed=$(( $(date +%s) - start ))
 
-$PYTHON - "$OUT" <<'PY'
-import json, os, sys
-out = sys.argv[1]
+$PYTHON - "$OUT" "$elapsed" "$SEEDS" <<'PY'
+import json, os, statistics, sys
+out, elapsed, seeds = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
 rows = []
-for name, label in (("sigma_mlp", "SIGMA-MLP"), ("videomae", "VideoMAE (pixel)"), ("random", "random init")):
-    pre = os.path.join(out, name, "log.txt")
-    epochs = [json.loads(line) for line in open(pre)] if os.path.exists(pre) else []
-    row = {"encoder": label, "pretrain_loss": [round(epochs[0]["train_loss"], 3), round(epochs[-1]["train_loss"], 3)]
-           if epochs else None}
-    if epochs and "train_protos_used_target" in epochs[-1]:
-        row["prototypes_used"] = [round(epochs[-1][f"train_protos_used_{s}"]) for s in ("target", "pred")]
-    for task in ("motion", "shape"):
-        knn = json.load(open(os.path.join(out, f"knn_{task}_{name}", "knn_results.json")))
-        probe = [json.loads(line) for line in open(os.path.join(out, f"probe_{task}_{name}", "log.txt"))]
-        row[f"{task}_probe"] = round(probe[-1]["val_acc1"], 1)
-        row[f"{task}_probe_train"] = round(probe[-1]["train_acc1"] * 100, 1)
-        row[f"{task}_knn20"] = round(knn["per_k"]["20"]["top1"], 1)
-    print(json.dumps(row))
-    rows.append(row)
-lines = ["| encoder | motion (4 cl.): probe val / train, kNN-20 | shape (3 cl.): probe val / train, kNN-20 | "
-         "pretrain loss first -> last | prototypes used (target, pred) |", "|---|---|---|---|---|"]
-for r in rows:
-    loss = " -> ".join(map(str, r["pretrain_loss"])) if r["pretrain_loss"] else "-"
-    lines.append(f"| {r['encoder']} | {r['motion_probe']} / {r['motion_probe_train']}, {r['motion_knn20']} | "
-                 f"{r['shape_probe']} / {r['shape_probe_train']}, {r['shape_knn20']} | {loss} | "
-                 f"{r.get('prototypes_used', '-')} |")
+for name, label in (("videomae", "VideoMAE (pixel)"), ("sigma_mlp", "SIGMA-MLP"), ("random", "random init")):
+    runs = {}
+    for seed in seeds:
+        res = json.load(open(os.path.join(out, f"probe_{name}_s{seed}", "probe_results.json")))["labellings"]
+        runs[seed] = {f"{task}_{kind}": (res[task]["probe"]["top1"] if kind == "probe" else res[task]["knn"]["20"])
+                      for task in ("digit", "direction") for kind in ("probe", "knn20")}
+        log = os.path.join(out, f"{name}_s{seed}", "log.txt")
+        if os.path.exists(log):
+            epochs = [json.loads(line) for line in open(log)]
+            runs[seed]["pretrain_loss"] = [round(epochs[0]["train_loss"], 3), round(epochs[-1]["train_loss"], 3)]
+        print(json.dumps({"encoder": label, "seed": int(seed), **runs[seed]}))
+    rows.append((label, runs))
+
+def cell(runs, key):
+    values = [r[key] for r in runs.values()]
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {sd:.1f} ({' / '.join(f'{v:.1f}' for v in values)})"
+
+lines = [f"| encoder ({len(seeds)} seeds: mean ± sd (runs)) | digit probe (chance 10) | digit kNN-20 | "
+         "direction probe (chance 25) | direction kNN-20 |", "|---|---|---|---|---|"]
+for label, runs in rows:
+    lines.append(f"| {label} | " + " | ".join(cell(runs, k) for k in
+                 ("digit_probe", "digit_knn20", "direction_probe", "direction_knn20")) + " |")
+lines.append(f"\nWall time {elapsed // 60} min {elapsed % 60} s.")
 open(os.path.join(out, "learning_signal.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

@@ -7,13 +7,13 @@ import modeling_finetune as mf
 import modeling_pretrain as mp
 from helpers import FRAMES, GRID, SIZE, clips, tiny_pretrain
 
-SIZES = ["small", "base", "large", "huge"]
-DIMS = {"small": 384, "base": 768, "large": 1024, "huge": 1280}
+SIZES = ["tiny", "small", "base", "large", "huge"]
+DIMS = {"tiny": 192, "small": 384, "base": 768, "large": 1024, "huge": 1280}
 
 
 @pytest.mark.parametrize("size", SIZES)
 def test_finetune_factory_shapes(size):
-    device = "cpu" if size in ("small", "base") else "meta"  # large/huge: shapes only
+    device = "cpu" if size in ("tiny", "small", "base") else "meta"  # large/huge: shapes only
     with torch.device(device):
         model = getattr(mf, f"vit_{size}_patch16_224")(num_classes=7, all_frames=FRAMES, img_size=SIZE,
                                                         drop_path_rate=0.1, init_scale=0.001)

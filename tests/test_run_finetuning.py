@@ -258,3 +258,14 @@ def test_deepspeed_keeps_layer_decay_groups_and_matches_plain_torch(data, pretra
         assert (wa[k] - start["encoder." + k]).abs().max() > 1e-4  # the weights did move
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(wa["head.weight"], wb["head.weight"], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("data_set, flags, expected", [("custom", [], True), ("custom", ["--no_flip"], False),
+                                                       ("SSV2", [], False), ("SSV2", ["--flip"], True)])
+def test_flip_follows_the_data_set_unless_a_flag_says_otherwise(data, tmp_path, data_set, flags, expected):
+    argv = _argv(data, tmp_path, *flags)
+    argv[argv.index("custom")] = data_set
+    args = ft.get_args(argv)
+    _, sampling, default_flip = ft.DATA_SETS[data_set]
+    built = ft.build_datasets(args, 4, sampling, default_flip, augment=True)
+    assert built["train"].augment.flip is expected
