@@ -33,13 +33,14 @@ from datasets.video_dataset import DATA_SETS
 from distributed import cleanup_distributed
 from eval_knn import features, knn_classify, topk_accuracy
 from modeling_finetune import MODELS, load_pretrained_weights, pooling_for_frozen_features
-from runtime import add_launcher_compat_flags, start_run, write_config
+from runtime import HelpFormatter, add_launcher_compat_flags, start_run, write_config
+from shutdown import run_driver
 
 logger = logging.getLogger("sigma")
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser("logistic-regression probe and kNN on frozen features")
+    p = argparse.ArgumentParser("logistic-regression probe and kNN on frozen features", formatter_class=HelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--model", default="vit_base_patch16_224", choices=sorted(MODELS))
     g.add_argument("--finetune", default="", help="checkpoint whose encoder is evaluated (ours, SIGMA, VideoMAE)")
@@ -166,4 +167,4 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
 
 
 if __name__ == "__main__":
-    main(get_args())
+    run_driver(main, get_args())
