@@ -198,7 +198,9 @@ def test_unreachable_master_raises_quickly():
 @pytest.fixture
 def root_logger_restored():
     root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    # Our own handlers of an earlier run are closed by the setup_logging calls below: not restored
+    # (a closed FileHandler reopens its file on the next record, whose folder may be gone).
+    handlers, level = [h for h in root.handlers if not getattr(h, "_sigma", False)], root.level
     yield root
     for h in root.handlers:
         if h not in handlers:

@@ -74,6 +74,6 @@ def test_finetuning_builds_gym_sets_with_examples(tmp_path):
 
     root = _gym_root(tmp_path, [0, 0, 0, 1, 1, 2] * 2)
     args = ft.get_args(["--data_set", "GYM99", "--data_path", root, "--examples", "4"])
-    datasets = ft.build_datasets(args, nb_classes=99, sampling="dense", flip=True, augment=True)
+    datasets = ft.build_datasets(args, nb_classes=99, sampling="dense", default_flip=True, augment=True)
     assert [s.label for s in datasets["train"].samples] == [0, 0, 1, 1, 2, 2]  # ceil(4 / 3) = 2 per class
     assert len(datasets["val"].samples) == len(datasets["test"].samples) == 12  # val list, no subset
