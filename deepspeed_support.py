@@ -68,11 +68,24 @@ def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config:
             port = s.getsockname()[1]
         dist.init_process_group("nccl" if env.device.type == "cuda" else "gloo",
                                 init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+        _forget_stale_deepspeed_groups()
     # DeepSpeed calls set_device(LOCAL_RANK) unless told the device: with one GPU bound to each task
     # (srun --gpus-per-task=1) every task but the node's first would ask for an ordinal it cannot see.
     engine, _, _, _ = deepspeed.initialize(args=argparse.Namespace(device_rank=device_rank(env)), model=model,
                                            optimizer=optimizer, config=config)
     return engine
+
+
+def _forget_stale_deepspeed_groups() -> None:
+    """DeepSpeed caches its world group at module level; after an earlier engine's process group was
+    destroyed in this same process (in-process tests run several), that cache names a group torch
+    no longer knows ("Group ... is not registered"). A fresh process group starts fresh caches."""
+    from deepspeed.utils import groups
+
+    for name in ("_WORLD_GROUP", "_ZERO_PARAM_INTRA_PARALLEL_GROUP", "_DATA_PARALLEL_GROUP",
+                 "_MODEL_PARALLEL_GROUP", "_TENSOR_MODEL_PARALLEL_GROUP"):
+        if hasattr(groups, name):
+            setattr(groups, name, None)
 
 
 def device_rank(env: DistEnv) -> int:
