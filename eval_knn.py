@@ -152,6 +152,17 @@ def official_features(model, samples: Sequence, args, env, sampling: str, precis
     return F.normalize(views.output[first], dim=-1), views.label[first]
 
 
+def load_encoder(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+    """The frozen encoder of --finetune (through its own trained final norm), or a random one (the
+    same on every rank for a seed: the caller seeds torch)."""
+    mean_pooling = pooling_for_frozen_features(args.finetune, args.model_key) if args.finetune else True
+    model = MODELS[args.model](img_size=args.input_size, all_frames=args.num_frames, num_classes=0,
+                               use_mean_pooling=mean_pooling).to(device)
+    if args.finetune:
+        load_pretrained_weights(model, args.finetune, args.model_key, args.model_prefix)
+    return model
+
+
 def main(args: argparse.Namespace) -> Dict[str, object]:
     env = start_run(args.device, args.output_dir, "knn.log")
     if bool(args.finetune) == args.random_init:
@@ -167,12 +178,10 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
     if official:  # the official model: mean pooling, a fresh fc_norm and a random nb_classes head
         model = MODELS[args.model](img_size=args.input_size, all_frames=args.num_frames, num_classes=nb_classes,
                                    use_mean_pooling=True, init_scale=0.001).to(env.device)
+        if args.finetune:
+            load_pretrained_weights(model, args.finetune, args.model_key, args.model_prefix)
     else:
-        mean_pooling = pooling_for_frozen_features(args.finetune, args.model_key) if args.finetune else True
-        model = MODELS[args.model](img_size=args.input_size, all_frames=args.num_frames, num_classes=0,
-                                   use_mean_pooling=mean_pooling).to(env.device)
-    if args.finetune:
-        load_pretrained_weights(model, args.finetune, args.model_key, args.model_prefix)
+        model = load_encoder(args, env.device)
     root = args.data_root or args.data_path
     if official:
         test_csv = os.path.join(args.data_path, "test.csv")

@@ -31,8 +31,8 @@ from datasets.annotations import read_annotations
 from datasets.decoding import BACKENDS
 from datasets.video_dataset import DATA_SETS
 from distributed import cleanup_distributed
-from eval_knn import features, knn_classify, topk_accuracy
-from modeling_finetune import MODELS, load_pretrained_weights, pooling_for_frozen_features
+from eval_knn import features, knn_classify, load_encoder, topk_accuracy
+from modeling_finetune import MODELS
 from runtime import HelpFormatter, add_launcher_compat_flags, start_run, write_config
 from shutdown import run_driver
 
@@ -108,24 +108,14 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y
             "C": float(Cs[best]), "cv_top1": 100.0 * float(scores[best])}
 
 
-def load_encoder(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
-    """The frozen encoder of --finetune, or a random one (the same on every rank for a seed)."""
-    if bool(args.finetune) == args.random_init:
-        raise SystemExit("give exactly one of --finetune CHECKPOINT and --random_init")
-    torch.manual_seed(args.seed)
-    mean_pooling = pooling_for_frozen_features(args.finetune, args.model_key) if args.finetune else True
-    model = MODELS[args.model](img_size=args.input_size, all_frames=args.num_frames, num_classes=0,
-                               use_mean_pooling=mean_pooling).to(device)
-    if args.finetune:
-        load_pretrained_weights(model, args.finetune, args.model_key, args.model_prefix)
-    return model.eval()
-
-
 def main(args: argparse.Namespace) -> Dict[str, object]:
     env = start_run(args.device, args.output_dir, "probe.log")
     precision = args.precision or ("bf16" if env.device.type == "cuda" else "fp32")
     nb_default, sampling, _ = DATA_SETS[args.data_set]
-    model = load_encoder(args, env.device)
+    if bool(args.finetune) == args.random_init:
+        raise SystemExit("give exactly one of --finetune CHECKPOINT and --random_init")
+    torch.manual_seed(args.seed)  # the same random encoder on every rank
+    model = load_encoder(args, env.device).eval()
     # Features of a list of videos are computed once, whichever labellings share it.
     cache: Dict[Tuple[str, ...], Tuple[torch.Tensor, torch.Tensor]] = {}
     results: Dict[str, object] = {"checkpoint": args.finetune or "random_init", "labellings": {}}
