@@ -1,0 +1,212 @@
+"""Command-line flags the drivers share, and the checks of their ranges.
+
+Each `add_*` function adds one group with the official names and meanings, so a flag is declared
+once for every driver that takes it; `check_flags` stops at parse time (`parser.error`, naming
+every bad flag) before anything is built. Derived values (precision, class count) are resolved by
+the small functions at the bottom, never written back into `args`.
+"""
+import argparse
+import copy
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+
+from datasets.decoding import BACKENDS
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def str2bool(v: str) -> bool:
+    if v.lower() in ("1", "true", "yes", "y"):
+        return True
+    if v.lower() in ("0", "false", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`-h` with every option's default, also for options without a help text."""
+
+    def _format_action(self, action):
+        if not action.help and action.option_strings and action.default is not argparse.SUPPRESS:
+            action = copy.copy(action)
+            # A --no_x flag whose dest defaults to True says nothing: "(default: True)" would read as
+            # the opposite of what it does.
+            if action.nargs != 0 or action.const == action.default:
+                action.help = "(default: %(default)s)"
+        elif action.nargs == 0 and action.const != action.default and action.help:
+            action = copy.copy(action)  # "(default: True)" under --no_x would read as the opposite
+            action.help = action.help.replace("%(default)s", "").strip() or None
+        return super()._format_action(action)
+
+
+def add_launcher_compat_flags(group) -> None:
+    """Flags injected by `python -m torch.distributed.launch` or kept in old launch lines: accepted
+    and ignored, since the process layout always comes from the launcher's environment."""
+    for flag in ("--local-rank", "--local_rank", "--world_size", "--dist_url"):
+        group.add_argument(flag, default=None, help=argparse.SUPPRESS)
+
+
+def add_switch(group, name: str, default: bool, help: Optional[str] = None, off_help: Optional[str] = None) -> None:
+    """--name / --no_name for one boolean `name`."""
+    group.add_argument(f"--{name}", dest=name, action="store_true", default=default, help=help)
+    group.add_argument(f"--no_{name}", dest=name, action="store_false", help=off_help)
+
+
+def add_encoder_flags(group, models: Sequence[str], *, default: str, finetune_help: str) -> None:
+    """The backbone and the checkpoint it starts from (ours, official SIGMA or VideoMAE)."""
+    group.add_argument("--model", default=default, choices=sorted(models))
+    group.add_argument("--finetune", default="", help=finetune_help)
+    group.add_argument("--model_key", default="model|module", help="'|'-separated keys holding the state dict")
+    group.add_argument("--model_prefix", default="", help="prefix stripped from the checkpoint's keys")
+
+
+def add_labelled_data_flags(group, data_sets: Sequence[str], *, default: str, data_path_help: str,
+                            several_paths: bool = False) -> None:
+    """A labelled data set: its name (class count, sampling, flips), annotation folder and video root."""
+    group.add_argument("--data_set", default=default, choices=sorted(data_sets))
+    group.add_argument("--data_path", required=True, nargs="+" if several_paths else None, help=data_path_help)
+    group.add_argument("--data_root", default="", help="prefix of relative video paths (default: --data_path)")
+    group.add_argument("--nb_classes", type=int, default=None, help="default: the data set's; required for custom")
+
+
+def add_clip_flags(group, *, short_side: bool = True) -> None:
+    """Clip geometry: frames, their stride, the crop and (evaluation) the short side before it."""
+    group.add_argument("--num_frames", type=int, default=16)
+    group.add_argument("--sampling_rate", type=int, default=4)
+    group.add_argument("--input_size", type=int, default=224)
+    if short_side:
+        group.add_argument("--short_side_size", type=int, default=224)
+
+
+def add_loader_flags(group, *, num_workers: int, batch_size: Optional[int] = None, training: bool = True) -> None:
+    """Decoding and the DataLoader; `training` adds pinning and the bad-sample budget."""
+    group.add_argument("--video_backend", default="decord", choices=BACKENDS)
+    if batch_size is not None:
+        group.add_argument("--batch_size", type=int, default=batch_size)
+    group.add_argument("--num_workers", type=int, default=num_workers)
+    if training:
+        add_switch(group, "pin_mem", True)
+        group.add_argument("--max_bad_fraction", type=float, default=0.2)
+
+
+def add_optim_flags(p: argparse.ArgumentParser, *, epochs: int, lr: float, min_lr: float, warmup_epochs: int,
+                    betas: Tuple[float, float], batch_help: str, batch_size: int):
+    """The "optimisation" group: batch and accumulation, the lr / weight-decay schedule, AdamW,
+    clipping, precision. Returns the group, for a driver's own additions (e.g. --layer_decay)."""
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch_size", type=int, default=batch_size, help=batch_help)
+    # One thing with two official names: MAE's --accum_iter and VideoMAE's --update_freq.
+    g.add_argument("--accum_iter", "--update_freq", dest="accum_iter", type=int, default=1,
+                   help="micro-batches per optimiser step (--update_freq is the same flag)")
+    g.add_argument("--epochs", type=int, default=epochs)
+    g.add_argument("--lr", type=float, default=lr, help="base lr; actual = lr * global batch / 256")
+    g.add_argument("--min_lr", type=float, default=min_lr)
+    g.add_argument("--warmup_lr", type=float, default=1e-6)
+    g.add_argument("--warmup_epochs", type=int, default=warmup_epochs)
+    g.add_argument("--warmup_steps", type=int, default=-1, help="overrides --warmup_epochs when > 0")
+    g.add_argument("--weight_decay", type=float, default=0.05)
+    g.add_argument("--weight_decay_end", type=float, default=None)
+    g.add_argument("--opt", default="adamw", choices=["adamw"], help="the optimiser (official flag; AdamW only)")
+    g.add_argument("--opt_betas", type=float, nargs=2, default=betas)
+    g.add_argument("--opt_eps", type=float, default=1e-8)
+    g.add_argument("--clip_grad", type=float, default=None)
+    add_precision_flag(g)
+    g.add_argument("--skip_nonfinite", type=int, default=0, help="non-finite steps to skip before stopping")
+    return g
+
+
+def add_precision_flag(group) -> None:
+    group.add_argument("--precision", default=None, choices=PRECISIONS, help="default: bf16 on CUDA, fp32 on CPU")
+
+
+def add_output_and_run_flags(p: argparse.ArgumentParser, *, output_dir: str, save_ckpt_freq: int,
+                             run_name: str) -> None:
+    """The "checkpoints and logging" and "run" flag groups every training driver shares."""
+    g = p.add_argument_group("checkpoints and logging")
+    g.add_argument("--output_dir", default=output_dir)
+    g.add_argument("--log_dir", default=None, help="tensorboard dir (default: output_dir/tb)")
+    g.add_argument("--save_ckpt_freq", type=int, default=save_ckpt_freq, help="keep checkpoint-{epoch}.pth every N epochs")
+    g.add_argument("--save_ckpt_steps", type=int, default=1000, help="rolling resumable save every N steps")
+    g.add_argument("--keep_last_ckpts", type=int, default=0, help="epoch checkpoints to keep (0: all)")
+    g.add_argument("--resume", default="", help="checkpoint to resume from (default: newest valid in output_dir)")
+    add_switch(g, "auto_resume", True)
+    g.add_argument("--log_every", type=int, default=20)
+    g.add_argument("--run_name", default=run_name)
+    g.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (offline unless WANDB_MODE)")
+    add_run_flags(p)
+
+
+def add_run_flags(p: argparse.ArgumentParser, *, output_dir: Optional[str] = None, precision: bool = False) -> None:
+    """The "run" group: device, seed (and, for evaluation drivers, output folder and precision)."""
+    g = p.add_argument_group("run")
+    if output_dir is not None:
+        g.add_argument("--output_dir", default=output_dir)
+    if precision:
+        add_precision_flag(g)
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--seed", type=int, default=0)
+    add_launcher_compat_flags(g)
+
+
+Rules = Dict[str, Tuple[Callable[[Any], bool], str]]  # flag -> (valid?, the valid range in words)
+
+
+def check_flags(p: argparse.ArgumentParser, args: argparse.Namespace, rules: Rules) -> None:
+    """parser.error naming every flag outside its valid range, before anything is built."""
+    bad = [f"--{name} {getattr(args, name)}: must be {valid}" for name, (ok, valid) in rules.items()
+           if getattr(args, name, None) is not None and not ok(getattr(args, name))]
+    if bad:
+        p.error("; ".join(bad))
+
+
+def common_rules(args: argparse.Namespace) -> Rules:
+    """Ranges of the flags the training drivers share (add_optim_flags, add_output_and_run_flags)."""
+    return {
+        "batch_size": (lambda v: v >= 1, ">= 1"),
+        "accum_iter": (lambda v: v >= 1, ">= 1 (--accum_iter / --update_freq)"),
+        "epochs": (lambda v: v >= 1, ">= 1"),
+        "lr": (lambda v: v > 0, "> 0"),
+        "min_lr": (lambda v: v >= 0, ">= 0"),
+        "warmup_epochs": (lambda v: args.warmup_steps > 0 or 0 <= v <= args.epochs,
+                          f"in [0, --epochs {args.epochs}] (warmup cannot be longer than training)"),
+        "weight_decay": (lambda v: v >= 0, ">= 0"),
+        "clip_grad": (lambda v: v > 0, "> 0 (leave it out for no clipping)"),
+        "num_workers": (lambda v: v >= 0, ">= 0"),
+        "max_bad_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+        "skip_nonfinite": (lambda v: v >= 0, ">= 0"),
+        "save_ckpt_freq": (lambda v: v >= 1, ">= 1"),
+        "save_ckpt_steps": (lambda v: v >= 0, ">= 0 (0: no rolling saves)"),
+        "keep_last_ckpts": (lambda v: v >= 0, ">= 0 (0: keep all)"),
+        "log_every": (lambda v: v >= 1, ">= 1"),
+    }
+
+
+def clip_rules(args: argparse.Namespace, tubelet_size: int = 2, patch_size: int = 16) -> Rules:
+    """Ranges of the clip geometry flags (frames in tubes of `tubelet_size`, patches of `patch_size`)."""
+    rules = {
+        "num_frames": (lambda v: v >= tubelet_size and v % tubelet_size == 0,
+                       f"a positive multiple of the tube length {tubelet_size}"),
+        "sampling_rate": (lambda v: v >= 1, ">= 1"),
+        "input_size": (lambda v: v >= patch_size and v % patch_size == 0,
+                       f"a positive multiple of the patch size {patch_size}"),
+    }
+    if getattr(args, "short_side_size", None) is not None:
+        rules["short_side_size"] = (lambda v: v >= args.input_size, f">= --input_size {args.input_size}")
+    return rules
+
+
+def resolve_precision(precision: Optional[str], device: torch.device) -> str:
+    """--precision, else bf16 on CUDA and fp32 elsewhere."""
+    return precision or ("bf16" if device.type == "cuda" else "fp32")
+
+
+def check_nb_classes(p: argparse.ArgumentParser, args: argparse.Namespace, data_sets: Dict[str, tuple]) -> None:
+    """parser.error when neither --nb_classes nor the --data_set gives a class count."""
+    if args.nb_classes is None and data_sets[args.data_set][0] is None:
+        p.error(f"--data_set {args.data_set} needs --nb_classes")
+
+
+def nb_classes_of(args: argparse.Namespace, data_sets: Dict[str, tuple]) -> int:
+    """--nb_classes, else the --data_set's class count (checked at parse time by resolve_nb_classes)."""
+    return args.nb_classes or data_sets[args.data_set][0]
