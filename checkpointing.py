@@ -1,4 +1,6 @@
-"""Training checkpoints: atomic saving, weights_only loading, RNG capture, resume and pruning.
+"""Checkpoint files: atomic saving, weights_only loading, the resumable training state (model,
+optimizer, scaler, RNG of every rank) and resuming from it, state-dict lookup in published
+files, pruning.
 
 A checkpoint is a plain dict (state dicts, "epoch", "step", config and RNG states as primitives)
 so that it loads with ``torch.load(weights_only=True)``, which never runs pickled code. Files in an
@@ -6,6 +8,7 @@ output directory are ``checkpoint-{epoch}.pth`` at epoch ends and a rolling
 ``checkpoint-latest.pth`` written every N steps; resume takes the newest file that loads.
 """
 import errno
+import json
 import glob
 import logging
 import os
@@ -19,7 +22,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from torch import nn
 
+from distributed import DistEnv, barrier, broadcast_object, gather_objects, is_main_process
 from shutdown import RunError
 
 logger = logging.getLogger(__name__)
@@ -153,7 +158,7 @@ def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
         directory = os.path.dirname(os.path.abspath(path))
         needed = _tensor_bytes(state)
         if isinstance(e, Exception) and _disk_full(e, directory, needed):
-            good = list_checkpoints(directory)  # `path` itself, if it existed, is still the old file
+            good = [p for _, p in _by_mtime(directory)]  # `path` itself, if it existed, is still the old file
             raise DiskFullError(
                 f"no space left on {directory} ({shutil.disk_usage(directory).free / 2**20:.0f} MB free): "
                 f"{os.path.basename(path)} needs about {needed / 2**20:.0f} MB; last good checkpoint is "
@@ -291,11 +296,6 @@ def _by_mtime(output_dir: str) -> List[Tuple[int, str]]:
     return sorted(entries, key=lambda e: (-e[0], e[1]))
 
 
-def list_checkpoints(output_dir: str) -> List[str]:
-    """Paths of ``checkpoint-{epoch}.pth`` and ``checkpoint-latest.pth`` in `output_dir`, newest first."""
-    return [path for _, path in _by_mtime(output_dir)]
-
-
 def find_resume_checkpoint(output_dir: str) -> Optional[Tuple[str, Dict[str, Any]]]:
     """The newest checkpoint in `output_dir` that loads, as (path, state); None when there is none.
 
@@ -314,20 +314,11 @@ def find_resume_checkpoint(output_dir: str) -> Optional[Tuple[str, Dict[str, Any
     return None
 
 
-def prune_checkpoints(output_dir: str, keep_last: int, protect: Sequence[str] = ()) -> List[str]:
-    """Delete epoch checkpoints older than the newest `keep_last` (by epoch number).
-
-    Args:
-        output_dir: directory holding ``checkpoint-{epoch}.pth`` files.
-        keep_last: how many of the highest-epoch files to keep; <= 0 keeps all.
-        protect: paths never deleted (e.g. the file this run resumed from). The rolling latest
-            file is never touched.
-    Returns:
-        The removed paths.
-    """
+def prune_checkpoints(output_dir: str, keep_last: int) -> List[str]:
+    """Delete epoch checkpoints older than the newest `keep_last` (by epoch number; <= 0 keeps all).
+    The rolling latest file is never touched. Returns the removed paths."""
     if keep_last <= 0:
         return []
-    protected = {os.path.realpath(p) for p in protect}
     epochs = []
     for name in os.listdir(output_dir):
         match = _EPOCH_NAME.fullmatch(name)
@@ -337,10 +328,125 @@ def prune_checkpoints(output_dir: str, keep_last: int, protect: Sequence[str] = 
     epochs.sort(reverse=True)
     removed = []
     for _, path in epochs[keep_last:]:
-        if os.path.realpath(path) in protected:
-            continue
         os.remove(path)
         removed.append(path)
     if removed:
         logger.info("pruned old checkpoints: %s", [os.path.basename(p) for p in removed])
     return removed
+
+
+def state_dict_from(checkpoint: Any, path: str, keys: str = "model|module") -> Dict[str, torch.Tensor]:
+    """The state dict of a loaded checkpoint: the first of `keys` ('|'-separated) that the file
+    holds, else the file itself (published weights are often a bare state dict).
+
+    Raises:
+        CheckpointError: what is found is not a dict of tensors (names the file's top-level keys).
+    """
+    found = next((checkpoint[k] for k in keys.split("|") if isinstance(checkpoint, dict) and k in checkpoint),
+                 checkpoint)
+    if not isinstance(found, dict) or not all(isinstance(v, torch.Tensor) for v in found.values()):
+        top = sorted(map(str, checkpoint))[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(path, f"no state dict under {keys!r}",
+                              f"{path}: no state dict under {keys!r}; top-level keys: {top}")
+    return found
+
+
+def gather_rng_states(env: DistEnv) -> list:
+    """Every rank's RNG state, in rank order (a collective when distributed)."""
+    if env.world_size == 1:
+        return [rng_state()]
+    states = [None] * env.world_size
+    torch.distributed.all_gather_object(states, rng_state())
+    return states
+
+
+def check_finite(model: nn.Module, what: str) -> None:
+    # One device-to-host sync for all parameters, not one per tensor.
+    if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
+        raise FloatingPointError(f"parameters are not finite {what}; not saving, the last checkpoint is intact")
+
+
+def save_training_state(path: str, env: DistEnv, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        scaler: Optional[torch.amp.GradScaler], step: int, steps_per_epoch: int,
+                        config: Dict[str, Any], extra: Optional[Dict[str, Any]] = None) -> None:
+    """A resumable checkpoint (called on every rank: RNG states are gathered; rank 0 writes).
+
+    Args:
+        model: the unwrapped model (plain state-dict names, no "module." / "_orig_mod.").
+        extra: further plain entries, e.g. {"model_ema": ...}.
+    """
+    check_finite(model, f"at step {step}")
+    rngs = gather_rng_states(env)
+    if env.is_main:
+        save_checkpoint(path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler else None, "epoch": step // steps_per_epoch, "step": step,
+            "steps_per_epoch": steps_per_epoch, "rng": rngs, "config": json.loads(json.dumps(config)),
+            **(extra or {})})
+    barrier()
+
+
+def load_training_state(resume: str, auto_resume: bool, output_dir: str, *, model: nn.Module,
+                        optimizer: torch.optim.Optimizer,
+                        scaler: Optional[torch.amp.GradScaler]) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """Restore model, optimizer and scaler from `resume`, else (with `auto_resume`) from the newest
+    valid checkpoint in `output_dir`. Returns (path, state), or None for a fresh run.
+
+    With several processes rank 0 chooses the file and every rank loads that one (a rank with a
+    stale view of a shared filesystem must not pick another); a rank that cannot read it, or reads
+    another step, stops every rank (CheckpointError, SystemExit) with the reason.
+    """
+    found = find_resume_checkpoint(output_dir) if not resume and auto_resume and is_main_process() else None
+    path = broadcast_object(resume or (found[0] if found else None))
+    if path is None:
+        return None
+    state, error = (found[1], None) if found and found[0] == path else _try_load(path)
+    reasons = gather_objects(error.reason if error else None)
+    if error is not None:
+        raise error  # this rank's own reason; the others raise theirs or name this one
+    if any(reasons):
+        raise CheckpointError(path, "; ".join(f"rank {r}: {why}" for r, why in enumerate(reasons) if why))
+    steps = gather_objects(state["step"])
+    if len(set(steps)) > 1:
+        raise SystemExit(f"{path} holds steps {steps} on ranks 0..{len(steps) - 1}: the ranks see different "
+                         f"versions of the file (a stale shared-filesystem cache?)")
+    if "optimizer" not in state:
+        raise SystemExit(f"{path} holds weights only (no optimizer state): start from it with --finetune, "
+                         f"not --resume")
+    load_model_state(model, state, path)
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    return path, state
+
+
+def _try_load(path: str) -> Tuple[Optional[Dict[str, Any]], Optional[CheckpointError]]:
+    """(state, None) or (None, why it cannot be loaded)."""
+    try:
+        return load_checkpoint(path), None
+    except CheckpointError as e:
+        return None, e
+
+
+def resume_position(state: Dict[str, Any], path: str, steps_per_epoch: int) -> Tuple[int, int, int]:
+    """(start epoch, global step, steps already done in that epoch) of a loaded checkpoint."""
+    step = state["step"]
+    start_epoch, start_in_epoch = divmod(step, steps_per_epoch)
+    saved = state.get("steps_per_epoch", steps_per_epoch)
+    if saved != steps_per_epoch:
+        # Another batch size or world size: positions inside an epoch no longer line up.
+        start_epoch, start_in_epoch = -(-step // saved), 0
+        step = start_epoch * steps_per_epoch
+        logger.warning("%s was written with %d steps per epoch, this run has %d: restarting at the beginning "
+                       "of epoch %d (global step %d)", path, saved, steps_per_epoch, start_epoch, step)
+    return start_epoch, step, start_in_epoch
+
+
+def resume_from(state: Dict[str, Any], path: str, steps_per_epoch: int, env: DistEnv) -> Tuple[int, int, int]:
+    """Restore this rank's RNG state from a loaded checkpoint; return its `resume_position`."""
+    position = resume_position(state, path, steps_per_epoch)
+    rngs = state.get("rng") or []
+    if rngs:
+        set_rng_state(rngs[env.rank] if env.rank < len(rngs) else rngs[0])
+    logger.info("resumed from %s at epoch %d, step %d", path, position[0], position[1])
+    return position

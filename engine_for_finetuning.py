@@ -4,7 +4,7 @@
     eval:   every (video, segment, crop) view ──> softmax (or features) ──all_gather──>
             de-duplicated by key ──> mean over each video's views ──> top-1 / top-5 / per-class
 """
-from typing import Callable, Dict, Iterable, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, NamedTuple, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from datasets.mixup import Mixup, smooth_one_hot
 from distributed import DistEnv
-from training_loop import PRECISIONS, EpochTotals, StepControl, run_epoch, to_device
+from training_loop import PRECISIONS, StepDone, to_device, train_steps
 
 
 def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -21,12 +21,11 @@ def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> to
     return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable, update, control: StepControl, *, device: torch.device,
-                    epoch: int, start_step: int, num_classes: int, accum_iter: int = 1, mixup: Optional[Mixup] = None,
-                    smoothing: float = 0.0, tracker=None,
-                    metrics: Optional[Callable[[Dict[str, float]], None]] = None,
-                    totals: Optional[EpochTotals] = None) -> Dict[str, float]:
-    """One fine-tuning epoch (see `training_loop.run_epoch` for the step machinery).
+def train_one_epoch(model: nn.Module, loader: Iterable, update, schedule, *, device: torch.device, epoch: int,
+                    start_step: int, num_classes: int, accum_iter: int = 1, mixup: Optional[Mixup] = None,
+                    smoothing: float = 0.0, log_every: int = 20, skip_nonfinite: int = 0,
+                    tracker=None) -> Iterator[StepDone]:
+    """One fine-tuning epoch, yielding after every optimiser step (see `training_loop.train_steps`).
 
     Args:
         mixup: mixes each batch and gives its soft targets (they carry the label smoothing).
@@ -49,8 +48,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, update, control: StepCon
             stats["acc1"] = (logits.detach().argmax(-1) == labels).float().mean()
         return loss, stats
 
-    return run_epoch(model, loader, update, control, loss_fn, device=device, epoch=epoch, start_step=start_step,
-                     accum_iter=accum_iter, tracker=tracker, metrics=metrics, totals=totals)
+    return train_steps(model, loader, update, schedule, loss_fn, device=device, epoch=epoch, start_step=start_step,
+                       accum_iter=accum_iter, log_every=log_every, skip_nonfinite=skip_nonfinite, tracker=tracker)
 
 
 class Views(NamedTuple):

@@ -3,8 +3,12 @@
     clip ──patchify──> tubes ──(masked, per-tube normalised)──> targets ──projection──> logits_target
       └──encoder(visible)──> decoder(mask tokens) ──> pred ─────────────────────────> logits_pred
     Sinkhorn codes of each side; each side's scores predict the other side's codes.
+
+`Objective` holds the loss and its settings (built once by the driver); `train_one_epoch` yields
+after every optimiser step (training_loop.train_steps).
 """
-from typing import Callable, Dict, Iterable, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Dict, Iterable, Iterator, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -12,13 +16,20 @@ import torch.nn.functional as F
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from modeling_finetune import MaskIndex, patchify, take_tokens
-from sinkhorn import MAX_EXP_SPREAD, sinkhorn_knopp
-from training_loop import EpochTotals, StepControl, run_epoch
+from sinkhorn import needs_log_domain, sinkhorn_knopp
+from training_loop import StepDone, train_steps
 
 
 def normalize_per_group(x: torch.Tensor, dim: int) -> torch.Tensor:
     """(x - mean) / (unbiased std + 1e-6) along `dim`, the official target normalisation."""
     return (x - x.mean(dim=dim, keepdim=True)) / (x.var(dim=dim, unbiased=True, keepdim=True).sqrt() + 1e-6)
+
+
+def denormalize_like(x: torch.Tensor, reference: torch.Tensor, dim: int) -> torch.Tensor:
+    """The inverse of `normalize_per_group` with the statistics of `reference` (e.g. a pixel
+    prediction mapped back with its tube's true mean and std, as VideoMAE's visualisation)."""
+    std = reference.var(dim=dim, unbiased=True, keepdim=True).sqrt() + 1e-6
+    return x * std + reference.mean(dim=dim, keepdim=True)
 
 
 def pixel_targets(tubes: torch.Tensor, bool_masked_pos: Union[torch.Tensor, MaskIndex],
@@ -58,6 +69,51 @@ def teacher_targets(teacher: nn.Module, videos: torch.Tensor, bool_masked_pos: t
     return take_tokens(feats, MaskIndex.of(bool_masked_pos).masked)
 
 
+@dataclass(frozen=True)
+class Objective:
+    """The pretraining loss and its settings, built once by the driver with `Objective.of(model, ...)`.
+
+    target_type / loss_func and the tube geometry are the model's (they shape its heads); the rest
+    are the objective's own: Sinkhorn epsilon (on the cosine scale) and iterations, the softmax
+    temperature of the swapped prediction, target normalisation and soft codes.
+    """
+    target_type: str
+    loss_func: str
+    tubelet_size: int
+    patch_size: int
+    sinkhorn_eps: float = 0.05
+    sinkhorn_iterations: int = 10
+    temperature: float = 0.1
+    normalize_target: bool = True
+    soft_codes: bool = False
+
+    @classmethod
+    def of(cls, model: nn.Module, **settings) -> "Objective":
+        """The objective of a PretrainVisionTransformer (possibly DDP-wrapped or compiled)."""
+        core = getattr(model, "module", model)
+        core = getattr(core, "_orig_mod", core)
+        return cls(core.target_type, core.loss_func, core.tubelet_size, core.patch_size, **settings)
+
+    @property
+    def log_domain(self) -> bool:
+        return needs_log_domain(self.sinkhorn_eps)
+
+    def codes(self, logits: torch.Tensor) -> torch.Tensor:
+        """[M, K] Sinkhorn codes of logits = cosines / temperature (epsilon rescaled to match)."""
+        return sinkhorn_knopp(logits, self.sinkhorn_eps / self.temperature, self.sinkhorn_iterations,
+                              log_domain=self.log_domain)
+
+    @torch.no_grad()
+    def targets(self, videos: torch.Tensor, tubes: torch.Tensor, index: MaskIndex,
+                teacher: Optional[nn.Module] = None) -> torch.Tensor:
+        """[B, N_mask, D_t] targets of the masked tubes: pixels (pixel, mlp) or teacher features (dino_*)."""
+        if self.target_type in ("pixel", "mlp"):
+            return pixel_targets(tubes, index, self.normalize_target)  # [B, N_mask, P*C]
+        if teacher is None:
+            raise ValueError(f"target_type {self.target_type!r} needs a teacher model")
+        return teacher_targets(teacher, videos, index, self.tubelet_size, self.normalize_target)
+
+
 class _CrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of logits [M, K] against hard labels [M] or soft codes [M, K].
 
@@ -90,23 +146,21 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return _CrossEntropy.apply(logits.to(torch.promote_types(logits.dtype, torch.float32)), target)
 
 
-def swapped_prediction(logits_target: torch.Tensor, logits_pred: torch.Tensor, epsilon: float, iterations: int,
-                       soft_codes: bool = False, log_domain: Optional[bool] = None,
+def swapped_prediction(logits_target: torch.Tensor, logits_pred: torch.Tensor, objective: Objective,
                        ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """SIGMA's symmetric cluster prediction.
 
     Args:
         logits_target: [M, K] projection-side cosines / T; trains projection and prototypes.
         logits_pred: [M, K] decoder-side cosines / T against detached prototypes.
-        epsilon: Sinkhorn regularisation on the scale of the logits (cosine eps / T).
     Returns:
         loss = CE(logits_target, codes_pred) + CE(logits_pred, codes_target), with hard (argmax)
-        Sinkhorn codes as official, or the codes themselves when `soft_codes` (SwAV).
+        Sinkhorn codes as official, or the codes themselves when `objective.soft_codes` (SwAV).
     """
-    q_target = sinkhorn_knopp(logits_target, epsilon, iterations, log_domain=log_domain)  # [M, K]
-    q_pred = sinkhorn_knopp(logits_pred, epsilon, iterations, log_domain=log_domain)  # [M, K]
-    code_target = q_target if soft_codes else q_target.argmax(-1)  # [M, K] or [M]
-    code_pred = q_pred if soft_codes else q_pred.argmax(-1)
+    q_target = objective.codes(logits_target)  # [M, K]
+    q_pred = objective.codes(logits_pred)  # [M, K]
+    code_target = q_target if objective.soft_codes else q_target.argmax(-1)  # [M, K] or [M]
+    code_pred = q_pred if objective.soft_codes else q_pred.argmax(-1)
     loss_target = cross_entropy(logits_target, code_pred)  # projection predicts the decoder's codes
     loss_pred = cross_entropy(logits_pred, code_target)  # decoder predicts the projection's codes
     stats = {"loss_target": loss_target.detach(), "loss_pred": loss_pred.detach()}
@@ -150,8 +204,8 @@ def _code_stats(q: torch.Tensor, side: str, max_rows: int = 1024) -> Dict[str, t
     }
 
 
-def compute_loss(model: nn.Module, videos: torch.Tensor, bool_masked_pos: Union[torch.Tensor, MaskIndex],
-                 teacher: Optional[nn.Module] = None, normalize_target: bool = True, soft_codes: bool = False,
+def compute_loss(model: nn.Module, objective: Objective, videos: torch.Tensor,
+                 bool_masked_pos: Union[torch.Tensor, MaskIndex], teacher: Optional[nn.Module] = None,
                  ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """The pretraining loss of one batch.
 
@@ -161,50 +215,35 @@ def compute_loss(model: nn.Module, videos: torch.Tensor, bool_masked_pos: Union[
         bool_masked_pos: [B, N] bool, True = masked, the same count per clip; or its `MaskIndex`
             built on the host (then nothing here waits for the device).
         teacher: frozen image model for dino_* targets ([F, 3, H, W] -> [F, h*w, C]).
-        normalize_target: per-tube (pixel, mlp) or per-clip-channel (dino) target normalisation.
-        soft_codes: train towards the soft Sinkhorn codes instead of their argmax.
     Returns:
         (loss, stats): stats are detached device tensors (no host sync here).
     """
-    core = getattr(model, "module", model)
-    core = getattr(core, "_orig_mod", core)
     if not isinstance(bool_masked_pos, MaskIndex):
         bool_masked_pos = MaskIndex.of(bool_masked_pos.flatten(1).to(torch.bool))  # once for the whole batch
-    tubes = patchify(videos, core.tubelet_size, core.patch_size)  # [B, N, P, C]
-    with torch.no_grad():
-        if core.target_type in ("pixel", "mlp"):
-            targets = pixel_targets(tubes, bool_masked_pos, normalize_target)  # [B, N_mask, P*C]
-        else:
-            if teacher is None:
-                raise ValueError(f"target_type {core.target_type!r} needs a teacher model")
-            targets = teacher_targets(teacher, videos, bool_masked_pos, core.tubelet_size, normalize_target)
-    out = model(videos, bool_masked_pos, targets, tubes)
-    if core.loss_func == "L2":
+    tubes = patchify(videos, objective.tubelet_size, objective.patch_size)  # [B, N, P, C]
+    targets = objective.targets(videos, tubes, bool_masked_pos, teacher)
+    out = model(videos, bool_masked_pos, targets, tubes, temperature=objective.temperature)
+    if objective.loss_func == "L2":
         loss = F.mse_loss(out.pred.float(), targets)
         return loss, {"loss": loss.detach()}
-    # Logits are cosines / T, so Sinkhorn's exp(cos / eps) is exp(logits / (eps / T)). Cosines
-    # span at most 2: the exp-domain Sinkhorn is exact unless eps is tiny (no data check needed).
-    log_domain = 2.0 / core.sinkhorn_eps > MAX_EXP_SPREAD
-    loss, stats = swapped_prediction(out.logits_target, out.logits_pred, core.sinkhorn_eps / core.temperature,
-                                     core.sinkhorn_iterations, soft_codes, log_domain)
+    loss, stats = swapped_prediction(out.logits_target, out.logits_pred, objective)
     stats["loss"] = loss.detach()
     return loss, stats
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable, update, control: StepControl, *, device: torch.device,
-                    epoch: int, start_step: int, accum_iter: int = 1, teacher: Optional[nn.Module] = None,
-                    normalize_target: bool = True, tracker=None,
-                    metrics: Optional[Callable[[Dict[str, float]], None]] = None,
-                    totals: Optional[EpochTotals] = None) -> Dict[str, float]:
-    """One pretraining epoch (see `training_loop.run_epoch` for the step machinery)."""
+def train_one_epoch(model: nn.Module, loader: Iterable, update, schedule, objective: Objective, *,
+                    device: torch.device, epoch: int, start_step: int, accum_iter: int = 1,
+                    teacher: Optional[nn.Module] = None, log_every: int = 20, skip_nonfinite: int = 0,
+                    tracker=None) -> Iterator[StepDone]:
+    """One pretraining epoch, yielding after every optimiser step (see `training_loop.train_steps`)."""
 
     def loss_fn(batch):
         index = MaskIndex(batch["visible_index"], batch["masked_index"])
-        return compute_loss(model, batch["video"], index, teacher=teacher, normalize_target=normalize_target)
+        return compute_loss(model, objective, batch["video"], index, teacher=teacher)
 
-    return run_epoch(model, HostMaskIndex(loader), update, control, loss_fn, device=device, epoch=epoch,
-                     start_step=start_step, accum_iter=accum_iter, tracker=tracker, metrics=metrics,
-                     totals=totals)
+    return train_steps(model, HostMaskIndex(loader), update, schedule, loss_fn, device=device, epoch=epoch,
+                       start_step=start_step, accum_iter=accum_iter, log_every=log_every,
+                       skip_nonfinite=skip_nonfinite, tracker=tracker)
 
 
 class HostMaskIndex:

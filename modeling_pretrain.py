@@ -8,7 +8,7 @@ The model's forward produces what the objective needs and nothing else:
     pred           [B, N_mask, D]  decoder features (or pixels) of the masked tubes
     logits_target  [B*N_mask, K]   cos(projected target, prototype) / temperature (SWAV only)
     logits_pred    [B*N_mask, K]   cos(decoder feature, detached prototype) / temperature (SWAV only)
-Target building, Sinkhorn codes and the loss live in engine_for_pretraining.compute_loss.
+Target building, Sinkhorn codes and the loss live in engine_for_pretraining (its `Objective`).
 """
 from functools import partial
 from typing import Callable, Dict, NamedTuple, Optional, Union
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import checkpoint_filter_fn
 
-from checkpointing import read_torch_file
+from checkpointing import read_torch_file, state_dict_from
 from modeling_finetune import (VIT_SIZES, Block, MaskIndex, VisionTransformer, run_blocks, sincos_position_table,
                                take_tokens)
 
@@ -32,6 +32,21 @@ LOSS_FUNCS = ("L2", "SWAV")
 # collapses to a constant, and pixel targets have no projection to cluster.
 VALID_OBJECTIVES = {("pixel", "L2"), ("mlp", "SWAV"), ("dino_v1", "SWAV"), ("dino_v2", "SWAV"),
                     ("dino_v1", "L2"), ("dino_v2", "L2")}
+
+
+MLP_FEATURE_DIM = 256  # SIGMA-MLP: width of the projection, the decoder output and the prototypes
+
+
+def decoder_width(target_type: str, tubelet_size: int, patch_size: int, teacher_dim: Optional[int] = None) -> int:
+    """What the decoder predicts per masked tube: its pixels (pixel), SIGMA-MLP features (mlp) or the
+    frozen teacher's features (dino_*, `teacher_dim` wide)."""
+    if target_type == "pixel":
+        return 3 * tubelet_size * patch_size ** 2
+    if target_type == "mlp":
+        return MLP_FEATURE_DIM
+    if teacher_dim is None:
+        raise ValueError(f"target_type {target_type!r}: the decoder width is the teacher's, give teacher_dim")
+    return teacher_dim
 
 
 def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -81,22 +96,23 @@ class PretrainDecoder(nn.Module):
 
 class PretrainVisionTransformer(nn.Module):
     def __init__(self, img_size: int = 224, patch_size: int = 16, encoder_embed_dim: int = 768,
-                 encoder_depth: int = 12, encoder_num_heads: int = 12, decoder_num_classes: int = 1536,
+                 encoder_depth: int = 12, encoder_num_heads: int = 12, decoder_num_classes: Optional[int] = None,
                  decoder_embed_dim: int = 384, decoder_depth: int = 4, decoder_num_heads: int = 6,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.0,
                  norm_layer: Callable[[int], nn.Module] = partial(nn.LayerNorm, eps=1e-6),
                  all_frames: int = 16, tubelet_size: int = 2, use_checkpoint: bool = False,
                  target_type: str = "pixel", loss_func: str = "L2", num_prototypes: int = 3000,
-                 sinkhorn_eps: float = 0.05, sinkhorn_iterations: int = 10, temperature: float = 0.1):
+                 teacher_dim: Optional[int] = None):
+        """decoder_num_classes: None derives it (`decoder_width`; dino_* targets need `teacher_dim`)."""
         super().__init__()
         if (target_type, loss_func) not in VALID_OBJECTIVES:
             raise ValueError(f"target_type={target_type!r} with loss_func={loss_func!r} is not a supported "
                              f"objective; use one of {sorted(VALID_OBJECTIVES)}")
         self.target_type, self.loss_func = target_type, loss_func
         self.num_prototypes = num_prototypes
-        self.sinkhorn_eps, self.sinkhorn_iterations = sinkhorn_eps, sinkhorn_iterations
-        self.temperature = temperature  # of the swapped prediction's softmax
         self.tubelet_size, self.patch_size = tubelet_size, patch_size
+        if decoder_num_classes is None:
+            decoder_num_classes = decoder_width(target_type, tubelet_size, patch_size, teacher_dim)
 
         self.encoder = VisionTransformer(
             img_size=img_size, patch_size=patch_size, num_classes=0, embed_dim=encoder_embed_dim,
@@ -144,8 +160,23 @@ class PretrainVisionTransformer(nn.Module):
         x = torch.cat([x_vis + pos_vis, self.mask_token.to(x_vis.dtype) + pos_mask], dim=1)  # [B, N, C_d]
         return self.decoder(x, pos_mask.shape[1])
 
+    def prototype_logits(self, x: torch.Tensor, temperature: float, detach: bool = False) -> torch.Tensor:
+        """[M, D] features -> [M, K] fp32 cosines with the (unit) prototypes / `temperature`.
+
+        The 1/T rides on the small [K, D] prototype matrix, which saves a pass (and its gradient)
+        over the [M, K] score matrix. fp32 outside autocast: with K = 3000, bf16 scores change ~1.6%
+        of the Sinkhorn argmax codes against fp32 (the official scores are fp16/fp32).
+        `detach`: scores that do not train the prototypes (the decoder side).
+        """
+        with torch.autocast(x.device.type, enabled=False):
+            prototypes = self.prototypes.float() / temperature  # [K, D]
+            if detach:
+                prototypes = prototypes.detach()
+            return F.normalize(x.float(), dim=-1) @ prototypes.t()  # [M, K]
+
     def forward(self, videos: torch.Tensor, bool_masked_pos: Union[torch.Tensor, MaskIndex],
-                targets: Optional[torch.Tensor] = None, tubes: Optional[torch.Tensor] = None) -> PretrainOutput:
+                targets: Optional[torch.Tensor] = None, tubes: Optional[torch.Tensor] = None,
+                temperature: float = 0.1) -> PretrainOutput:
         """
         Args:
             videos: [B, 3, T, H, W] ImageNet-normalised clips.
@@ -154,6 +185,7 @@ class PretrainVisionTransformer(nn.Module):
             targets: [B, N_mask, D_t] per-tube targets of the masked tokens (projection input);
                 required for SWAV.
             tubes: optional `patchify(videos)`, shared with target building.
+            temperature: of the swapped prediction's softmax (the objective's).
         """
         pred = self.decode(videos, bool_masked_pos, tubes)  # [B, N_mask, D]
         if self.loss_func == "L2":
@@ -162,14 +194,9 @@ class PretrainVisionTransformer(nn.Module):
             raise ValueError("the SWAV objective needs the masked-tube targets")
         proj = self.head(targets)  # [B, N_mask, D]
         self.normalize_prototypes()
-        # Cosines over the temperature. The 1/T rides on the small [K, D] prototype matrix, which
-        # saves a pass (and its gradient) over each [B*N_mask, K] score matrix. Only the target
-        # side trains the prototypes. Scores in fp32 outside autocast: with K = 3000, bf16 scores
-        # change ~1.6% of the Sinkhorn argmax codes against fp32 (the official scores are fp16/fp32).
-        with torch.autocast(pred.device.type, enabled=False):
-            prototypes = self.prototypes.float() / self.temperature  # [K, D]
-            logits_target = F.normalize(proj.flatten(0, 1).float(), dim=-1) @ prototypes.t()  # [B*N_mask, K]
-            logits_pred = F.normalize(pred.flatten(0, 1).float(), dim=-1) @ prototypes.detach().t()  # [B*N_mask, K]
+        # Only the target side trains the prototypes.
+        logits_target = self.prototype_logits(proj.flatten(0, 1), temperature)  # [B*N_mask, K]
+        logits_pred = self.prototype_logits(pred.flatten(0, 1), temperature, detach=True)  # [B*N_mask, K]
         return PretrainOutput(pred, logits_target, logits_pred)
 
 
@@ -268,10 +295,7 @@ def build_teacher(target_type: str, teacher: str, img_size: int, checkpoint: str
     if not checkpoint:
         raise ValueError(f"target_type {target_type} needs --teacher_ckpt: a local file with the {arch} weights")
     vit = timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size)
-    state = read_torch_file(checkpoint)
-    for key in ("teacher", "model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
+    state = state_dict_from(read_torch_file(checkpoint), checkpoint, "teacher|model|state_dict")
     for prefix in ("module.", "backbone."):
         state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
     state = checkpoint_filter_fn({k: v for k, v in state.items() if not k.startswith("head")}, vit)

@@ -22,25 +22,26 @@ from typing import Optional
 import torch
 
 import deepspeed_support
-from checkpointing import checkpoint_path, load_checkpoint, save_checkpoint
+from checkpointing import load_checkpoint, resume_from, state_dict_from
 from datasets.annotations import read_annotations
-from datasets.decoding import BACKENDS
 from datasets.gym import GYM_SETS, read_gym
 from datasets.mixup import MODES as MIXUP_MODES
 from datasets.mixup import Mixup
-from datasets.sampler import ResumableSampler, ShardSampler
+from datasets.sampler import ShardSampler
 from datasets.subset import class_balanced_subset
-from datasets.video_dataset import (DATA_SETS, AugmentConfig, BadSampleTracker, ClipConfig, VideoClipDataset,
-                                    collate_clips)
-from distributed import cleanup_distributed, wrap_ddp
+from datasets.video_dataset import DATA_SETS, AugmentConfig, BadSampleTracker, ClipConfig, VideoClipDataset, collate_clips
+from distributed import cleanup_distributed
 from engine_for_finetuning import evaluate, train_one_epoch
+from flags import (HelpFormatter, add_clip_flags, add_encoder_flags, add_labelled_data_flags, add_loader_flags,
+                   add_optim_flags, add_output_and_run_flags, check_flags, check_nb_classes, clip_rules, common_rules,
+                   nb_classes_of, resolve_precision, str2bool)
 from modeling_finetune import MODELS, LinearProbe, ModelEma, load_pretrained_weights, pooling_for_frozen_features
 from optim_factory import create_optimizer, param_groups
-from runtime import (Checkpointer, HelpFormatter, RunLog, add_output_and_run_flags, check_finite, check_flags,
-                     clip_rules, common_rules, gather_rng_states, load_training_state, make_schedule, resume_from,
-                     save_training_state, start_run, str2bool, write_config)
+from run_log import RunLog, write_config
+from runtime import Checkpointer, start_run, training_loader, wrap_for_training
+from schedules import make_schedule
 from shutdown import WORKER_INIT, run_driver
-from training_loop import DeepSpeedUpdate, EpochTotals, StepControl, TorchUpdate
+from training_loop import EpochTotals
 
 logger = logging.getLogger("sigma")
 
@@ -48,10 +49,8 @@ logger = logging.getLogger("sigma")
 def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser("fine-tuning and evaluation", formatter_class=HelpFormatter)
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="vit_base_patch16_224", choices=sorted(MODELS))
-    g.add_argument("--finetune", default="", help="pretrained or fine-tuned checkpoint (ours, SIGMA, VideoMAE)")
-    g.add_argument("--model_key", default="model|module", help="'|'-separated keys holding the state dict")
-    g.add_argument("--model_prefix", default="", help="prefix stripped from the checkpoint's keys")
+    add_encoder_flags(g, MODELS, default="vit_base_patch16_224",
+                      finetune_help="pretrained or fine-tuned checkpoint (ours, SIGMA, VideoMAE)")
     g.add_argument("--init_scale", type=float, default=0.001, help="scale of the new head's initial weights")
     g.add_argument("--drop_path", type=float, default=0.1)
     g.add_argument("--fc_drop_rate", type=float, default=0.0)
@@ -60,9 +59,11 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--use_checkpoint", action="store_true", help="gradient checkpointing")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the training model; checkpoints keep the plain key names")
-    g.add_argument("--use_mean_pooling", dest="use_mean_pooling", action="store_true", default=True)
-    g.add_argument("--use_cls", dest="use_mean_pooling", action="store_false",
-                   help="final norm before pooling instead of fc_norm after it")
+    g.add_argument("--use_mean_pooling", dest="use_mean_pooling", action="store_true", default=True,
+                   help="mean of the tokens, then fc_norm")
+    g.add_argument("--token_norm", "--use_cls", dest="use_mean_pooling", action="store_false",
+                   help="the final norm on every token, then their mean (the model has no CLS token; --use_cls "
+                        "is the official spelling)")
     g.add_argument("--model_ema", action="store_true", help="keep, evaluate and save an EMA of the weights")
     g.add_argument("--model_ema_decay", type=float, default=0.9999)
     g = p.add_argument_group("linear probing")
@@ -74,26 +75,15 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--lp_augment", action="store_true",
                    help="keep --aa/--reprob/--mixup/--cutmix/--smoothing (official variant; off by default)")
     g = p.add_argument_group("data")
-    g.add_argument("--data_set", default="Kinetics-400", choices=sorted(DATA_SETS))
-    g.add_argument("--data_path", required=True,
-                   help="folder with train.csv, val.csv, test.csv (FineGym sets: annotations/ and subactions/)")
-    g.add_argument("--data_root", default="", help="prefix of relative video paths (default: --data_path)")
-    g.add_argument("--nb_classes", type=int, default=None, help="default: the data set's; required for custom")
-    g.add_argument("--num_frames", type=int, default=16)
-    g.add_argument("--sampling_rate", type=int, default=4)
-    g.add_argument("--num_segments", type=int, default=1, choices=[1], help="TSN segments per clip (official: 1)")
-    g.add_argument("--input_size", type=int, default=224)
-    g.add_argument("--short_side_size", type=int, default=224)
+    add_labelled_data_flags(g, DATA_SETS, default="Kinetics-400", data_path_help=(
+        "folder with train.csv, val.csv, test.csv (FineGym sets: annotations/ and subactions/)"))
+    add_clip_flags(g)
     g.add_argument("--num_sample", type=int, default=2, help="augmented clips per decoded training video")
     g.add_argument("--examples", type=int, default=0,
                    help="train on a class-balanced subset of about N videos, the official one (0: all)")
     g.add_argument("--test_num_segment", type=int, default=5)
     g.add_argument("--test_num_crop", type=int, default=3)
-    g.add_argument("--video_backend", default="decord", choices=BACKENDS)
-    g.add_argument("--num_workers", type=int, default=10)
-    g.add_argument("--pin_mem", dest="pin_mem", action="store_true", default=True)
-    g.add_argument("--no_pin_mem", dest="pin_mem", action="store_false")
-    g.add_argument("--max_bad_fraction", type=float, default=0.2)
+    add_loader_flags(g, num_workers=10)
     g = p.add_argument_group("augmentation")
     g.add_argument("--finetuning_crops", type=float, nargs=2, default=(0.25, 1.0), metavar=("MIN", "MAX"),
                    help="area range of the random resized crop (official SIGMA: 0.25 1.0; VideoMAE: 0.08 1.0)")
@@ -114,27 +104,11 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--mixup_prob", type=float, default=1.0)
     g.add_argument("--mixup_switch_prob", type=float, default=0.5)
     g.add_argument("--mixup_mode", default="batch", choices=MIXUP_MODES)
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch_size", type=int, default=64, help="videos per GPU per micro-batch")
-    g.add_argument("--update_freq", type=int, default=1, help="micro-batches per optimiser step")
-    g.add_argument("--epochs", type=int, default=30)
-    g.add_argument("--lr", type=float, default=1e-3, help="base lr; actual = lr * global batch / 256")
+    g = add_optim_flags(p, epochs=30, lr=1e-3, min_lr=1e-6, warmup_epochs=5, betas=(0.9, 0.999), batch_size=64,
+                        batch_help="videos per GPU per micro-batch (each gives --num_sample clips)")
     g.add_argument("--layer_decay", type=float, default=0.75)
-    g.add_argument("--warmup_epochs", type=int, default=5)
-    g.add_argument("--warmup_steps", type=int, default=-1, help="overrides --warmup_epochs when > 0")
-    g.add_argument("--warmup_lr", type=float, default=1e-6)
-    g.add_argument("--min_lr", type=float, default=1e-6)
-    g.add_argument("--weight_decay", type=float, default=0.05)
-    g.add_argument("--weight_decay_end", type=float, default=None)
-    g.add_argument("--opt", default="adamw", choices=["adamw"])
-    g.add_argument("--opt_eps", type=float, default=1e-8)
-    g.add_argument("--opt_betas", type=float, nargs=2, default=(0.9, 0.999))
-    g.add_argument("--clip_grad", type=float, default=None)
-    g.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
-                   help="default: bf16 on CUDA, fp32 on CPU")
     g.add_argument("--enable_deepspeed", action="store_true")
     g.add_argument("--zero_stage", type=int, default=0, choices=[0, 1, 2])
-    g.add_argument("--skip_nonfinite", type=int, default=0, help="non-finite steps to skip before stopping")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval", action="store_true", help="only run the multi-view test of the given weights")
     g.add_argument("--disable_eval_during_finetuning", action="store_true",
@@ -146,10 +120,7 @@ def get_args(argv=None) -> argparse.Namespace:
     check_flags(p, args, {
         "nb_classes": (lambda v: v >= 2, ">= 2"),
         "examples": (lambda v: v >= 0, ">= 0 (0: every training video)"),
-        "batch_size": (lambda v: v >= 1, ">= 1"),
-        "update_freq": (lambda v: v >= 1, ">= 1"),
         "num_sample": (lambda v: v >= 1, ">= 1"),
-        "short_side_size": (lambda v: v >= args.input_size, f">= --input_size {args.input_size}"),
         "test_num_segment": (lambda v: v >= 1, ">= 1"),
         "test_num_crop": (lambda v: v >= 1, ">= 1"),
         "layer_decay": (lambda v: 0 < v <= 1, "in (0, 1] (1: no layer decay)"),
@@ -160,6 +131,11 @@ def get_args(argv=None) -> argparse.Namespace:
         "finetuning_crops": (lambda v: 0 < v[0] <= v[1] <= 1, "MIN MAX with 0 < MIN <= MAX <= 1"),
         "model_ema_decay": (lambda v: 0 < v < 1, "in (0, 1)"),
         **common_rules(args), **clip_rules(args)})
+    check_nb_classes(p, args, DATA_SETS)
+    if args.compile and args.enable_deepspeed:
+        p.error("--compile is not supported together with --enable_deepspeed")
+    if args.eval and not (args.finetune or args.resume):
+        p.error("--eval needs the weights to test: --finetune or --resume")
     return args
 
 
@@ -252,12 +228,10 @@ def write_test_results(output_dir: str, name: str, metrics: dict, videos, sample
 
 def main(args: argparse.Namespace) -> None:
     env = start_run(args.device, args.output_dir)
-    precision = args.precision or ("bf16" if env.device.type == "cuda" else "fp32")
+    precision = resolve_precision(args.precision, env.device)
     torch.manual_seed(args.seed + env.rank)
-    nb_default, sampling, default_flip = DATA_SETS[args.data_set]
-    nb_classes = args.nb_classes or nb_default
-    if nb_classes is None:
-        raise SystemExit(f"--data_set {args.data_set} needs --nb_classes")
+    nb_classes = nb_classes_of(args, DATA_SETS)
+    _, sampling, default_flip = DATA_SETS[args.data_set]
     augment = not args.linear_probing or args.lp_augment
     if not augment:
         logger.info("linear probing: no RandAugment, random erasing, mixup, cutmix or label smoothing "
@@ -265,65 +239,41 @@ def main(args: argparse.Namespace) -> None:
     data = build_datasets(args, nb_classes, sampling, default_flip, augment)
     model, report = build_model(args, nb_classes)
     model.to(env.device)
-    if args.compile and args.enable_deepspeed:
-        raise SystemExit("--compile is not supported together with --enable_deepspeed")
-    if args.eval and not (args.finetune or args.resume):
-        raise SystemExit("--eval needs the weights to test: --finetune or --resume")
-    views = f"{args.test_num_segment}x{args.test_num_crop}"
     tracker = BadSampleTracker(args.max_bad_fraction)
+    config = {**vars(args), "precision": precision, "world_size": env.world_size, "nb_classes": nb_classes}
     if args.eval:
-        write_config(args.output_dir, env, {**vars(args), "precision": precision, "world_size": env.world_size,
-                                            "nb_classes": nb_classes})
-        if args.resume:
-            model.load_state_dict(load_checkpoint(args.resume)["model"])
-        elif isinstance(model, LinearProbe) or "head.weight" not in report["loaded"]:
-            raise SystemExit(f"{args.finetune} has no classifier head for {nb_classes} classes: "
-                             f"--eval needs a fine-tuned checkpoint (or --resume)")
-        test = eval_loader(data["test"], env, args, args.dist_eval)
-        metrics, videos = evaluate(model, test, env, sharded=args.dist_eval, precision=precision, tracker=tracker)
-        if env.is_main:
-            write_test_results(args.output_dir, "", metrics, videos, data["test"].samples, views)
-            logger.info("done: wrote test_results.json, predictions.csv and config.json in %s", args.output_dir)
-        cleanup_distributed()
-        return
-    train(args, env, model, data, nb_classes, precision, augment, tracker, views)
+        test_only(args, env, model, report, data["test"], precision=precision, tracker=tracker, config=config)
+    else:
+        train(args, env, model, data, nb_classes=nb_classes, precision=precision, augment=augment, tracker=tracker,
+              config=config)
     cleanup_distributed()
 
 
-def build_update(args, env, core, optimizer, precision: str):
-    """(training model, scaler, update): DeepSpeed engine, or the model (DDP-wrapped, compiled) with a
-    torch optimizer step."""
-    if args.enable_deepspeed:
-        config = deepspeed_support.deepspeed_config(
-            batch_size=args.batch_size * args.num_sample, update_freq=args.update_freq, world_size=env.world_size,
-            zero_stage=args.zero_stage, precision=precision, clip_grad=args.clip_grad)
-        if env.is_main:
-            with open(os.path.join(args.output_dir, "deepspeed_config.json"), "w") as f:
-                json.dump(config, f, indent=2)
-        engine = deepspeed_support.initialize(core, optimizer, config, env)
-        return engine, None, DeepSpeedUpdate(engine)
-    model = core
-    if env.world_size > 1:
-        model = wrap_ddp(core, env)
-    if args.compile:  # `core` stays the plain module: saving, loading and evaluation use it
-        model = torch.compile(model)
-    scaler = torch.amp.GradScaler(env.device.type) if precision == "fp16" else None
-    return model, scaler, TorchUpdate(model, optimizer, precision, scaler, args.clip_grad, args.update_freq)
+def test_only(args, env, model, report, test_set, *, precision: str, tracker, config: dict) -> None:
+    """--eval: the multi-view test of --resume's or --finetune's weights."""
+    write_config(args.output_dir, env, config)
+    if args.resume:
+        model.load_state_dict(state_dict_from(load_checkpoint(args.resume, required=()), args.resume))
+    elif isinstance(model, LinearProbe) or "head.weight" not in report["loaded"]:
+        raise SystemExit(f"{args.finetune} has no classifier head for {config['nb_classes']} classes: "
+                         f"--eval needs a fine-tuned checkpoint (or --resume)")
+    test = eval_loader(test_set, env, args, args.dist_eval)
+    metrics, videos = evaluate(model, test, env, sharded=args.dist_eval, precision=precision, tracker=tracker)
+    if env.is_main:
+        write_test_results(args.output_dir, "", metrics, videos, test_set.samples,
+                           f"{args.test_num_segment}x{args.test_num_crop}")
+        logger.info("done: wrote test_results.json, predictions.csv and config.json in %s", args.output_dir)
 
 
-def train(args, env, core, data, nb_classes: int, precision: str, augment: bool, tracker, views: str) -> None:
+def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bool, tracker, config: dict) -> None:
     train_set = data["train"]
-    sampler = ResumableSampler(len(train_set), env.world_size, env.rank, seed=args.seed)
-    loader = torch.utils.data.DataLoader(
-        train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, num_workers=args.num_workers,
-        pin_memory=args.pin_mem and env.device.type == "cuda", collate_fn=collate_clips,
-        persistent_workers=args.num_workers > 0, worker_init_fn=WORKER_INIT)
-    schedule = make_schedule(micro_batches=len(loader), accum=args.update_freq, batch_size=args.batch_size,
+    sampler, loader = training_loader(train_set, env, batch_size=args.batch_size, num_workers=args.num_workers,
+                                      pin_mem=args.pin_mem, seed=args.seed)
+    schedule = make_schedule(micro_batches=len(loader), accum=args.accum_iter, batch_size=args.batch_size,
                              world_size=env.world_size, num_videos=len(train_set), lr=args.lr, min_lr=args.min_lr,
                              warmup_lr=args.warmup_lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
                              warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
                              weight_decay_end=args.weight_decay_end)
-    steps_per_epoch, global_batch = schedule.steps_per_epoch, schedule.global_batch
     mixup = None
     if augment and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax):
         mixup = Mixup(nb_classes, args.mixup, args.cutmix, args.cutmix_minmax, args.mixup_prob,
@@ -331,102 +281,106 @@ def train(args, env, core, data, nb_classes: int, precision: str, augment: bool,
     layer_decay = None if args.linear_probing or args.layer_decay >= 1.0 else args.layer_decay
     optimizer = create_optimizer(param_groups(core, args.weight_decay, layer_decay=layer_decay), lr=schedule.lr,
                                  betas=tuple(args.opt_betas), eps=args.opt_eps)
-    model, scaler, update = build_update(args, env, core, optimizer, precision)
+    training = wrap_for_training(core, optimizer, env, precision=precision, accum_iter=args.accum_iter,
+                                 clip_grad=args.clip_grad, compile=args.compile,
+                                 deepspeed_config=_deepspeed_config(args, env, precision))
     ema = ModelEma(core, args.model_ema_decay) if args.model_ema else None
-
-    start_epoch, step, start_in_epoch, best = 0, 0, 0, {"acc1": -1.0, "epoch": -1}
-    totals = EpochTotals()  # the running epoch's sums, saved with every checkpoint
-    found = (_resume_deepspeed(args, model) if args.enable_deepspeed else
-             load_training_state(args.resume, args.auto_resume, args.output_dir, model=core, optimizer=optimizer,
-                                 scaler=scaler))
+    config = {**config, "clips_per_gpu": args.batch_size * args.num_sample, "global_batch": schedule.global_batch,
+              "actual_lr": schedule.lr, "flip": data["val"].augment.flip}
+    totals, best = EpochTotals(), {"acc1": -1.0, "epoch": -1}
+    checkpointer = Checkpointer(
+        env, args.output_dir, model=core, optimizer=optimizer, scaler=training.scaler, config=config,
+        steps_per_epoch=schedule.steps_per_epoch, every_steps=args.save_ckpt_steps, every_epochs=args.save_ckpt_freq,
+        epochs=args.epochs, keep_last=args.keep_last_ckpts, engine=training.engine,
+        extra=lambda: {"best": best, "epoch_totals": totals.state(),
+                       **({"model_ema": ema.module.state_dict()} if ema else {})})
+    start_epoch, step, start_in_epoch = 0, 0, 0
+    found = checkpointer.resume(args.resume, args.auto_resume)
     if found:
         path, state = found
         if ema is not None and state.get("model_ema"):
             ema.module.load_state_dict(state["model_ema"])
         best = state.get("best", best)
-        start_epoch, step, start_in_epoch = resume_from(state, path, steps_per_epoch, env)
+        start_epoch, step, start_in_epoch = resume_from(state, path, schedule.steps_per_epoch, env)
         if start_in_epoch:
             totals = EpochTotals(state.get("epoch_totals"))
-    config = {**vars(args), "precision": precision, "world_size": env.world_size, "global_batch": global_batch,
-              "actual_lr": schedule.lr, "nb_classes": nb_classes,
-              "flip": data["val"].augment.flip}
     write_config(args.output_dir, env, config)
-
-    def save(path: str, at_step: int) -> None:
-        extra = {"best": best, "epoch_totals": totals.state(),
-                 **({"model_ema": ema.module.state_dict()} if ema else {})}
-        if not args.enable_deepspeed:
-            save_training_state(path, env, model=core, optimizer=optimizer, scaler=scaler, step=at_step,
-                                steps_per_epoch=steps_per_epoch, config=vars(args), extra=extra)
-            return
-        check_finite(core, f"at step {at_step}")
-        plain = {"epoch": at_step // steps_per_epoch, "step": at_step, "config": json.loads(json.dumps(vars(args))),
-                 **extra}
-        deepspeed_support.save(model, args.output_dir, env, {
-            **plain, "steps_per_epoch": steps_per_epoch, "rng": gather_rng_states(env)})
-        if path != checkpoint_path(args.output_dir):  # epoch files: plain fp32 weights too (a collective)
-            weights = deepspeed_support.master_state_dict(model)
-            if env.is_main:
-                save_checkpoint(path, {"model": weights, **plain})
-
-    checkpointer = Checkpointer(env, args.output_dir, save, every_steps=args.save_ckpt_steps,
-                                every_epochs=args.save_ckpt_freq, epochs=args.epochs, keep_last=args.keep_last_ckpts,
-                                link_latest=not args.enable_deepspeed)
     run_log = RunLog(env, args.output_dir, args.log_dir, schedule.total_steps, config, args.wandb, args.run_name,
                      resume_at=(start_epoch, step) if found else None)
-    control = StepControl(lr_at=schedule.lr_at, wd_at=schedule.wd_at, on_step_end=checkpointer.on_step_end,
-                          should_stop=lambda: checkpointer.stopping, log_every=args.log_every,
-                          skip_nonfinite=args.skip_nonfinite,
-                          after_update=(lambda s: ema.update(core)) if ema else None)
     tracker.epoch_size = len(train_set) // env.world_size
     val = eval_loader(data["val"], env, args, args.dist_eval)
-    nets = [("", core, update.input_dtype)] + ([("_ema", ema.module, None)] if ema else [])
+    nets = [("", core, training.update.input_dtype)] + ([("_ema", ema.module, None)] if ema else [])
     for epoch in range(start_epoch, args.epochs):
         t0 = time.time()
         train_set.set_epoch(epoch)
-        sampler.set_epoch(epoch, start=start_in_epoch * args.update_freq * args.batch_size if epoch == start_epoch
+        sampler.set_epoch(epoch, start=start_in_epoch * args.accum_iter * args.batch_size if epoch == start_epoch
                           else 0)
         tracker.start_epoch()
-        stats = train_one_epoch(model, loader, update, control, device=env.device, epoch=epoch, start_step=step,
-                                num_classes=nb_classes, accum_iter=args.update_freq, mixup=mixup,
-                                smoothing=args.smoothing if augment else 0.0, tracker=tracker, metrics=run_log.step,
-                                totals=totals)
-        step = stats.pop("end_step")
+        for done in train_one_epoch(training.model, loader, training.update, schedule, device=env.device,
+                                    epoch=epoch, start_step=step, num_classes=nb_classes, accum_iter=args.accum_iter,
+                                    mixup=mixup, smoothing=args.smoothing if augment else 0.0,
+                                    log_every=args.log_every, skip_nonfinite=args.skip_nonfinite, tracker=tracker):
+            step = done.step
+            if ema is not None:
+                ema.update(core)  # before any checkpoint of this step
+            totals.add(done.stats)
+            if done.log:
+                run_log.step(done.log)
+            if checkpointer.after_step(step):  # preempted: a resumable checkpoint of this step exists
+                break
         if checkpointer.stopping:
             checkpointer.exit_for_requeue(step)
-        record = {**{f"train_{k}": v for k, v in stats.items()}, **tracker.end_epoch(), "epoch": epoch}
+        record = {**{f"train_{k}": v for k, v in totals.global_averages(env.device).items()}, **tracker.end_epoch(),
+                  "epoch": epoch}
         for name, net, dtype in [] if args.disable_eval_during_finetuning else nets:
             metrics, _ = evaluate(net, val, env, sharded=args.dist_eval, precision=precision, input_dtype=dtype)
             record.update({f"val{name}_{k}": v for k, v in metrics.items()})
         if record.get("val_acc1", -1.0) > best["acc1"]:  # the same on every rank (gathered views)
             best = {"acc1": record["val_acc1"], "epoch": epoch}
-            weights = deepspeed_support.master_state_dict(model) if args.enable_deepspeed else core.state_dict()
-            if env.is_main:
-                save_checkpoint(os.path.join(args.output_dir, "checkpoint-best.pth"), {
-                    "model": weights, "epoch": epoch, "step": step, "val_acc1": record["val_acc1"],
-                    **({"model_ema": ema.module.state_dict()} if ema else {})})
+            checkpointer.save_best(epoch, step, {"val_acc1": record["val_acc1"]},
+                                   ema=ema.module.state_dict() if ema else None)
         if "val_acc1" in record:
             logger.info("epoch %d: val top-1 %.2f top-5 %.2f (best %.2f at epoch %d)", epoch, record["val_acc1"],
                         record["val_acc5"], best["acc1"], best["epoch"])
         # Written ahead of the epoch's checkpoint: a kill in between re-runs the epoch on resume,
         # and the resumed run drops this line before writing it again.
         run_log.epoch({**record, "epoch_time": time.time() - t0})
-        totals = EpochTotals()
-        checkpointer.on_epoch_end(epoch, step)
+        totals.reset()
+        checkpointer.after_epoch(epoch, step)
     checkpointer.preemption.disarm()  # a signal during the test exits for requeue: the test is re-run
-    test = eval_loader(data["test"], env, args, args.dist_eval)
+    results = final_test(args, env, nets, data["test"], precision=precision, tracker=tracker)
+    if env.is_main:
+        _summary(args.output_dir, best, results, run_log.tb_dir)
+    run_log.close()
+    if training.engine is not None:
+        training.engine.destroy()  # DeepSpeed's own groups and buffers, before the process group goes
+
+
+def _deepspeed_config(args, env, precision: str) -> Optional[dict]:
+    """--enable_deepspeed's config (also written to output_dir/deepspeed_config.json), else None."""
+    if not args.enable_deepspeed:
+        return None
+    config = deepspeed_support.deepspeed_config(
+        batch_size=args.batch_size * args.num_sample, update_freq=args.accum_iter, world_size=env.world_size,
+        zero_stage=args.zero_stage, precision=precision, clip_grad=args.clip_grad)
+    if env.is_main:
+        with open(os.path.join(args.output_dir, "deepspeed_config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+    return config
+
+
+def final_test(args, env, nets, test_set, *, precision: str, tracker) -> dict:
+    """The multi-view test of every net (the model and its EMA): test_results*.json, predictions*.csv."""
+    test = eval_loader(test_set, env, args, args.dist_eval)
     results = {}
     for name, net, dtype in nets:
         metrics, videos = evaluate(net, test, env, sharded=args.dist_eval, precision=precision, input_dtype=dtype,
                                    tracker=tracker)
         results[name] = metrics
         if env.is_main:
-            write_test_results(args.output_dir, name, metrics, videos, data["test"].samples, views)
-    if env.is_main:
-        _summary(args.output_dir, best, results, run_log.tb_dir)
-    run_log.close()
-    if args.enable_deepspeed:
-        model.destroy()  # DeepSpeed's own groups and buffers, before the process group goes
+            write_test_results(args.output_dir, name, metrics, videos, test_set.samples,
+                               f"{args.test_num_segment}x{args.test_num_crop}")
+    return results
 
 
 def _summary(output_dir: str, best: dict, results: dict, tb_dir: Optional[str]) -> None:
@@ -436,16 +390,6 @@ def _summary(output_dir: str, best: dict, results: dict, tb_dir: Optional[str]) 
            if best["epoch"] >= 0 else "")
     logger.info("done: %s%s; checkpoints, log.txt, metrics.jsonl, test_results*.json and predictions*.csv in %s; "
                 "tensorboard logs in %s", val, test, output_dir, tb_dir)
-
-
-def _resume_deepspeed(args, engine):
-    """(tag path, client state) of the DeepSpeed checkpoint to resume from; None for a fresh run."""
-    where = args.resume or (args.output_dir if args.auto_resume else "")
-    found = deepspeed_support.load(engine, where) if where else None
-    if args.resume and found is None:
-        raise SystemExit(f"--resume {args.resume}: no DeepSpeed checkpoint there (expected an output folder, "
-                         f"its deepspeed/ folder or a deepspeed/step-N folder)")
-    return found
 
 
 if __name__ == "__main__":

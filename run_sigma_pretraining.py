@@ -17,25 +17,27 @@ import time
 
 import torch
 
+from checkpointing import resume_from
 from datasets.annotations import read_annotations
-from datasets.decoding import BACKENDS
-from datasets.sampler import ResumableSampler
-from datasets.video_dataset import (AugmentConfig, BadSampleTracker, ClipConfig, MaskConfig, VideoClipDataset,
-                                    collate_clips)
-from distributed import cleanup_distributed, wrap_ddp
-from engine_for_pretraining import train_one_epoch
+from datasets.video_dataset import AugmentConfig, BadSampleTracker, ClipConfig, MaskConfig, VideoClipDataset
+from distributed import cleanup_distributed
+from engine_for_pretraining import Objective, train_one_epoch
+from flags import (HelpFormatter, add_clip_flags, add_loader_flags, add_optim_flags, add_output_and_run_flags,
+                   check_flags, clip_rules, common_rules, resolve_precision, str2bool)
 from masking_generator import MASKS
-from modeling_pretrain import MODELS, TARGET_TYPES, TEACHER_DIMS, build_teacher
+from modeling_pretrain import LOSS_FUNCS, MODELS, TARGET_TYPES, TEACHER_DIMS, build_teacher
 from optim_factory import create_optimizer, param_groups
-from runtime import (Checkpointer, HelpFormatter, RunLog, add_output_and_run_flags, check_flags, clip_rules,
-                     common_rules, load_training_state, make_schedule, resume_from, save_training_state, start_run,
-                     str2bool, write_config)
-from shutdown import WORKER_INIT, run_driver
-from training_loop import EpochTotals, StepControl, TorchUpdate
+from run_log import RunLog, write_config
+from runtime import Checkpointer, start_run, training_loader, wrap_for_training
+from schedules import make_schedule
+from shutdown import run_driver
+from training_loop import EpochTotals
 
 logger = logging.getLogger("sigma")
 
-def get_args(argv=None) -> argparse.Namespace:
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags and their defaults (run_sigma_vis.py takes its model defaults from here)."""
     p = argparse.ArgumentParser("SIGMA pretraining", formatter_class=HelpFormatter)
     g = p.add_argument_group("model and objective")
     g.add_argument("--model", default="pretrain_videomae_small_patch16_224", choices=sorted(MODELS))
@@ -43,7 +45,7 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--mask_type", default="tube", choices=sorted(MASKS))
     g.add_argument("--mask_ratio", type=float, default=0.9)
     g.add_argument("--target_type", default="mlp", choices=TARGET_TYPES)
-    g.add_argument("--loss_func", default="SWAV", choices=["L2", "SWAV"])
+    g.add_argument("--loss_func", default="SWAV", choices=LOSS_FUNCS)
     g.add_argument("--distillation_teacher", default="dino_s", choices=sorted(TEACHER_DIMS))
     g.add_argument("--teacher_ckpt", default="", help="local DINO v1 / DINOv2 weights for dino_* targets")
     g.add_argument("--num_prototypes", type=int, default=3000)
@@ -58,35 +60,18 @@ def get_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("data")
     g.add_argument("--data_path", default="", help="root for relative paths in --data_path_csv")
     g.add_argument("--data_path_csv", required=True, help="pretraining list of `path label` lines")
-    g.add_argument("--input_size", type=int, default=224)
-    g.add_argument("--num_frames", type=int, default=16)
-    g.add_argument("--sampling_rate", type=int, default=4)
+    add_clip_flags(g, short_side=False)
     g.add_argument("--augmentation", default="multi_scale_crop", choices=["multi_scale_crop", "resize"])
     g.add_argument("--num_sample", type=int, default=1, help="augmented views per decoded clip")
-    g.add_argument("--video_backend", default="decord", choices=BACKENDS)
-    g.add_argument("--num_workers", type=int, default=8)
-    g.add_argument("--pin_mem", dest="pin_mem", action="store_true", default=True)
-    g.add_argument("--no_pin_mem", dest="pin_mem", action="store_false")
-    g.add_argument("--max_bad_fraction", type=float, default=0.2)
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch_size", type=int, default=32, help="clips per GPU per step (views count as clips)")
-    g.add_argument("--accum_iter", type=int, default=1, help="micro-batches per optimiser step")
-    g.add_argument("--epochs", type=int, default=800)
-    g.add_argument("--lr", type=float, default=1.5e-4, help="base lr; actual = lr * global batch / 256")
-    g.add_argument("--min_lr", type=float, default=1e-5)
-    g.add_argument("--warmup_lr", type=float, default=1e-6)
-    g.add_argument("--warmup_epochs", type=int, default=40)
-    g.add_argument("--warmup_steps", type=int, default=-1, help="overrides --warmup_epochs when > 0")
-    g.add_argument("--weight_decay", type=float, default=0.05)
-    g.add_argument("--weight_decay_end", type=float, default=None)
-    g.add_argument("--opt", default="adamw", choices=["adamw"])
-    g.add_argument("--opt_betas", type=float, nargs=2, default=(0.9, 0.95))
-    g.add_argument("--opt_eps", type=float, default=1e-8)
-    g.add_argument("--clip_grad", type=float, default=None)
-    g.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
-                   help="default: bf16 on CUDA, fp32 on CPU")
-    g.add_argument("--skip_nonfinite", type=int, default=0, help="non-finite steps to skip before stopping")
+    add_loader_flags(g, num_workers=8)
+    add_optim_flags(p, epochs=800, lr=1.5e-4, min_lr=1e-5, warmup_epochs=40, betas=(0.9, 0.95), batch_size=32,
+                    batch_help="clips per GPU per micro-batch (views count as clips)")
     add_output_and_run_flags(p, output_dir="output/pretrain", save_ckpt_freq=50, run_name="sigma")
+    return p
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     check_flags(p, args, {
         "mask_ratio": (lambda v: 0 < v < 1, "in (0, 1): some tubes visible, some masked"),
@@ -95,22 +80,21 @@ def get_args(argv=None) -> argparse.Namespace:
         "sinkhorn_iterations": (lambda v: v >= 1, ">= 1"),
         "decoder_depth": (lambda v: v >= 1, ">= 1"),
         "num_sample": (lambda v: v >= 1, ">= 1"),
-        "accum_iter": (lambda v: v >= 1, ">= 1"),
-        "batch_size": (lambda v: v >= max(1, args.num_sample), f">= 1 and >= --num_sample {args.num_sample}"),
-        **common_rules(args), **clip_rules(args)})
+        **common_rules(args), **clip_rules(args),
+        "batch_size": (lambda v: v >= max(1, args.num_sample), f">= 1 and >= --num_sample {args.num_sample}")})
     return args
 
 
 def build(args, env):
-    """Model, teacher, dataset, sampler and loader of this run."""
+    """Model, objective, teacher, dataset, sampler and loader of this run."""
     dino = args.target_type.startswith("dino")
-    decoder_dim = {"pixel": 3 * 2 * 16 * 16, "mlp": 256}.get(args.target_type) or TEACHER_DIMS[args.distillation_teacher]
     model = MODELS[args.model](
         img_size=args.input_size, all_frames=args.num_frames, decoder_depth=args.decoder_depth,
-        decoder_num_classes=decoder_dim, target_type=args.target_type, loss_func=args.loss_func,
-        num_prototypes=args.num_prototypes, sinkhorn_eps=args.sinkhorn_eps,
-        sinkhorn_iterations=args.sinkhorn_iterations, drop_path_rate=args.drop_path,
+        target_type=args.target_type, loss_func=args.loss_func, num_prototypes=args.num_prototypes,
+        teacher_dim=TEACHER_DIMS[args.distillation_teacher] if dino else None, drop_path_rate=args.drop_path,
         use_checkpoint=args.use_checkpoint).to(env.device)
+    objective = Objective.of(model, sinkhorn_eps=args.sinkhorn_eps, sinkhorn_iterations=args.sinkhorn_iterations,
+                             normalize_target=args.normalize_target)
     teacher = (build_teacher(args.target_type, args.distillation_teacher, args.input_size, args.teacher_ckpt)
                .to(env.device) if dino else None)
     samples = read_annotations(args.data_path_csv, args.data_path, with_labels=False,
@@ -119,86 +103,77 @@ def build(args, env):
         samples, "pretrain",
         ClipConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate, input_size=args.input_size),
         AugmentConfig(pretrain_augmentation=args.augmentation),
-        MaskConfig(mask_type=args.mask_type, mask_ratio=args.mask_ratio),
+        MaskConfig(mask_type=args.mask_type, mask_ratio=args.mask_ratio, grid=model.encoder.grid_size),
         num_sample=args.num_sample, video_backend=args.video_backend, seed=args.seed)
-    sampler = ResumableSampler(len(dataset), env.world_size, env.rank, seed=args.seed)
-    items_per_batch = max(1, args.batch_size // args.num_sample)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=items_per_batch, sampler=sampler, drop_last=True, num_workers=args.num_workers,
-        pin_memory=args.pin_mem and env.device.type == "cuda", collate_fn=collate_clips,
-        persistent_workers=args.num_workers > 0, generator=torch.Generator().manual_seed(args.seed),
-        worker_init_fn=WORKER_INIT)
-    return model, teacher, dataset, sampler, loader
+    # A batch of --batch_size clips holds batch_size // num_sample decoded videos.
+    sampler, loader = training_loader(dataset, env, batch_size=max(1, args.batch_size // args.num_sample),
+                                      num_workers=args.num_workers, pin_mem=args.pin_mem, seed=args.seed,
+                                      generator=torch.Generator().manual_seed(args.seed))
+    return model, objective, teacher, dataset, sampler, loader
 
 
 def main(args: argparse.Namespace) -> None:
     env = start_run(args.device, args.output_dir)
-    precision = args.precision or ("bf16" if env.device.type == "cuda" else "fp32")
+    precision = resolve_precision(args.precision, env.device)
     torch.manual_seed(args.seed + env.rank)
-    model, teacher, dataset, sampler, loader = build(args, env)
+    core, objective, teacher, dataset, sampler, loader = build(args, env)
     schedule = make_schedule(micro_batches=len(loader), accum=args.accum_iter, batch_size=args.batch_size,
                              world_size=env.world_size, num_videos=len(dataset), lr=args.lr, min_lr=args.min_lr,
                              warmup_lr=args.warmup_lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
                              warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
                              weight_decay_end=args.weight_decay_end)
-    steps_per_epoch, global_batch = schedule.steps_per_epoch, schedule.global_batch
-    core = model
-    if env.world_size > 1:
-        model = wrap_ddp(model, env)
     optimizer = create_optimizer(param_groups(core, args.weight_decay), lr=schedule.lr, betas=tuple(args.opt_betas),
                                  eps=args.opt_eps)
-    if args.compile:  # `core` stays the plain module: saving, loading and param groups use its names
-        model = torch.compile(model)
-        teacher = torch.compile(teacher) if teacher is not None else None
-    scaler = torch.amp.GradScaler(env.device.type) if precision == "fp16" else None
-    update = TorchUpdate(model, optimizer, precision, scaler, args.clip_grad, args.accum_iter)
-
-    start_epoch, step, start_in_epoch = 0, 0, 0
+    training = wrap_for_training(core, optimizer, env, precision=precision, accum_iter=args.accum_iter,
+                                 clip_grad=args.clip_grad, compile=args.compile)
+    if args.compile and teacher is not None:
+        teacher = torch.compile(teacher)
+    config = {**vars(args), "precision": precision, "world_size": env.world_size,
+              "clips_per_gpu": loader.batch_size * args.num_sample, "global_batch": schedule.global_batch,
+              "actual_lr": schedule.lr}
     totals = EpochTotals()  # the running epoch's sums, saved with every checkpoint
-    found = load_training_state(args.resume, args.auto_resume, args.output_dir, model=core, optimizer=optimizer,
-                                scaler=scaler)
+    checkpointer = Checkpointer(env, args.output_dir, model=core, optimizer=optimizer, scaler=training.scaler,
+                                config=config, steps_per_epoch=schedule.steps_per_epoch,
+                                every_steps=args.save_ckpt_steps, every_epochs=args.save_ckpt_freq,
+                                epochs=args.epochs, keep_last=args.keep_last_ckpts,
+                                extra=lambda: {"epoch_totals": totals.state()})
+    start_epoch, step, start_in_epoch = 0, 0, 0
+    found = checkpointer.resume(args.resume, args.auto_resume)
     if found:
         path, state = found
-        start_epoch, step, start_in_epoch = resume_from(state, path, steps_per_epoch, env)
+        start_epoch, step, start_in_epoch = resume_from(state, path, schedule.steps_per_epoch, env)
         if start_in_epoch:
             totals = EpochTotals(state.get("epoch_totals"))
-    config = {**vars(args), "precision": precision, "world_size": env.world_size, "global_batch": global_batch,
-              "actual_lr": schedule.lr}
     write_config(args.output_dir, env, config)
-
-    def save(path: str, at_step: int) -> None:
-        save_training_state(path, env, model=core, optimizer=optimizer, scaler=scaler, step=at_step,
-                            steps_per_epoch=steps_per_epoch, config=vars(args),
-                            extra={"epoch_totals": totals.state()})
-
-    checkpointer = Checkpointer(env, args.output_dir, save, every_steps=args.save_ckpt_steps,
-                                every_epochs=args.save_ckpt_freq, epochs=args.epochs, keep_last=args.keep_last_ckpts)
     run_log = RunLog(env, args.output_dir, args.log_dir, schedule.total_steps, config, args.wandb, args.run_name,
                      resume_at=(start_epoch, step) if found else None)
-    control = StepControl(lr_at=schedule.lr_at, wd_at=schedule.wd_at, on_step_end=checkpointer.on_step_end,
-                          should_stop=lambda: checkpointer.stopping, log_every=args.log_every,
-                          skip_nonfinite=args.skip_nonfinite)
     tracker = BadSampleTracker(args.max_bad_fraction, epoch_size=len(dataset) // env.world_size)
     n_parameters = sum(p.numel() for p in core.parameters() if p.requires_grad)
     for epoch in range(start_epoch, args.epochs):
         t0 = time.time()
         dataset.set_epoch(epoch)
-        skip = start_in_epoch * args.accum_iter * loader.batch_size if epoch == start_epoch else 0
-        sampler.set_epoch(epoch, start=skip)
+        sampler.set_epoch(epoch, start=start_in_epoch * args.accum_iter * loader.batch_size
+                          if epoch == start_epoch else 0)
         tracker.start_epoch()
-        stats = train_one_epoch(model, loader, update, control, device=env.device, epoch=epoch, start_step=step,
-                                accum_iter=args.accum_iter, teacher=teacher, normalize_target=args.normalize_target,
-                                tracker=tracker, metrics=run_log.step, totals=totals)
-        step = stats.pop("end_step")
+        for done in train_one_epoch(training.model, loader, training.update, schedule, objective,
+                                    device=env.device, epoch=epoch, start_step=step, accum_iter=args.accum_iter,
+                                    teacher=teacher, log_every=args.log_every, skip_nonfinite=args.skip_nonfinite,
+                                    tracker=tracker):
+            step = done.step
+            totals.add(done.stats)
+            if done.log:
+                run_log.step(done.log)
+            if checkpointer.after_step(step):  # preempted: a resumable checkpoint of this step exists
+                break
         if checkpointer.stopping:
             checkpointer.exit_for_requeue(step)
         bad = tracker.end_epoch()  # a collective: every rank stops if any rank's share is too bad
         # Written ahead of the epoch's checkpoint: a kill in between re-runs the epoch on resume,
         # and the resumed run drops this line before writing it again.
-        run_log.epoch({**{f"train_{k}": v for k, v in stats.items()}, **bad, "epoch": epoch,
-                       "n_parameters": n_parameters, "epoch_time": time.time() - t0})
-        totals = EpochTotals()
-        checkpointer.on_epoch_end(epoch, step)
+        run_log.epoch({**{f"train_{k}": v for k, v in totals.global_averages(env.device).items()}, **bad,
+                       "epoch": epoch, "n_parameters": n_parameters, "epoch_time": time.time() - t0})
+        totals.reset()
+        checkpointer.after_epoch(epoch, step)
     checkpointer.preemption.disarm()
     if env.is_main:
         _summary(args.output_dir, run_log.tb_dir)

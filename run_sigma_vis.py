@@ -37,12 +37,12 @@ from datasets.decoding import BACKENDS, VideoError, open_video
 from datasets.sampling import dense_indices
 from datasets.transforms import center_crop, resize_short_side, to_normalized_float
 from distributed import setup_logging
-from engine_for_pretraining import pixel_targets, teacher_targets
+from engine_for_pretraining import Objective, denormalize_like, pixel_targets
 from masking_generator import tube_mask
-from modeling_finetune import patchify
+from modeling_finetune import MaskIndex, patchify
 from modeling_pretrain import MODELS, TARGET_TYPES, TEACHER_DIMS, PretrainVisionTransformer, build_teacher
-from runtime import str2bool
-from sinkhorn import MAX_EXP_SPREAD, sinkhorn_knopp
+from flags import str2bool
+from run_sigma_pretraining import build_parser as build_pretrain_parser
 
 logger = logging.getLogger("sigma.vis")
 
@@ -69,28 +69,33 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("SIGMA visualisation", description=__doc__, formatter_class=HelpFormatter)
+    pretrain = build_pretrain_parser()  # the pretraining defaults, declared once there
     g = p.add_argument_group("inputs")
     g.add_argument("--checkpoint", required=True, help="pretraining checkpoint (loaded with weights_only)")
     g.add_argument("--video", default="", help="video for the tube overlay and the reconstruction figures")
     g.add_argument("--csv", default="", help="annotation list (`path label` lines) for the usage histogram")
     g.add_argument("--data_path", default="", help="root for relative paths in --csv")
     g.add_argument("--max_videos", type=int, default=200, help="videos of --csv to use; 0: all")
-    g.add_argument("--video_backend", default="decord", choices=BACKENDS)
-    g = p.add_argument_group("model (default: the checkpoint's config)")
-    g.add_argument("--model", default="pretrain_videomae_small_patch16_224", choices=sorted(MODELS))
-    g.add_argument("--target_type", default="mlp", choices=TARGET_TYPES)
+    g.add_argument("--video_backend", default=pretrain.get_default("video_backend"), choices=BACKENDS)
+    pretrain = build_pretrain_parser()  # the pretraining defaults, declared once there
+    g = p.add_argument_group("model (default: the checkpoint's config, else the pretraining default)")
+    g.add_argument("--model", default=pretrain.get_default("model"), choices=sorted(MODELS))
+    g.add_argument("--target_type", default=pretrain.get_default("target_type"), choices=TARGET_TYPES)
     g.add_argument("--num_prototypes", type=int, default=None, help="default: rows of the checkpoint's prototypes")
-    g.add_argument("--normalize_target", type=str2bool, default=True,
+    g.add_argument("--normalize_target", type=str2bool, default=pretrain.get_default("normalize_target"),
                    help="per-tube target normalisation the model was trained with")
-    g.add_argument("--distillation_teacher", default="dino_s", choices=sorted(TEACHER_DIMS))
+    g.add_argument("--distillation_teacher", default=pretrain.get_default("distillation_teacher"),
+                   choices=sorted(TEACHER_DIMS))
     g.add_argument("--teacher_ckpt", default="", help="local DINO weights: dino_* targets need the teacher")
-    g.add_argument("--sinkhorn_eps", type=float, default=0.05)
-    g.add_argument("--sinkhorn_iterations", type=int, default=10)
+    g.add_argument("--sinkhorn_eps", type=float, default=pretrain.get_default("sinkhorn_eps"))
+    g.add_argument("--sinkhorn_iterations", type=int, default=pretrain.get_default("sinkhorn_iterations"))
     g = p.add_argument_group("clip")
-    g.add_argument("--input_size", type=int, default=224)
-    g.add_argument("--num_frames", type=int, default=16)
-    g.add_argument("--sampling_rate", type=int, default=4, help="the centre window of the video is shown")
-    g.add_argument("--mask_ratio", type=float, default=0.9, help="tube mask of the reconstruction figure")
+    g.add_argument("--input_size", type=int, default=pretrain.get_default("input_size"))
+    g.add_argument("--num_frames", type=int, default=pretrain.get_default("num_frames"))
+    g.add_argument("--sampling_rate", type=int, default=pretrain.get_default("sampling_rate"),
+                   help="the centre window of the video is shown")
+    g.add_argument("--mask_ratio", type=float, default=pretrain.get_default("mask_ratio"),
+                   help="tube mask of the reconstruction figure")
     g = p.add_argument_group("assignment")
     g.add_argument("--assign", default="argmax", choices=["argmax", "sinkhorn"],
                    help="models with prototypes: a tube's prototype is the argmax of the cosines between its "
@@ -128,13 +133,12 @@ def read_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any],
 
 
 def build_model(weights: Dict[str, torch.Tensor], checkpoint: str, *, model_name: str, target_type: str,
-                num_prototypes: Optional[int], input_size: int, num_frames: int, sinkhorn_eps: float,
-                sinkhorn_iterations: int) -> PretrainVisionTransformer:
-    """The model of `weights`; decoder depth and width and the objective are read from the weights."""
+                num_prototypes: Optional[int], input_size: int, num_frames: int) -> PretrainVisionTransformer:
+    """The model of `weights` (prototypes on the unit sphere); decoder depth and width and the loss
+    are read from the weights."""
     kwargs = dict(img_size=input_size, all_frames=num_frames, target_type=target_type,
                   decoder_num_classes=weights["decoder.head.weight"].shape[0],
-                  decoder_depth=1 + max(int(k.split(".")[2]) for k in weights if k.startswith("decoder.blocks.")),
-                  sinkhorn_eps=sinkhorn_eps, sinkhorn_iterations=sinkhorn_iterations)
+                  decoder_depth=1 + max(int(k.split(".")[2]) for k in weights if k.startswith("decoder.blocks.")))
     if "prototypes" in weights:
         kwargs.update(loss_func="SWAV", num_prototypes=num_prototypes or weights["prototypes"].shape[0])
     else:
@@ -145,6 +149,8 @@ def build_model(weights: Dict[str, torch.Tensor], checkpoint: str, *, model_name
     except (ValueError, RuntimeError) as e:
         raise CheckpointError(checkpoint, f"its weights do not fit --model {model_name} --target_type {target_type}: "
                                           f"{str(e)[:600]}") from None
+    if hasattr(model, "prototypes"):
+        model.normalize_prototypes()  # as every training forward does before scoring
     return model.eval()
 
 
@@ -171,32 +177,27 @@ def palette(k: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def prototype_scores(model: PretrainVisionTransformer, videos: torch.Tensor, teacher: Optional[nn.Module],
-                     normalize_target: bool) -> torch.Tensor:
+def prototype_scores(model: PretrainVisionTransformer, objective: Objective, videos: torch.Tensor,
+                     teacher: Optional[nn.Module]) -> torch.Tensor:
     """Cosines between the projection of every tube and every prototype: [B, N, K].
 
     The projection side of the objective on all tubes (no mask): the MLP head of the normalised
     pixel tubes (SIGMA-MLP) or the frozen teacher's features (SIGMA-DINO, whose head is Identity).
     """
-    B = videos.shape[0]
-    tubes = patchify(videos, model.tubelet_size, model.patch_size)  # [B, N, P, C]
-    every = torch.ones(tubes.shape[:2], dtype=torch.bool, device=videos.device)  # [B, N]
-    if model.target_type == "mlp":
-        targets = pixel_targets(tubes, every, normalize_target)  # [B, N, P*C]
-    else:
-        if teacher is None:
-            raise ValueError(f"target_type {model.target_type} needs its teacher: give --teacher_ckpt")
-        targets = teacher_targets(teacher, videos, every, model.tubelet_size, normalize_target)  # [B, N, C_t]
-    proj = F.normalize(model.head(targets).reshape(B * tubes.shape[1], -1), dim=-1)  # [B*N, D]
-    scores = proj @ F.normalize(model.prototypes, dim=1).t()  # [B*N, K]
-    return scores.reshape(B, tubes.shape[1], -1)
+    tubes = patchify(videos, objective.tubelet_size, objective.patch_size)  # [B, N, P, C]
+    every = MaskIndex.of(torch.ones(tubes.shape[:2], dtype=torch.bool, device=videos.device))  # all masked
+    if objective.target_type != "mlp" and teacher is None:
+        raise ValueError(f"target_type {objective.target_type} needs its teacher: give --teacher_ckpt")
+    targets = objective.targets(videos, tubes, every, teacher)  # [B, N, D_t]
+    with torch.no_grad():
+        scores = model.prototype_logits(model.head(targets).flatten(0, 1), temperature=1.0)  # [B*N, K]
+    return scores.reshape(tubes.shape[0], tubes.shape[1], -1)
 
 
-def assign_prototypes(scores: torch.Tensor, method: str, epsilon: float, iterations: int) -> torch.Tensor:
+def assign_prototypes(scores: torch.Tensor, method: str, objective: Objective) -> torch.Tensor:
     """[N, K] cosines of one clip -> [N] prototype ids: argmax, or argmax of the clip's Sinkhorn codes."""
     if method == "sinkhorn":
-        # Cosines span at most 2, so the exp-domain path is exact unless epsilon is tiny.
-        scores = sinkhorn_knopp(scores, epsilon, iterations, log_domain=2.0 / epsilon > MAX_EXP_SPREAD)
+        scores = objective.codes(scores / objective.temperature)
     return scores.argmax(-1)
 
 
@@ -262,8 +263,7 @@ def reconstruct(model: PretrainVisionTransformer, videos: torch.Tensor, mask: to
     masked = pixels[mask]  # [N_mask, P, C]
     pred = pred.reshape(masked.shape)
     if normalize_target:
-        std = masked.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6  # as normalize_per_group
-        pred = pred * std + masked.mean(dim=-2, keepdim=True)
+        pred = denormalize_like(pred, masked, dim=-2)
     rec, hidden = pixels.clone(), pixels.clone()
     rec[mask] = pred.clamp(0, 1)  # visible tubes keep their pixels
     hidden[mask] = MASK_GREY
@@ -439,7 +439,7 @@ def usage_plot(counts: torch.Tensor, title: Sequence[str]) -> Image.Image:
 
 def visualise_video(model: PretrainVisionTransformer, teacher: Optional[nn.Module], path: str, out_dir: str, *,
                     clip: Dict[str, Any], device: torch.device, assign: str, clusters: int, mask_ratio: float,
-                    normalize_target: bool, seed: int, checkpoint: str) -> List[str]:
+                    objective: Objective, seed: int, checkpoint: str) -> List[str]:
     """Figures (a) to (c) of one video; `checkpoint` heads their titles. Returns the written paths."""
     frames, indices = read_clip(path, **clip)  # uint8 [T, C, S, S]
     videos = to_normalized_float(frames).unsqueeze(0).to(device)  # [1, 3, T, S, S]
@@ -447,8 +447,8 @@ def visualise_video(model: PretrainVisionTransformer, teacher: Optional[nn.Modul
     grid = (videos.shape[2] // t, videos.shape[3] // p, videos.shape[4] // p)
     generator = torch.Generator().manual_seed(seed)
     if hasattr(model, "prototypes"):
-        scores = prototype_scores(model, videos, teacher, normalize_target)[0]  # [N, K]
-        ids = assign_prototypes(scores, assign, model.sinkhorn_eps, model.sinkhorn_iterations)  # [N]
+        scores = prototype_scores(model, objective, videos, teacher)[0]  # [N, K]
+        ids = assign_prototypes(scores, assign, objective)  # [N]
         label, name = "prototypes", "prototype"
         source = "the clip's balanced Sinkhorn codes" if assign == "sinkhorn" else "the raw cosines"
         how = (f"tube colour = prototype, argmax of {source}; "
@@ -476,7 +476,7 @@ def visualise_video(model: PretrainVisionTransformer, teacher: Optional[nn.Modul
     written = [f"{stem}_tubes.png", f"{stem}_tubes.gif"]
     if model.target_type == "pixel":
         mask = tube_mask(1, grid, mask_ratio, generator=generator).to(device)  # [1, N]
-        hidden, rec, loss = reconstruct(model, videos, mask, normalize_target)
+        hidden, rec, loss = reconstruct(model, videos, mask, objective.normalize_target)
         title = [head, f"reconstruction of {mask_ratio:.0%} masked tubes (grey); loss on them {loss:.4f}"]
         save_png(figure(title, [(f"masked {mask_ratio:.0%}", upscale(hidden[cols])),
                                 ("reconstruction", upscale(rec[cols])), ("original", big_original)], captions),
@@ -488,7 +488,7 @@ def visualise_video(model: PretrainVisionTransformer, teacher: Optional[nn.Modul
 
 def prototype_usage(model: PretrainVisionTransformer, teacher: Optional[nn.Module], paths: Sequence[str],
                     out_dir: str, *, clip: Dict[str, Any], device: torch.device,
-                    normalize_target: bool, checkpoint: str) -> Dict[str, Any]:
+                    objective: Objective, checkpoint: str) -> Dict[str, Any]:
     """Argmax prototype of every tube of every readable video: histogram PNG and JSON summary;
     `checkpoint` heads the plot's title."""
     counts = torch.zeros(model.prototypes.shape[0], dtype=torch.long)
@@ -501,7 +501,7 @@ def prototype_usage(model: PretrainVisionTransformer, teacher: Optional[nn.Modul
             skipped.append(path)
             continue
         videos = to_normalized_float(frames).unsqueeze(0).to(device)
-        ids = prototype_scores(model, videos, teacher, normalize_target)[0].argmax(-1)  # [N]
+        ids = prototype_scores(model, objective, videos, teacher)[0].argmax(-1)  # [N]
         counts += torch.bincount(ids.cpu(), minlength=counts.numel())
     used = len(paths) - len(skipped)
     if used == 0:
@@ -538,8 +538,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                      f"which this code base does not define")
     device = torch.device(args.device)
     model = build_model(weights, args.checkpoint, model_name=args.model, target_type=args.target_type,
-                        num_prototypes=args.num_prototypes, input_size=args.input_size, num_frames=args.num_frames,
-                        sinkhorn_eps=args.sinkhorn_eps, sinkhorn_iterations=args.sinkhorn_iterations).to(device)
+                        num_prototypes=args.num_prototypes, input_size=args.input_size,
+                        num_frames=args.num_frames).to(device)
+    objective = Objective.of(model, sinkhorn_eps=args.sinkhorn_eps, sinkhorn_iterations=args.sinkhorn_iterations,
+                             normalize_target=args.normalize_target)
     if args.csv and not hasattr(model, "prototypes"):
         parser.error(f"--csv: prototype usage needs a model with prototypes; {args.checkpoint} has none")
     teacher = None
@@ -554,13 +556,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.video:
         written = visualise_video(model, teacher, args.video, args.output_dir, clip=clip, device=device,
                                   assign=args.assign, clusters=args.clusters, mask_ratio=args.mask_ratio,
-                                  normalize_target=args.normalize_target, seed=args.seed, checkpoint=checkpoint)
+                                  objective=objective, seed=args.seed, checkpoint=checkpoint)
         logger.info("wrote %s", ", ".join(written))
     if args.csv:
         samples = read_annotations(args.csv, args.data_path, with_labels=False)
         paths = [s.path for s in samples][:args.max_videos or None]
         prototype_usage(model, teacher, paths, args.output_dir, clip=clip, device=device,
-                        normalize_target=args.normalize_target, checkpoint=checkpoint)
+                        objective=objective, checkpoint=checkpoint)
 
 
 if __name__ == "__main__":

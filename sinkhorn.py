@@ -24,6 +24,12 @@ import torch.distributed as dist
 MAX_EXP_SPREAD = 75.0
 
 
+def needs_log_domain(cosine_eps: float) -> bool:
+    """Whether cosine scores (spread at most 2) need the log-domain path at epsilon `cosine_eps`:
+    the exp-domain path is exact unless 2 / eps exceeds MAX_EXP_SPREAD (no data check needed)."""
+    return 2.0 / cosine_eps > MAX_EXP_SPREAD
+
+
 def _world(group: Optional[dist.ProcessGroup]) -> Optional[dist.ProcessGroup]:
     """The group to reduce over, or None when running as one process."""
     if not (dist.is_available() and dist.is_initialized()):

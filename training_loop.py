@@ -1,18 +1,19 @@
-"""The optimisation loop shared by the pretraining and fine-tuning engines.
+"""The optimiser steps of one epoch, shared by the pretraining and fine-tuning engines.
 
-An engine supplies `loss_fn(batch) -> (loss, stats)` for a batch already on the device; this file
-owns what is the same for every objective: the lr / weight-decay schedules applied per step,
-gradient accumulation (DDP all-reduces only on the micro-batch that completes a step), precision,
-fp16 loss scaling, clipping, non-finite losses, metric windows and the checkpoint/preemption hooks.
-`TorchUpdate` (plain or DDP model, torch optimizer) and `DeepSpeedUpdate` (a DeepSpeed engine) are
-the two ways a step is taken.
+An engine supplies `loss_fn(batch) -> (loss, stats)` for a batch already on the device;
+`train_steps` owns what is the same for every objective: the lr / weight-decay schedules applied
+per step, gradient accumulation (DDP all-reduces only on the micro-batch that completes a step),
+precision, fp16 loss scaling, clipping, non-finite losses and metric windows. It is a generator:
+it yields a `StepDone` after every optimiser step, so the driver's loop body shows what happens
+between steps (EMA, logging, checkpoints, stopping). `TorchUpdate` (plain or DDP model, torch
+optimizer) and `DeepSpeedUpdate` (a DeepSpeed engine) are the two ways a step is taken.
 """
 import contextlib
 import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -26,15 +27,11 @@ LossFn = Callable[[Dict[str, object]], Tuple[torch.Tensor, Dict[str, torch.Tenso
 
 
 @dataclass
-class StepControl:
-    """What the driver decides around every step, kept out of the epoch loop."""
-    lr_at: Callable[[int], float]  # global step -> base lr
-    wd_at: Callable[[int], float]  # global step -> weight decay
-    on_step_end: Callable[[int], None]  # global step done -> maybe checkpoint, maybe stop
-    should_stop: Callable[[], bool]  # a preemption signal arrived
-    log_every: int = 20
-    skip_nonfinite: int = 0  # non-finite steps that may be skipped before stopping
-    after_update: Optional[Callable[[int], None]] = None  # e.g. the EMA update, before any checkpoint
+class StepDone:
+    """What `train_steps` yields after each optimiser step."""
+    step: int  # global optimiser steps done
+    stats: Dict[str, torch.Tensor]  # this step's detached device scalars (loss terms, grad_norm, lr)
+    log: Optional[Dict[str, float]]  # the metrics record when this is a log step (host floats), else None
 
 
 class EpochTotals:
@@ -45,6 +42,10 @@ class EpochTotals:
         state = state or {}
         self.sums: Dict[str, torch.Tensor] = {k: torch.tensor(float(v)) for k, v in state.get("sums", {}).items()}
         self.count: int = int(state.get("count", 0))
+
+    def reset(self) -> None:
+        """A new epoch."""
+        self.sums, self.count = {}, 0
 
     def add(self, stats: Dict[str, torch.Tensor]) -> None:
         for k, v in stats.items():
@@ -58,6 +59,11 @@ class EpochTotals:
 
     def averages(self) -> Dict[str, float]:
         return {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}
+
+    def global_averages(self, device: torch.device) -> Dict[str, float]:
+        """The epoch's averages over every rank (all took the same steps) and "steps"."""
+        means = global_means(self.sums, device) if self.sums else {}
+        return {k: v / max(self.count, 1) for k, v in means.items()} | {"steps": self.count}
 
 
 def set_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
@@ -138,7 +144,7 @@ class DeepSpeedUpdate:
     def backward(self, loss: torch.Tensor, last_micro: bool) -> Optional[torch.Tensor]:
         if self.engine.is_gradient_accumulation_boundary() != last_micro:
             raise RuntimeError("DeepSpeed's accumulation boundary and the loop's disagree: "
-                               "gradient_accumulation_steps must equal --update_freq")
+                               "gradient_accumulation_steps must equal --accum_iter (--update_freq)")
         self.engine.backward(loss)
         self.engine.step()  # called on every micro-batch; DeepSpeed steps at the boundary
         if not last_micro:
@@ -167,89 +173,99 @@ def to_device(batch: Dict[str, object], device: torch.device, video_dtype: Optio
     return out
 
 
-def run_epoch(model: nn.Module, loader: Iterable, update, control: StepControl, loss_fn: LossFn, *,
-              device: torch.device, epoch: int, start_step: int, accum_iter: int = 1, tracker=None,
-              metrics: Optional[Callable[[Dict[str, float]], None]] = None,
-              totals: Optional[EpochTotals] = None) -> Dict[str, float]:
-    """One pass over `loader`; returns epoch averages of the stats and "end_step".
+def train_steps(model: nn.Module, loader: Iterable, update, schedule, loss_fn: LossFn, *, device: torch.device,
+                epoch: int, start_step: int, accum_iter: int = 1, log_every: int = 20, skip_nonfinite: int = 0,
+                tracker=None) -> Iterator[StepDone]:
+    """One pass over `loader`, yielding after every optimiser step.
 
-    Micro-batches that cannot complete a step at the end of the loader are not run.
+    Micro-batches that cannot complete a step at the end of the loader are not run; a step cut
+    short (a skipped loss, the caller stopping) does not carry its gradients over.
 
     Args:
         model: what `loss_fn` calls; put in train mode here.
         update: TorchUpdate or DeepSpeedUpdate.
+        schedule: `schedules.Schedule` (lr_at, wd_at of the global step).
         start_step: global optimizer step at the start.
+        log_every: a metrics record every this many steps, and at the first and last step.
+        skip_nonfinite: non-finite steps that may be skipped (on every rank) before stopping.
         tracker: BadSampleTracker fed with every batch.
-        metrics: called every `control.log_every` steps with host floats (loss terms, lr, ...).
-        totals: this epoch's running sums, restored from a mid-epoch checkpoint (default: empty).
     """
     model.train()
     step, skipped = start_step, 0
-    totals = totals if totals is not None else EpochTotals()
     usable = len(loader) // accum_iter * accum_iter if hasattr(loader, "__len__") else None
-    t_data, clips, window = 0.0, 0, 0  # the current metrics window: data wait, clips, steps
-    t_window = t_last = time.perf_counter()
-    for micro, batch in enumerate(loader):
-        if micro == usable:
-            break
-        if tracker is not None:
-            tracker.update(batch)
-        t_data += time.perf_counter() - t_last
-        if micro % accum_iter == 0:
-            set_schedules(update.optimizer, control.lr_at(step), control.wd_at(step))
-        clips += batch["video"].shape[0]
-        batch = to_device(batch, device, update.input_dtype)
-        last_micro = (micro + 1) % accum_iter == 0
-        with update.context(device, last_micro):
-            loss, stats = loss_fn(batch)
-            # Every rank checks at the same micro-batches and they decide together: a rank that
-            # skipped its backward (or stopped) alone would leave the others in DDP's all-reduce.
-            check_now = control.skip_nonfinite > 0 or (step + 1) % control.log_every == 0
-            bad_ranks = ranks_with(not math.isfinite(loss.item())) if check_now else []
-            if bad_ranks:
-                skipped += 1
-                if skipped > control.skip_nonfinite:
-                    terms = {k: round(float(v), 4) for k, v in stats.items() if k.startswith("loss")}
-                    raise FloatingPointError(
-                        f"non-finite loss at step {step} (epoch {epoch}) on rank(s) {bad_ranks}, "
-                        f"{skipped} non-finite step(s) with --skip_nonfinite {control.skip_nonfinite}; "
-                        f"this rank's loss terms {terms}; stopping without saving, the last checkpoint is intact")
-                logger.warning("non-finite loss at step %d on rank(s) %s: skipping the step on every rank (%d of "
-                               "--skip_nonfinite %d)", step, bad_ranks, skipped, control.skip_nonfinite)
-                update.zero_grad()
+    window = MetricsWindow(update, schedule, device)
+    t_last = time.perf_counter()
+    try:
+        for micro, batch in enumerate(loader):
+            if micro == usable:
+                break
+            if tracker is not None:
+                tracker.update(batch)
+            window.data_time += time.perf_counter() - t_last
+            if micro % accum_iter == 0:
+                set_schedules(update.optimizer, schedule.lr_at(step), schedule.wd_at(step))
+            window.clips += batch["video"].shape[0]
+            batch = to_device(batch, device, update.input_dtype)
+            last_micro = (micro + 1) % accum_iter == 0
+            with update.context(device, last_micro):
+                loss, stats = loss_fn(batch)
+                # Every rank checks at the same micro-batches and they decide together: a rank that
+                # skipped its backward (or stopped) alone would leave the others in DDP's all-reduce.
+                check_now = skip_nonfinite > 0 or (step + 1) % log_every == 0
+                bad_ranks = ranks_with(not math.isfinite(loss.item())) if check_now else []
+                if bad_ranks:
+                    skipped += 1
+                    _check_skip(skipped, skip_nonfinite, step, epoch, bad_ranks, stats)
+                    update.zero_grad()
+                    continue
+                grad_norm = update.backward(loss, last_micro)
+            if grad_norm is None:
                 continue
-            grad_norm = update.backward(loss, last_micro)
-        if grad_norm is None:
-            continue
-        step += 1
-        if control.after_update is not None:
-            control.after_update(step)
-        if grad_norm.numel():  # empty: the engine did not report a norm
-            stats["grad_norm"] = grad_norm
-        # The peak group's lr (with layer decay the head's; the first group is the patch embedding's).
-        stats["lr"] = torch.tensor(max(g["lr"] for g in update.optimizer.param_groups))
-        totals.add(stats)
-        window += 1
-        # Every log_every steps, and also the first step of an epoch (progress and ETA at once)
-        # and its last one (every epoch ends in metrics.jsonl, however short).
-        log_now = step % control.log_every == 0 or step == start_step + 1 or micro + 1 == usable
-        if log_now and metrics is not None:
-            # The window starts at the last log or at this epoch's start, whichever is later.
-            elapsed = time.perf_counter() - t_window
-            # Loss terms averaged over all ranks, throughput summed (one all-reduce, one host read).
-            means = global_means({**stats, "clips": torch.tensor(float(clips))}, device)
-            metrics({"step": step, "epoch": epoch, **{k: v for k, v in means.items() if k != "clips"},
-                     "weight_decay": control.wd_at(step - 1), "loss_scale": update.loss_scale(),
-                     "data_time": t_data / window, "step_time": elapsed / window,
-                     "clips_per_s": means["clips"] * world_size() / elapsed})
-            t_data, clips, window, t_window = 0.0, 0, 0, time.perf_counter()
-        control.on_step_end(step)
-        if control.should_stop():
-            break
-        t_last = time.perf_counter()
-    update.zero_grad()  # a step cut short by a skipped loss does not carry over
-    means = global_means(totals.sums, device) if totals.sums else {}  # every rank took the same steps
-    return {k: v / max(totals.count, 1) for k, v in means.items()} | {"steps": totals.count, "end_step": step}
+            step += 1
+            if grad_norm.numel():  # empty: the engine did not report a norm
+                stats["grad_norm"] = grad_norm
+            # The peak group's lr (with layer decay the head's; the first group is the patch embedding's).
+            stats["lr"] = torch.tensor(max(g["lr"] for g in update.optimizer.param_groups))
+            window.steps += 1
+            # Every log_every steps, and also the first step of an epoch (progress and ETA at once)
+            # and its last one (every epoch ends in metrics.jsonl, however short).
+            log_now = step % log_every == 0 or step == start_step + 1 or micro + 1 == usable
+            yield StepDone(step, stats, window.record(step, epoch, stats) if log_now else None)
+            t_last = time.perf_counter()
+    finally:
+        update.zero_grad()
+
+
+def _check_skip(skipped: int, allowed: int, step: int, epoch: int, bad_ranks, stats) -> None:
+    """Raise once more non-finite steps than `allowed` were met; else warn that this one is skipped."""
+    if skipped > allowed:
+        terms = {k: round(float(v), 4) for k, v in stats.items() if k.startswith("loss")}
+        raise FloatingPointError(
+            f"non-finite loss at step {step} (epoch {epoch}) on rank(s) {bad_ranks}, {skipped} non-finite "
+            f"step(s) with --skip_nonfinite {allowed}; this rank's loss terms {terms}; stopping without saving, "
+            f"the last checkpoint is intact")
+    logger.warning("non-finite loss at step %d on rank(s) %s: skipping the step on every rank (%d of "
+                   "--skip_nonfinite %d)", step, bad_ranks, skipped, allowed)
+
+
+class MetricsWindow:
+    """Data wait, clips and steps since the last metrics record (or the epoch's start)."""
+
+    def __init__(self, update, schedule, device: torch.device):
+        self.update, self.schedule, self.device = update, schedule, device
+        self.data_time, self.clips, self.steps, self.start = 0.0, 0, 0, time.perf_counter()
+
+    def record(self, step: int, epoch: int, stats: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        """A metrics record: loss terms averaged over all ranks, throughput summed (one all-reduce,
+        one host read); then a new window starts."""
+        elapsed = time.perf_counter() - self.start
+        means = global_means({**stats, "clips": torch.tensor(float(self.clips))}, self.device)
+        record = {"step": step, "epoch": epoch, **{k: v for k, v in means.items() if k != "clips"},
+                  "weight_decay": self.schedule.wd_at(step - 1), "loss_scale": self.update.loss_scale(),
+                  "data_time": self.data_time / self.steps, "step_time": elapsed / self.steps,
+                  "clips_per_s": means["clips"] * world_size() / elapsed}
+        self.data_time, self.clips, self.steps, self.start = 0.0, 0, 0, time.perf_counter()
+        return record
 
 
 def global_means(values: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, float]:

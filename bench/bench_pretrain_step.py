@@ -1,6 +1,6 @@
 """Time one pretraining step (targets, forward, loss, backward, AdamW) on synthetic clips.
 
-The step is the training loop's (training_loop.run_epoch): schedules, `compute_loss` under
+The step is the training loop's (training_loop.train_steps): schedules, `compute_loss` under
 `TorchUpdate`'s autocast, its backward and step (GradScaler for fp16, grad norm, AdamW, zero_grad)
 and the running stat sums. Data loading is excluded: clips and tube masks are synthetic and already
 on the device. Prints one JSON line per config (batch size):
@@ -58,7 +58,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import engine_for_pretraining  # noqa: E402
 from bench_sinkhorn import classic_sinkhorn, sync, time_fn  # noqa: E402
-from engine_for_pretraining import compute_loss  # noqa: E402
+from engine_for_pretraining import Objective, compute_loss  # noqa: E402
 from masking_generator import tube_mask  # noqa: E402
 from modeling_finetune import MaskIndex  # noqa: E402
 from modeling_pretrain import MODELS, TEACHER_ARCHS, TEACHER_DIMS, TARGET_TYPES, DinoTeacher  # noqa: E402
@@ -141,8 +141,8 @@ def resolved_loss_func(args: argparse.Namespace) -> str:
     return args.loss_func or ("L2" if args.target_type == "pixel" else "SWAV")
 
 
-def decoder_dim(args: argparse.Namespace) -> int:
-    return {"pixel": 3 * 2 * 16 * 16, "mlp": 256}.get(args.target_type) or TEACHER_DIMS[args.distillation_teacher]
+def objective_of(args: argparse.Namespace, model) -> Objective:
+    return Objective.of(model, sinkhorn_eps=args.sinkhorn_eps, sinkhorn_iterations=args.sinkhorn_iterations)
 
 
 def random_teacher(target_type: str, teacher: str, img_size: int, patch_size: int = 16) -> DinoTeacher:
@@ -156,9 +156,9 @@ def build(args: argparse.Namespace, batch_size: int, device: torch.device):
     torch.manual_seed(args.seed)
     model = MODELS[args.model](
         img_size=args.input_size, all_frames=args.num_frames, decoder_depth=args.decoder_depth,
-        decoder_num_classes=decoder_dim(args), target_type=args.target_type, loss_func=resolved_loss_func(args),
-        num_prototypes=args.num_prototypes, sinkhorn_eps=args.sinkhorn_eps,
-        sinkhorn_iterations=args.sinkhorn_iterations).to(device)
+        target_type=args.target_type, loss_func=resolved_loss_func(args), num_prototypes=args.num_prototypes,
+        teacher_dim=TEACHER_DIMS[args.distillation_teacher] if args.target_type.startswith("dino") else None,
+        ).to(device)
     teacher = None
     if args.target_type.startswith("dino"):
         teacher = random_teacher(args.target_type, args.distillation_teacher, args.input_size).to(device)
@@ -253,7 +253,7 @@ def make_step(model, teacher, optimizer, scaler, videos, mask, precision: str):
     def step(timeline: Optional[Timeline] = None) -> torch.Tensor:
         set_schedules(optimizer, 1e-4, 0.05)
         with update.context(videos.device, last_micro=True):
-            loss, stats = compute_loss(model, videos, index, teacher=teacher)
+            loss, stats = compute_loss(model, objective_of(args, model), videos, index, teacher=teacher)
             if timeline is not None:
                 timeline.mark("loss")
             grad_norm = update.backward(loss, last_micro=True)  # ends "backward" at its last gradient
@@ -389,7 +389,7 @@ def official_model_and_step(args, videos, mask, ours):
     extra = dict(world_size=1, eps=args.sinkhorn_eps, sinkhorn_iterations=args.sinkhorn_iterations) \
         if loss_func == "SWAV" else {}
     model = getattr(official, args.model)(
-        decoder_depth=args.decoder_depth, decoder_num_classes=decoder_dim(args), target_type=args.target_type,
+        decoder_depth=args.decoder_depth, decoder_num_classes=ours.decoder.head.out_features, target_type=args.target_type,
         loss_func=loss_func, num_prototypes=args.num_prototypes, **extra).to(videos.device)
     model.load_state_dict(ours.state_dict(), strict=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_sinkhorn import TUBES_PER_CLIP, classic_sinkhorn, cosine_scores  # noqa: E402
-from engine_for_pretraining import compute_loss, pixel_targets  # noqa: E402
+from engine_for_pretraining import Objective, compute_loss, pixel_targets  # noqa: E402
 from masking_generator import tube_mask  # noqa: E402
 from modeling_finetune import patchify  # noqa: E402
 from modeling_pretrain import pretrain_videomae_small_patch16_224  # noqa: E402
@@ -50,7 +50,7 @@ def rel(a: float, b: float) -> float:
 def loss_and_grads(model, videos, mask, dtype=None):
     model.zero_grad(set_to_none=True)
     with torch.autocast(videos.device.type, dtype=dtype, enabled=dtype is not None):
-        loss, _ = compute_loss(model, videos, mask)
+        loss, _ = compute_loss(model, Objective.of(model), videos, mask)
     loss.backward()
     grads = {n: p.grad.detach().float().clone() if p.grad is not None else None for n, p in model.named_parameters()}
     return float(loss.detach()), grads
@@ -58,12 +58,13 @@ def loss_and_grads(model, videos, mask, dtype=None):
 
 def sinkhorn_checks(model, videos, mask, cuda) -> None:
     """Codes of the model's own target scores, then of real-size clustered scores."""
+    objective = Objective.of(model)
     with torch.no_grad():
-        targets = pixel_targets(patchify(videos, 2, 16), mask)
+        targets = pixel_targets(patchify(videos, objective.tubelet_size, objective.patch_size), mask)
         logits = model(videos, mask, targets).logits_target.float()  # [B*N_mask, K], cosines / T
-    eps = model.sinkhorn_eps / model.temperature
+    eps = objective.sinkhorn_eps / objective.temperature
     cases = {"model_scores": (logits, eps),
-             "real_size": (cosine_scores(16 * TUBES_PER_CLIP, 3000, 256, cuda), model.sinkhorn_eps)}
+             "real_size": (cosine_scores(16 * TUBES_PER_CLIP, 3000, 256, cuda), objective.sinkhorn_eps)}
     for name, (scores, eps) in cases.items():
         q_cuda = sinkhorn_knopp(scores, eps, 10, log_domain=False)
         q_cpu = sinkhorn_knopp(scores.cpu(), eps, 10, log_domain=False)
@@ -114,7 +115,7 @@ def main() -> int:
     torch.backends.cudnn.allow_tf32 = False
     cuda = torch.device("cuda")
     torch.manual_seed(0)
-    cpu_model = pretrain_videomae_small_patch16_224(decoder_depth=4, decoder_num_classes=256, target_type="mlp",
+    cpu_model = pretrain_videomae_small_patch16_224(decoder_depth=4, target_type="mlp",
                                                     loss_func="SWAV", num_prototypes=3000).train()
     model = copy.deepcopy(cpu_model).to(cuda)
     videos = torch.randn(2, 3, 16, 224, 224)

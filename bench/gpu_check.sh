@@ -206,7 +206,7 @@ read -r -d '' SYNC_COUNT <<'EOF'
 import json, sys, warnings
 import torch
 sys.path.insert(0, ".")
-from engine_for_pretraining import compute_loss
+from engine_for_pretraining import Objective, compute_loss
 from masking_generator import tube_mask
 from modeling_finetune import MaskIndex
 from modeling_pretrain import pretrain_videomae_small_patch16_224
@@ -218,18 +218,18 @@ else:
     model = pretrain_videomae_small_patch16_224(target_type="mlp", loss_func="SWAV", num_prototypes=16,
                                                 img_size=32, all_frames=4)
     videos = torch.randn(2, 3, 4, 32, 32)
-grid = (videos.shape[2] // 2, videos.shape[3] // 16, videos.shape[4] // 16)
-mask = tube_mask(videos.shape[0], grid, 0.9)
+objective = Objective.of(model)
+mask = tube_mask(videos.shape[0], model.encoder.grid_size, 0.9)
 counts = {}
 for name, m in (("mask_index", MaskIndex.of(mask).to(device)), ("boolean_mask", mask.to(device))):
-    compute_loss(model, videos, m)[0].backward()  # warm-up: lazy inits may sync once
+    compute_loss(model, objective, videos, m)[0].backward()  # warm-up: lazy inits may sync once
     if device.type == "cuda":
         torch.cuda.synchronize()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss, _ = compute_loss(model, videos, m)
+                loss, _ = compute_loss(model, objective, videos, m)
             loss.backward()
             torch.cuda.set_sync_debug_mode("default")
         counts[name] = sum("synchroniz" in str(w.message) for w in caught)
@@ -245,7 +245,7 @@ for name, m in (("mask_index", MaskIndex.of(mask).to(device)), ("boolean_mask", 
                     isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None))
                 return func(*args, **(kwargs or {}))
         with Count():
-            compute_loss(model, videos, m)[0].backward()
+            compute_loss(model, objective, videos, m)[0].backward()
         counts[name] = Count.n
 ok = counts["mask_index"] == 0
 print(json.dumps({"check": "sync_count", "ok": ok, "device": device.type, "syncs_per_step": counts}))

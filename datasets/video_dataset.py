@@ -74,10 +74,11 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class MaskConfig:
+    """Pretraining masks: their kind, ratio and token grid (T/tubelet, H/patch, W/patch), which is
+    the model's own (`model.encoder.grid_size`)."""
     mask_type: str = "tube"
     mask_ratio: float = 0.9
-    tubelet_size: int = 2
-    patch_size: int = 16
+    grid: Optional[Tuple[int, int, int]] = None
 
 
 class VideoClipDataset(torch.utils.data.Dataset):
@@ -100,8 +101,9 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.seed, self.min_video_frames, self.max_retries = seed, min_video_frames, max_retries
         self.rand_augment = (T.RandAugment(augment.auto_augment, fill=T.OFFICIAL_FILL)
                              if mode == "train" and augment.auto_augment else None)
-        self.mask_grid = (clip.num_frames // mask.tubelet_size, clip.input_size // mask.patch_size,
-                          clip.input_size // mask.patch_size)
+        if mode == "pretrain" and mask.grid is None:
+            raise ValueError("pretraining needs MaskConfig(grid=...): the model's token grid (model.encoder.grid_size)")
+        self.mask_grid = mask.grid
         # Shared with DataLoader workers (also persistent ones): set_epoch reaches them.
         self._epoch = multiprocessing.Value("q", 0, lock=False)
 

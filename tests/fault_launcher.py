@@ -60,36 +60,37 @@ def nan_params(n: int) -> None:
 
 
 def kill_after_epoch_log(epoch: int) -> None:
-    real = runtime.Checkpointer.on_epoch_end
+    real = runtime.Checkpointer.after_epoch
 
-    def on_epoch_end(self, e, step):
+    def after_epoch(self, e, step):
         if e == epoch:
             _kill_self()
         real(self, e, step)
 
-    runtime.Checkpointer.on_epoch_end = on_epoch_end
+    runtime.Checkpointer.after_epoch = after_epoch
 
 
 def kill_after_step(step: int) -> None:
-    real = runtime.Checkpointer.on_step_end
+    real = runtime.Checkpointer.after_step
 
-    def on_step_end(self, s):
-        real(self, s)
+    def after_step(self, s):
+        stopping = real(self, s)
         if s == step:
             _kill_self()
+        return stopping
 
-    runtime.Checkpointer.on_step_end = on_step_end
+    runtime.Checkpointer.after_step = after_step
 
 
 def kill_rank1_at_step(step: int) -> None:
-    real = runtime.Checkpointer.on_step_end
+    real = runtime.Checkpointer.after_step
 
-    def on_step_end(self, s):
+    def after_step(self, s):
         if s == step and self.env.rank == 1:
             _kill_self()
-        real(self, s)
+        return real(self, s)
 
-    runtime.Checkpointer.on_step_end = on_step_end
+    runtime.Checkpointer.after_step = after_step
 
 
 def slow_save(seconds: int) -> None:

@@ -2,6 +2,7 @@
 import timm
 import torch
 
+from engine_for_pretraining import Objective
 from modeling_pretrain import DinoTeacher, PretrainVisionTransformer
 
 # 4 frames of 32x32 in 2x16x16 tubes: a (2, 2, 2) token grid.
@@ -10,13 +11,18 @@ TEACHER_DIM = 24
 
 
 def tiny_pretrain(target_type: str = "mlp", loss_func: str = "SWAV", **kwargs) -> PretrainVisionTransformer:
-    out_dim = {"pixel": 3 * 2 * 16 * 16, "mlp": 16}.get(target_type, TEACHER_DIM)
+    # SIGMA-MLP at 16 features instead of 256; pixel targets get the width the model derives.
     cfg = dict(img_size=SIZE, patch_size=16, encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
-               decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, decoder_num_classes=out_dim,
-               all_frames=FRAMES, tubelet_size=2, target_type=target_type, loss_func=loss_func,
-               num_prototypes=8, sinkhorn_eps=0.05, sinkhorn_iterations=3)
+               decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2,
+               decoder_num_classes=16 if target_type == "mlp" else None, teacher_dim=TEACHER_DIM,
+               all_frames=FRAMES, tubelet_size=2, target_type=target_type, loss_func=loss_func, num_prototypes=8)
     cfg.update(kwargs)
     return PretrainVisionTransformer(**cfg)
+
+
+def tiny_objective(model, **settings) -> Objective:
+    """The tests' objective: 3 Sinkhorn iterations."""
+    return Objective.of(model, **{"sinkhorn_eps": 0.05, "sinkhorn_iterations": 3, **settings})
 
 
 def tiny_teacher(version: str = "dino_v1") -> DinoTeacher:

@@ -17,7 +17,7 @@ sys.path.insert(0, BENCH)
 import bench_pretrain_step as step_bench  # noqa: E402
 import bench_sinkhorn  # noqa: E402
 import engine_for_pretraining  # noqa: E402
-from helpers import GRID, clips, tiny_pretrain  # noqa: E402
+from helpers import GRID, clips, tiny_objective, tiny_pretrain  # noqa: E402
 from masking_generator import tube_mask  # noqa: E402
 from sinkhorn import sinkhorn_knopp  # noqa: E402
 
@@ -125,7 +125,7 @@ def test_sinkhorn_swap_reaches_the_engine():
 
     model = tiny_pretrain("mlp", "SWAV")
     with step_bench.sinkhorn_as(counting):
-        engine_for_pretraining.compute_loss(model, clips(), tube_mask(2, GRID, 0.5))
+        engine_for_pretraining.compute_loss(model, tiny_objective(model), clips(), tube_mask(2, GRID, 0.5))
     assert len(calls) == 2  # codes of both sides
     assert engine_for_pretraining.sinkhorn_knopp is sinkhorn_knopp
 

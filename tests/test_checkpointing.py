@@ -121,13 +121,13 @@ def test_equal_mtimes_prefer_largest_step(tmp_path):
     assert (os.path.basename(path), state["step"]) == ("checkpoint-latest.pth", 7)
 
 
-def test_list_checkpoints_newest_first_without_temp_files(tmp_path):
+def test_resume_candidates_newest_first_without_temp_files(tmp_path):
     _save_at(str(tmp_path / "checkpoint-2.pth"), _state(20), mtime=1000)
     _save_at(str(tmp_path / "checkpoint-10.pth"), _state(100), mtime=3000)
     _save_at(str(tmp_path / "checkpoint-latest.pth"), _state(50), mtime=2000)
     (tmp_path / "checkpoint-latest.pth.tmp-123").write_bytes(b"partial")
     (tmp_path / "log.txt").write_text("x")
-    names = [os.path.basename(p) for p in ckpt.list_checkpoints(str(tmp_path))]
+    names = [os.path.basename(p) for p in (p for _, p in ckpt._by_mtime(str(tmp_path)))]
     assert names == ["checkpoint-10.pth", "checkpoint-latest.pth", "checkpoint-2.pth"]
     assert ckpt.checkpoint_path(str(tmp_path), 10) == str(tmp_path / "checkpoint-10.pth")
     assert ckpt.checkpoint_path(str(tmp_path)) == str(tmp_path / "checkpoint-latest.pth")
@@ -163,17 +163,16 @@ def test_nothing_to_resume(tmp_path):
     assert ckpt.find_resume_checkpoint(str(tmp_path)) is None
 
 
-def test_prune_keeps_newest_epochs_latest_and_protected(tmp_path):
+def test_prune_keeps_newest_epochs_and_latest(tmp_path):
     for epoch in range(1, 6):
         _save_at(str(tmp_path / f"checkpoint-{epoch}.pth"), _state(epoch * 10), mtime=1000 + epoch)
     # The latest file is the oldest by mtime here: it must survive anyway.
     _save_at(str(tmp_path / "checkpoint-latest.pth"), _state(3), mtime=10)
     assert ckpt.prune_checkpoints(str(tmp_path), keep_last=0) == []
 
-    removed = ckpt.prune_checkpoints(str(tmp_path), keep_last=2, protect=[str(tmp_path / "checkpoint-1.pth")])
-    assert sorted(os.path.basename(p) for p in removed) == ["checkpoint-2.pth", "checkpoint-3.pth"]
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint-1.pth", "checkpoint-4.pth", "checkpoint-5.pth",
-                                            "checkpoint-latest.pth"]
+    removed = ckpt.prune_checkpoints(str(tmp_path), keep_last=2)
+    assert sorted(os.path.basename(p) for p in removed) == ["checkpoint-1.pth", "checkpoint-2.pth", "checkpoint-3.pth"]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-4.pth", "checkpoint-5.pth", "checkpoint-latest.pth"]
 
 
 def test_prune_orders_by_epoch_number_not_name(tmp_path):
@@ -227,7 +226,7 @@ def test_disk_full_names_the_space_needed_and_the_last_good_file(tmp_path, monke
 
 def test_resumed_run_log_drops_the_records_it_repeats(tmp_path):
     from distributed import DistEnv
-    from runtime import RunLog
+    from run_log import RunLog
 
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(1, 8)) + '{"st')
     (tmp_path / "log.txt").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in range(3)))

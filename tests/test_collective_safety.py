@@ -63,7 +63,8 @@ def _read(out_dir, nprocs: int = 2) -> list:
 # ---------------------------------------------------------------- a non-finite loss on one rank
 
 def _nonfinite(env: DistEnv, skip: int, nan_at: int) -> dict:
-    from training_loop import StepControl, TorchUpdate, run_epoch
+    from schedules import make_schedule
+    from training_loop import TorchUpdate, train_steps
 
     index = env.rank
     torch.manual_seed(0)
@@ -81,12 +82,15 @@ def _nonfinite(env: DistEnv, skip: int, nan_at: int) -> dict:
         calls[0] += 1
         return loss, {"loss": loss.detach()}
 
-    control = StepControl(lr_at=lambda s: 0.1, wd_at=lambda s: 0.0, on_step_end=lambda s: None,
-                          should_stop=lambda: False, log_every=2, skip_nonfinite=skip)
+    schedule = make_schedule(micro_batches=len(loader), accum=1, batch_size=256, world_size=1, num_videos=6, lr=0.1,
+                             min_lr=0.1, warmup_lr=0.1, epochs=1, warmup_epochs=0, warmup_steps=-1, weight_decay=0.0,
+                             weight_decay_end=None)  # constant lr 0.1, no weight decay
     record = {}
     try:
-        stats = run_epoch(model, loader, TorchUpdate(model, optimizer), control, loss_fn, device=env.device,
-                          epoch=0, start_step=0)
+        steps = [done.step for done in train_steps(model, loader, TorchUpdate(model, optimizer), schedule, loss_fn,
+                                                   device=env.device, epoch=0, start_step=0, log_every=2,
+                                                   skip_nonfinite=skip)]
+        stats = {"end_step": steps[-1]}
         weights = torch.cat([p.detach().flatten() for p in core.parameters()])
         gathered = [torch.empty_like(weights) for _ in range(2)]
         dist.all_gather(gathered, weights)
@@ -161,7 +165,6 @@ def test_bad_samples_on_one_rank_stop_both_at_the_same_batch(scenarios):
 
 def _resume(env: DistEnv, out_dir: str, fail_on_rank1: bool) -> dict:
     import checkpointing
-    import runtime
     from checkpointing import CheckpointError, save_checkpoint
 
     index = env.rank
@@ -175,17 +178,17 @@ def _resume(env: DistEnv, out_dir: str, fail_on_rank1: bool) -> dict:
                         {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 0,
                          "step": 5 if index == 0 else 3})
     dist.barrier()
-    load = runtime.load_checkpoint
+    load = checkpointing.load_checkpoint
     if fail_on_rank1 and index == 1:
         def unreadable(path, required=checkpointing.REQUIRED_KEYS):
             raise CheckpointError(path, "no such file")
-        runtime.load_checkpoint = unreadable
+        checkpointing.load_checkpoint = unreadable
     try:
-        path, state = runtime.load_training_state("", True, mine, model=model, optimizer=optimizer, scaler=None)
+        path, state = checkpointing.load_training_state("", True, mine, model=model, optimizer=optimizer, scaler=None)
         record = {"path": os.path.relpath(path, out_dir), "step": state["step"]}
     except (CheckpointError, SystemExit) as e:
         record = {"error": str(e)}
-    runtime.load_checkpoint = load
+    checkpointing.load_checkpoint = load
     return record
 
 

@@ -10,7 +10,7 @@ from datasets import prepare, synthetic
 
 @pytest.mark.parametrize("parse, argv, flag, default", [
     (run_sigma_pretraining.get_args, [], "--num_sample", "1"),
-    (run_class_finetuning.get_args, [], "--num_segments", "1"),
+    (run_class_finetuning.get_args, [], "--test_num_segment", "5"),
     (eval_knn.get_args, [], "--random_init", "False"),
     (lambda argv: run_sigma_vis.get_parser().parse_args(argv), [], "--max_videos", "200"),
     (synthetic.get_args, [], "--height", "128"),

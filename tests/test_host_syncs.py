@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import engine_for_pretraining
 from engine_for_pretraining import HostMaskIndex, compute_loss, prototype_counts
-from helpers import GRID, clips, tiny_pretrain, tiny_teacher
+from helpers import GRID, clips, tiny_objective, tiny_pretrain, tiny_teacher
 from masking_generator import tube_mask
 from modeling_finetune import MaskIndex, take_tokens
 
@@ -34,7 +34,7 @@ class SyncCounter(TorchDispatchMode):
 
 
 def _step(model, mask, teacher=None):
-    loss, stats = compute_loss(model, clips(), mask, teacher=teacher)
+    loss, stats = compute_loss(model, tiny_objective(model), clips(), mask, teacher=teacher)
     loss.backward()
     return loss, stats
 
@@ -92,7 +92,7 @@ def test_cuda_step_raises_on_no_sync():
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        loss, _ = engine_for_pretraining.compute_loss(model, videos, index)
+        loss, _ = engine_for_pretraining.compute_loss(model, tiny_objective(model), videos, index)
         loss.backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")

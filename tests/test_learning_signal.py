@@ -15,7 +15,7 @@ pytest.importorskip("sklearn", reason="the moving-digits data set and the probe 
 from datasets.annotations import read_annotations  # noqa: E402
 from datasets.digits import make_digits_dataset  # noqa: E402
 from datasets.video_dataset import AugmentConfig, ClipConfig, MaskConfig, VideoClipDataset, collate_clips  # noqa: E402
-from engine_for_pretraining import compute_loss  # noqa: E402
+from engine_for_pretraining import Objective, compute_loss  # noqa: E402
 from eval_knn import features  # noqa: E402
 from eval_probe import fit_probe  # noqa: E402
 from modeling_finetune import VisionTransformer  # noqa: E402
@@ -70,14 +70,15 @@ def test_short_sigma_pretraining_lifts_the_digit_probe_above_random_init(digits,
     torch.manual_seed(seed)
     model = PretrainVisionTransformer(img_size=SIZE, patch_size=16, encoder_embed_dim=96, encoder_depth=4,
                                       encoder_num_heads=3, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=2,
-                                      decoder_num_classes=256, all_frames=FRAMES, target_type="mlp", loss_func="SWAV",
+                                      all_frames=FRAMES, target_type="mlp", loss_func="SWAV",
                                       num_prototypes=4)
+    objective = Objective.of(model)
     before = _digit_probe(model.encoder, digits)
     samples = read_annotations(os.path.join(digits, "pretrain.csv"), digits, with_labels=False)
-    dataset = VideoClipDataset(samples, "pretrain", CLIP, AugmentConfig(), MaskConfig(mask_ratio=0.75), seed=seed)
+    dataset = VideoClipDataset(samples, "pretrain", CLIP, AugmentConfig(), MaskConfig(mask_ratio=0.75, grid=model.encoder.grid_size), seed=seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=16, shuffle=True, drop_last=True, collate_fn=collate_clips,
                                          generator=torch.Generator().manual_seed(seed))
-    _train(model, loader, PRETRAIN_STEPS, 1e-3, lambda b: compute_loss(model, b["video"], b["mask"])[0])
+    _train(model, loader, PRETRAIN_STEPS, 1e-3, lambda b: compute_loss(model, objective, b["video"], b["mask"])[0])
     after = _digit_probe(model.encoder, digits)
     assert after - before >= DIGIT_MARGIN, (before, after)
 

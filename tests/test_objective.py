@@ -1,10 +1,13 @@
 """compute_loss: targets, swapped prediction, gradients for every objective, learning."""
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from engine_for_pretraining import compute_loss, cross_entropy, pixel_targets, swapped_prediction
-from helpers import GRID, clips, tiny_pretrain, tiny_teacher
+from engine_for_pretraining import Objective
+from helpers import GRID, clips, tiny_objective, tiny_pretrain, tiny_teacher
 from masking_generator import tube_mask
 from modeling_finetune import patchify
 from sinkhorn import sinkhorn_knopp
@@ -22,7 +25,7 @@ def test_every_parameter_gets_a_gradient(target_type, loss_func):
     model = tiny_pretrain(target_type, loss_func).train()
     teacher = _teacher_for(target_type)
     mask = tube_mask(2, GRID, 0.5)
-    loss, stats = compute_loss(model, clips(), mask, teacher=teacher)
+    loss, stats = compute_loss(model, tiny_objective(model), clips(), mask, teacher=teacher)
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
     for name, p in model.named_parameters():
@@ -55,7 +58,7 @@ def test_pixel_targets_match_direct_computation():
 def test_swav_loss_matches_its_definition():
     model = tiny_pretrain("mlp", "SWAV").train()
     videos, mask = clips(), tube_mask(2, GRID, 0.5)
-    loss, stats = compute_loss(model, videos, mask)
+    loss, stats = compute_loss(model, tiny_objective(model), videos, mask)
     # Recompute from the model's own outputs with explicit one-hot cross-entropies.
     with torch.no_grad():
         targets = pixel_targets(patchify(videos, 2, 16), mask)
@@ -76,7 +79,7 @@ def test_prototypes_normalised_and_scores_are_cosines():
     model = tiny_pretrain("mlp", "SWAV")
     with torch.no_grad():
         model.prototypes.mul_(3.0)
-    compute_loss(model, clips(), tube_mask(2, GRID, 0.5))
+    compute_loss(model, tiny_objective(model), clips(), tube_mask(2, GRID, 0.5))
     torch.testing.assert_close(model.prototypes.norm(dim=1), torch.ones(8))
 
 
@@ -93,8 +96,9 @@ def test_prototypes_trained_by_target_side_only():
 def test_soft_codes_train_towards_sinkhorn_codes():
     scores_t = (F.normalize(torch.randn(64, 16), dim=1) / 0.1).requires_grad_()
     scores_p = (F.normalize(torch.randn(64, 16), dim=1) / 0.1).requires_grad_()
-    hard, _ = swapped_prediction(scores_t, scores_p, 0.05 / 0.1, 10)
-    soft, _ = swapped_prediction(scores_t, scores_p, 0.05 / 0.1, 10, soft_codes=True)
+    objective = Objective("mlp", "SWAV", 2, 16, sinkhorn_eps=0.05, sinkhorn_iterations=10, temperature=0.1)
+    hard, _ = swapped_prediction(scores_t, scores_p, objective)
+    soft, _ = swapped_prediction(scores_t, scores_p, dataclasses.replace(objective, soft_codes=True))
     assert torch.isfinite(soft) and not torch.isclose(hard, soft)
     soft.backward()
     assert scores_t.grad.abs().sum() > 0 and scores_p.grad.abs().sum() > 0
@@ -102,7 +106,8 @@ def test_soft_codes_train_towards_sinkhorn_codes():
 
 def test_dino_targets_need_a_teacher():
     with pytest.raises(ValueError, match="needs a teacher"):
-        compute_loss(tiny_pretrain("dino_v1", "SWAV"), clips(), tube_mask(2, GRID, 0.5))
+        model = tiny_pretrain("dino_v1", "SWAV")
+        compute_loss(model, tiny_objective(model), clips(), tube_mask(2, GRID, 0.5))
 
 
 def test_dinov2_teacher_grid_resized_to_student():
@@ -114,9 +119,9 @@ def test_dinov2_teacher_grid_resized_to_student():
 def test_bf16_autocast_close_to_fp32():
     model = tiny_pretrain("pixel", "L2")
     videos, mask = clips(), tube_mask(2, GRID, 0.5)
-    loss32, _ = compute_loss(model, videos, mask)
+    loss32, _ = compute_loss(model, tiny_objective(model), videos, mask)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss16, _ = compute_loss(model, videos, mask)
+        loss16, _ = compute_loss(model, tiny_objective(model), videos, mask)
     assert loss16.dtype == torch.float32
     assert abs(loss16.item() - loss32.item()) < 0.05 * loss32.item()
 
@@ -129,7 +134,7 @@ def test_tiny_model_overfits_fixed_batch(target_type, loss_func):
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
     losses = []
     for _ in range(40):
-        loss, _ = compute_loss(model, videos, mask, teacher=teacher)
+        loss, _ = compute_loss(model, tiny_objective(model), videos, mask, teacher=teacher)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -158,8 +163,8 @@ def test_cross_entropy_gradcheck():
 
 def test_small_eps_uses_stable_sinkhorn():
     # eps 0.005 puts exp(cos / eps) beyond fp32: compute_loss must switch to the log domain.
-    model = tiny_pretrain("mlp", "SWAV", sinkhorn_eps=0.005)
-    loss, stats = compute_loss(model, clips(), tube_mask(2, GRID, 0.5))
+    model = tiny_pretrain("mlp", "SWAV")
+    loss, stats = compute_loss(model, tiny_objective(model, sinkhorn_eps=0.005), clips(), tube_mask(2, GRID, 0.5))
     assert torch.isfinite(loss)
     assert all(torch.isfinite(v) for v in stats.values())
 
@@ -186,11 +191,11 @@ def test_inductor_compiled_model_matches_eager_loss_and_gradients():
     torch.manual_seed(0)
     model = tiny_pretrain("mlp")
     videos, mask = clips(2), tube_mask(2, GRID, 0.75, generator=torch.Generator().manual_seed(0))
-    loss, _ = compute_loss(model, videos, mask)
+    loss, _ = compute_loss(model, tiny_objective(model), videos, mask)
     loss.backward()
     eager = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    compiled_loss, _ = compute_loss(torch.compile(model), videos, mask)
+    compiled_loss, _ = compute_loss(torch.compile(model), tiny_objective(model), videos, mask)
     compiled_loss.backward()
     torch.testing.assert_close(compiled_loss, loss, rtol=1e-4, atol=1e-5)
     for name, p in model.named_parameters():
@@ -203,6 +208,6 @@ def test_score_statistics_see_a_collapse_that_balanced_codes_hide():
     torch.manual_seed(0)
     logits = torch.randn(64, 8) * 0.5
     logits[:, 3] += 5.0
-    _, stats = swapped_prediction(logits, logits.clone(), epsilon=0.5, iterations=10)
+    _, stats = swapped_prediction(logits, logits.clone(), Objective("mlp", "SWAV", 2, 16, sinkhorn_eps=0.05, sinkhorn_iterations=10, temperature=0.1))  # eps 0.5 on the logits
     assert stats["score_protos_used_target"].item() == 1 and stats["score_usage_entropy_target"].item() == 0
     assert stats["protos_used_target"].item() >= 6

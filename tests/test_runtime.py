@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from distributed import DistEnv
-from runtime import REQUEUE_EXIT_CODE, Preemption, format_duration, resume_position
+from checkpointing import resume_position
+from run_log import format_duration
+from runtime import REQUEUE_EXIT_CODE, Preemption
 from shutdown import _WorkerInit
 
 

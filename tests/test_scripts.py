@@ -135,7 +135,7 @@ def test_sigma_head_rows_are_the_official_recipe(dataset, epochs, views, save):
     text = open(path).read()
     assert "QUVA-Lab/SIGMA scripts_finetune/finetune_" in text and re.search(r"commit\s[#\s]*[0-9a-f]{40}", text)
     args = run_class_finetuning.get_args(dry_run(path)[2])
-    assert args.batch_size * args.update_freq * 8 == 32 and args.batch_size == 4
+    assert args.batch_size * args.accum_iter * 8 == 32 and args.batch_size == 4  # --update_freq sets accum_iter
     assert (args.lr, args.epochs, args.num_sample, args.warmup_lr) == (1e-3, epochs, 1, 1e-6)
     assert (args.test_num_segment, args.test_num_crop, args.save_ckpt_freq) == (*views, save)
     assert tuple(args.finetuning_crops) == (0.25, 1.0) and not args.crop_first

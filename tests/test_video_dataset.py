@@ -10,7 +10,7 @@ from datasets.video_dataset import (AugmentConfig, BadSampleTracker, ClipConfig,
                                     collate_clips)
 
 CLIP = ClipConfig(num_frames=8, sampling_rate=2, input_size=32, short_side_size=32)
-MASK = MaskConfig(mask_type="tube", mask_ratio=0.75, tubelet_size=2, patch_size=16)
+MASK = MaskConfig(mask_type="tube", mask_ratio=0.75, grid=(8 // 2, 32 // 16, 32 // 16))  # CLIP in 2x16x16 tubes
 
 
 @pytest.fixture(scope="module")
