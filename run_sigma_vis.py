@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from checkpointing import CheckpointError, load_checkpoint
 from datasets.annotations import AnnotationError, read_annotations
 from datasets.decoding import BACKENDS, VideoError, open_video
-from datasets.sampling import dense_indices
+from datasets.frame_indices import dense_indices
 from datasets.transforms import center_crop, resize_short_side, to_normalized_float
 from distributed import setup_logging
 from engine_for_pretraining import Objective, denormalize_like, pixel_targets

@@ -26,7 +26,7 @@ import torch
 from datasets import transforms as T
 from datasets.annotations import Sample
 from datasets.decoding import VideoError, open_video
-from datasets.sampling import dense_indices, linspace_indices, segment_indices
+from datasets.frame_indices import dense_indices, linspace_indices, segment_indices
 from distributed import any_rank
 from masking_generator import MASKS
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from datasets.annotations import AnnotationError, read_annotations
-from datasets.sampling import dense_indices, segment_indices
+from datasets.frame_indices import dense_indices, segment_indices
 
 
 def _write(tmp_path, text, name="train.csv"):

@@ -6,7 +6,7 @@ import torch
 
 from datasets import transforms as T
 from datasets.annotations import read_annotations
-from datasets.sampling import dense_indices, linspace_indices, segment_indices
+from datasets.frame_indices import dense_indices, linspace_indices, segment_indices
 from datasets.synthetic import render_clip, write_video
 from datasets.video_dataset import ClipConfig, VideoClipDataset
 

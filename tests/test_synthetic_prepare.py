@@ -9,10 +9,11 @@ import av
 import numpy as np
 import pytest
 
-from datasets import prepare
+from datasets import prepare, transcode
 from datasets.annotations import read_annotations
-from datasets.prepare import PrepareError, main, transcode_tree
+from datasets.prepare import main
 from datasets.synthetic import CODECS, class_names, make_dataset, render_clip, write_broken_files, write_video
+from datasets.transcode import PrepareError, transcode_tree
 
 SMALL = dict(frames=16, height=64, width=80)
 
@@ -229,10 +230,10 @@ def test_transcode_sizes_are_even_and_never_upscaled(tmp_path, size, expected):
 
 
 def test_transcode_without_ffmpeg_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(prepare.shutil, "which", lambda name: None)
+    monkeypatch.setattr(transcode.shutil, "which", lambda name: None)
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import fails
     with pytest.raises(PrepareError, match="no ffmpeg"):
-        prepare.find_ffmpeg()
+        transcode.find_ffmpeg()
     os.makedirs(tmp_path / "src")
     assert main(["transcode", "--src", str(tmp_path / "src"), "--dst", str(tmp_path / "dst")]) == 2
 
