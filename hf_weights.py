@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 Tensors = Dict[str, torch.Tensor]
 
 EXTRAS_NAME = "sigma_extras.safetensors"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 # transformers' VideoMAEForVideoClassification builds its fc_norm as nn.LayerNorm(hidden_size): eps 1e-5,
 # whatever the config's layer_norm_eps says.
 HF_FC_NORM_EPS = 1e-5
@@ -341,7 +342,8 @@ def _v2_config(config: Dict[str, Any], path: str) -> HubConfig:
     embed = int(mc.get("embed_dim", 768))
     fields = {"embed_dim": (key("embed_dim"), embed), "depth": (key("depth"), mc.get("depth")),
               "num_heads": (key("num_heads"), mc.get("num_heads")),
-              "mlp_hidden": (key("mlp_ratio"), int(embed * mc["mlp_ratio"]) if "mlp_ratio" in mc else None),
+              "mlp_hidden": (key("mlp_ratio") + " x embed_dim",
+                             int(embed * mc["mlp_ratio"]) if "mlp_ratio" in mc else None),
               "patch_size": (key("patch_size"), _square(path, key("patch_size"), mc.get("patch_size", 16))),
               "tubelet_size": (key("tubelet_size"), mc.get("tubelet_size", 2)),
               "in_chans": (key("in_chans"), mc.get("in_chans", 3)),
@@ -362,7 +364,8 @@ def _inferred_config(state: Tensors, path: str, source: str) -> HubConfig:
               "depth": ("tensor names", len({k.split(".")[1] for k in state if k.startswith("blocks.")})),
               "mlp_hidden": ("tensor shapes", fc1.shape[0] if fc1 is not None else None)}
     first_token = "norm.weight" in state and "fc_norm.weight" not in state
-    return HubConfig(path, source, fields, not first_token, HF_FC_NORM_EPS if source.startswith("transformers") else None)
+    fc_norm_eps = HF_FC_NORM_EPS if source.startswith("transformers") else None
+    return HubConfig(path, source, fields, not first_token, fc_norm_eps)
 
 
 def _class_name(state: Tensors) -> str:
@@ -580,10 +583,15 @@ def convert(source: str, out: str, model_key: str = "model|module") -> int:
     return len(state)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Convert video ViT weights: ours <-> transformers VideoMAE, safetensors")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("export", help="our / official checkpoint -> transformers VideoMAE folder")
+    e = sub.add_parser("export", help="our / official checkpoint -> transformers VideoMAE folder",
+                       formatter_class=HelpFormatter)
     e.add_argument("checkpoint")
     e.add_argument("out_dir")
     e.add_argument("--model_key", default="model|module", help="'|'-separated keys holding the state dict")
@@ -591,9 +599,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     e.add_argument("--decoder_num_heads", type=int, default=None, help="default: the published decoder of the width")
     e.add_argument("--input_size", type=int, default=None, help="default: the saved config's, else 224")
     e.add_argument("--num_frames", type=int, default=None, help="default: the saved config's, else 16")
-    e.add_argument("--no_head", dest="include_head", action="store_false", help="write the encoder alone")
+    e.add_argument("--no_head", action="store_true", help="write the encoder alone, without the classifier")
     e.add_argument("--first_token", action="store_true", help="the head (no fc_norm) was trained on token 0")
-    c = sub.add_parser("convert", help="any readable checkpoint -> our names (.pth or .safetensors)")
+    c = sub.add_parser("convert", help="any readable checkpoint -> our names (.pth or .safetensors)",
+                       formatter_class=HelpFormatter)
     c.add_argument("source", help="our .pth / .safetensors, a transformers or VideoMAEv2 folder or file")
     c.add_argument("out", help="output file; .safetensors writes safetensors, anything else torch.save")
     c.add_argument("--model_key", default="model|module")
@@ -606,7 +615,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.command == "export":
         export_hf(args.checkpoint, args.out_dir, model_key=args.model_key, num_heads=args.num_heads,
                   decoder_num_heads=args.decoder_num_heads, image_size=args.input_size, num_frames=args.num_frames,
-                  include_head=args.include_head, first_token=args.first_token)
+                  include_head=not args.no_head, first_token=args.first_token)
     else:
         convert(args.source, args.out, args.model_key)
 

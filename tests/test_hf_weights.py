@@ -84,8 +84,8 @@ def test_pretraining_decoder_and_5x_names(tmp_path):
     """VideoMAEForPreTraining reads into our pretraining model whole; query.bias / value.bias names (what
     transformers 5.x holds in memory) and pytorch_model.bin read like the saved q_bias / v_bias."""
     hf, path = _hf(transformers.VideoMAEForPreTraining, tmp_path, "pre", use_mean_pooling=False,
-                   intermediate_size=128, decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
-                   decoder_intermediate_size=64)
+                   intermediate_size=128, decoder_hidden_size=16, decoder_num_hidden_layers=1,
+                   decoder_num_attention_heads=2, decoder_intermediate_size=64)
     state, hub = hf_weights.read_checkpoint(path)
     assert hub.source == "transformers VideoMAEForPreTraining" and not hub.use_mean_pooling
     ours = tiny_pretrain(target_type="pixel", loss_func="L2")
@@ -260,3 +260,37 @@ def test_dinov2_teacher_from_safetensors(tmp_path, monkeypatch):
     teacher = mp.build_teacher("dino_v2", "dino_s", img_size=28, checkpoint=path, patch_size=14)
     assert torch.equal(teacher.vit.blocks[3].attn.qkv.weight, vit.blocks[3].attn.qkv.weight)
     assert torch.equal(teacher.vit.reg_token, vit.reg_token)
+
+
+def test_sharded_and_configless_files(tmp_path):
+    hf, path = _hf(transformers.VideoMAEForVideoClassification, tmp_path, "cls", num_labels=5)
+    sharded = str(tmp_path / "sharded")
+    hf.save_pretrained(sharded, max_shard_size="20KB")
+    assert os.path.isfile(os.path.join(sharded, "model.safetensors.index.json"))
+    whole, _ = hf_weights.read_checkpoint(path)
+    parts, hub = hf_weights.read_checkpoint(sharded)
+    assert hub.value("eps") == 1e-12 and all(torch.equal(parts[k], whole[k]) for k in whole)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    os.replace(os.path.join(path, "model.safetensors"), bare / "weights.safetensors")  # no config.json beside it
+    model = _ours()
+    assert mf.load_pretrained_weights(model, str(bare / "weights.safetensors"))["initialised"] == []
+    x = _clips()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hf(_hf_input(x)).logits, atol=1e-4, rtol=1e-4)  # eps: the model's
+
+
+def test_cli(tmp_path, capsys):
+    model = _perturb(tiny_pretrain())
+    ckpt = _save_ours(tmp_path, model, "pretrain.pth")
+    out = str(tmp_path / "hf")
+    with pytest.raises(ValueError, match="cannot tell the attention heads of the 32-wide encoder"):
+        hf_weights.main(["export", ckpt, out])
+    hf_weights.main(["export", ckpt, out, "--num_heads", "2"])
+    hf_weights.main(["convert", out, str(tmp_path / "back.safetensors")])
+    back = hf_weights.read_weights(str(tmp_path / "back.safetensors"))
+    assert back.keys() == model.state_dict().keys()
+    with pytest.raises(SystemExit):
+        hf_weights.main(["export", "-h"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: model|module)" in text and "without the classifier (default: False)" in text
