@@ -196,9 +196,11 @@ def _block_to_hf(ours: Tensors, prefix: str, hf_prefix: str) -> Tensors:
         elif rest in ("attn.q_bias", "attn.v_bias"):
             # The names transformers 4.x loads; 5.x renames them to query.bias / value.bias on load.
             out[f"{layer}attention.attention.{rest[5:]}"] = value
-        else:
+        elif rest.rpartition(".")[0] in inverse:
             module, _, param = rest.rpartition(".")
             out[f"{layer}{inverse[module]}.{param}"] = value
+        else:
+            raise ValueError(f"{key}: a tensor transformers' VideoMAELayer has no place for")
     return out
 
 
@@ -213,6 +215,8 @@ def to_transformers(backbone: Tensors, rest: Tensors, *, prefix: str, with_decod
         module, _, param = key.rpartition(".")
         if key.startswith("blocks."):
             continue
+        if module not in top:
+            raise ValueError(f"{key}: a tensor transformers' VideoMAE has no place for")
         if module in ("head", "fc_norm"):
             out[f"{top[module]}.{param}"] = value  # classifier and fc_norm sit outside the ``videomae.`` prefix
         else:

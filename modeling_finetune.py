@@ -494,7 +494,8 @@ def pooling_for_frozen_features(path: str, model_key: str = "model|module") -> b
 
     A fine-tuned checkpoint has a trained ``fc_norm`` (mean pooling, then fc_norm); a pretraining
     checkpoint has the encoder's trained final ``norm`` instead (norm each token, then average), so
-    its features are read through that norm rather than a fresh, untrained fc_norm.
+    its features are read through that norm rather than a fresh, untrained fc_norm. A transformers /
+    VideoMAEv2 checkpoint says it in its config (use_mean_pooling; false: token 0 after the final norm).
     """
     checkpoint, hub = read_checkpoint(path)
     if hub is not None:  # a transformers / VideoMAEv2 config says how its features are pooled

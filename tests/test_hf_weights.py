@@ -294,3 +294,18 @@ def test_cli(tmp_path, capsys):
         hf_weights.main(["export", "-h"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: model|module)" in text and "without the classifier (default: False)" in text
+
+
+def test_knn_encoder_from_transformers_folder(tmp_path):
+    """The drivers' path: eval_knn.load_encoder (also eval_probe's) on a first-token ViT-Ti checkpoint."""
+    import argparse
+
+    import eval_knn
+    hf, path = _hf(transformers.VideoMAEModel, tmp_path, "vit_ti", hidden_size=192, num_hidden_layers=12,
+                   num_attention_heads=3, intermediate_size=768, use_mean_pooling=False)
+    args = argparse.Namespace(finetune=path, model_key="model|module", model_prefix="", model="vit_tiny_patch16_224",
+                              input_size=SIZE, num_frames=FRAMES)
+    encoder = eval_knn.load_encoder(args, torch.device("cpu")).eval()
+    x = _clips()
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(x), hf(_hf_input(x)).last_hidden_state[:, 0], atol=1e-5, rtol=1e-5)
