@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from checkpointing import read_torch_file
+from hf_weights import read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +237,7 @@ class VisionTransformer(nn.Module):
         self.fc_norm = norm_layer(embed_dim) if use_mean_pooling else None
         self.fc_dropout = nn.Dropout(fc_drop_rate) if fc_drop_rate > 0 else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.pool_first_token = False  # transformers' / VideoMAEv2's use_mean_pooling=false; set by their loader
         self.apply(self._init_weights)
         if num_classes > 0:
             with torch.no_grad():
@@ -295,7 +296,10 @@ class VisionTransformer(nn.Module):
         return self.norm(x)
 
     def forward_features(self, videos: torch.Tensor) -> torch.Tensor:
-        x = self.forward_tokens(videos).mean(1)  # [B, D]
+        x = self.forward_tokens(videos)  # [B, N, D]
+        if self.pool_first_token:
+            return x[:, 0]  # token 0 after the final norm, as the checkpoint's own classifier saw it
+        x = x.mean(1)  # [B, D]
         return self.fc_norm(x) if self.fc_norm is not None else x
 
     def forward(self, videos: torch.Tensor) -> torch.Tensor:
@@ -430,7 +434,8 @@ def load_pretrained_weights(model: VisionTransformer, path: str, model_key: str 
                             model_prefix: str = "") -> Dict[str, list]:
     """Initialise a fine-tuning backbone from a pretraining or fine-tuning checkpoint.
 
-    Accepts our checkpoints and the published SIGMA and VideoMAE ones: the state dict under one of
+    Accepts our checkpoints and the published SIGMA and VideoMAE ones (also as .safetensors), transformers
+    VideoMAE folders / files and VideoMAEv2 Hub encoders (see hf_weights): the state dict under one of
     `model_key` ('|'-separated) or the file itself; ``module.`` / ``encoder.`` / ``backbone.``
     prefixes stripped; decoder, projection and prototypes dropped; the classifier head dropped
     when its shape differs; a learnable ``pos_embed`` resized to the model's frames and size (a
@@ -441,7 +446,9 @@ def load_pretrained_weights(model: VisionTransformer, path: str, model_key: str 
     Returns:
         {"loaded": [...], "initialised": [...], "dropped": [...]} key lists, also logged.
     """
-    checkpoint = read_torch_file(path)
+    checkpoint, hub = read_checkpoint(path)  # transformers / VideoMAEv2 / .safetensors: a state dict in our names
+    if hub is not None:
+        checkpoint = hub.adapt(model, checkpoint)  # its config's sizes checked, its norm eps and pooling taken
     state = next((checkpoint[k] for k in model_key.split("|") if isinstance(checkpoint, dict) and k in checkpoint),
                  checkpoint)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -487,9 +494,12 @@ def pooling_for_frozen_features(path: str, model_key: str = "model|module") -> b
 
     A fine-tuned checkpoint has a trained ``fc_norm`` (mean pooling, then fc_norm); a pretraining
     checkpoint has the encoder's trained final ``norm`` instead (norm each token, then average), so
-    its features are read through that norm rather than a fresh, untrained fc_norm.
+    its features are read through that norm rather than a fresh, untrained fc_norm. A transformers /
+    VideoMAEv2 checkpoint says it in its config (use_mean_pooling; false: token 0 after the final norm).
     """
-    checkpoint = read_torch_file(path)
+    checkpoint, hub = read_checkpoint(path)
+    if hub is not None:  # a transformers / VideoMAEv2 config says how its features are pooled
+        return hub.use_mean_pooling
     state = next((checkpoint[k] for k in model_key.split("|") if isinstance(checkpoint, dict) and k in checkpoint),
                  checkpoint)
     return any(k.endswith("fc_norm.weight") for k in state)
