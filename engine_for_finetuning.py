@@ -3,7 +3,12 @@
     train:  clip ──mixup/cutmix──> model ──> logits ──soft-target CE (label smoothing)──> loss
     eval:   every (video, segment, crop) view ──> softmax (or features) ──all_gather──>
             de-duplicated by key ──> mean over each video's views ──> top-1 / top-5 / per-class
+            ──> test_results*.json, predictions*.csv
 """
+import csv
+import json
+import logging
+import os
 from typing import Callable, Dict, Iterable, Iterator, NamedTuple, Optional, Tuple
 
 import torch
@@ -14,6 +19,8 @@ import torch.nn.functional as F
 from datasets.mixup import Mixup, smooth_one_hot
 from distributed import DistEnv
 from training_loop import PRECISIONS, StepDone, to_device, train_steps
+
+logger = logging.getLogger("sigma")
 
 
 def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -163,3 +170,24 @@ def evaluate(model: nn.Module, loader: Iterable, env: DistEnv, *, sharded: bool,
     videos = merge_views(gather_views(views, env) if sharded else views)
     videos = Videos(*(f.cpu() for f in videos))  # [V, K] probabilities: metrics and the CSV on the host
     return classification_metrics(videos.output, videos.label), videos
+
+
+def write_test_results(output_dir: str, name: str, metrics: dict, videos, samples, views: str) -> None:
+    """test_results*.json (metrics) and predictions*.csv (one row per video) in output_dir."""
+    missing = len(samples) - metrics["num_videos"]
+    result = {"top1": metrics["acc1"], "top5": metrics["acc5"], "mean_class_acc": metrics["mean_class_acc"],
+              "num_videos": metrics["num_videos"], "missing_videos": missing, "views": views}
+    with open(os.path.join(output_dir, f"test_results{name}.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    probs = videos.output
+    top5 = probs.topk(min(5, probs.shape[1]), dim=1)
+    with open(os.path.join(output_dir, f"predictions{name}.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "path", "label", "pred", "prob", "top5", "num_views"])
+        for row, i in enumerate(videos.index.tolist()):
+            w.writerow([i, samples[i].path, int(videos.label[row]), int(top5.indices[row, 0]),
+                        f"{float(top5.values[row, 0]):.6f}", " ".join(map(str, top5.indices[row].tolist())),
+                        int(videos.num_views[row])])
+    logger.info("test%s (%s views): top-1 %.2f top-5 %.2f mean class %.2f over %d videos%s", name, views,
+                result["top1"], result["top5"], result["mean_class_acc"], result["num_videos"],
+                f"; {missing} unreadable videos missing" if missing else "")

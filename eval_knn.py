@@ -33,7 +33,9 @@ from datasets.video_dataset import DATA_SETS, ClipConfig, VideoClipDataset, coll
 from distributed import broadcast_object, cleanup_distributed
 from engine_for_finetuning import gather_views, merge_views, predict_views
 from modeling_finetune import MODELS, load_pretrained_weights, pooling_for_frozen_features
-from runtime import HelpFormatter, add_launcher_compat_flags, check_flags, clip_rules, start_run, write_config
+from flags import HelpFormatter, add_launcher_compat_flags, check_flags, clip_rules
+from run_log import write_config
+from runtime import start_run
 from shutdown import WORKER_INIT, run_driver
 
 logger = logging.getLogger("sigma")

@@ -33,7 +33,9 @@ from datasets.video_dataset import DATA_SETS
 from distributed import cleanup_distributed
 from eval_knn import features, knn_classify, load_encoder, topk_accuracy
 from modeling_finetune import MODELS
-from runtime import HelpFormatter, add_launcher_compat_flags, start_run, write_config
+from flags import HelpFormatter, add_launcher_compat_flags
+from run_log import write_config
+from runtime import start_run
 from shutdown import run_driver
 
 logger = logging.getLogger("sigma")

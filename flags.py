@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import torch
 
 from datasets.decoding import BACKENDS
+from datasets.mixup import MODES as MIXUP_MODES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -88,6 +89,31 @@ def add_loader_flags(group, *, num_workers: int, batch_size: Optional[int] = Non
     if training:
         add_switch(group, "pin_mem", True)
         group.add_argument("--max_bad_fraction", type=float, default=0.2)
+
+
+def add_augment_flags(p: argparse.ArgumentParser) -> None:
+    """The fine-tuning "augmentation" group: the official recipe's crop, flips, RandAugment, random
+    erasing, label smoothing, mixup and cutmix."""
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--finetuning_crops", type=float, nargs=2, default=(0.25, 1.0), metavar=("MIN", "MAX"),
+                   help="area range of the random resized crop (official SIGMA: 0.25 1.0; VideoMAE: 0.08 1.0)")
+    g.add_argument("--crop_first", action="store_true",
+                   help="crop, then RandAugment the crop: cheaper, not the official order (see FINETUNE.md)")
+    g.add_argument("--flip", dest="flip", action="store_true", default=None,
+                   help="random horizontal flips in training (default: the data set's, off for SSV2)")
+    g.add_argument("--no_flip", dest="flip", action="store_false",
+                   help="no flips: for labels that name left/right (motion-labelled custom sets)")
+    g.add_argument("--aa", default="rand-m7-n4-mstd0.5-inc1", help="RandAugment policy; 'none' turns it off")
+    g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
+    g.add_argument("--remode", default="pixel", choices=["pixel", "rand", "const"])
+    g.add_argument("--recount", type=int, default=1)
+    g.add_argument("--smoothing", type=float, default=0.1)
+    g.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (0: off)")
+    g.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha (0: off)")
+    g.add_argument("--cutmix_minmax", type=float, nargs=2, default=None)
+    g.add_argument("--mixup_prob", type=float, default=1.0)
+    g.add_argument("--mixup_switch_prob", type=float, default=0.5)
+    g.add_argument("--mixup_mode", default="batch", choices=MIXUP_MODES)
 
 
 def add_optim_flags(p: argparse.ArgumentParser, *, epochs: int, lr: float, min_lr: float, warmup_epochs: int,

@@ -12,7 +12,6 @@ val.csv and test.csv (test falls back to val.csv). The run resumes by itself fro
 checkpoint in --output_dir; on SIGTERM or SIGUSR1 it saves and exits with REQUEUE_EXIT_CODE.
 """
 import argparse
-import csv
 import json
 import logging
 import os
@@ -25,14 +24,13 @@ import deepspeed_support
 from checkpointing import load_checkpoint, resume_from, state_dict_from
 from datasets.annotations import read_annotations
 from datasets.gym import GYM_SETS, read_gym
-from datasets.mixup import MODES as MIXUP_MODES
 from datasets.mixup import Mixup
 from datasets.sampler import ShardSampler
 from datasets.subset import class_balanced_subset
 from datasets.video_dataset import DATA_SETS, AugmentConfig, BadSampleTracker, ClipConfig, VideoClipDataset, collate_clips
 from distributed import cleanup_distributed
-from engine_for_finetuning import evaluate, train_one_epoch
-from flags import (HelpFormatter, add_clip_flags, add_encoder_flags, add_labelled_data_flags, add_loader_flags,
+from engine_for_finetuning import evaluate, train_one_epoch, write_test_results
+from flags import (HelpFormatter, add_augment_flags, add_clip_flags, add_encoder_flags, add_labelled_data_flags, add_loader_flags,
                    add_optim_flags, add_output_and_run_flags, check_flags, check_nb_classes, clip_rules, common_rules,
                    nb_classes_of, resolve_precision, str2bool)
 from modeling_finetune import MODELS, LinearProbe, ModelEma, load_pretrained_weights, pooling_for_frozen_features
@@ -84,26 +82,7 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--test_num_segment", type=int, default=5)
     g.add_argument("--test_num_crop", type=int, default=3)
     add_loader_flags(g, num_workers=10)
-    g = p.add_argument_group("augmentation")
-    g.add_argument("--finetuning_crops", type=float, nargs=2, default=(0.25, 1.0), metavar=("MIN", "MAX"),
-                   help="area range of the random resized crop (official SIGMA: 0.25 1.0; VideoMAE: 0.08 1.0)")
-    g.add_argument("--crop_first", action="store_true",
-                   help="crop, then RandAugment the crop: cheaper, not the official order (see FINETUNE.md)")
-    g.add_argument("--flip", dest="flip", action="store_true", default=None,
-                   help="random horizontal flips in training (default: the data set's, off for SSV2)")
-    g.add_argument("--no_flip", dest="flip", action="store_false",
-                   help="no flips: for labels that name left/right (motion-labelled custom sets)")
-    g.add_argument("--aa", default="rand-m7-n4-mstd0.5-inc1", help="RandAugment policy; 'none' turns it off")
-    g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
-    g.add_argument("--remode", default="pixel", choices=["pixel", "rand", "const"])
-    g.add_argument("--recount", type=int, default=1)
-    g.add_argument("--smoothing", type=float, default=0.1)
-    g.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (0: off)")
-    g.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha (0: off)")
-    g.add_argument("--cutmix_minmax", type=float, nargs=2, default=None)
-    g.add_argument("--mixup_prob", type=float, default=1.0)
-    g.add_argument("--mixup_switch_prob", type=float, default=0.5)
-    g.add_argument("--mixup_mode", default="batch", choices=MIXUP_MODES)
+    add_augment_flags(p)
     g = add_optim_flags(p, epochs=30, lr=1e-3, min_lr=1e-6, warmup_epochs=5, betas=(0.9, 0.999), batch_size=64,
                         batch_help="videos per GPU per micro-batch (each gives --num_sample clips)")
     g.add_argument("--layer_decay", type=float, default=0.75)
@@ -203,27 +182,6 @@ def build_model(args, nb_classes: int):
         model = LinearProbe(model, nb_classes, batch_norm=args.lp_head == "bn_linear",
                             train_norms=args.lp_train_norms, init_scale=args.init_scale)
     return model, report
-
-
-def write_test_results(output_dir: str, name: str, metrics: dict, videos, samples, views: str) -> None:
-    """test_results*.json (metrics) and predictions*.csv (one row per video) in output_dir."""
-    missing = len(samples) - metrics["num_videos"]
-    result = {"top1": metrics["acc1"], "top5": metrics["acc5"], "mean_class_acc": metrics["mean_class_acc"],
-              "num_videos": metrics["num_videos"], "missing_videos": missing, "views": views}
-    with open(os.path.join(output_dir, f"test_results{name}.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    probs = videos.output
-    top5 = probs.topk(min(5, probs.shape[1]), dim=1)
-    with open(os.path.join(output_dir, f"predictions{name}.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["index", "path", "label", "pred", "prob", "top5", "num_views"])
-        for row, i in enumerate(videos.index.tolist()):
-            w.writerow([i, samples[i].path, int(videos.label[row]), int(top5.indices[row, 0]),
-                        f"{float(top5.values[row, 0]):.6f}", " ".join(map(str, top5.indices[row].tolist())),
-                        int(videos.num_views[row])])
-    logger.info("test%s (%s views): top-1 %.2f top-5 %.2f mean class %.2f over %d videos%s", name, views,
-                result["top1"], result["top5"], result["mean_class_acc"], result["num_videos"],
-                f"; {missing} unreadable videos missing" if missing else "")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -332,14 +290,12 @@ def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bo
             checkpointer.exit_for_requeue(step)
         record = {**{f"train_{k}": v for k, v in totals.global_averages(env.device).items()}, **tracker.end_epoch(),
                   "epoch": epoch}
-        for name, net, dtype in [] if args.disable_eval_during_finetuning else nets:
-            metrics, _ = evaluate(net, val, env, sharded=args.dist_eval, precision=precision, input_dtype=dtype)
-            record.update({f"val{name}_{k}": v for k, v in metrics.items()})
-        if record.get("val_acc1", -1.0) > best["acc1"]:  # the same on every rank (gathered views)
-            best = {"acc1": record["val_acc1"], "epoch": epoch}
-            checkpointer.save_best(epoch, step, {"val_acc1": record["val_acc1"]},
-                                   ema=ema.module.state_dict() if ema else None)
-        if "val_acc1" in record:
+        if not args.disable_eval_during_finetuning:
+            record.update(validate(nets, val, env, sharded=args.dist_eval, precision=precision))
+            if record["val_acc1"] > best["acc1"]:  # the same on every rank (gathered views)
+                best = {"acc1": record["val_acc1"], "epoch": epoch}
+                checkpointer.save_best(epoch, step, {"val_acc1": record["val_acc1"]},
+                                       ema=ema.module.state_dict() if ema else None)
             logger.info("epoch %d: val top-1 %.2f top-5 %.2f (best %.2f at epoch %d)", epoch, record["val_acc1"],
                         record["val_acc5"], best["acc1"], best["epoch"])
         # Written ahead of the epoch's checkpoint: a kill in between re-runs the epoch on resume,
@@ -354,6 +310,15 @@ def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bo
     run_log.close()
     if training.engine is not None:
         training.engine.destroy()  # DeepSpeed's own groups and buffers, before the process group goes
+
+
+def validate(nets, val, env, *, sharded: bool, precision: str) -> dict:
+    """val_* (and val_ema_*) metrics of every net on the validation loader."""
+    record = {}
+    for name, net, dtype in nets:
+        metrics, _ = evaluate(net, val, env, sharded=sharded, precision=precision, input_dtype=dtype)
+        record.update({f"val{name}_{k}": v for k, v in metrics.items()})
+    return record
 
 
 def _deepspeed_config(args, env, precision: str) -> Optional[dict]:

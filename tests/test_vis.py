@@ -13,6 +13,7 @@ from PIL import Image, ImageSequence
 
 import modeling_pretrain
 import run_sigma_vis as vis
+import vis_drawing
 from checkpointing import CheckpointError
 from datasets.decoding import VideoError
 from datasets.synthetic import make_dataset, render_clip
@@ -67,7 +68,7 @@ def _video(data):
 
 def _tile(side):
     """Shown size of a side x side clip: enlarged by an integer factor to at least MIN_TILE."""
-    return side * math.ceil(vis.MIN_TILE / side)
+    return side * math.ceil(vis_drawing.MIN_TILE / side)
 
 
 def _cells(png, row, frames, side, title_lines=2):
@@ -76,13 +77,13 @@ def _cells(png, row, frames, side, title_lines=2):
     tile = _tile(side)
     cells = []
     for c in range(frames):
-        x, y = vis.tile_origin(row, c, tile, title_lines)
+        x, y = vis_drawing.tile_origin(row, c, tile, title_lines)
         cells.append(img[y:y + tile, x:x + tile])
     return np.stack(cells)
 
 
 def _width(frames, side):
-    return vis.LABEL_W + frames * _tile(side) + (frames - 1) * vis.GAP
+    return vis_drawing.LABEL_W + frames * _tile(side) + (frames - 1) * vis_drawing.GAP
 
 
 def test_prototype_figures_use_the_checkpoint_config(data, tmp_path):
@@ -95,12 +96,12 @@ def test_prototype_figures_use_the_checkpoint_config(data, tmp_path):
     title = Image.open(png).text["Title"]
     assert "mlp.pth, after 1 epoch (step 2)" in title and "00000.mp4" in title and "argmax" in title
     # 32-pixel clips are shown at 160 pixels, 32 per tube, each tube labelled with its prototype id.
-    assert _tile(32) == 160 >= vis.MIN_TILE
+    assert _tile(32) == 160 >= vis_drawing.MIN_TILE
     overlay = _cells(png, 1, 4, 32)
     assert (overlay == 0).all(axis=-1).any(axis=(1, 2)).all()  # black id text: the blend is never black
     assert not (_cells(png, 0, 4, 32) == 0).all(axis=-1).any()
     with Image.open(gif) as im:
-        assert im.format == "GIF" and im.size == (2 * 160 + vis.GAP, 160 + vis.CAPTION_H)
+        assert im.format == "GIF" and im.size == (2 * 160 + vis_drawing.GAP, 160 + vis_drawing.CAPTION_H)
         assert im.n_frames == 4
     assert not (out / "00000_reconstruction.png").exists()  # no pixel decoder
     config = json.loads((out / "vis_config.json").read_text())
@@ -126,7 +127,7 @@ def test_static_scene_keeps_its_colours(static_video, tmp_path, assign):
     assert (overlay == overlay[0]).all()  # every tube keeps its colour in every time step
     # The colour under each tube is its prototype's, recovered from the alpha blend (the median
     # over the tube's 48 x 48 pixels skips the id written in its centre).
-    colour = (overlay - (1 - vis.OVERLAY_ALPHA) * original) / vis.OVERLAY_ALPHA  # [T, S, S, 3]
+    colour = (overlay - (1 - vis_drawing.OVERLAY_ALPHA) * original) / vis_drawing.OVERLAY_ALPHA  # [T, S, S, 3]
     per_tube = np.median(colour.reshape(4, 4, 48, 4, 48, 3).transpose(0, 1, 3, 2, 4, 5).reshape(4, 4, 4, -1, 3),
                          axis=3)  # [T, 4, 4, 3]
     frames, _ = vis.read_clip(static_video, num_frames=4, sampling_rate=1, input_size=64, backend="decord")
@@ -136,10 +137,10 @@ def test_static_scene_keeps_its_colours(static_video, tmp_path, assign):
         proj = model.head(pixel_targets(tubes, torch.ones(1, 32, dtype=torch.bool), True))[0]  # [32, D]
     cos = F.normalize(proj, dim=-1) @ F.normalize(model.prototypes, dim=1).t()  # [32, 16]
     if assign == "argmax":
-        expected = vis.palette(16)[cos.argmax(-1).numpy()].reshape(2, 4, 4, 3).repeat(2, axis=0)  # [T, 4, 4, 3]
+        expected = vis_drawing.palette(16)[cos.argmax(-1).numpy()].reshape(2, 4, 4, 3).repeat(2, axis=0)  # [T, 4, 4, 3]
         assert np.abs(per_tube - expected).max() <= 2.5
     assert len(np.unique(per_tube[0].reshape(-1, 3).round(), axis=0)) > 1  # not one colour everywhere
-    gif = [np.asarray(f.convert("RGB"))[:192, 192 + vis.GAP:] for f in ImageSequence.Iterator(Image.open(
+    gif = [np.asarray(f.convert("RGB"))[:192, 192 + vis_drawing.GAP:] for f in ImageSequence.Iterator(Image.open(
         out / "static_tubes.gif"))]
     assert len(gif) == 4 and all((f == gif[0]).all() for f in gif)
 
@@ -153,7 +154,7 @@ def test_pixel_model_reconstruction_and_kmeans(data, tmp_path):
     assert Image.open(rec_png).width == _width(4, 32)
     assert "pixel.pth, after 1 epoch (step 2)" in Image.open(rec_png).text["Title"]
     hidden, rec, original = (_cells(rec_png, r, 4, 32) for r in range(3))
-    grey = round(255 * vis.MASK_GREY)
+    grey = round(255 * vis_drawing.MASK_GREY)
     masked = (hidden == grey).all(axis=(0, 3))  # [160, 160] pixels hidden in every frame (tube mask)
     assert masked.reshape(2, 80, 2, 80).all(axis=(1, 3)).sum() == 2  # int(0.5 * 4) of the 2 x 2 tubes
     assert (rec[:, ~masked] == original[:, ~masked]).all()  # visible tubes are the input
@@ -188,7 +189,7 @@ def test_perfect_prediction_reconstructs_the_clip(data, normalize):
                                         mask, normalize)
     original = frames.permute(0, 2, 3, 1).numpy().astype(int)
     assert loss < 1e-10 and np.abs(rec.astype(int) - original).max() <= 1
-    assert (hidden == round(255 * vis.MASK_GREY)).all(axis=-1).mean() == pytest.approx(6 / 8)
+    assert (hidden == round(255 * vis_drawing.MASK_GREY)).all(axis=-1).mean() == pytest.approx(6 / 8)
 
 
 def test_usage_histogram_over_a_csv(data, tmp_path):
@@ -208,59 +209,59 @@ def test_usage_histogram_over_a_csv(data, tmp_path):
     png = Image.open(out / "prototype_usage.png")
     assert "mlp.pth, after 1 epoch (step 2)" in png.text["Title"] and "7/64 used" in png.text["Title"]
     img = np.asarray(png.convert("RGB"))
-    bottom, top = vis.PLOT_Y + vis.PLOT_H - 1, vis.PLOT_Y
+    bottom, top = vis_drawing.PLOT_Y + vis_drawing.PLOT_H - 1, vis_drawing.PLOT_Y
     # Bars sorted by use, in their prototypes' colours, on a log(1 + tubes) axis: a prototype with
     # 1 of 24 tubes would be 15 px tall on a linear axis, log(2) / log(1 + top) of the plot here.
     most = counts[order[0]]
     heights = []
     for rank, k in enumerate(order[:summary["used"]]):
-        x = vis.PLOT_X + rank * vis.PLOT_W // 64 + 2
-        column = (img[:, x] == vis.palette(64)[k]).all(axis=-1)  # [H] pixels of the bar's colour
+        x = vis_drawing.PLOT_X + rank * vis_drawing.PLOT_W // 64 + 2
+        column = (img[:, x] == vis_drawing.palette(64)[k]).all(axis=-1)  # [H] pixels of the bar's colour
         assert column[bottom] and column[top:bottom + 1].sum() >= 1
         heights.append(bottom - int(np.argmax(column)) + 1)
-        expected = round((vis.PLOT_H - 1) * math.log1p(counts[k]) / math.log1p(most)) + 1
+        expected = round((vis_drawing.PLOT_H - 1) * math.log1p(counts[k]) / math.log1p(most)) + 1
         assert abs(heights[-1] - expected) <= 1, (k, counts[k], heights[-1], expected)
-    assert heights[0] == vis.PLOT_H and heights == sorted(heights, reverse=True)
-    assert min(heights) > 2 * (vis.PLOT_H * min(c for c in counts if c) / most)  # taller than linear
-    unused_x = vis.PLOT_X + summary["used"] * vis.PLOT_W // 64 + 2
-    assert (img[vis.PLOT_Y:bottom, unused_x] != 0).any(axis=-1).sum() > vis.PLOT_H - 5  # no bar, at most a dash
-    assert not (img[vis.PLOT_Y:bottom, unused_x] == vis.palette(64)[order[summary["used"]]]).all(axis=-1).any()
+    assert heights[0] == vis_drawing.PLOT_H and heights == sorted(heights, reverse=True)
+    assert min(heights) > 2 * (vis_drawing.PLOT_H * min(c for c in counts if c) / most)  # taller than linear
+    unused_x = vis_drawing.PLOT_X + summary["used"] * vis_drawing.PLOT_W // 64 + 2
+    assert (img[vis_drawing.PLOT_Y:bottom, unused_x] != 0).any(axis=-1).sum() > vis_drawing.PLOT_H - 5  # no bar, at most a dash
+    assert not (img[vis_drawing.PLOT_Y:bottom, unused_x] == vis_drawing.palette(64)[order[summary["used"]]]).all(axis=-1).any()
 
 
 def test_labels_are_readable():
     # Pillow's built-in font at its default size 10 renders a space 2 px wide ("sortedbytubes").
-    assert vis.FONT.size >= 13 and vis.SMALL_FONT.size >= 12
-    for font in (vis.FONT, vis.SMALL_FONT):
+    assert vis_drawing.FONT.size >= 13 and vis_drawing.SMALL_FONT.size >= 12
+    for font in (vis_drawing.FONT, vis_drawing.SMALL_FONT):
         assert font.getlength("a b") - font.getlength("ab") >= 3
-    assert vis.shown_frames(4) == [0, 1, 2, 3]
-    assert vis.shown_frames(16) == list(range(0, 16, 2))  # one frame per tubelet, 8 columns
-    assert len(vis.shown_frames(64)) == vis.MAX_COLUMNS
-    assert vis.upscale(np.zeros((2, 224, 224, 3), np.uint8)).shape == (2, 224, 224, 3)
-    assert vis.upscale(np.zeros((2, 48, 48, 3), np.uint8)).shape == (2, 192, 192, 3)
+    assert vis_drawing.shown_frames(4) == [0, 1, 2, 3]
+    assert vis_drawing.shown_frames(16) == list(range(0, 16, 2))  # one frame per tubelet, 8 columns
+    assert len(vis_drawing.shown_frames(64)) == vis_drawing.MAX_COLUMNS
+    assert vis_drawing.upscale(np.zeros((2, 224, 224, 3), np.uint8)).shape == (2, 224, 224, 3)
+    assert vis_drawing.upscale(np.zeros((2, 48, 48, 3), np.uint8)).shape == (2, 192, 192, 3)
 
 
 def test_figure_legend_lists_every_id_by_tubes():
     ids = torch.tensor([5, 5, 5, 2, 2, 9, 0, 0])
-    legend = vis.legend_entries(ids)
+    legend = vis_drawing.legend_entries(ids)
     assert legend == [(5, 3), (0, 2), (2, 2), (9, 1)]
     frames = np.full((2, 160, 160, 3), 200, np.uint8)
-    img = np.asarray(vis.figure(["title"], [("frames", frames)], ["a", "b"], legend))
-    x, y = vis.legend_origin(1, 160, 1)
-    colours, per_line = vis.palette(10), (img.shape[1] - vis.LABEL_W) // vis.LEGEND_W
+    img = np.asarray(vis_drawing.figure(["title"], [("frames", frames)], ["a", "b"], legend))
+    x, y = vis_drawing.legend_origin(1, 160, 1)
+    colours, per_line = vis_drawing.palette(10), (img.shape[1] - vis_drawing.LABEL_W) // vis_drawing.LEGEND_W
     assert per_line == 2  # two 160 px tiles: two entries per legend line
     for i, (k, _) in enumerate(legend):
-        swatch = img[y + (i // per_line) * vis.LINE_H + 2 + vis.FONT_SIZE // 2,
-                     x + (i % per_line) * vis.LEGEND_W + vis.FONT_SIZE // 2]
+        swatch = img[y + (i // per_line) * vis_drawing.LINE_H + 2 + vis_drawing.FONT_SIZE // 2,
+                     x + (i % per_line) * vis_drawing.LEGEND_W + vis_drawing.FONT_SIZE // 2]
         assert (swatch == colours[k]).all(), (k, swatch)
     # Ids are written on tubes only where they fit: 80 px cells get "7", 32 px cells not "255".
     for cell, k, written in ((80, 7, True), (32, 255, False)):
         ids = np.full((2, 160 // cell, 160 // cell), k)
-        img = np.asarray(vis.figure(["title"], [("ids", frames)], ["a", "b"], cell_ids=(0, ids)))
-        x, y = vis.tile_origin(0, 0, 160, 1)
+        img = np.asarray(vis_drawing.figure(["title"], [("ids", frames)], ["a", "b"], cell_ids=(0, ids)))
+        x, y = vis_drawing.tile_origin(0, 0, 160, 1)
         assert (img[y:y + 160, x:x + 160] == 0).all(axis=-1).any() == written
-    many = vis.legend_entries(torch.arange(100))
-    img = vis.figure(["title"], [("frames", frames)], ["a", "b"], many)
-    assert img.height > vis.legend_origin(1, 160, 1)[1] + 2 * vis.LINE_H  # several legend lines
+    many = vis_drawing.legend_entries(torch.arange(100))
+    img = vis_drawing.figure(["title"], [("frames", frames)], ["a", "b"], many)
+    assert img.height > vis_drawing.legend_origin(1, 160, 1)[1] + 2 * vis_drawing.LINE_H  # several legend lines
 
 
 def test_dino_prototypes_with_a_teacher(data, tmp_path, monkeypatch):
