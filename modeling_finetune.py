@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from hf_weights import read_checkpoint
+from checkpointing import state_dict_from
+from hf_weights import HubConfig, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -430,7 +431,20 @@ def _backbone_state_dict(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torc
     return state, []
 
 
-def load_pretrained_weights(model: VisionTransformer, path: str, model_key: str = "model|module",
+class Pretrained(NamedTuple):
+    """A checkpoint read once (`read_pretrained`) for both `pooling_for_frozen_features` and
+    `load_pretrained_weights`."""
+    path: str
+    checkpoint: object  # what the file holds, in our names
+    hub: Optional[HubConfig]  # the transformers / VideoMAEv2 config, if the file came with one
+
+
+def read_pretrained(path: str) -> Pretrained:
+    """Our, official SIGMA / VideoMAE, transformers or VideoMAEv2 weights (.pth or .safetensors)."""
+    return Pretrained(path, *read_checkpoint(path))
+
+
+def load_pretrained_weights(model: VisionTransformer, source: Union[str, Pretrained], model_key: str = "model|module",
                             model_prefix: str = "") -> Dict[str, list]:
     """Initialise a fine-tuning backbone from a pretraining or fine-tuning checkpoint.
 
@@ -446,14 +460,10 @@ def load_pretrained_weights(model: VisionTransformer, path: str, model_key: str 
     Returns:
         {"loaded": [...], "initialised": [...], "dropped": [...]} key lists, also logged.
     """
-    checkpoint, hub = read_checkpoint(path)  # transformers / VideoMAEv2 / .safetensors: a state dict in our names
+    path, checkpoint, hub = source if isinstance(source, Pretrained) else read_pretrained(source)
     if hub is not None:
         checkpoint = hub.adapt(model, checkpoint)  # its config's sizes checked, its norm eps and pooling taken
-    state = next((checkpoint[k] for k in model_key.split("|") if isinstance(checkpoint, dict) and k in checkpoint),
-                 checkpoint)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        keys = list(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f"{path}: no state dict under {model_key!r}; top-level keys: {keys}")
+    state = state_dict_from(checkpoint, path, model_key)
     dropped = []
     if model_prefix:
         dropped = sorted(k for k in state if not k.startswith(model_prefix))
@@ -489,7 +499,7 @@ def load_pretrained_weights(model: VisionTransformer, path: str, model_key: str 
     return report
 
 
-def pooling_for_frozen_features(path: str, model_key: str = "model|module") -> bool:
+def pooling_for_frozen_features(source: Union[str, Pretrained], model_key: str = "model|module") -> bool:
     """`use_mean_pooling` under which a checkpoint's features are evaluated frozen (kNN, linear probe).
 
     A fine-tuned checkpoint has a trained ``fc_norm`` (mean pooling, then fc_norm); a pretraining
@@ -497,12 +507,10 @@ def pooling_for_frozen_features(path: str, model_key: str = "model|module") -> b
     its features are read through that norm rather than a fresh, untrained fc_norm. A transformers /
     VideoMAEv2 checkpoint says it in its config (use_mean_pooling; false: token 0 after the final norm).
     """
-    checkpoint, hub = read_checkpoint(path)
+    path, checkpoint, hub = source if isinstance(source, Pretrained) else read_pretrained(source)
     if hub is not None:  # a transformers / VideoMAEv2 config says how its features are pooled
         return hub.use_mean_pooling
-    state = next((checkpoint[k] for k in model_key.split("|") if isinstance(checkpoint, dict) and k in checkpoint),
-                 checkpoint)
-    return any(k.endswith("fc_norm.weight") for k in state)
+    return any(k.endswith("fc_norm.weight") for k in state_dict_from(checkpoint, path, model_key))
 
 
 def _summarise(keys: List[str]) -> str:

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import checkpoint_filter_fn
 
-from checkpointing import read_torch_file, state_dict_from
+from checkpointing import state_dict_from
+from hf_weights import read_weights
 from modeling_finetune import (VIT_SIZES, Block, MaskIndex, VisionTransformer, run_blocks, sincos_position_table,
                                take_tokens)
 
@@ -295,7 +296,7 @@ def build_teacher(target_type: str, teacher: str, img_size: int, checkpoint: str
     if not checkpoint:
         raise ValueError(f"target_type {target_type} needs --teacher_ckpt: a local file with the {arch} weights")
     vit = timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size)
-    state = state_dict_from(read_torch_file(checkpoint), checkpoint, "teacher|model|state_dict")
+    state = state_dict_from(read_weights(checkpoint), checkpoint, "teacher|model|state_dict")  # .pth or .safetensors
     for prefix in ("module.", "backbone."):
         state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
     state = checkpoint_filter_fn({k: v for k, v in state.items() if not k.startswith("head")}, vit)

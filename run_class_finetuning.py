@@ -33,7 +33,8 @@ from engine_for_finetuning import evaluate, train_one_epoch, write_test_results
 from flags import (HelpFormatter, add_augment_flags, add_clip_flags, add_encoder_flags, add_labelled_data_flags, add_loader_flags,
                    add_optim_flags, add_output_and_run_flags, check_flags, check_nb_classes, clip_rules, common_rules,
                    nb_classes_of, resolve_precision, str2bool)
-from modeling_finetune import MODELS, LinearProbe, ModelEma, load_pretrained_weights, pooling_for_frozen_features
+from modeling_finetune import (MODELS, LinearProbe, ModelEma, load_pretrained_weights, pooling_for_frozen_features,
+                               read_pretrained)
 from optim_factory import create_optimizer, param_groups
 from run_log import RunLog, write_config
 from runtime import Checkpointer, start_run, training_loader, wrap_for_training
@@ -168,8 +169,9 @@ def build_model(args, nb_classes: int):
     """The classifier (or linear probe), with --finetune weights loaded."""
     probe = args.linear_probing
     mean_pooling = args.use_mean_pooling
-    if probe and args.finetune:  # frozen features go through the checkpoint's own trained norm
-        mean_pooling = pooling_for_frozen_features(args.finetune, args.model_key)
+    weights = read_pretrained(args.finetune) if args.finetune else None  # read once, used twice
+    if probe and weights:  # frozen features go through the checkpoint's own trained norm
+        mean_pooling = pooling_for_frozen_features(weights, args.model_key)
     model = MODELS[args.model](
         img_size=args.input_size, all_frames=args.num_frames, num_classes=0 if probe else nb_classes,
         drop_path_rate=0.0 if probe else args.drop_path, drop_rate=0.0 if probe else args.drop,
@@ -177,7 +179,7 @@ def build_model(args, nb_classes: int):
         use_mean_pooling=mean_pooling, init_scale=args.init_scale, use_checkpoint=args.use_checkpoint)
     report = None
     if args.finetune:
-        report = load_pretrained_weights(model, args.finetune, args.model_key, args.model_prefix)
+        report = load_pretrained_weights(model, weights, args.model_key, args.model_prefix)
     if probe:
         model = LinearProbe(model, nb_classes, batch_norm=args.lp_head == "bn_linear",
                             train_norms=args.lp_train_norms, init_scale=args.init_scale)

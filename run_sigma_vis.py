@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpointing import CheckpointError, load_checkpoint
+from checkpointing import CheckpointError, state_dict_from
 from datasets.annotations import AnnotationError, read_annotations
 from datasets.decoding import BACKENDS, VideoError, open_video
 from datasets.frame_indices import dense_indices
@@ -37,6 +37,7 @@ from datasets.transforms import center_crop, resize_short_side, to_normalized_fl
 from distributed import setup_logging
 from engine_for_pretraining import Objective, denormalize_like, pixel_targets
 from flags import str2bool
+import hf_weights
 from masking_generator import tube_mask
 from modeling_finetune import MaskIndex, patchify
 from modeling_pretrain import MODELS, TARGET_TYPES, TEACHER_DIMS, PretrainVisionTransformer, build_teacher
@@ -106,10 +107,10 @@ def read_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any],
     """(state dict, saved run config or {}, "name, after E epochs (step S)" for titles) of a checkpoint;
     never unpickles code (weights_only). E is the saved "epoch": epochs completed (checkpoint-{E-1}.pth
     is written at the end of epoch E-1, counted from 0 as log.txt counts them)."""
-    state = load_checkpoint(path, required=())
-    weights = next((state[k] for k in ("model", "module") if isinstance(state.get(k), dict)), None)
-    if weights is None:
-        raise CheckpointError(path, f"no 'model' or 'module' state dict (has {sorted(map(str, state))[:10]})")
+    state, _ = hf_weights.read_checkpoint(path)  # also transformers / exported SIGMA folders, in our names
+    if not isinstance(state, dict):
+        raise CheckpointError(path, f"expected a dict, got {type(state).__name__}")
+    weights = state_dict_from(state, path, "model|module")
     if "decoder.head.weight" not in weights:
         raise CheckpointError(path, "not a pretraining checkpoint: it has no decoder")
     config = state.get("config")
