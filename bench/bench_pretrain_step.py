@@ -244,7 +244,7 @@ def stage_marks(timeline: Callable[[], Optional[Timeline]], model: torch.nn.Modu
             h.remove()
 
 
-def make_step(model, teacher, optimizer, scaler, videos, mask, precision: str):
+def make_step(model, objective, teacher, optimizer, scaler, videos, mask, precision: str):
     """One training step on one batch as the loop takes it; `step(timeline)` marks its stages."""
     update = TorchUpdate(model, optimizer, precision, scaler)
     sums: Dict[str, torch.Tensor] = {}
@@ -253,7 +253,7 @@ def make_step(model, teacher, optimizer, scaler, videos, mask, precision: str):
     def step(timeline: Optional[Timeline] = None) -> torch.Tensor:
         set_schedules(optimizer, 1e-4, 0.05)
         with update.context(videos.device, last_micro=True):
-            loss, stats = compute_loss(model, objective_of(args, model), videos, index, teacher=teacher)
+            loss, stats = compute_loss(model, objective, videos, index, teacher=teacher)
             if timeline is not None:
                 timeline.mark("loss")
             grad_norm = update.backward(loss, last_micro=True)  # ends "backward" at its last gradient
@@ -313,8 +313,9 @@ def measure(args: argparse.Namespace, model, teacher, videos, mask, device: torc
     scaler = torch.amp.GradScaler(device.type) if args.precision == "fp16" else None
     sinkhorn = SINKHORNS[args.sinkhorn]
     runner = torch.compile(model) if args.compile else model
-    eager_step = make_step(model, teacher, optimizer, scaler, videos, mask, args.precision)
-    step = make_step(runner, teacher, optimizer, scaler, videos, mask, args.precision)
+    objective = objective_of(args, model)
+    eager_step = make_step(model, objective, teacher, optimizer, scaler, videos, mask, args.precision)
+    step = make_step(runner, objective, teacher, optimizer, scaler, videos, mask, args.precision)
     attention = (sdpa_kernel(SDPA_BACKENDS[args.sdpa_backend]) if args.sdpa_backend != "auto"
                  else contextlib.nullcontext())
     record: Dict[str, object] = {}
