@@ -7,11 +7,12 @@ scikit-learn's KMeans on the CPU (speed and inertia, BENCHMARKS.md).
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 
 def _sq_dists(x: torch.Tensor, centres: torch.Tensor, x_sq: torch.Tensor) -> torch.Tensor:
     """Squared distances [R, N, K] of points x [N, D] to every restart's centres [R, K, D]."""
-    d = x_sq[None, :, None] - 2 * torch.einsum("nd,rkd->rnk", x, centres) + (centres ** 2).sum(-1)[:, None, :]
+    d = x_sq[None, :, None] - 2 * (x @ centres.transpose(1, 2)) + (centres ** 2).sum(-1)[:, None, :]
     return d.clamp_min_(0)
 
 
@@ -20,25 +21,30 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, restarts: int, generator: torch.Ge
     distance to the nearest centre drawn so far (uniformly when every point sits on a centre)."""
     N = x.shape[0]
     x_sq = (x ** 2).sum(-1)  # [N]
-    first = torch.randint(N, (restarts,), generator=generator, device="cpu").to(x.device)
-    centres = [x[first]]  # K x [R, D]
-    nearest = _sq_dists(x, centres[0][:, None], x_sq)[..., 0]  # [R, N]
+    pick = torch.randint(N, (restarts,), generator=generator).to(x.device)  # [R]
+    centres = [x[pick]]  # K x [R, D]
+    nearest = torch.full((restarts, N), float("inf"), device=x.device)  # [R, N]
     for _ in range(1, k):
-        weights = nearest.double()
-        flat = weights.sum(1, keepdim=True) <= 0  # all points on centres: draw uniformly
-        weights = torch.where(flat, torch.ones_like(weights), weights)
-        pick = torch.multinomial(weights.cpu(), 1, generator=generator).to(x.device)[:, 0]  # [R]
+        c = centres[-1]  # [R, D]
+        d = (x_sq[None] - 2 * (c @ x.T) + (c ** 2).sum(-1, keepdim=True)).clamp_min_(0)  # [R, N]
+        nearest = torch.minimum(nearest, d)
+        cdf = nearest.double().cumsum(1)  # [R, N]; inverse-CDF draw, one uniform per restart
+        u = torch.rand(restarts, 1, generator=generator, dtype=torch.float64).to(x.device) * cdf[:, -1:]
+        pick = torch.searchsorted(cdf, u)[:, 0].clamp_max_(N - 1)
+        uniform = cdf[:, -1] <= 0  # every point on a centre: draw uniformly
+        if uniform.any():
+            pick = torch.where(uniform, torch.randint(N, (restarts,), generator=generator).to(x.device), pick)
         centres.append(x[pick])
-        nearest = torch.minimum(nearest, _sq_dists(x, centres[-1][:, None], x_sq)[..., 0])
     return torch.stack(centres, 1)
 
 
-def kmeans(x: torch.Tensor, k: int, restarts: int = 5, iters: int = 50, seed: int = 0,
+def kmeans(x: torch.Tensor, k: int, restarts: int = 5, iters: int = 50, tol: float = 1e-4, seed: int = 0,
            generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, float]:
     """Cluster points x [N, D] into k clusters; the restart with the lowest inertia wins.
 
-    Lloyd iterations stop early once no restart changes an assignment. An emptied cluster keeps
-    its previous centre.
+    Lloyd iterations stop early once no restart changes an assignment, or once every restart's
+    centres moved by at most `tol` times the mean feature variance (squared Frobenius norm, the
+    criterion of scikit-learn's KMeans). An emptied cluster keeps its previous centre.
 
     Returns:
         (labels [N] long on x's device, inertia: the winner's summed squared distance).
@@ -48,6 +54,7 @@ def kmeans(x: torch.Tensor, k: int, restarts: int = 5, iters: int = 50, seed: in
     generator = generator or torch.Generator().manual_seed(seed)
     x = x.float()
     x_sq = (x ** 2).sum(-1)  # [N]
+    threshold = tol * float(x.var(0, unbiased=False).mean()) if x.shape[0] > 1 else 0.0
     centres = kmeans_plus_plus(x, k, restarts, generator)  # [R, K, D]
     labels = None
     for _ in range(iters):
@@ -55,13 +62,15 @@ def kmeans(x: torch.Tensor, k: int, restarts: int = 5, iters: int = 50, seed: in
         if labels is not None and torch.equal(new_labels, labels):
             break
         labels = new_labels
-        sums = torch.zeros_like(centres).scatter_add_(1, labels[..., None].expand(-1, -1, x.shape[1]),
-                                                      x.expand(restarts, -1, -1))  # [R, K, D]
-        counts = torch.zeros(centres.shape[:2], device=x.device).scatter_add_(
-            1, labels, torch.ones_like(labels, dtype=torch.float))  # [R, K]
-        centres = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], centres)
-    d = _sq_dists(x, centres, x_sq)  # [R, N, K]
-    best_d, labels = d.min(-1)  # [R, N]
+        onehot = F.one_hot(labels, k).float()  # [R, N, K]
+        sums = onehot.transpose(1, 2) @ x  # [R, K, D]
+        counts = onehot.sum(1)[..., None]  # [R, K, 1]
+        moved = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
+        shift = ((moved - centres) ** 2).sum((1, 2))  # [R]
+        centres = moved
+        if bool((shift <= threshold).all()):
+            break
+    best_d, labels = _sq_dists(x, centres, x_sq).min(-1)  # [R, N]
     inertia = best_d.sum(1)  # [R]
     best = int(inertia.argmin())
     return labels[best], float(inertia[best])
