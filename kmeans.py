@@ -7,7 +7,6 @@ scikit-learn's KMeans on the CPU (speed and inertia, BENCHMARKS.md).
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 
 def _sq_dists(x: torch.Tensor, centres: torch.Tensor, x_sq: torch.Tensor) -> torch.Tensor:
@@ -42,9 +41,9 @@ def kmeans(x: torch.Tensor, k: int, restarts: int = 5, iters: int = 50, tol: flo
            generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, float]:
     """Cluster points x [N, D] into k clusters; the restart with the lowest inertia wins.
 
-    Lloyd iterations stop early once no restart changes an assignment, or once every restart's
-    centres moved by at most `tol` times the mean feature variance (squared Frobenius norm, the
-    criterion of scikit-learn's KMeans). An emptied cluster keeps its previous centre.
+    Each restart's Lloyd iterations stop once no assignment changes or its centres moved by at most
+    `tol` times the mean feature variance (squared Frobenius norm: scikit-learn's KMeans criterion);
+    finished restarts drop out of the batch. An emptied cluster keeps its previous centre.
 
     Returns:
         (labels [N] long on x's device, inertia: the winner's summed squared distance).
@@ -56,19 +55,20 @@ def kmeans(x: torch.Tensor, k: int, restarts: int = 5, iters: int = 50, tol: flo
     x_sq = (x ** 2).sum(-1)  # [N]
     threshold = tol * float(x.var(0, unbiased=False).mean()) if x.shape[0] > 1 else 0.0
     centres = kmeans_plus_plus(x, k, restarts, generator)  # [R, K, D]
-    labels = None
+    labels = torch.full((restarts, x.shape[0]), -1, dtype=torch.long, device=x.device)  # [R, N]
+    active = torch.arange(restarts, device=x.device)  # restarts still iterating
     for _ in range(iters):
-        new_labels = _sq_dists(x, centres, x_sq).argmin(-1)  # [R, N]
-        if labels is not None and torch.equal(new_labels, labels):
-            break
-        labels = new_labels
-        onehot = F.one_hot(labels, k).float()  # [R, N, K]
-        sums = onehot.transpose(1, 2) @ x  # [R, K, D]
-        counts = onehot.sum(1)[..., None]  # [R, K, 1]
-        moved = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
-        shift = ((moved - centres) ** 2).sum((1, 2))  # [R]
-        centres = moved
-        if bool((shift <= threshold).all()):
+        c = centres[active]  # [A, K, D]
+        # |x|^2 is the same for every centre: the nearest centre minimises |c|^2 - 2 x.c
+        new_labels = torch.baddbmm((c ** 2).sum(-1)[:, None, :], x.expand(len(c), -1, -1), c.transpose(1, 2),
+                                   alpha=-2).argmin(-1)  # [A, N]
+        sums = torch.stack([torch.zeros_like(c[0]).index_add_(0, lab, x) for lab in new_labels])  # [A, K, D]
+        counts = torch.stack([torch.bincount(lab, minlength=k) for lab in new_labels])[..., None]  # [A, K, 1]
+        moved = torch.where(counts > 0, sums / counts.clamp_min(1), c)
+        converged = (new_labels == labels[active]).all(1) | (((moved - c) ** 2).sum((1, 2)) <= threshold)
+        labels[active], centres[active] = new_labels, moved
+        active = active[~converged]
+        if active.numel() == 0:
             break
     best_d, labels = _sq_dists(x, centres, x_sq).min(-1)  # [R, N]
     inertia = best_d.sum(1)  # [R]
