@@ -6,8 +6,8 @@ for YouTube-VOS) is resized to --input_size squared and encoded; the backbone's 
 [T/tubelet * h * w, D] are standardised and reduced to --pca_dim by PCA (TimeTuning's
 normalize_and_transform), upsampled bilinearly from the h x w patch grid to the frame grid (each
 tube's map serves the `tubelet` frames it covers), and clustered per clip with k-means:
-- clustering: K = the number of ground-truth labels in the clip (background included), clusters
-  matched to labels by the Hungarian algorithm;
+- clustering: K = the number of ground-truth labels in the clip (background included; or
+  --clustering_k), clusters matched to labels by the Hungarian algorithm;
 - overclustering: K = --overclustering_k (10), greedy many-to-one matching by precision.
 The score is the mean over clips of each clip's mIoU over its labels (segmentation_metrics.py).
 J&F is not reported (see EVALUATION.md).
@@ -26,6 +26,7 @@ import logging
 import multiprocessing
 import os
 import random
+import time
 from typing import Dict, List
 
 import numpy as np
@@ -46,6 +47,10 @@ DEFAULT_FRAMES = {"davis": 16, "ytvos": 4}
 DEFAULT_SPLIT = {"davis": "val", "ytvos": "train"}
 
 
+def at_least(low: int):
+    return lambda v: v >= low, f">= {low}"
+
+
 def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser("unsupervised video object segmentation of frozen features",
                                 formatter_class=HelpFormatter)
@@ -59,13 +64,16 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--data_set", default="davis", choices=DATA_SETS)
     g.add_argument("--data_path", required=True, help="DAVIS-2017 folder, or the YouTube-VOS folder holding train/")
     g.add_argument("--split", default=None, help="DAVIS ImageSets/2017/<split>.txt or the YouTube-VOS folder "
-                                                 "(default: val for DAVIS, train for YouTube-VOS)")
+                                                 "(unset: val for DAVIS, train for YouTube-VOS)")
     g.add_argument("--ytvos_labels", default="category", choices=YTVOS_LABELS,
                    help="score YouTube-VOS objects by category (TimeTuning) or by object id")
-    g.add_argument("--num_frames", type=int, default=None, help="clip length (default: 16 DAVIS, 4 YouTube-VOS)")
+    g.add_argument("--num_frames", type=int, default=None,
+                   help="clip length (unset: the protocol's 16 for DAVIS, 4 for YouTube-VOS)")
     g.add_argument("--input_size", type=int, default=224, help="frames and masks are resized to this square")
     g.add_argument("--max_videos", type=int, default=0, help="evaluate the first N videos only (0: all)")
     g = p.add_argument_group("clustering")
+    g.add_argument("--clustering_k", type=int, default=0,
+                   help="K of clustering (0: the number of ground-truth labels of each clip, TimeTuning's)")
     g.add_argument("--overclustering_k", type=int, default=10, help="K of overclustering (0: skip it)")
     g.add_argument("--pca_dim", type=int, default=50, help="PCA dimensions after standardising (0: no PCA)")
     g.add_argument("--kmeans_restarts", type=int, default=5)
@@ -78,11 +86,10 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    check_flags(p, args, {"num_frames": (lambda v: v >= 1, ">= 1"), "input_size": (lambda v: v % 16 == 0, "a multiple of 16"),
-                          "max_videos": (lambda v: v >= 0, ">= 0"), "overclustering_k": (lambda v: v >= 0, ">= 0"),
-                          "pca_dim": (lambda v: v >= 0, ">= 0"), "kmeans_restarts": (lambda v: v >= 1, ">= 1"),
-                          "kmeans_iters": (lambda v: v >= 1, ">= 1"), "workers": (lambda v: v >= 0, ">= 0"),
-                          "num_overlays": (lambda v: v >= -1, ">= -1")})
+    check_flags(p, args, {"num_frames": at_least(1), "input_size": (lambda v: v % 16 == 0, "a multiple of 16"),
+                          "max_videos": at_least(0), "clustering_k": at_least(0), "overclustering_k": at_least(0),
+                          "pca_dim": at_least(0), "kmeans_restarts": at_least(1), "kmeans_iters": at_least(1),
+                          "workers": at_least(0), "num_overlays": at_least(-1)})
     return args
 
 
@@ -169,13 +176,13 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
     protocols = ["clustering"] + (["overclustering"] if args.overclustering_k else [])
     logger.info("%d %s %s videos, clips of %d frames at %d px, protocols %s", len(videos), args.data_set, split,
                 num_frames, args.input_size, protocols)
-    pool, pending, records = make_pool(args.workers), [], []
+    pool, pending, records, start = make_pool(args.workers), [], [], time.perf_counter()
     try:
         for i, video in enumerate(videos):
             indices = sample_indices(len(video.frames), num_frames, random.Random(f"{args.seed}/{video.name}"))
             frames, gt = read_clip(video, indices, args.input_size)  # [T, S, S, 3], [T, S, S]
             tokens = encode_clip(model, frames, env.device, precision)
-            ks = {"clustering": len(np.unique(gt)), "overclustering": args.overclustering_k}
+            ks = {"clustering": args.clustering_k or len(np.unique(gt)), "overclustering": args.overclustering_k}
             maps = cluster_tokens(tokens, tubelet=model.tubelet_size, size=args.input_size,
                                   ks={p: ks[p] for p in protocols}, pca_dim=args.pca_dim,
                                   restarts=args.kmeans_restarts, iters=args.kmeans_iters, seed=args.seed)
@@ -193,9 +200,11 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
         if pool:
             pool.shutdown(cancel_futures=True)
     results = {"data_set": args.data_set, "split": split, "num_frames": num_frames, "input_size": args.input_size,
-               "checkpoint": args.finetune or "random_init", **summarise(records, protocols)}
+               "checkpoint": args.finetune or "random_init", "seconds": time.perf_counter() - start,
+               **summarise(records, protocols)}
     for protocol in protocols:
         logger.info("%s: mIoU %.2f over %d clips", protocol, results[protocol]["miou"], len(records))
+    logger.info("%.1f s for %d clips (%s)", results["seconds"], len(records), env.device)
     with open(os.path.join(args.output_dir, "segmentation_results.json"), "w") as f:
         json.dump(results, f, indent=2)
     write_config(args.output_dir, env, {**vars(args), "num_frames": num_frames, "split": split,

@@ -212,7 +212,8 @@ def test_ytvos_bad_input_names_the_file(tmp_path):
     dropped = max(objects, key=int)
     del objects[dropped]  # an object the masks hold but meta.json does not list
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=rf"Annotations.video001.\d+\.png holds object id\(s\) \[{dropped}\].*meta\.json"):
+    message = rf"Annotations.video001.\d+\.png holds object id\(s\) \[{dropped}\].*meta\.json"
+    with pytest.raises(ValueError, match=message):
         _run(tmp_path, "ytvos")
     meta_path.write_text("{}")
     with pytest.raises(ValueError, match=r"meta\.json is not a YouTube-VOS meta\.json"):
