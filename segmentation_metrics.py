@@ -110,10 +110,11 @@ def palette(n: int = 256) -> np.ndarray:
 
 
 def overlay(frames: np.ndarray, ids: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Frames [T, H, W, 3] uint8 with objects (ids [T, H, W], 0 left uncoloured) blended in."""
-    colours = palette()[ids].astype(np.float32)  # [T, H, W, 3]
-    blend = (1 - alpha) * frames.astype(np.float32) + alpha * colours
-    return np.where((ids > 0)[..., None], blend, frames).round().astype(np.uint8)
+    """Frames [T, H, W, 3] uint8 in grey (so the frame's own colours are not read as labels) with
+    objects (ids [T, H, W], 0 left uncoloured) blended in."""
+    grey = np.repeat((frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None], 3, -1)
+    blend = (1 - alpha) * grey + alpha * palette()[ids].astype(np.float32)  # [T, H, W, 3]
+    return np.where((ids > 0)[..., None], blend, grey).round().astype(np.uint8)
 
 
 def write_overlay(path: str, frames: np.ndarray, gt_ids: np.ndarray, predictions: Sequence[np.ndarray],
@@ -142,7 +143,7 @@ def score_clip(name: str, gt_ids: np.ndarray, clusterings: Dict[str, tuple], fra
     for protocol, (clusters, k, matching) in clusterings.items():
         s = score_labels(gt_ids, clusters, k, matching)
         predictions.append(s.pop("prediction"))
-        titles.append(f"{protocol} K={k} mIoU {s['miou']:.2f}")
+        titles.append(f"{protocol} {100 * s['miou']:.0f}")  # mIoU in percent; K is in the JSON
         scores[protocol] = {**s, "num_clusters": int(k)}
     if overlay_path is not None:
         write_overlay(overlay_path, frames, gt_ids, predictions, titles)
