@@ -221,3 +221,14 @@ def test_ytvos_bad_input_names_the_file(tmp_path):
     os.remove(meta_path)
     with pytest.raises(FileNotFoundError, match=r"train.meta\.json does not exist"):
         _run(tmp_path, "ytvos")
+
+
+def test_kmeans_bench_runs_both(caplog, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    import bench_kmeans
+    pytest.importorskip("sklearn")
+    with caplog.at_level("INFO", logger="bench_kmeans"):
+        bench_kmeans.main(["--size", "16", "--frames", "4", "--k", "3", "--seeds", "1", "--restarts", "2"])
+    row = json.loads(caplog.records[0].getMessage())
+    assert row["points"] == 2 * 16 * 16
+    assert row["torch"]["inertia"] <= row["sklearn"]["inertia"] * 1.05
