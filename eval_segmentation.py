@@ -154,7 +154,8 @@ def summarise(records: List[Dict[str, object]], protocols: List[str]) -> Dict[st
 def make_pool(workers: int):
     if workers == 0:
         return None
-    # spawn: the scoring processes import numpy, scipy and PIL only, never a forked torch state
+    # spawn, not fork: a fork of this process would copy torch's thread pools mid-use; the jobs
+    # themselves use numpy, scipy and PIL only
     return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
@@ -193,6 +194,9 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
             job = (video.name, gt, clusterings, frames if draw else None,
                    os.path.join(args.output_dir, "overlays", f"{video.name}.png") if draw else None)
             pending.append(pool.submit(score_clip, *job) if pool else score_clip(*job))
+            waiting = [f for f in pending if not f.done()] if pool else []
+            if len(waiting) > 2 * args.workers:  # bound the clips held in memory for the pool
+                concurrent.futures.wait(waiting, return_when=concurrent.futures.FIRST_COMPLETED)
             if (i + 1) % 10 == 0 or i + 1 == len(videos):
                 logger.info("encoded and clustered %d / %d clips", i + 1, len(videos))
         records = [r.result() if pool else r for r in pending]
