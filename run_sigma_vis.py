@@ -38,6 +38,7 @@ from distributed import setup_logging
 from engine_for_pretraining import Objective, denormalize_like, pixel_targets
 from flags import str2bool
 import hf_weights
+from kmeans import kmeans
 from masking_generator import tube_mask
 from modeling_finetune import MaskIndex, patchify
 from modeling_pretrain import MODELS, TARGET_TYPES, TEACHER_DIMS, PretrainVisionTransformer, build_teacher
@@ -184,28 +185,6 @@ def assign_prototypes(scores: torch.Tensor, method: str, objective: Objective) -
     return scores.argmax(-1)
 
 
-def kmeans(x: torch.Tensor, k: int, iterations: int, generator: torch.Generator) -> torch.Tensor:
-    """Spherical k-means with k-means++ seeding: [N, D] features -> [N] cluster ids (on the CPU)."""
-    if not 0 < k <= x.shape[0]:
-        raise ValueError(f"--clusters must lie in [1, {x.shape[0]}] (the clip's tokens), got {k}")
-    x = F.normalize(x.float().cpu(), dim=-1)  # [N, D]
-    centres = x[torch.randint(x.shape[0], (1,), generator=generator)]  # [1, D]
-    for _ in range(1, k):
-        d2 = torch.cdist(x, centres).square().amin(1)  # [N] to the nearest centre so far
-        weights = d2 if d2.sum() > 0 else torch.ones_like(d2)  # all points coincide: any will do
-        centres = torch.cat([centres, x[torch.multinomial(weights, 1, generator=generator)]])  # [k', D]
-    labels = torch.cdist(x, centres).argmin(1)  # [N]
-    for _ in range(iterations):
-        sums = torch.zeros_like(centres).index_add_(0, labels, x)  # [k, D]
-        counts = torch.bincount(labels, minlength=k).unsqueeze(1)  # [k, 1]
-        centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)  # empty clusters keep their centre
-        new = torch.cdist(x, centres).argmin(1)
-        if torch.equal(new, labels):
-            break
-        labels = new
-    return labels
-
-
 def unpatchify(tubes: torch.Tensor, grid: Tuple[int, int, int], tubelet: int, patch: int) -> torch.Tensor:
     """Inverse of `patchify`: [B, N, t*p*p, C] -> [B, C, T, H, W]."""
     B, C = tubes.shape[0], tubes.shape[-1]
@@ -260,8 +239,10 @@ def visualise_video(model: PretrainVisionTransformer, teacher: Optional[nn.Modul
     else:
         with torch.no_grad():
             feats = model.encoder.forward_tokens(videos)[0]  # [N, D], every token visible
-        ids = kmeans(feats, clusters, KMEANS_ITERATIONS, generator)
-        label, name = f"k-means {clusters}", "cluster"
+        if not 0 < clusters <= feats.shape[0]:
+            raise ValueError(f"--clusters must lie in [1, {feats.shape[0]}] (the clip's tokens), got {clusters}")
+        ids, _ = kmeans(F.normalize(feats.float().cpu(), dim=-1), clusters, restarts=1, iters=KMEANS_ITERATIONS,
+                        generator=generator)  # spherical: on unit features        label, name = f"k-means {clusters}", "cluster"
         how = f"tube colour = k-means cluster ({clusters}) of the encoder features (no prototypes in this model)"
     logger.info("%s: %d tubes, %d distinct ids (%s)", path, ids.numel(), ids.unique().numel(), label)
     original = frames.permute(0, 2, 3, 1).numpy()  # [T, S, S, 3]
