@@ -96,6 +96,19 @@ class RunLog:
                     record["step"], self.total_steps, record["loss"], record["lr"], record["data_time"],
                     record["step_time"], format_duration(eta))
 
+    def eval(self, record: Dict[str, float]) -> None:
+        """A periodic evaluation record (keys step, epoch, knn_top1, ...): metrics.jsonl beside the
+        step records, tensorboard eval/*, wandb."""
+        if not self.enabled:
+            return
+        self.metrics_file.write(json.dumps(record) + "\n")
+        self.metrics_file.flush()
+        for k, v in record.items():
+            if k not in ("step", "epoch"):
+                self.writer.add_scalar(f"eval/{k}", v, record["step"])
+        if self.wandb:
+            self.wandb.log({f"eval/{k}": v for k, v in record.items()}, step=record["step"])
+
     def epoch(self, record: Dict[str, float]) -> None:
         """An end-of-epoch record, appended to log.txt."""
         if not self.enabled:

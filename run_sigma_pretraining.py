@@ -24,6 +24,7 @@ from distributed import cleanup_distributed
 from engine_for_pretraining import Objective, train_one_epoch
 from flags import (HelpFormatter, add_clip_flags, add_loader_flags, add_optim_flags, add_output_and_run_flags,
                    check_flags, clip_rules, common_rules, resolve_precision, str2bool)
+from knn_monitor import KnnMonitor
 from masking_generator import MASKS
 from modeling_pretrain import LOSS_FUNCS, MODELS, TARGET_TYPES, TEACHER_DIMS, build_teacher
 from optim_factory import create_optimizer, param_groups
@@ -66,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_loader_flags(g, num_workers=8)
     add_optim_flags(p, epochs=800, lr=1.5e-4, min_lr=1e-5, warmup_epochs=40, betas=(0.9, 0.95), batch_size=32,
                     batch_help="clips per GPU per micro-batch (views count as clips)")
+    g = p.add_argument_group("monitoring")
+    g.add_argument("--eval_every", type=int, default=0,
+                   help="every N epochs (and after the last), kNN top-1 of frozen encoder features on "
+                        "--eval_data_path, logged beside the loss (0: never)")
+    g.add_argument("--eval_data_path", default="", help="folder with train.csv (kNN bank) and val.csv (queries)")
+    g.add_argument("--eval_data_root", default="", help="prefix of its relative video paths (default: the folder)")
+    g.add_argument("--eval_nb_classes", type=int, default=None, help="default: the largest label + 1")
+    g.add_argument("--eval_k", type=int, default=20)
+    g.add_argument("--eval_temperature", type=float, default=0.07)
     add_output_and_run_flags(p, output_dir="output/pretrain", save_ckpt_freq=50, run_name="sigma")
     return p
 
@@ -80,9 +90,25 @@ def get_args(argv=None) -> argparse.Namespace:
         "sinkhorn_iterations": (lambda v: v >= 1, ">= 1"),
         "decoder_depth": (lambda v: v >= 1, ">= 1"),
         "num_sample": (lambda v: v >= 1, ">= 1"),
+        "eval_every": (lambda v: v >= 0, ">= 0 (0: no periodic kNN)"),
+        "eval_k": (lambda v: v >= 1, ">= 1"),
+        "eval_nb_classes": (lambda v: v >= 2, ">= 2"),
         **common_rules(args), **clip_rules(args),
         "batch_size": (lambda v: v >= max(1, args.num_sample), f">= 1 and >= --num_sample {args.num_sample}")})
+    if args.eval_every and not args.eval_data_path:
+        p.error("--eval_every needs --eval_data_path (a folder with train.csv and val.csv)")
     return args
+
+
+def build_monitor(args, env):
+    """The periodic kNN of --eval_every, or None."""
+    if not args.eval_every:
+        return None
+    clip = ClipConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate, input_size=args.input_size,
+                      short_side_size=args.input_size)
+    return KnnMonitor(args.eval_data_path, data_root=args.eval_data_root, nb_classes=args.eval_nb_classes,
+                      clip=clip, k=args.eval_k, temperature=args.eval_temperature, batch_size=args.batch_size,
+                      num_workers=min(args.num_workers, 4), video_backend=args.video_backend, env=env)
 
 
 def build(args, env):
@@ -148,6 +174,7 @@ def main(args: argparse.Namespace) -> None:
     run_log = RunLog(env, args.output_dir, args.log_dir, schedule.total_steps, config, args.wandb, args.run_name,
                      resume_at=(start_epoch, step) if found else None)
     tracker = BadSampleTracker(args.max_bad_fraction, epoch_size=len(dataset) // env.world_size)
+    monitor = build_monitor(args, env)
     n_parameters = sum(p.numel() for p in core.parameters() if p.requires_grad)
     for epoch in range(start_epoch, args.epochs):
         t0 = time.time()
@@ -168,9 +195,13 @@ def main(args: argparse.Namespace) -> None:
         if checkpointer.stopping:
             checkpointer.exit_for_requeue(step)
         bad = tracker.end_epoch()  # a collective: every rank stops if any rank's share is too bad
+        scores = {}
+        if monitor and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
+            scores = monitor.score(core.encoder, precision)
+            run_log.eval({"step": step, "epoch": epoch, **scores})
         # Written ahead of the epoch's checkpoint: a kill in between re-runs the epoch on resume,
         # and the resumed run drops this line before writing it again.
-        run_log.epoch({**{f"train_{k}": v for k, v in totals.global_averages(env.device).items()}, **bad,
+        run_log.epoch({**{f"train_{k}": v for k, v in totals.global_averages(env.device).items()}, **bad, **scores,
                        "epoch": epoch, "n_parameters": n_parameters, "epoch_time": time.time() - t0})
         totals.reset()
         checkpointer.after_epoch(epoch, step)
