@@ -250,13 +250,12 @@ def test_safetensors_weights(tmp_path):
         hf_weights.read_weights(str(tmp_path / "bad.safetensors"))
 
 
-def test_dinov2_teacher_from_safetensors(tmp_path, monkeypatch):
-    """A timm Hub-layout DINOv2 .safetensors loads through build_teacher once it reads with read_weights."""
+def test_dinov2_teacher_from_safetensors(tmp_path):
+    """A timm Hub-layout DINOv2 .safetensors loads through build_teacher (--teacher_ckpt x.safetensors)."""
     import timm
     vit = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0, img_size=28)
     path = str(tmp_path / "model.safetensors")
     hf_weights.write_safetensors(vit.state_dict(), path)
-    monkeypatch.setattr(mp, "read_torch_file", hf_weights.read_weights)
     teacher = mp.build_teacher("dino_v2", "dino_s", img_size=28, checkpoint=path, patch_size=14)
     assert torch.equal(teacher.vit.blocks[3].attn.qkv.weight, vit.blocks[3].attn.qkv.weight)
     assert torch.equal(teacher.vit.reg_token, vit.reg_token)
