@@ -85,7 +85,7 @@ def _torchcodec_missing() -> str:
     return ""
 
 
-needs_torchcodec = pytest.mark.skipif(bool(_torchcodec_missing()), reason=_torchcodec_missing()[:300])
+needs_torchcodec = pytest.mark.skipif(bool(_torchcodec_missing()), reason=_torchcodec_missing())
 
 
 def _textured(frames=60, height=48, width=64):
@@ -199,17 +199,23 @@ def test_torchcodec_through_the_dataset_with_workers(tmp_path, mode):
 
 
 @needs_torchcodec
-def test_torchcodec_cuda_falls_back_to_the_cpu_with_one_warning(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("available,bad_fork,reason", [
+    (False, False, "no CUDA device is available"),
+    (True, True, "this DataLoader worker was forked from a process that already uses CUDA"),
+])
+def test_torchcodec_cuda_falls_back_to_the_cpu_with_one_warning(tmp_path, monkeypatch, caplog, available, bad_fork,
+                                                                reason):
     from datasets import decoding
     path = str(tmp_path / "v.mp4")
     write_video(path, _moving_bar(), fps=25, codec="h264")
     monkeypatch.setattr(decoding, "_CUDA_UNUSABLE", None)
     monkeypatch.setattr(decoding, "_FALLBACK_LOGGED", False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: bad_fork)
     with caplog.at_level(logging.WARNING, logger="datasets.decoding"):
         readers = [open_video(path, "torchcodec_cuda") for _ in range(3)]
     warnings = [r.getMessage() for r in caplog.records if "torchcodec_cuda" in r.getMessage()]
-    assert len(warnings) == 1 and "no CUDA device is available; decoding on the CPU" in warnings[0]
+    assert len(warnings) == 1 and f"{reason}; decoding on the CPU" in warnings[0]
     assert all(r.device == "cpu" for r in readers)
     assert torch.equal(readers[0].get_frames([3, 40]), open_video(path, "pyav").get_frames([3, 40]))
 
