@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from datasets.video_dataset import (AugmentConfig, ClipConfig, VideoClipDataset,
                                     collate_clips)
 
 
-def get_args() -> argparse.Namespace:
+def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser("data pipeline benchmark")
     p.add_argument("--csv", required=True)
     p.add_argument("--data_path", default="")
@@ -38,32 +39,47 @@ def get_args() -> argparse.Namespace:
     p.add_argument("--input_size", type=int, default=224)
     p.add_argument("--num_sample", type=int, default=1)
     p.add_argument("--video_backend", default="decord", choices=BACKENDS)
+    p.add_argument("--backends", nargs="+", choices=BACKENDS, default=None,
+                   help="time these backends side by side on the same items instead of --video_backend")
     p.add_argument("--num_items", type=int, default=40, help="items timed per stage")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="stage times as wall-clock or as this process's CPU time (all its threads): on a "
+                        "machine shared with other jobs, CPU time is the steadier per-core figure")
     p.add_argument("--num_workers", type=int, default=0, help="also time a DataLoader with this many workers")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--pil_reference", action="store_true",
                    help="pretrain mode: also time the official frame-by-frame PIL augmentation on the same clips")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
-def stage_times(dataset: VideoClipDataset, num_items: int) -> dict:
-    """Seconds per item of each stage, run the way the dataset runs them."""
-    totals = {"open": 0.0, "decode": 0.0, "augment": 0.0}
-    for item in range(min(num_items, len(dataset))):
-        rng = torch.Generator().manual_seed(item)
-        path = dataset.samples[item % len(dataset.samples)].path
-        t0 = time.perf_counter()
-        reader = open_video(path, dataset.video_backend, dataset.num_threads)
-        t1 = time.perf_counter()
-        frames = dataset._decode_frames(reader, 0, rng)
-        t2 = time.perf_counter()
-        dataset._views(frames, rng)
-        t3 = time.perf_counter()
-        totals["open"] += t1 - t0
-        totals["decode"] += t2 - t1
-        totals["augment"] += t3 - t2
-    n = min(num_items, len(dataset))
-    return {k: v / n for k, v in totals.items()}
+def stage_times(datasets: Sequence[VideoClipDataset], num_items: int, clock=time.perf_counter) -> List[dict]:
+    """Seconds per item of each stage for each dataset (same samples, one backend each), run the
+    way the dataset runs them; item i of every dataset is timed before item i + 1 of any, and
+    the dataset timed first rotates from item to item."""
+    totals = [{"open": 0.0, "decode": 0.0, "augment": 0.0} for _ in datasets]
+    n = min(num_items, len(datasets[0]))
+    for dataset in datasets:  # the first open loads the decoder's libraries: not a per-clip cost
+        open_video(dataset.samples[0].path, dataset.video_backend, dataset.num_threads)
+    pairs = list(zip(datasets, totals))
+    for item in range(n):
+        first = item % len(pairs)
+        for dataset, total in pairs[first:] + pairs[:first]:
+            rng = torch.Generator().manual_seed(item)
+            path = dataset.samples[item % len(dataset.samples)].path
+            t0 = clock()
+            reader = open_video(path, dataset.video_backend, dataset.num_threads)
+            t1 = clock()
+            frames = dataset._decode_frames(reader, 0, rng)
+            t2 = clock()
+            # The dataset drops its reader before augmenting; a live decord reader keeps a thread
+            # busy that made the augmentation here twice as slow.
+            del reader
+            dataset._views(frames, rng)
+            t3 = clock()
+            total["open"] += t1 - t0
+            total["decode"] += t2 - t1
+            total["augment"] += t3 - t2
+    return [{k: v / n for k, v in total.items()} for total in totals]
 
 
 def pil_reference_augment(frames: torch.Tensor, size: int, rng: torch.Generator) -> torch.Tensor:
@@ -109,16 +125,20 @@ def main(args: argparse.Namespace) -> None:
     samples = read_annotations(args.csv, args.data_path, with_labels=args.mode != "pretrain")
     clip = ClipConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate, sampling=args.sampling,
                       input_size=args.input_size, short_side_size=args.input_size)
-    dataset = VideoClipDataset(samples, args.mode, clip, AugmentConfig(), num_sample=args.num_sample,
-                               video_backend=args.video_backend)
-    stages = stage_times(dataset, args.num_items)
+    datasets = [VideoClipDataset(samples, args.mode, clip, AugmentConfig(), num_sample=args.num_sample,
+                                 video_backend=backend) for backend in args.backends or [args.video_backend]]
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    for dataset, stages in zip(datasets, stage_times(datasets, args.num_items, clock)):
+        print(json.dumps(backend_record(args, dataset, stages)), flush=True)
+
+
+def backend_record(args: argparse.Namespace, dataset: VideoClipDataset, stages: dict) -> dict:
     per_item = sum(stages.values())
-    views = dataset.num_views
-    record = {"csv": args.csv, "mode": args.mode, "backend": args.video_backend, "num_sample": args.num_sample,
-              "frames": args.num_frames, "input_size": args.input_size,
+    record = {"csv": args.csv, "mode": args.mode, "backend": dataset.video_backend, "num_sample": args.num_sample,
+              "frames": args.num_frames, "input_size": args.input_size, "clock": args.clock,
               **{f"{k}_ms": round(v * 1e3, 2) for k, v in stages.items()},
               "decode_only_clips_per_s_per_core": round(1 / (stages["open"] + stages["decode"]), 2),
-              "clips_per_s_per_core": round(views / per_item, 2)}
+              "clips_per_s_per_core": round(dataset.num_views / per_item, 2)}
     if args.pil_reference:
         reference = reference_augment_time(dataset, args.num_items)
         record["pil_reference_augment_ms"] = round(reference * 1e3, 2)
@@ -126,7 +146,7 @@ def main(args: argparse.Namespace) -> None:
     if args.num_workers:
         record[f"loader_clips_per_s_{args.num_workers}_workers"] = round(
             loader_clips_per_s(dataset, args.num_workers, args.batch_size, args.num_items), 2)
-    print(json.dumps(record), flush=True)
+    return record
 
 
 if __name__ == "__main__":
