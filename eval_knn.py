@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from datasets.annotations import read_annotations
-from datasets.decoding import BACKENDS
+from datasets.decoding import BACKENDS, DEFAULT_BACKEND
 from datasets.sampler import ShardSampler
 from datasets.video_dataset import DATA_SETS, ClipConfig, VideoClipDataset, collate_clips
 from distributed import broadcast_object, cleanup_distributed
@@ -58,7 +58,7 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--sampling_rate", type=int, default=4)
     g.add_argument("--input_size", type=int, default=224)
     g.add_argument("--short_side_size", type=int, default=224)
-    g.add_argument("--video_backend", default="decord", choices=BACKENDS)
+    g.add_argument("--video_backend", default=DEFAULT_BACKEND, choices=BACKENDS)
     g.add_argument("--batch_size", type=int, default=32)
     g.add_argument("--num_workers", type=int, default=8)
     g = p.add_argument_group("kNN")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from datasets.annotations import read_annotations
-from datasets.decoding import BACKENDS
+from datasets.decoding import BACKENDS, DEFAULT_BACKEND
 from datasets.video_dataset import DATA_SETS
 from distributed import cleanup_distributed
 from eval_knn import features, knn_classify, load_encoder, topk_accuracy
@@ -59,7 +59,7 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--sampling_rate", type=int, default=4)
     g.add_argument("--input_size", type=int, default=224)
     g.add_argument("--short_side_size", type=int, default=224)
-    g.add_argument("--video_backend", default="decord", choices=BACKENDS)
+    g.add_argument("--video_backend", default=DEFAULT_BACKEND, choices=BACKENDS)
     g.add_argument("--batch_size", type=int, default=32)
     g.add_argument("--num_workers", type=int, default=8)
     g = p.add_argument_group("probe")

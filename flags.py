@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from datasets.decoding import BACKENDS
+from datasets.decoding import BACKENDS, DEFAULT_BACKEND
 from datasets.mixup import MODES as MIXUP_MODES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -82,7 +82,7 @@ def add_clip_flags(group, *, short_side: bool = True) -> None:
 
 def add_loader_flags(group, *, num_workers: int, batch_size: Optional[int] = None, training: bool = True) -> None:
     """Decoding and the DataLoader; `training` adds pinning and the bad-sample budget."""
-    group.add_argument("--video_backend", default="decord", choices=BACKENDS)
+    group.add_argument("--video_backend", default=DEFAULT_BACKEND, choices=BACKENDS)
     if batch_size is not None:
         group.add_argument("--batch_size", type=int, default=batch_size)
     group.add_argument("--num_workers", type=int, default=num_workers)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from checkpointing import CheckpointError, state_dict_from
 from datasets.annotations import AnnotationError, read_annotations
-from datasets.decoding import BACKENDS, VideoError, open_video
+from datasets.decoding import BACKENDS, VideoError, read_video
 from datasets.frame_indices import dense_indices
 from datasets.transforms import center_crop, resize_short_side, to_normalized_float
 from distributed import setup_logging
@@ -149,14 +149,11 @@ def build_model(weights: Dict[str, torch.Tensor], checkpoint: str, *, model_name
 def read_clip(path: str, *, num_frames: int, sampling_rate: int, input_size: int,
               backend: str) -> Tuple[torch.Tensor, List[int]]:
     """The centre window of `path`, short side resized and centre-cropped: (uint8 [T, C, S, S], frame indices)."""
-    try:
-        reader = open_video(path, backend)
-    except VideoError as e:
-        if backend != "decord" or not e.decoder_failed:
-            raise
-        reader = open_video(path, "pyav")  # decord rejects some files FFmpeg reads
-    indices = dense_indices(reader.num_frames, num_frames, sampling_rate, "val")
-    frames = reader.get_frames(indices)  # [T, C, H, W]
+    def centre_window(reader):
+        indices = dense_indices(reader.num_frames, num_frames, sampling_rate, "val")
+        return reader.get_frames(indices), indices  # [T, C, H, W]
+
+    frames, indices = read_video(path, backend, centre_window)
     return center_crop(resize_short_side(frames, input_size, antialias=True), input_size), indices
 
 

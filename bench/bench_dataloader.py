@@ -22,7 +22,7 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.annotations import read_annotations  # noqa: E402
-from datasets.decoding import BACKENDS, open_video  # noqa: E402
+from datasets.decoding import BACKENDS, DEFAULT_BACKEND, open_video  # noqa: E402
 from datasets.transforms import multi_scale_crop_params  # noqa: E402
 from datasets.video_dataset import (AugmentConfig, ClipConfig, VideoClipDataset,  # noqa: E402
                                     collate_clips)
@@ -38,7 +38,7 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--sampling_rate", type=int, default=2)
     p.add_argument("--input_size", type=int, default=224)
     p.add_argument("--num_sample", type=int, default=1)
-    p.add_argument("--video_backend", default="decord", choices=BACKENDS)
+    p.add_argument("--video_backend", default=DEFAULT_BACKEND, choices=BACKENDS)
     p.add_argument("--backends", nargs="+", choices=BACKENDS, default=None,
                    help="time these backends side by side on the same items instead of --video_backend")
     p.add_argument("--num_items", type=int, default=40, help="items timed per stage")

@@ -7,15 +7,20 @@ which the dataset turns into a counted, reported, replaced sample.
 import logging
 import os
 import re
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
 # "torchcodec_cuda" decodes with NVDEC where it can and falls back to torchcodec on the CPU.
 BACKENDS = ("decord", "pyav", "torchcodec", "torchcodec_cuda")
+# PyAV: the same frames as decord (tested), less decode CPU per clip on every file measured
+# (BENCHMARKS.md, "Video backends"), FFmpeg bundled in its wheel on every platform, maintained.
+DEFAULT_BACKEND = "pyav"
 _CUDA_UNUSABLE = None  # why this process cannot decode "torchcodec_cuda" on CUDA, once known
 _FALLBACK_LOGGED = False  # the one CPU-fallback warning of this process was logged
 FFMPEG_HELP = ("torchcodec needs FFmpeg's shared libraries (major version 4 to 9): on Debian/Ubuntu "
@@ -268,7 +273,7 @@ def _torchcodec_reason(e: Exception) -> str:
     return re.sub(r"^.*?\.(?:cpp|h):\d+,\s*", "", text)[:200] or type(e).__name__
 
 
-def open_video(path: str, backend: str = "decord", num_threads: int = 1):
+def open_video(path: str, backend: str = DEFAULT_BACKEND, num_threads: int = 1):
     """Open `path` with `backend` (one of BACKENDS); missing and empty files fail before any decoder sees them."""
     if not os.path.exists(path):
         raise VideoError(path, "missing")
@@ -286,6 +291,21 @@ def open_video(path: str, backend: str = "decord", num_threads: int = 1):
         raise VideoError(path, "no frames")
     return reader
 
+
+
+def read_video(path: str, backend: str, read: Callable[..., T], num_threads: int = 1) -> T:
+    """`read(reader)` of `path` opened with `backend`. decord rejects some files FFmpeg proper reads
+    (odd containers, broken indexes): such a file is read again with PyAV, and when that fails too
+    the VideoError names both reasons."""
+    try:
+        return read(open_video(path, backend, num_threads))
+    except VideoError as e:
+        if backend != "decord" or not e.decoder_failed:
+            raise
+        try:
+            return read(open_video(path, "pyav", num_threads))
+        except VideoError as fallback:
+            raise VideoError(path, f"{e.reason}; PyAV: {fallback.reason}") from None
 
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()

@@ -25,7 +25,7 @@ import torch
 
 from datasets import transforms as T
 from datasets.annotations import Sample
-from datasets.decoding import VideoError, open_video
+from datasets.decoding import DEFAULT_BACKEND, VideoError, read_video
 from datasets.frame_indices import dense_indices, linspace_indices, segment_indices
 from distributed import any_rank
 from masking_generator import MASKS
@@ -85,7 +85,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
     def __init__(self, samples: Sequence[Sample], mode: str, clip: ClipConfig = ClipConfig(),
                  augment: AugmentConfig = AugmentConfig(), mask: MaskConfig = MaskConfig(),
                  num_sample: int = 1, test_num_segment: int = 1, test_num_crop: int = 1,
-                 video_backend: str = "decord", num_threads: int = 1, seed: int = 0,
+                 video_backend: str = DEFAULT_BACKEND, num_threads: int = 1, seed: int = 0,
                  min_video_frames: int = 4, max_retries: int = 20):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -142,16 +142,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
         return out
 
     def _decode(self, path: str, segment: int, rng: torch.Generator) -> torch.Tensor:
-        try:
-            return self._decode_frames(open_video(path, self.video_backend, self.num_threads), segment, rng)
-        except VideoError as e:
-            if self.video_backend != "decord" or not e.decoder_failed:
-                raise
-            # decord rejects some files FFmpeg proper reads (odd containers, broken indexes).
-            try:
-                return self._decode_frames(open_video(path, "pyav", self.num_threads), segment, rng)
-            except VideoError as fallback:
-                raise VideoError(path, f"{e.reason}; PyAV: {fallback.reason}") from None
+        return read_video(path, self.video_backend, lambda reader: self._decode_frames(reader, segment, rng),
+                          self.num_threads)
 
     def _decode_frames(self, reader, segment: int, rng: torch.Generator) -> torch.Tensor:
         """The clip's frames of an open video: uint8 [T, C, H, W]."""
