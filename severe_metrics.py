@@ -90,7 +90,8 @@ def counting_metrics(predicted: torch.Tensor, target: torch.Tensor) -> Dict[str,
     """
     p, t = predicted.double().reshape(-1), target.double().reshape(-1)
     if p.shape != t.shape or p.numel() == 0:
-        raise ValueError(f"predicted {tuple(predicted.shape)} and target {tuple(target.shape)} must be the same, non-empty")
+        raise ValueError(f"predicted {tuple(predicted.shape)} and target {tuple(target.shape)} must be equal "
+                         "and non-empty")
     if (t <= 0).any():
         raise ValueError(f"true counts must be > 0 (the error is normalised by them); got {t[t <= 0].tolist()[:5]}")
     error = (p - t).abs()

@@ -89,7 +89,8 @@ def image_folder_classes(root: str, class_list: Optional[str] = None) -> List[st
         parts = [f"listed twice: {dupes[:5]}" if dupes else "",
                  f"{len(missing)} listed without a folder in {root}/train: {missing[:5]}" if missing else "",
                  f"{len(extra)} folders not listed: {extra[:5]}" if extra else ""]
-        raise AnnotationError(f"class list {class_list} does not match the folders: " + "; ".join(p for p in parts if p))
+        raise AnnotationError(f"class list {class_list} does not match the folders: "
+                              + "; ".join(p for p in parts if p))
     return names
 
 

@@ -77,7 +77,8 @@ def _ucfrep_record(mat_path: str, video_root: str, ext: str):
         raise AnnotationError(f"{mat_path}: the file name is not a UCF101 video name v_<Class>_gXX_cXX")
     mat = _load_mat(mat_path)
     if "label" not in mat:
-        raise AnnotationError(f"{mat_path}: no 'label' struct (keys: {sorted(k for k in mat if not k.startswith('__'))})")
+        keys = sorted(k for k in mat if not k.startswith("__"))
+        raise AnnotationError(f"{mat_path}: no 'label' struct (keys: {keys})")
     label = mat["label"][0, 0]
     fields = label.dtype.names or ()
     missing = [f for f in ("duration", "start_frame", "end_frame", "temporal_bound") if f not in fields]

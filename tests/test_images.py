@@ -71,7 +71,8 @@ def test_class_list_order_and_mismatch(imagenet, tmp_path):
     assert {os.path.basename(s.path).split("_")[0]: s.label for s in val.samples} == {
         "n01484850": 0, "n01440764": 1, "n01443537": 2}
     listing.write_text("n01440764\nn01443537\nn09999999\n")
-    with pytest.raises(AnnotationError, match=r"LOC_synset_mapping\.txt does not match.*\['n09999999'\].*\['n01484850'\]"):
+    mismatch = r"LOC_synset_mapping\.txt does not match.*\['n09999999'\].*\['n01484850'\]"
+    with pytest.raises(AnnotationError, match=mismatch):
         image_folder_classes(imagenet, str(listing))
     os.makedirs(os.path.join(imagenet, "val", "n07777777"))
     with pytest.raises(AnnotationError, match=r"val: 1 class folders not among the 3 classes"):
@@ -119,7 +120,8 @@ def test_cifar100_archive_pixels_and_labels(tmp_path):
     with open(os.path.join(folder, "test"), "rb") as f:
         raw = pickle.load(f, encoding="bytes")[b"data"]
     # Row layout: 1024 red values (row-major), then 1024 green, then 1024 blue.
-    assert images[1, 0, 0, 0] == raw[1, 0] and images[1, 0, 1, 1] == raw[1, 1024 + 1] and images[1, 31, 31, 2] == raw[1, 3071]
+    assert images[1, 0, 0, 0] == raw[1, 0] and images[1, 0, 1, 1] == raw[1, 1024 + 1]
+    assert images[1, 31, 31, 2] == raw[1, 3071]
     source = image_split("CIFAR-100", folder, "val")  # the folder itself works too; val = the test batch
     assert isinstance(source, ImageArray) and len(source) == 4
     item = ImageClipDataset(source, "val", ClipConfig(num_frames=2, input_size=32, short_side_size=32))[3]

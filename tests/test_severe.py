@@ -23,7 +23,8 @@ def _charades_csv(path, rows):
 
 def test_charades_reader_multi_hot_and_actions(tmp_path):
     csv = _charades_csv(tmp_path / "Charades_v1_train.csv", [
-        ("46GP8", "c092 11.90 21.20;c147 0.00 12.60", 24.83), ("N11GT", "", 30.0), ("0IH69", "c000 1.5 3;c092 4 9", 8.5)])
+        ("46GP8", "c092 11.90 21.20;c147 0.00 12.60", 24.83), ("N11GT", "", 30.0),
+        ("0IH69", "c000 1.5 3;c092 4 9", 8.5)])
     samples = read_charades(csv, "/videos")
     assert [s.video_id for s in samples] == ["46GP8", "N11GT", "0IH69"]
     assert samples[0].path == "/videos/46GP8.mp4" and samples[0].labels == (92, 147)
@@ -73,7 +74,8 @@ def test_ucfrep_reader_counts_and_skips_as_severe(tmp_path):
     samples = read_ucfrep(ann, videos, "train")
     assert [(os.path.basename(s.path), s.count, s.start_frame, s.end_frame, s.num_frames) for s in samples] == [
         ("v_JumpingJack_g01_c01.avi", 4.0, 3, 33, 100), ("v_PushUps_g02_c03.avi", 2.0, 5, 40, 100)]
-    assert samples[0].path == os.path.join(videos, "JumpingJack", "v_JumpingJack_g01_c01.avi")  # Lunges: 1 repetition, left out
+    # Lunges has 1 repetition (2 boundaries): left out.
+    assert samples[0].path == os.path.join(videos, "JumpingJack", "v_JumpingJack_g01_c01.avi")
     os.remove(samples[1].path)
     assert len(read_ucfrep(ann, videos, "train")) == 1  # a missing video is left out, as SEVERE
     with pytest.raises(AnnotationError, match="val: no .mat annotation files"):
@@ -136,7 +138,8 @@ def test_counting_metrics_by_hand():
     m = counting_metrics(torch.tensor([4.0, 6.5, 8.0]), torch.tensor([4, 5, 10]))
     # |p - t| = 0, 1.5, 2; normalised 0, 0.3, 0.2.
     assert m["mae"] == pytest.approx(0.5 / 3) and m["abs_error"] == pytest.approx(3.5 / 3)
-    assert m["obo"] == pytest.approx(1 / 3) and m["mae_over"] == pytest.approx(0.3) and m["mae_under"] == pytest.approx(0.2)
+    assert m["obo"] == pytest.approx(1 / 3)
+    assert m["mae_over"] == pytest.approx(0.3) and m["mae_under"] == pytest.approx(0.2)
     assert m["mae_std"] == pytest.approx(np.std([0.0, 0.3, 0.2])) and m["num_videos"] == 3
     assert counting_metrics(torch.tensor([3.0]), torch.tensor([2.0]))["obo"] == 1.0  # off by exactly one counts
     with pytest.raises(ValueError, match="must be > 0"):
