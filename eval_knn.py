@@ -130,7 +130,7 @@ def read_split(args: argparse.Namespace, data_path: str, split: str,
     source = image_split(args.data_set, data_path, "train" if split == "train" else "val", args.class_list or None)
     if nb_classes is not None and source.labels and max(source.labels) >= nb_classes:
         raise AnnotationError(f"{data_path} ({split}): label {max(source.labels)} outside [0, {nb_classes}): "
-                              f"give --nb_classes for a subset of {args.data_set}'s classes")
+                              f"--nb_classes {nb_classes} is fewer than the classes found")
     return source, source.labels
 
 
