@@ -14,6 +14,11 @@ itself), and the features are the outputs of the randomly initialised classifica
         --data_set custom --nb_classes 4 --data_path data/demo --input_size 112 --num_frames 8 \\
         --output_dir output/demo_knn
 
+--data_set ImageNet / CIFAR-100 evaluate on images, each read as a clip of --num_frames copies
+(datasets/images.py says why): train split = bank, val split (CIFAR-100: test batch) = queries;
+with --official_protocol the val images' --test_num_crop crops (one segment). --short_side_size
+256 with --input_size 224 is the usual image centre crop.
+
 Features are extracted on every process's share (torchrun / Slurm like the other scripts) and
 gathered; results go to output_dir/knn_results.json.
 """
@@ -21,46 +26,49 @@ import argparse
 import json
 import logging
 import os
-from typing import Dict, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from datasets.annotations import read_annotations
-from datasets.decoding import BACKENDS, DEFAULT_BACKEND
+from datasets.annotations import AnnotationError, read_annotations
+from datasets.images import IMAGE_DATA_SETS, ImageClipDataset, image_split
 from datasets.sampler import ShardSampler
 from datasets.video_dataset import DATA_SETS, ClipConfig, VideoClipDataset, collate_clips
 from distributed import broadcast_object, cleanup_distributed
 from engine_for_finetuning import gather_views, merge_views, predict_views
+from flags import (HelpFormatter, add_clip_flags, add_encoder_flags, add_labelled_data_flags, add_loader_flags,
+                   add_run_flags, check_flags, check_nb_classes, clip_rules, nb_classes_of, resolve_precision)
 from modeling_finetune import MODELS, load_pretrained_weights, pooling_for_frozen_features
-from flags import HelpFormatter, add_launcher_compat_flags, check_flags, clip_rules
 from run_log import write_config
 from runtime import start_run
 from shutdown import WORKER_INIT, run_driver
 
 logger = logging.getLogger("sigma")
 
+# Video data sets and the image benchmarks (their frame sampling is "repeat": one image, T copies).
+EVAL_DATA_SETS = {**DATA_SETS, **IMAGE_DATA_SETS}
+DATA_PATH_HELP = ("folder with train.csv (bank) and val.csv (queries); ImageNet: the folder with train/<wnid>/ and "
+                  "val/<wnid>/; CIFAR-100: the folder with cifar-100-python/ (val = its test batch)")
+
+
+def add_image_flags(group) -> None:
+    group.add_argument("--class_list", default="",
+                       help="ImageNet: file whose lines start with the class folder names, in label order "
+                            "(e.g. LOC_synset_mapping.txt; default: sorted folders of train/)")
+
 
 def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser("kNN evaluation of frozen features", formatter_class=HelpFormatter)
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="vit_base_patch16_224", choices=sorted(MODELS))
-    g.add_argument("--finetune", default="", help="checkpoint whose encoder is evaluated (ours, SIGMA, VideoMAE)")
+    add_encoder_flags(g, MODELS, default="vit_base_patch16_224",
+                      finetune_help="checkpoint whose encoder is evaluated (ours, SIGMA, VideoMAE)")
     g.add_argument("--random_init", action="store_true", help="evaluate a randomly initialised encoder (baseline)")
-    g.add_argument("--model_key", default="model|module")
-    g.add_argument("--model_prefix", default="")
     g = p.add_argument_group("data")
-    g.add_argument("--data_set", default="Kinetics-400", choices=sorted(DATA_SETS))
-    g.add_argument("--data_path", required=True, help="folder with train.csv (bank) and val.csv (queries)")
-    g.add_argument("--data_root", default="", help="prefix of relative video paths (default: --data_path)")
-    g.add_argument("--nb_classes", type=int, default=None)
-    g.add_argument("--num_frames", type=int, default=16)
-    g.add_argument("--sampling_rate", type=int, default=4)
-    g.add_argument("--input_size", type=int, default=224)
-    g.add_argument("--short_side_size", type=int, default=224)
-    g.add_argument("--video_backend", default=DEFAULT_BACKEND, choices=BACKENDS)
-    g.add_argument("--batch_size", type=int, default=32)
-    g.add_argument("--num_workers", type=int, default=8)
+    add_labelled_data_flags(g, EVAL_DATA_SETS, default="Kinetics-400", data_path_help=DATA_PATH_HELP)
+    add_image_flags(g)
+    add_clip_flags(g)
+    add_loader_flags(g, num_workers=8, batch_size=32, training=False)
     g = p.add_argument_group("kNN")
     g.add_argument("--k", type=int, nargs="+", default=None,
                    help="neighbours, several values allowed (default: 20; 200 with --official_protocol)")
@@ -69,16 +77,12 @@ def get_args(argv=None) -> argparse.Namespace:
                    help="the official SIGMA kNN: k 200, test-set views as bank and queries, head outputs")
     g.add_argument("--test_num_segment", type=int, default=2, help="views per video with --official_protocol")
     g.add_argument("--test_num_crop", type=int, default=3)
-    g = p.add_argument_group("run")
-    g.add_argument("--output_dir", default="output/knn")
-    g.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"])
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    g.add_argument("--seed", type=int, default=0)
-    add_launcher_compat_flags(g)
+    add_run_flags(p, output_dir="output/knn", precision=True)
     args = p.parse_args(argv)
     check_flags(p, args, {"k": (lambda v: min(v) >= 1, "one or more integers >= 1"),
                           "temperature": (lambda v: v > 0, "> 0"), "batch_size": (lambda v: v >= 1, ">= 1"),
                           "num_workers": (lambda v: v >= 0, ">= 0"), **clip_rules(args)})
+    check_nb_classes(p, args, EVAL_DATA_SETS)
     return args
 
 
@@ -116,11 +120,36 @@ def topk_accuracy(votes: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]
     return {"top1": 100.0 * top[:, 0].float().mean().item(), "top5": 100.0 * top.any(1).float().mean().item()}
 
 
+def read_split(args: argparse.Namespace, data_path: str, split: str,
+               nb_classes: Optional[int]) -> Tuple[object, List[int]]:
+    """(data, labels) of one split ("train", "val" or "test"): the annotation samples of
+    data_path/<split>.csv, or for an image benchmark its image source (labels checked < nb_classes)."""
+    if EVAL_DATA_SETS[args.data_set][1] != "repeat":
+        samples = read_annotations(os.path.join(data_path, f"{split}.csv"), args.data_root or data_path,
+                                   nb_classes=nb_classes)
+        return samples, [s.label for s in samples]
+    source = image_split(args.data_set, data_path, "train" if split == "train" else "val", args.class_list or None)
+    if nb_classes is not None and source.labels and max(source.labels) >= nb_classes:
+        raise AnnotationError(f"{data_path} ({split}): label {max(source.labels)} outside [0, {nb_classes}): "
+                              f"--nb_classes {nb_classes} is fewer than the classes found")
+    return source, source.labels
+
+
+def eval_dataset(data, args, mode: str, sampling: str, views: Tuple[int, int] = (1, 1)):
+    """The dataset of one split in `mode` ("val" or "test", views = (segments, crops)): clips of
+    annotated videos, or of repeated images when the data set's frame sampling is "repeat"."""
+    clip = ClipConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate,
+                      sampling="dense" if sampling == "repeat" else sampling, input_size=args.input_size,
+                      short_side_size=args.short_side_size)
+    if sampling == "repeat":
+        return ImageClipDataset(data, mode, clip=clip, test_num_crop=views[1], seed=args.seed)
+    return VideoClipDataset(data, mode, clip=clip, test_num_segment=views[0], test_num_crop=views[1],
+                            video_backend=args.video_backend, seed=args.seed)
+
+
 def features(model, samples: Sequence, args, env, sampling: str, precision: str):
-    """(pooled L2-normalised features [V, D], labels [V]) of every video, one centre clip each."""
-    clip = ClipConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate, sampling=sampling,
-                      input_size=args.input_size, short_side_size=args.short_side_size)
-    dataset = VideoClipDataset(samples, "val", clip=clip, video_backend=args.video_backend, seed=args.seed)
+    """(pooled L2-normalised features [V, D], labels [V]) of every video (or image), one centre clip each."""
+    dataset = eval_dataset(samples, args, "val", sampling)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, sampler=ShardSampler(len(dataset), env.world_size, env.rank),
         num_workers=args.num_workers, collate_fn=collate_clips, pin_memory=env.device.type == "cuda",
@@ -135,11 +164,10 @@ def features(model, samples: Sequence, args, env, sampling: str, precision: str)
 
 
 def official_features(model, samples: Sequence, args, env, sampling: str, precision: str):
-    """(L2-normalised head outputs [M, nb_classes], labels [M]) of every test view of every video."""
-    clip = ClipConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate, sampling=sampling,
-                      input_size=args.input_size, short_side_size=args.short_side_size)
-    dataset = VideoClipDataset(samples, "test", clip=clip, test_num_segment=args.test_num_segment,
-                               test_num_crop=args.test_num_crop, video_backend=args.video_backend, seed=args.seed)
+    """(L2-normalised head outputs [M, nb_classes], labels [M]) of every test view of every video
+    (of every image: one segment, test_num_crop crops)."""
+    segments = 1 if sampling == "repeat" else args.test_num_segment
+    dataset = eval_dataset(samples, args, "test", sampling, views=(segments, args.test_num_crop))
     items = max(1, args.batch_size // args.test_num_crop)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=items, sampler=ShardSampler(len(dataset), env.world_size, env.rank),
@@ -169,11 +197,9 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
     env = start_run(args.device, args.output_dir, "knn.log")
     if bool(args.finetune) == args.random_init:
         raise SystemExit("give exactly one of --finetune CHECKPOINT and --random_init")
-    precision = args.precision or ("bf16" if env.device.type == "cuda" else "fp32")
-    nb_default, sampling, _ = DATA_SETS[args.data_set]
-    nb_classes = args.nb_classes or nb_default
-    if nb_classes is None:
-        raise SystemExit(f"--data_set {args.data_set} needs --nb_classes")
+    precision = resolve_precision(args.precision, env.device)
+    sampling = EVAL_DATA_SETS[args.data_set][1]
+    nb_classes = nb_classes_of(args, EVAL_DATA_SETS)
     official = args.official_protocol
     ks = args.k or ([200] if official else [20])
     torch.manual_seed(args.seed)  # the same random encoder (and official head) on every rank
@@ -184,16 +210,13 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
             load_pretrained_weights(model, args.finetune, args.model_key, args.model_prefix)
     else:
         model = load_encoder(args, env.device)
-    root = args.data_root or args.data_path
     if official:
-        test_csv = os.path.join(args.data_path, "test.csv")
-        csv_path = test_csv if os.path.exists(test_csv) else os.path.join(args.data_path, "val.csv")
-        bank, bank_labels = official_features(model, read_annotations(csv_path, root, nb_classes=nb_classes),
-                                              args, env, sampling, precision)
+        has_test = sampling != "repeat" and os.path.exists(os.path.join(args.data_path, "test.csv"))
+        data, _ = read_split(args, args.data_path, "test" if has_test else "val", nb_classes)
+        bank, bank_labels = official_features(model, data, args, env, sampling, precision)
         queries, labels = bank, bank_labels
     else:
-        splits = {s: read_annotations(os.path.join(args.data_path, f"{s}.csv"), root, nb_classes=nb_classes)
-                  for s in ("train", "val")}
+        splits = {s: read_split(args, args.data_path, s, nb_classes)[0] for s in ("train", "val")}
         bank, bank_labels = features(model, splits["train"], args, env, sampling, precision)
         queries, labels = features(model, splits["val"], args, env, sampling, precision)
     results = None

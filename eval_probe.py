@@ -7,6 +7,9 @@ L-BFGS, its penalty chosen by stratified k-fold cross-validation on the train sp
 DINO / SimCLR "linear eval on frozen features"). Fits take seconds, where the SGD linear probe of
 run_class_finetuning.py --linear_probing trains for epochs on augmented clips.
 
+--data_set ImageNet / CIFAR-100 probe images read as clips of --num_frames copies (eval_knn.py,
+datasets/images.py); give the image root as --data_path.
+
 Several labellings of the same videos (datasets/digits.py writes digit/, direction/, speed/) are
 evaluated from one extraction: give each folder to --data_path.
 
@@ -27,13 +30,12 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 import torch
 
-from datasets.annotations import read_annotations
-from datasets.decoding import BACKENDS, DEFAULT_BACKEND
-from datasets.video_dataset import DATA_SETS
 from distributed import cleanup_distributed
-from eval_knn import features, knn_classify, load_encoder, topk_accuracy
+from eval_knn import (EVAL_DATA_SETS, add_image_flags, features, knn_classify, load_encoder, read_split,
+                      topk_accuracy)
+from flags import (HelpFormatter, add_clip_flags, add_encoder_flags, add_labelled_data_flags, add_loader_flags,
+                   add_run_flags, check_flags, clip_rules, resolve_precision)
 from modeling_finetune import MODELS
-from flags import HelpFormatter, add_launcher_compat_flags
 from run_log import write_config
 from runtime import start_run
 from shutdown import run_driver
@@ -44,24 +46,17 @@ logger = logging.getLogger("sigma")
 def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser("logistic-regression probe and kNN on frozen features", formatter_class=HelpFormatter)
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="vit_base_patch16_224", choices=sorted(MODELS))
-    g.add_argument("--finetune", default="", help="checkpoint whose encoder is evaluated (ours, SIGMA, VideoMAE)")
+    add_encoder_flags(g, MODELS, default="vit_base_patch16_224",
+                      finetune_help="checkpoint whose encoder is evaluated (ours, SIGMA, VideoMAE)")
     g.add_argument("--random_init", action="store_true", help="evaluate a randomly initialised encoder (baseline)")
-    g.add_argument("--model_key", default="model|module")
-    g.add_argument("--model_prefix", default="")
     g = p.add_argument_group("data")
-    g.add_argument("--data_set", default="custom", choices=sorted(DATA_SETS))
-    g.add_argument("--data_path", required=True, nargs="+",
-                   help="folders with train.csv and val.csv; several: labellings of the same videos")
-    g.add_argument("--data_root", default="", help="prefix of relative video paths (default: each --data_path)")
-    g.add_argument("--nb_classes", type=int, default=None, help="default: the data set's, or as many as labelled")
-    g.add_argument("--num_frames", type=int, default=16)
-    g.add_argument("--sampling_rate", type=int, default=4)
-    g.add_argument("--input_size", type=int, default=224)
-    g.add_argument("--short_side_size", type=int, default=224)
-    g.add_argument("--video_backend", default=DEFAULT_BACKEND, choices=BACKENDS)
-    g.add_argument("--batch_size", type=int, default=32)
-    g.add_argument("--num_workers", type=int, default=8)
+    add_labelled_data_flags(g, EVAL_DATA_SETS, default="custom", several_paths=True,
+                            data_path_help="folders with train.csv and val.csv; several: labellings of the same "
+                                           "videos (ImageNet / CIFAR-100: image roots, as eval_knn.py)",
+                            nb_classes_help="default: the data set's, or as many as labelled")
+    add_image_flags(g)
+    add_clip_flags(g)
+    add_loader_flags(g, num_workers=8, batch_size=32, training=False)
     g = p.add_argument_group("probe")
     g.add_argument("--cv_folds", type=int, default=4, help="stratified folds of the train split that choose C")
     g.add_argument("--Cs", type=float, nargs="+", default=[1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0],
@@ -69,13 +64,13 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--max_iter", type=int, default=1000, help="L-BFGS iterations per fit")
     g.add_argument("--k", type=int, nargs="+", default=[20], help="kNN neighbours (several values allowed)")
     g.add_argument("--temperature", type=float, default=0.07, help="kNN vote temperature")
-    g = p.add_argument_group("run")
-    g.add_argument("--output_dir", default="output/probe")
-    g.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"])
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    g.add_argument("--seed", type=int, default=0)
-    add_launcher_compat_flags(g)
-    return p.parse_args(argv)
+    add_run_flags(p, output_dir="output/probe", precision=True)
+    args = p.parse_args(argv)
+    check_flags(p, args, {"k": (lambda v: min(v) >= 1, "one or more integers >= 1"),
+                          "temperature": (lambda v: v > 0, "> 0"), "cv_folds": (lambda v: v >= 2, ">= 2"),
+                          "max_iter": (lambda v: v >= 1, ">= 1"), "batch_size": (lambda v: v >= 1, ">= 1"),
+                          "num_workers": (lambda v: v >= 0, ">= 0"), **clip_rules(args)})
+    return args
 
 
 def fit_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
@@ -112,8 +107,8 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y
 
 def main(args: argparse.Namespace) -> Dict[str, object]:
     env = start_run(args.device, args.output_dir, "probe.log")
-    precision = args.precision or ("bf16" if env.device.type == "cuda" else "fp32")
-    nb_default, sampling, _ = DATA_SETS[args.data_set]
+    precision = resolve_precision(args.precision, env.device)
+    nb_default, sampling, _ = EVAL_DATA_SETS[args.data_set]
     if bool(args.finetune) == args.random_init:
         raise SystemExit("give exactly one of --finetune CHECKPOINT and --random_init")
     torch.manual_seed(args.seed)  # the same random encoder on every rank
@@ -122,19 +117,17 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
     cache: Dict[Tuple[str, ...], Tuple[torch.Tensor, torch.Tensor]] = {}
     results: Dict[str, object] = {"checkpoint": args.finetune or "random_init", "labellings": {}}
     for data_path in args.data_path:
-        root = args.data_root or data_path
-        splits = {s: read_annotations(os.path.join(data_path, f"{s}.csv"), root,
-                                      nb_classes=args.nb_classes or nb_default) for s in ("train", "val")}
+        splits = {s: read_split(args, data_path, s, args.nb_classes or nb_default) for s in ("train", "val")}
         feats = {}
-        for split, samples in splits.items():
-            key = tuple(s.path for s in samples)
+        for split, (data, labels) in splits.items():
+            key = (data_path, split) if sampling == "repeat" else tuple(s.path for s in data)
             if key not in cache:
-                cache[key] = features(model, samples, args, env, sampling, precision)
+                cache[key] = features(model, data, args, env, sampling, precision)
             x, _ = cache[key]
             # Labels of this labelling, by the video index features() keeps in order.
-            feats[split] = (x, torch.tensor([s.label for s in samples]))
+            feats[split] = (x, torch.tensor(labels))
         (train_x, train_y), (val_x, val_y) = feats["train"], feats["val"]
-        if train_x.shape[0] != len(splits["train"]) or val_x.shape[0] != len(splits["val"]):
+        if train_x.shape[0] != len(splits["train"][1]) or val_x.shape[0] != len(splits["val"][1]):
             raise SystemExit("some videos were unreadable: the probe needs the features of every video")
         nb_classes = args.nb_classes or nb_default or int(torch.cat([train_y, val_y]).max()) + 1
         entry = {"num_train": int(train_x.shape[0]), "num_val": int(val_x.shape[0]), "nb_classes": nb_classes,

@@ -63,12 +63,13 @@ def add_encoder_flags(group, models: Sequence[str], *, default: str, finetune_he
 
 
 def add_labelled_data_flags(group, data_sets: Sequence[str], *, default: str, data_path_help: str,
-                            several_paths: bool = False) -> None:
+                            several_paths: bool = False,
+                            nb_classes_help: str = "default: the data set's; required for custom") -> None:
     """A labelled data set: its name (class count, sampling, flips), annotation folder and video root."""
     group.add_argument("--data_set", default=default, choices=sorted(data_sets))
     group.add_argument("--data_path", required=True, nargs="+" if several_paths else None, help=data_path_help)
     group.add_argument("--data_root", default="", help="prefix of relative video paths (default: --data_path)")
-    group.add_argument("--nb_classes", type=int, default=None, help="default: the data set's; required for custom")
+    group.add_argument("--nb_classes", type=int, default=None, help=nb_classes_help)
 
 
 def add_clip_flags(group, *, short_side: bool = True) -> None:

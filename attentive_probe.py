@@ -1,0 +1,210 @@
+"""Attentive probes on frozen patch tokens: the V-JEPA pooler and a grid of them trained together.
+
+A learnable query token cross-attends over the frozen encoder's tokens [B, N, D] and becomes the
+pooled feature [B, D]; a linear layer classifies it. The layout and initialisation follow
+facebookresearch/vjepa2 (src/models/attentive_pooler.py, src/models/utils/modules.py):
+- `depth - 1` self-attention blocks over the tokens first (V-JEPA 2's evals use depth 4 and 16
+  heads, `num_probe_blocks: 4` in configs/eval/vitl/*.yaml; V-JEPA 1's default is depth 1);
+- one cross-attention block: q = q + xattn(q, norm1(tokens)), then q = q + mlp(norm2(q)); the
+  query itself is not normalised and the cross-attention has no output projection;
+- init: query tokens and every Linear of the pooler truncated normal (std 0.02), biases 0,
+  LayerNorms (1, 0); each block's last projection divided by sqrt(2 * layer) (its depth); the
+  classifier is a plain nn.Linear with PyTorch's default init. There is no norm after the pooled
+  token: the LayerNorms sit inside the blocks.
+
+V-JEPA 2 trains one such classifier per (lr, weight decay) pair on the same frozen features
+(evals/video_classification_frozen/eval.py: 20 epochs, AdamW, cosine lr to 0, constant weight
+decay, every classifier parameter decayed) and reports the best head. `AttentiveProbeGrid` holds
+the H heads; `param_groups` gives one AdamW group per head, so one optimizer trains them all, and
+`grid_loss` sums the heads' losses, so each head gets exactly the gradient of its own loss.
+"""
+import math
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.init import trunc_normal_
+
+from modeling_finetune import Block, Mlp
+
+# V-JEPA 2's video grid (configs/eval/vitl/ssv2.yaml, k400.yaml): lr in {5e-3, 3e-3, 1e-3, 3e-4, 1e-4}
+# x weight decay in {0.01, 0.1, 0.4, 0.8}, as lr scales of a base lr of 1e-3.
+VJEPA2_GRID: Tuple[Tuple[float, float], ...] = tuple(
+    (lr_scale, wd) for wd in (0.01, 0.1, 0.4, 0.8) for lr_scale in (5.0, 3.0, 1.0, 0.3, 0.1))
+
+
+class CrossAttention(nn.Module):
+    """Queries [B, Q, D] attend over tokens [B, N, D]; no output projection (as V-JEPA's)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not a multiple of num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+
+    def forward(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        B, Q, D = q.shape
+        h = self.num_heads
+        q = self.q(q).view(B, Q, h, D // h).transpose(1, 2)  # [B, h, Q, D/h]
+        k, v = self.kv(x).view(B, x.shape[1], 2, h, D // h).permute(2, 0, 3, 1, 4).unbind(0)  # [B, h, N, D/h]
+        out = F.scaled_dot_product_attention(q, k, v)  # [B, h, Q, D/h]
+        return out.transpose(1, 2).reshape(B, Q, D)
+
+
+class CrossAttentionBlock(nn.Module):
+    """q + xattn(q, norm1(x)), then q + mlp(norm2(q))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.xattn = CrossAttention(dim, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        q = q + self.xattn(q, self.norm1(x))
+        return q + self.mlp(self.norm2(q))
+
+
+class AttentivePooler(nn.Module):
+    """Tokens [B, N, D] -> [B, num_queries, D] through learnable queries."""
+
+    def __init__(self, dim: int, num_heads: int = 16, depth: int = 1, num_queries: int = 1,
+                 mlp_ratio: float = 4.0, init_std: float = 0.02):
+        super().__init__()
+        if depth < 1 or num_queries < 1:
+            raise ValueError(f"depth ({depth}) and num_queries ({num_queries}) must be >= 1")
+        self.query_tokens = nn.Parameter(torch.zeros(1, num_queries, dim))
+        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth - 1))
+        self.cross_attention_block = CrossAttentionBlock(dim, num_heads, mlp_ratio)
+        self._init_weights(init_std)
+
+    def _init_weights(self, std: float) -> None:
+        trunc_normal_(self.query_tokens, std=std)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        with torch.no_grad():  # residual branches scaled down with depth (GPT-2 / V-JEPA)
+            for layer, blk in enumerate(self.blocks, start=1):
+                blk.attn.proj.weight.div_(math.sqrt(2.0 * layer))
+                blk.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))
+            self.cross_attention_block.mlp.fc2.weight.div_(math.sqrt(2.0 * max(len(self.blocks), 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = blk(x)  # [B, N, D]
+        q = self.query_tokens.expand(x.shape[0], -1, -1)  # [B, Q, D]
+        return self.cross_attention_block(q, x)  # [B, Q, D]
+
+
+class AttentiveClassifier(nn.Module):
+    """Tokens [B, N, D] -> logits [B, num_classes]: one pooled query, then a linear layer."""
+
+    def __init__(self, dim: int, num_classes: int, num_heads: int = 16, depth: int = 1):
+        super().__init__()
+        self.pooler = AttentivePooler(dim, num_heads=num_heads, depth=depth)
+        self.linear = nn.Linear(dim, num_classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.pooler(tokens)[:, 0])  # [B, num_classes]
+
+
+class AttentiveProbeGrid(nn.Module):
+    """H independent attentive classifiers, one per (lr_scale, weight_decay) of `grid`, on one token batch.
+
+    Args:
+        num_classes: K, the output width of every head (classes, or 1 for a regression target).
+        dim: D, the encoder's token width.
+        grid: [(lr_scale, weight_decay), ...]; lr_scale multiplies the scheduled lr of its head.
+        num_heads, depth: attention heads and blocks of each pooler (V-JEPA 2: 16 and 4).
+    """
+
+    def __init__(self, num_classes: int, dim: int, grid: Sequence[Tuple[float, float]] = VJEPA2_GRID,
+                 num_heads: int = 16, depth: int = 1):
+        super().__init__()
+        if not grid:
+            raise ValueError("the grid needs at least one (lr_scale, weight_decay) pair")
+        bad = [pair for pair in grid if len(pair) != 2 or pair[0] <= 0 or pair[1] < 0]
+        if bad:
+            raise ValueError(f"grid entries must be (lr_scale > 0, weight_decay >= 0), got {bad}")
+        self.grid = [(float(lr), float(wd)) for lr, wd in grid]
+        self.heads = nn.ModuleList(AttentiveClassifier(dim, num_classes, num_heads, depth) for _ in self.grid)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, N, D] (frozen: detached by the caller or produced under no_grad) -> [H, B, K]."""
+        return torch.stack([head(tokens) for head in self.heads])
+
+    def param_groups(self, no_decay_1d: bool = False) -> List[dict]:
+        """AdamW groups: one per head ("head" index, "lr_scale", "wd_value" = its fixed weight decay).
+
+        Args:
+            no_decay_1d: exempt biases, norm weights and the query tokens from weight decay, as
+                optim_factory.param_groups does for the backbone; each head then has a second group
+                with wd_value 0. False (V-JEPA 2) decays every probe parameter.
+        Returns:
+            Dicts with "params", "lr_scale", "wd_value", "weight_decay" (= wd_value, the start
+            value), "head" and "group_name"; the training loop must keep "weight_decay" at
+            "wd_value" instead of applying its own schedule to these groups.
+        """
+        groups = []
+        for h, (head, (lr_scale, wd)) in enumerate(zip(self.heads, self.grid)):
+            split: Dict[str, list] = {"decay": [], "no_decay": []}
+            for name, p in head.named_parameters():
+                if p.requires_grad:
+                    exempt = no_decay_1d and (p.ndim <= 1 or name.endswith("query_tokens"))
+                    split["no_decay" if exempt else "decay"].append(p)
+            for kind, members in split.items():
+                if members:
+                    value = wd if kind == "decay" else 0.0
+                    groups.append({"params": members, "lr_scale": lr_scale, "wd_value": value,
+                                   "weight_decay": value, "head": h, "group_name": f"probe_{h}_{kind}"})
+        return groups
+
+
+def grid_loss(logits: torch.Tensor, target: torch.Tensor,
+              loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
+              ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sum over heads of each head's loss, so head h's parameters get exactly d loss_h.
+
+    Args:
+        logits: [H, B, K] from AttentiveProbeGrid.
+        target: what `loss_fn` takes for one head: [B] class indices (cross-entropy), [B, K]
+            soft or multi-hot targets (e.g. F.binary_cross_entropy_with_logits).
+    Returns:
+        (the summed loss to backpropagate, the per-head losses [H], detached).
+    """
+    per_head = torch.stack([loss_fn(head_logits, target) for head_logits in logits])  # [H]
+    return per_head.sum(), per_head.detach()
+
+
+def grid_top1(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Top-1 accuracy (%) of every head: logits [H, B, K] (or probabilities), labels [B] -> [H]."""
+    return 100.0 * (logits.argmax(-1) == labels).float().mean(1)
+
+
+def select_best(per_head_metrics: Sequence[Dict[str, float]], key: str = "top1",
+                higher_is_better: bool = True) -> Tuple[int, Dict[str, float]]:
+    """(index, metrics) of the best head by `key`; ties go to the first (lowest index) head.
+
+    Args:
+        per_head_metrics: one dict per head, e.g. [{"top1": 71.2, "top5": 90.1}, ...].
+        key: the metric compared ("top1", "mAP", or "mae" with higher_is_better=False).
+    """
+    if not per_head_metrics:
+        raise ValueError("select_best needs the metrics of at least one head")
+    missing = [i for i, m in enumerate(per_head_metrics) if key not in m]
+    if missing:
+        raise KeyError(f"metric {key!r} missing for heads {missing}")
+    values = [float(m[key]) for m in per_head_metrics]
+    if any(math.isnan(v) for v in values):
+        raise ValueError(f"metric {key!r} is NaN for heads {[i for i, v in enumerate(values) if math.isnan(v)]}")
+    best = (max if higher_is_better else min)(range(len(values)), key=lambda i: values[i])
+    return best, dict(per_head_metrics[best])
