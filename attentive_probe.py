@@ -208,3 +208,25 @@ def select_best(per_head_metrics: Sequence[Dict[str, float]], key: str = "top1",
         raise ValueError(f"metric {key!r} is NaN for heads {[i for i, v in enumerate(values) if math.isnan(v)]}")
     best = (max if higher_is_better else min)(range(len(values)), key=lambda i: values[i])
     return best, dict(per_head_metrics[best])
+
+
+class AttentiveProbe(nn.Module):
+    """A frozen backbone in eval mode under an `AttentiveProbeGrid` on its patch tokens: one
+    backbone forward per batch feeds every head. videos [B, 3, T, H, W] -> [H, B, K]."""
+
+    def __init__(self, backbone: nn.Module, grid: AttentiveProbeGrid):
+        super().__init__()
+        self.backbone, self.grid = backbone.requires_grad_(False), grid
+
+    def train(self, mode: bool = True) -> "AttentiveProbe":
+        super().train(mode)
+        self.backbone.eval()  # no dropout or drop path in the features
+        return self
+
+    def forward(self, videos: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            tokens = self.backbone.forward_tokens(videos)  # [B, N, D], after the final norm
+        return self.grid(tokens)  # [H, B, K]
+
+    def param_groups(self) -> List[dict]:
+        return self.grid.param_groups()

@@ -31,15 +31,18 @@ def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> to
 def train_one_epoch(model: nn.Module, loader: Iterable, update, schedule, *, device: torch.device, epoch: int,
                     start_step: int, num_classes: int, accum_iter: int = 1, mixup: Optional[Mixup] = None,
                     smoothing: float = 0.0, log_every: int = 20, skip_nonfinite: int = 0,
-                    tracker=None) -> Iterator[StepDone]:
+                    tracker=None, task=None) -> Iterator[StepDone]:
     """One fine-tuning epoch, yielding after every optimiser step (see `training_loop.train_steps`).
 
     Args:
         mixup: mixes each batch and gives its soft targets (they carry the label smoothing).
         smoothing: label smoothing without mixup.
+        task: a `tasks.Task` whose loss replaces single-head classification (no mixup, smoothing).
     """
 
     def loss_fn(batch):
+        if task is not None:  # tasks.Task: multi-label, counting or the attentive-probe grid
+            return task.loss(model(batch["video"]), batch)
         videos, labels = batch["video"], batch["label"]  # [B, C, T, H, W], [B]
         if mixup is not None:
             videos, targets = mixup(videos, labels)  # targets [B, K]

@@ -92,6 +92,27 @@ def add_loader_flags(group, *, num_workers: int, batch_size: Optional[int] = Non
         group.add_argument("--max_bad_fraction", type=float, default=0.2)
 
 
+def add_probe_flags(p: argparse.ArgumentParser) -> None:
+    """Frozen-backbone probes of fine-tuning: the official linear probe and V-JEPA 2's attentive one."""
+    g = p.add_argument_group("probes (frozen backbone)")
+    g.add_argument("--linear_probing", action="store_true",
+                   help="frozen backbone in eval mode, train a linear head on pooled features")
+    g.add_argument("--lp_head", default="bn_linear", choices=["bn_linear", "linear"],
+                   help="BatchNorm without affine + Linear (MAE's probe), or Linear alone")
+    g.add_argument("--lp_train_norms", action="store_true", help="also train the final norms (official variant)")
+    g.add_argument("--lp_augment", action="store_true",
+                   help="keep --aa/--reprob/--mixup/--cutmix/--smoothing (official variant; off by default)")
+    g.add_argument("--probe", default=None, choices=["linear", "attentive"],
+                   help="frozen-backbone probe: linear (= --linear_probing) or attentive (V-JEPA 2's pooler, a grid "
+                        "of heads over --probe_lr_scales x --probe_weight_decays trained on one backbone forward)")
+    g.add_argument("--probe_lr_scales", type=float, nargs="+", default=[5.0, 3.0, 1.0, 0.3, 0.1],
+                   help="attentive probe: each head's lr = scale x the scheduled lr")
+    g.add_argument("--probe_weight_decays", type=float, nargs="+", default=[0.01, 0.1, 0.4, 0.8],
+                   help="attentive probe: each head's constant weight decay")
+    g.add_argument("--probe_depth", type=int, default=4, help="attentive probe: blocks per pooler (V-JEPA 2: 4)")
+    g.add_argument("--probe_num_heads", type=int, default=16, help="attentive probe: attention heads per block")
+
+
 def add_augment_flags(p: argparse.ArgumentParser) -> None:
     """The fine-tuning "augmentation" group: the official recipe's crop, flips, RandAugment, random
     erasing, label smoothing, mixup and cutmix."""

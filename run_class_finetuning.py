@@ -21,16 +21,18 @@ from typing import Optional
 import torch
 
 import deepspeed_support
+from attentive_probe import AttentiveProbe, AttentiveProbeGrid
 from checkpointing import load_checkpoint, resume_from, state_dict_from
-from datasets.annotations import read_annotations
-from datasets.gym import GYM_SETS, read_gym
+from datasets.images import ImageClipDataset
 from datasets.mixup import Mixup
 from datasets.sampler import ShardSampler
+from datasets.splits import read_split
 from datasets.subset import class_balanced_subset
-from datasets.video_dataset import DATA_SETS, AugmentConfig, BadSampleTracker, ClipConfig, VideoClipDataset, collate_clips
+from datasets.video_dataset import AugmentConfig, BadSampleTracker, ClipConfig, VideoClipDataset, collate_clips
 from distributed import cleanup_distributed
 from engine_for_finetuning import evaluate, train_one_epoch, write_test_results
-from flags import (HelpFormatter, add_augment_flags, add_clip_flags, add_encoder_flags, add_labelled_data_flags, add_loader_flags,
+from eval_knn import EVAL_DATA_SETS, add_image_flags
+from flags import (HelpFormatter, add_augment_flags, add_probe_flags, add_clip_flags, add_encoder_flags, add_labelled_data_flags, add_loader_flags,
                    add_optim_flags, add_output_and_run_flags, check_flags, check_nb_classes, clip_rules, common_rules,
                    nb_classes_of, resolve_precision, str2bool)
 from modeling_finetune import (MODELS, LinearProbe, ModelEma, load_pretrained_weights, pooling_for_frozen_features,
@@ -40,6 +42,7 @@ from run_log import RunLog, write_config
 from runtime import Checkpointer, start_run, training_loader, wrap_for_training
 from schedules import make_schedule
 from shutdown import WORKER_INIT, run_driver
+from tasks import TASK_OF_DATA_SET, Task, best_head, evaluate_task, validate, write_task_results
 from training_loop import EpochTotals
 
 logger = logging.getLogger("sigma")
@@ -65,17 +68,13 @@ def get_args(argv=None) -> argparse.Namespace:
                         "is the official spelling)")
     g.add_argument("--model_ema", action="store_true", help="keep, evaluate and save an EMA of the weights")
     g.add_argument("--model_ema_decay", type=float, default=0.9999)
-    g = p.add_argument_group("linear probing")
-    g.add_argument("--linear_probing", action="store_true",
-                   help="frozen backbone in eval mode, train a linear head on pooled features")
-    g.add_argument("--lp_head", default="bn_linear", choices=["bn_linear", "linear"],
-                   help="BatchNorm without affine + Linear (MAE's probe), or Linear alone")
-    g.add_argument("--lp_train_norms", action="store_true", help="also train the final norms (official variant)")
-    g.add_argument("--lp_augment", action="store_true",
-                   help="keep --aa/--reprob/--mixup/--cutmix/--smoothing (official variant; off by default)")
+    add_probe_flags(p)
     g = p.add_argument_group("data")
-    add_labelled_data_flags(g, DATA_SETS, default="Kinetics-400", data_path_help=(
-        "folder with train.csv, val.csv, test.csv (FineGym sets: annotations/ and subactions/)"))
+    add_labelled_data_flags(g, EVAL_DATA_SETS, default="Kinetics-400", data_path_help=(
+        "folder with train.csv, val.csv, test.csv (FineGym sets: annotations/ and subactions/; Charades: "
+        "Charades_v1_{train,test}.csv; UCFRep: annotations/{train,val}/; ImageNet: train/ and val/ class folders; "
+        "CIFAR-100: cifar-100-python/)"))
+    add_image_flags(g)
     add_clip_flags(g)
     g.add_argument("--num_sample", type=int, default=2, help="augmented clips per decoded training video")
     g.add_argument("--examples", type=int, default=0,
@@ -110,8 +109,14 @@ def get_args(argv=None) -> argparse.Namespace:
         "cutmix": (lambda v: v >= 0, ">= 0"),
         "finetuning_crops": (lambda v: 0 < v[0] <= v[1] <= 1, "MIN MAX with 0 < MIN <= MAX <= 1"),
         "model_ema_decay": (lambda v: 0 < v < 1, "in (0, 1)"),
+        "probe_lr_scales": (lambda v: min(v) > 0, "one or more scales > 0"),
+        "probe_weight_decays": (lambda v: min(v) >= 0, "one or more values >= 0"),
+        "probe_depth": (lambda v: v >= 1, ">= 1"),
+        "probe_num_heads": (lambda v: v >= 1, ">= 1"),
         **common_rules(args), **clip_rules(args)})
-    check_nb_classes(p, args, DATA_SETS)
+    check_nb_classes(p, args, EVAL_DATA_SETS)
+    if args.probe == "attentive" and args.linear_probing:
+        p.error("--linear_probing is --probe linear: give one probe")
     if args.compile and args.enable_deepspeed:
         p.error("--compile is not supported together with --enable_deepspeed")
     if args.eval and not (args.finetune or args.resume):
@@ -120,40 +125,38 @@ def get_args(argv=None) -> argparse.Namespace:
 
 
 def build_datasets(args, nb_classes: int, sampling: str, default_flip: bool, augment: bool):
-    """train / val / test datasets; test falls back to val.csv when there is no test.csv.
-    Training flips follow --flip / --no_flip, else the data set's `default_flip`."""
+    """{split: dataset} of train / val / test (`.samples` lists the videos or images, `.targets`
+    the multi-hot labels or counts of SEVERE's sets). Training flips follow --flip / --no_flip,
+    else the data set's `default_flip`."""
     flip = default_flip if args.flip is None else args.flip
-    root = args.data_root or args.data_path
-    clip = ClipConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate, sampling=sampling,
-                      input_size=args.input_size, short_side_size=args.short_side_size)
+    clip = ClipConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate,
+                      sampling="dense" if sampling == "repeat" else sampling, input_size=args.input_size,
+                      short_side_size=args.short_side_size)
     aa = None if args.aa.lower() == "none" or not augment else args.aa
     aug = AugmentConfig(scale=tuple(args.finetuning_crops), flip=flip, auto_augment=aa, crop_first=args.crop_first,
                         reprob=args.reprob if augment else 0.0, remode=args.remode, recount=args.recount)
-    common = dict(clip=clip, augment=aug, video_backend=args.video_backend, seed=args.seed)
-    out = {}
-    for split in ("train", "val", "test"):
-        if split == "train" and args.eval:
-            continue
-        csv_path = os.path.join(args.data_path, f"{split}.csv")
-        if args.data_set in GYM_SETS:  # the official lists; val and test are both gym99_val.txt
-            samples = read_gym(args.data_path, split, args.data_set)
-        else:
-            if split == "test" and not os.path.exists(csv_path):
-                logger.info("no %s: testing on val.csv", csv_path)
-                csv_path = os.path.join(args.data_path, "val.csv")
-            samples = read_annotations(csv_path, root, nb_classes=nb_classes,
-                                       max_missing_fraction=args.max_bad_fraction)
+    datasets = {}
+    for split in ("val", "test") if args.eval else ("train", "val", "test"):
+        found = read_split(args.data_set, args.data_path, split, data_root=args.data_root, nb_classes=nb_classes,
+                           max_missing_fraction=args.max_bad_fraction, class_list=args.class_list or None)
         if split == "train" and args.examples:
-            samples = class_balanced_subset(samples, args.examples)
-            logger.info("--examples %d: training on %d videos", args.examples, len(samples))
-        out[split] = VideoClipDataset(samples, split, num_sample=args.num_sample if split == "train" else 1,
-                                      test_num_segment=args.test_num_segment, test_num_crop=args.test_num_crop,
-                                      **common)
-    if "train" in out:
-        found = len({s.label for s in out["train"].samples})
-        if found < nb_classes:
-            logger.warning("--nb_classes %d but %s/train.csv has %d distinct labels", nb_classes, args.data_path, found)
-    return out
+            found = found._replace(samples=class_balanced_subset(found.samples, args.examples))
+            logger.info("--examples %d: training on %d videos", args.examples, len(found.samples))
+        if found.images is not None:  # clips of a repeated image
+            datasets[split] = ImageClipDataset(found.images, split, clip=clip, scale=tuple(args.finetuning_crops),
+                                               flip=flip, test_num_crop=args.test_num_crop, seed=args.seed)
+            datasets[split].samples, datasets[split].targets = found.samples, None
+            continue
+        datasets[split] = VideoClipDataset(
+            found.samples, split, clip=clip, augment=aug, num_sample=args.num_sample if split == "train" else 1,
+            test_num_segment=args.test_num_segment, test_num_crop=args.test_num_crop,
+            video_backend=args.video_backend, seed=args.seed, targets=found.targets)
+    if "train" in datasets and datasets["train"].targets is None:
+        labels = len({s.label for s in datasets["train"].samples})
+        if labels < nb_classes:
+            logger.warning("--nb_classes %d but the train split of %s has %d distinct labels", nb_classes,
+                           args.data_path, labels)
+    return datasets
 
 
 def eval_loader(dataset, env, args, sharded: bool):
@@ -165,9 +168,14 @@ def eval_loader(dataset, env, args, sharded: bool):
                                        collate_fn=collate_clips, worker_init_fn=WORKER_INIT)
 
 
+def probe_of(args) -> Optional[str]:
+    """"linear", "attentive" or None (full fine-tuning)."""
+    return "linear" if args.linear_probing else args.probe
+
+
 def build_model(args, nb_classes: int):
-    """The classifier (or linear probe), with --finetune weights loaded."""
-    probe = args.linear_probing
+    """The classifier (or linear / attentive probe), with --finetune weights loaded."""
+    probe = probe_of(args)
     mean_pooling = args.use_mean_pooling
     weights = read_pretrained(args.finetune) if args.finetune else None  # read once, used twice
     if probe and weights:  # frozen features go through the checkpoint's own trained norm
@@ -180,9 +188,13 @@ def build_model(args, nb_classes: int):
     report = None
     if args.finetune:
         report = load_pretrained_weights(model, weights, args.model_key, args.model_prefix)
-    if probe:
+    if probe == "linear":
         model = LinearProbe(model, nb_classes, batch_norm=args.lp_head == "bn_linear",
                             train_norms=args.lp_train_norms, init_scale=args.init_scale)
+    elif probe == "attentive":
+        grid = [(lr, wd) for lr in args.probe_lr_scales for wd in args.probe_weight_decays]
+        model = AttentiveProbe(model, AttentiveProbeGrid(nb_classes, model.embed_dim, grid,
+                                                         num_heads=args.probe_num_heads, depth=args.probe_depth))
     return model, report
 
 
@@ -190,42 +202,46 @@ def main(args: argparse.Namespace) -> None:
     env = start_run(args.device, args.output_dir)
     precision = resolve_precision(args.precision, env.device)
     torch.manual_seed(args.seed + env.rank)
-    nb_classes = nb_classes_of(args, DATA_SETS)
-    _, sampling, default_flip = DATA_SETS[args.data_set]
-    augment = not args.linear_probing or args.lp_augment
+    nb_classes = nb_classes_of(args, EVAL_DATA_SETS)
+    _, sampling, default_flip = EVAL_DATA_SETS[args.data_set]
+    probe = probe_of(args)
+    augment = not probe or args.lp_augment
     if not augment:
-        logger.info("linear probing: no RandAugment, random erasing, mixup, cutmix or label smoothing "
-                    "(--lp_augment keeps them)")
+        logger.info("%s probing: no RandAugment, random erasing, mixup, cutmix or label smoothing "
+                    "(--lp_augment keeps them)", probe)
+    kind = TASK_OF_DATA_SET.get(args.data_set, "classification")
+    heads = len(args.probe_lr_scales) * len(args.probe_weight_decays) if probe == "attentive" else 1
+    task = Task(kind, heads) if (kind, heads) != ("classification", 1) else None  # None: the plain classifier
     data = build_datasets(args, nb_classes, sampling, default_flip, augment)
     model, report = build_model(args, nb_classes)
     model.to(env.device)
     tracker = BadSampleTracker(args.max_bad_fraction)
-    config = {**vars(args), "precision": precision, "world_size": env.world_size, "nb_classes": nb_classes}
+    config = {**vars(args), "precision": precision, "world_size": env.world_size, "nb_classes": nb_classes,
+              "task": kind, "flip": default_flip if args.flip is None else args.flip}
     if args.eval:
-        test_only(args, env, model, report, data["test"], precision=precision, tracker=tracker, config=config)
+        test_only(args, env, model, report, data["test"], precision=precision, tracker=tracker, config=config,
+                  task=task)
     else:
         train(args, env, model, data, nb_classes=nb_classes, precision=precision, augment=augment, tracker=tracker,
-              config=config)
+              config=config, task=task)
     cleanup_distributed()
 
 
-def test_only(args, env, model, report, test_set, *, precision: str, tracker, config: dict) -> None:
+def test_only(args, env, model, report, test_set, *, precision: str, tracker, config: dict, task) -> None:
     """--eval: the multi-view test of --resume's or --finetune's weights."""
     write_config(args.output_dir, env, config)
     if args.resume:
         model.load_state_dict(state_dict_from(load_checkpoint(args.resume, required=()), args.resume))
-    elif isinstance(model, LinearProbe) or "head.weight" not in report["loaded"]:
+    elif isinstance(model, (LinearProbe, AttentiveProbe)) or "head.weight" not in report["loaded"]:
         raise SystemExit(f"{args.finetune} has no classifier head for {config['nb_classes']} classes: "
                          f"--eval needs a fine-tuned checkpoint (or --resume)")
-    test = eval_loader(test_set, env, args, args.dist_eval)
-    metrics, videos = evaluate(model, test, env, sharded=args.dist_eval, precision=precision, tracker=tracker)
+    final_test(args, env, [("", model, None)], test_set, precision=precision, tracker=tracker, task=task)
     if env.is_main:
-        write_test_results(args.output_dir, "", metrics, videos, test_set.samples,
-                           f"{args.test_num_segment}x{args.test_num_crop}")
         logger.info("done: wrote test_results.json, predictions.csv and config.json in %s", args.output_dir)
 
 
-def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bool, tracker, config: dict) -> None:
+def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bool, tracker, config: dict,
+          task) -> None:
     train_set = data["train"]
     sampler, loader = training_loader(train_set, env, batch_size=args.batch_size, num_workers=args.num_workers,
                                       pin_mem=args.pin_mem, seed=args.seed)
@@ -235,19 +251,18 @@ def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bo
                              warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
                              weight_decay_end=args.weight_decay_end)
     mixup = None
-    if augment and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax):
+    if task is None and augment and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax):
         mixup = Mixup(nb_classes, args.mixup, args.cutmix, args.cutmix_minmax, args.mixup_prob,
                       args.mixup_switch_prob, args.mixup_mode, args.smoothing)
-    layer_decay = None if args.linear_probing or args.layer_decay >= 1.0 else args.layer_decay
-    optimizer = create_optimizer(param_groups(core, args.weight_decay, layer_decay=layer_decay), lr=schedule.lr,
-                                 betas=tuple(args.opt_betas), eps=args.opt_eps)
+    optimizer = build_optimizer(args, core, schedule.lr)
     training = wrap_for_training(core, optimizer, env, precision=precision, accum_iter=args.accum_iter,
                                  clip_grad=args.clip_grad, compile=args.compile,
                                  deepspeed_config=_deepspeed_config(args, env, precision))
     ema = ModelEma(core, args.model_ema_decay) if args.model_ema else None
     config = {**config, "clips_per_gpu": args.batch_size * args.num_sample, "global_batch": schedule.global_batch,
-              "actual_lr": schedule.lr, "flip": data["val"].augment.flip}
-    totals, best = EpochTotals(), {"acc1": -1.0, "epoch": -1}
+              "actual_lr": schedule.lr}
+    key = task.primary if task else "acc1"  # what checkpoint-best.pth (and the reported head) is chosen by
+    totals, best = EpochTotals(), {key: None if task else -1.0, "epoch": -1}
     checkpointer = Checkpointer(
         env, args.output_dir, model=core, optimizer=optimizer, scaler=training.scaler, config=config,
         steps_per_epoch=schedule.steps_per_epoch, every_steps=args.save_ckpt_steps, every_epochs=args.save_ckpt_freq,
@@ -279,7 +294,8 @@ def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bo
         for done in train_one_epoch(training.model, loader, training.update, schedule, device=env.device,
                                     epoch=epoch, start_step=step, num_classes=nb_classes, accum_iter=args.accum_iter,
                                     mixup=mixup, smoothing=args.smoothing if augment else 0.0,
-                                    log_every=args.log_every, skip_nonfinite=args.skip_nonfinite, tracker=tracker):
+                                    log_every=args.log_every, skip_nonfinite=args.skip_nonfinite, tracker=tracker,
+                                    task=task):
             step = done.step
             if ema is not None:
                 ema.update(core)  # before any checkpoint of this step
@@ -293,20 +309,22 @@ def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bo
         record = {**{f"train_{k}": v for k, v in totals.global_averages(env.device).items()}, **tracker.end_epoch(),
                   "epoch": epoch}
         if not args.disable_eval_during_finetuning:
-            record.update(validate(nets, val, env, sharded=args.dist_eval, precision=precision))
-            if record["val_acc1"] > best["acc1"]:  # the same on every rank (gathered views)
-                best = {"acc1": record["val_acc1"], "epoch": epoch}
-                checkpointer.save_best(epoch, step, {"val_acc1": record["val_acc1"]},
+            record.update(validate(nets, val, env, sharded=args.dist_eval, precision=precision, task=task,
+                                   targets=data["val"].targets))
+            if _improves(record, best, key, task):  # the same on every rank (gathered views)
+                best = {key: record[f"val_{key}"], "epoch": epoch,
+                        **({"head": record["val_head"]} if "val_head" in record else {})}
+                checkpointer.save_best(epoch, step, {f"val_{key}": best[key]},
                                        ema=ema.module.state_dict() if ema else None)
-            logger.info("epoch %d: val top-1 %.2f top-5 %.2f (best %.2f at epoch %d)", epoch, record["val_acc1"],
-                        record["val_acc5"], best["acc1"], best["epoch"])
+            _log_validation(epoch, record, best, key)
         # Written ahead of the epoch's checkpoint: a kill in between re-runs the epoch on resume,
         # and the resumed run drops this line before writing it again.
         run_log.epoch({**record, "epoch_time": time.time() - t0})
         totals.reset()
         checkpointer.after_epoch(epoch, step)
     checkpointer.preemption.disarm()  # a signal during the test exits for requeue: the test is re-run
-    results = final_test(args, env, nets, data["test"], precision=precision, tracker=tracker)
+    results = final_test(args, env, nets, data["test"], precision=precision, tracker=tracker, task=task,
+                         head=best.get("head"))
     if env.is_main:
         _summary(args.output_dir, best, results, run_log.tb_dir)
     run_log.close()
@@ -314,13 +332,27 @@ def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bo
         training.engine.destroy()  # DeepSpeed's own groups and buffers, before the process group goes
 
 
-def validate(nets, val, env, *, sharded: bool, precision: str) -> dict:
-    """val_* (and val_ema_*) metrics of every net on the validation loader."""
-    record = {}
-    for name, net, dtype in nets:
-        metrics, _ = evaluate(net, val, env, sharded=sharded, precision=precision, input_dtype=dtype)
-        record.update({f"val{name}_{k}": v for k, v in metrics.items()})
-    return record
+def _improves(record: dict, best: dict, key: str, task) -> bool:
+    value = record[f"val_{key}"]
+    return task.better(value, best[key]) if task else value > best[key]
+
+
+def _log_validation(epoch: int, record: dict, best: dict, key: str) -> None:
+    value = record[f"val_{key}"]
+    if key == "acc1":
+        logger.info("epoch %d: val top-1 %.2f top-5 %.2f (best %.2f at epoch %d)", epoch, value, record["val_acc5"],
+                    best[key], best["epoch"])
+    else:
+        logger.info("epoch %d: val %s %.4g (best %.4g at epoch %d)", epoch, key, value, best[key], best["epoch"])
+
+
+def build_optimizer(args, core, lr: float) -> torch.optim.Optimizer:
+    """AdamW with layer decay (fine-tuning), or one group per attentive-probe head (its lr scale and
+    constant weight decay)."""
+    layer_decay = None if probe_of(args) or args.layer_decay >= 1.0 else args.layer_decay
+    groups = (core.param_groups() if isinstance(core, AttentiveProbe)
+              else param_groups(core, args.weight_decay, layer_decay=layer_decay))
+    return create_optimizer(groups, lr=lr, betas=tuple(args.opt_betas), eps=args.opt_eps)
 
 
 def _deepspeed_config(args, env, precision: str) -> Optional[dict]:
@@ -336,25 +368,44 @@ def _deepspeed_config(args, env, precision: str) -> Optional[dict]:
     return config
 
 
-def final_test(args, env, nets, test_set, *, precision: str, tracker) -> dict:
-    """The multi-view test of every net (the model and its EMA): test_results*.json, predictions*.csv."""
+def final_test(args, env, nets, test_set, *, precision: str, tracker, task=None, head: Optional[int] = None) -> dict:
+    """The multi-view test of every net (the model and its EMA): test_results*.json, predictions*.csv.
+    With several heads the reported one is `head` (the best on validation), else the best here."""
     test = eval_loader(test_set, env, args, args.dist_eval)
+    views = f"{args.test_num_segment}x{args.test_num_crop}"
     results = {}
     for name, net, dtype in nets:
-        metrics, videos = evaluate(net, test, env, sharded=args.dist_eval, precision=precision, input_dtype=dtype,
-                                   tracker=tracker)
+        if task is None:
+            metrics, videos = evaluate(net, test, env, sharded=args.dist_eval, precision=precision,
+                                       input_dtype=dtype, tracker=tracker)
+            if env.is_main:
+                write_test_results(args.output_dir, name, metrics, videos, test_set.samples, views)
+        else:
+            per_head, videos = evaluate_task(net, test, env, task, test_set.targets, sharded=args.dist_eval,
+                                             precision=precision, input_dtype=dtype, tracker=tracker)
+            metrics = best_head(task, per_head, head)
+            if env.is_main:
+                write_task_results(args.output_dir, name, task, metrics, per_head, videos, test_set.samples,
+                                   test_set.targets, views)
+                logger.info("test%s (%s views, head %d): %s", name, views, metrics["head"],
+                            {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
         results[name] = metrics
-        if env.is_main:
-            write_test_results(args.output_dir, name, metrics, videos, test_set.samples,
-                               f"{args.test_num_segment}x{args.test_num_crop}")
     return results
 
 
 def _summary(output_dir: str, best: dict, results: dict, tb_dir: Optional[str]) -> None:
     """The closing line: what the run reached and what it wrote where."""
-    test = "; ".join(f"test{name} top-1 {m['acc1']:.2f} top-5 {m['acc5']:.2f}" for name, m in results.items())
-    val = (f"best val top-1 {best['acc1']:.2f} at epoch {best['epoch']} (checkpoint-best.pth); "
-           if best["epoch"] >= 0 else "")
+    def reached(m: dict) -> str:
+        if "acc1" in m:
+            return f"top-1 {m['acc1']:.2f} top-5 {m['acc5']:.2f}"
+        return ", ".join(f"{k} {m[k]:.4g}" for k in ("mAP", "mae", "obo") if k in m)
+
+    test = "; ".join(f"test{name} {reached(m)}" + (f" (head {m['head']})" if "head" in m else "")
+                     for name, m in results.items())
+    key = next(k for k in best if k not in ("epoch", "head"))
+    fmt = ".2f" if key == "acc1" else ".4g"
+    val = (f"best val {'top-1' if key == 'acc1' else key} {best[key]:{fmt}} at epoch {best['epoch']} "
+           f"(checkpoint-best.pth); " if best["epoch"] >= 0 else "")
     logger.info("done: %s%s; checkpoints, log.txt, metrics.jsonl, test_results*.json and predictions*.csv in %s; "
                 "tensorboard logs in %s", val, test, output_dir, tb_dir)
 

@@ -67,9 +67,13 @@ class EpochTotals:
 
 
 def set_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
-    """Every group's lr = lr * its lr_scale; decaying groups get `weight_decay`."""
+    """Every group's lr = lr * its lr_scale; decaying groups get `weight_decay`, groups with a fixed
+    "wd_value" (the attentive-probe grid's heads) keep it."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+        if "wd_value" in group:
+            group["weight_decay"] = group["wd_value"]
+            continue
         # Remember which groups decay: a schedule that reaches 0 must not turn them off for good.
         if group.setdefault("decay", group["weight_decay"] > 0):
             group["weight_decay"] = weight_decay

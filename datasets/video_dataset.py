@@ -5,6 +5,7 @@ stacked on a leading axis, so `collate_clips` can flatten them into the batch:
     video   [V, C, T, H, W] float, ImageNet-normalised
     mask    [V, N] bool                      (pretrain only; True = masked)
     label, index, segment, crop  [V] long    (index: position of the video in the annotation list)
+    target  [V, ...] float                   (with `targets`: multi-hot labels, counts)
     bad     list of (path, reason)           (unreadable files met while producing this item)
 V is `num_sample` in pretrain/train (several augmentations of one decode), 1 in val, and
 `test_num_crop` in test. Everything random comes from a generator seeded by (seed, epoch, item),
@@ -39,7 +40,8 @@ MODES = ("pretrain", "train", "val", "test")
 # GYM99, FX-S1 and UB-S1 read the official FineGym lists (datasets/gym.py), the others CSV files.
 DATA_SETS = {"Kinetics-400": (400, "dense", True), "SSV2": (174, "segment", False), "UCF101": (101, "dense", True),
              "HMDB51": (51, "dense", True), "Diving48": (48, "dense", True), "GYM99": (99, "dense", True),
-             "FX-S1": (11, "dense", True), "UB-S1": (15, "dense", True), "custom": (None, "dense", True)}
+             "FX-S1": (11, "dense", True), "UB-S1": (15, "dense", True), "custom": (None, "dense", True),
+             "Charades": (157, "dense", True), "UCFRep": (1, "segment", True)}
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,9 @@ class VideoClipDataset(torch.utils.data.Dataset):
                  augment: AugmentConfig = AugmentConfig(), mask: MaskConfig = MaskConfig(),
                  num_sample: int = 1, test_num_segment: int = 1, test_num_crop: int = 1,
                  video_backend: str = DEFAULT_BACKEND, num_threads: int = 1, seed: int = 0,
-                 min_video_frames: int = 4, max_retries: int = 20):
+                 min_video_frames: int = 4, max_retries: int = 20, targets: Optional[torch.Tensor] = None):
+        """targets: [len(samples), ...] float per-video targets beyond the class label (Charades'
+        multi-hot labels, UCFRep's counts), returned as "target" [V, ...]."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if clip.sampling not in ("dense", "segment"):
@@ -94,6 +98,9 @@ class VideoClipDataset(torch.utils.data.Dataset):
         if min(num_sample, test_num_segment, test_num_crop) < 1:
             raise ValueError("num_sample, test_num_segment and test_num_crop must be >= 1")
         self.samples = list(samples)
+        if targets is not None and len(targets) != len(self.samples):
+            raise ValueError(f"{len(targets)} targets for {len(self.samples)} samples")
+        self.targets = targets
         self.mode, self.clip, self.augment, self.mask = mode, clip, augment, mask
         self.num_views = {"pretrain": num_sample, "train": num_sample, "val": 1, "test": test_num_crop}[mode]
         self.test_num_segment = test_num_segment if mode == "test" else 1
@@ -137,6 +144,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
             "crop": torch.arange(V) if self.mode == "test" else torch.zeros(V, dtype=torch.long),
             "bad": bad,
         }
+        if self.targets is not None:
+            out["target"] = self.targets[video_index].expand(V, *self.targets.shape[1:]).clone()
         if self.mode == "pretrain":
             out["mask"] = MASKS[self.mask.mask_type](V, self.mask_grid, self.mask.mask_ratio, generator=rng)
         return out
