@@ -38,7 +38,7 @@ from datasets.vos import DATA_SETS, YTVOS_LABELS, read_clip, sample_indices, vos
 from eval_knn import load_encoder
 from kmeans import kmeans
 from modeling_finetune import MODELS
-from flags import HelpFormatter, check_flags
+from flags import HelpFormatter, add_encoder_flags, add_run_flags, check_flags, resolve_precision
 from run_log import write_config
 from runtime import start_run
 from segmentation_metrics import score_clip
@@ -57,11 +57,9 @@ def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser("unsupervised video object segmentation of frozen features",
                                 formatter_class=HelpFormatter)
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="vit_base_patch16_224", choices=sorted(MODELS))
-    g.add_argument("--finetune", default="", help="checkpoint whose encoder is evaluated (ours, SIGMA, VideoMAE)")
+    add_encoder_flags(g, MODELS, default="vit_base_patch16_224",
+                      finetune_help="checkpoint whose encoder is evaluated (ours, SIGMA, VideoMAE, transformers)")
     g.add_argument("--random_init", action="store_true", help="evaluate a randomly initialised encoder (baseline)")
-    g.add_argument("--model_key", default="model|module")
-    g.add_argument("--model_prefix", default="")
     g = p.add_argument_group("data")
     g.add_argument("--data_set", default="davis", choices=DATA_SETS)
     g.add_argument("--data_path", required=True, help="DAVIS-2017 folder, or the YouTube-VOS folder holding train/")
@@ -80,13 +78,10 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--pca_dim", type=int, default=50, help="PCA dimensions after standardising (0: no PCA)")
     g.add_argument("--kmeans_restarts", type=int, default=5)
     g.add_argument("--kmeans_iters", type=int, default=50)
-    g = p.add_argument_group("run")
-    g.add_argument("--output_dir", default="output/segmentation")
+    g = p.add_argument_group("outputs and scoring")
     g.add_argument("--num_overlays", type=int, default=50, help="videos drawn as overlay PNGs (-1: all)")
     g.add_argument("--workers", type=int, default=4, help="scoring processes (0: score in this process)")
-    g.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"])
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    g.add_argument("--seed", type=int, default=0)
+    add_run_flags(p, output_dir="output/segmentation", precision=True)
     args = p.parse_args(argv)
     check_flags(p, args, {"num_frames": at_least(1), "input_size": (lambda v: v % 16 == 0, "a multiple of 16"),
                           "max_videos": at_least(0), "clustering_k": at_least(0), "overclustering_k": at_least(0),
@@ -169,7 +164,7 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
         raise SystemExit("give exactly one of --finetune CHECKPOINT and --random_init")
     num_frames = args.num_frames or DEFAULT_FRAMES[args.data_set]
     split = args.split or DEFAULT_SPLIT[args.data_set]
-    precision = args.precision or ("bf16" if env.device.type == "cuda" else "fp32")
+    precision = resolve_precision(args.precision, env.device)
     videos = vos_videos(args.data_set, args.data_path, split, args.ytvos_labels)
     videos = videos[:args.max_videos] if args.max_videos else videos
     torch.manual_seed(args.seed)
