@@ -277,8 +277,7 @@ def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bo
             ema.module.load_state_dict(state["model_ema"])
         best = state.get("best", best)
         start_epoch, step, start_in_epoch = resume_from(state, path, schedule.steps_per_epoch, env)
-        if start_in_epoch:
-            totals = EpochTotals(state.get("epoch_totals"))
+        totals = EpochTotals(state.get("epoch_totals") if start_in_epoch else None)
     write_config(args.output_dir, env, config)
     run_log = RunLog(env, args.output_dir, args.log_dir, schedule.total_steps, config, args.wandb, args.run_name,
                      resume_at=(start_epoch, step) if found else None)
