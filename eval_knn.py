@@ -31,8 +31,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from datasets.annotations import AnnotationError, read_annotations
-from datasets.images import IMAGE_DATA_SETS, ImageClipDataset, image_split
+from datasets import splits
+from datasets.images import IMAGE_DATA_SETS, ImageClipDataset
 from datasets.sampler import ShardSampler
 from datasets.video_dataset import DATA_SETS, ClipConfig, VideoClipDataset, collate_clips
 from distributed import broadcast_object, cleanup_distributed
@@ -122,17 +122,11 @@ def topk_accuracy(votes: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]
 
 def read_split(args: argparse.Namespace, data_path: str, split: str,
                nb_classes: Optional[int]) -> Tuple[object, List[int]]:
-    """(data, labels) of one split ("train", "val" or "test"): the annotation samples of
-    data_path/<split>.csv, or for an image benchmark its image source (labels checked < nb_classes)."""
-    if EVAL_DATA_SETS[args.data_set][1] != "repeat":
-        samples = read_annotations(os.path.join(data_path, f"{split}.csv"), args.data_root or data_path,
-                                   nb_classes=nb_classes)
-        return samples, [s.label for s in samples]
-    source = image_split(args.data_set, data_path, "train" if split == "train" else "val", args.class_list or None)
-    if nb_classes is not None and source.labels and max(source.labels) >= nb_classes:
-        raise AnnotationError(f"{data_path} ({split}): label {max(source.labels)} outside [0, {nb_classes}): "
-                              f"--nb_classes {nb_classes} is fewer than the classes found")
-    return source, source.labels
+    """(data, labels) of one split ("train", "val" or "test"): the annotation samples, or for an
+    image benchmark its image source (datasets.splits.read_split; labels checked < nb_classes)."""
+    found = splits.read_split(args.data_set, data_path, split, data_root=args.data_root, nb_classes=nb_classes,
+                              class_list=args.class_list or None)
+    return (found.samples if found.images is None else found.images), [s.label for s in found.samples]
 
 
 def eval_dataset(data, args, mode: str, sampling: str, views: Tuple[int, int] = (1, 1)):

@@ -7,7 +7,7 @@ from typing import List, NamedTuple, Optional
 
 import torch
 
-from datasets.annotations import Sample, read_annotations
+from datasets.annotations import AnnotationError, Sample, read_annotations
 from datasets.gym import GYM_SETS, read_gym
 from datasets.images import IMAGE_DATA_SETS, image_split
 
@@ -48,7 +48,7 @@ def read_split(data_set: str, data_path: str, split: str, *, data_root: str = ""
     if data_set in IMAGE_DATA_SETS:
         source = image_split(data_set, data_path, "train" if split == "train" else "val", class_list)
         if nb_classes is not None and source.labels and max(source.labels) >= nb_classes:
-            raise ValueError(f"{data_path} ({split}): label {max(source.labels)} outside [0, {nb_classes}): "
+            raise AnnotationError(f"{data_path} ({split}): label {max(source.labels)} outside [0, {nb_classes}): "
                              f"--nb_classes {nb_classes} is fewer than the classes found")
         return Split([Sample(f"{data_set}:{split}:{i}", y) for i, y in enumerate(source.labels)], images=source)
     csv_path = os.path.join(data_path, f"{split}.csv")
