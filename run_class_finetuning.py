@@ -12,36 +12,29 @@ val.csv and test.csv (test falls back to val.csv). The run resumes by itself fro
 checkpoint in --output_dir; on SIGTERM or SIGUSR1 it saves and exits with REQUEUE_EXIT_CODE.
 """
 import argparse
-import json
 import logging
-import os
 import time
 from typing import Optional
 
 import torch
 
-import deepspeed_support
-from attentive_probe import AttentiveProbe, AttentiveProbeGrid
+from attentive_probe import AttentiveProbe
 from checkpointing import load_checkpoint, resume_from, state_dict_from
-from datasets.images import ImageClipDataset
 from datasets.mixup import Mixup
-from datasets.sampler import ShardSampler
-from datasets.splits import read_split
-from datasets.subset import class_balanced_subset
-from datasets.video_dataset import AugmentConfig, BadSampleTracker, ClipConfig, VideoClipDataset, collate_clips
+from datasets.video_dataset import BadSampleTracker
 from distributed import cleanup_distributed
 from engine_for_finetuning import evaluate, train_one_epoch, write_test_results
 from eval_knn import EVAL_DATA_SETS, add_image_flags
-from flags import (HelpFormatter, add_augment_flags, add_probe_flags, add_clip_flags, add_encoder_flags, add_labelled_data_flags, add_loader_flags,
-                   add_optim_flags, add_output_and_run_flags, check_flags, check_nb_classes, clip_rules, common_rules,
-                   nb_classes_of, resolve_precision, str2bool)
-from modeling_finetune import (MODELS, LinearProbe, ModelEma, load_pretrained_weights, pooling_for_frozen_features,
-                               read_pretrained)
-from optim_factory import create_optimizer, param_groups
+from finetune_build import (build_datasets, build_model, build_optimizer, deepspeed_config_of, eval_loader,
+                            probe_of)
+from flags import (HelpFormatter, add_augment_flags, add_clip_flags, add_encoder_flags, add_labelled_data_flags,
+                   add_loader_flags, add_optim_flags, add_output_and_run_flags, add_probe_flags, check_flags,
+                   check_nb_classes, clip_rules, common_rules, nb_classes_of, resolve_precision, str2bool)
+from modeling_finetune import MODELS, LinearProbe, ModelEma
 from run_log import RunLog, write_config
 from runtime import Checkpointer, start_run, training_loader, wrap_for_training
 from schedules import make_schedule
-from shutdown import WORKER_INIT, run_driver
+from shutdown import run_driver
 from tasks import TASK_OF_DATA_SET, Task, best_head, evaluate_task, validate, write_task_results
 from training_loop import EpochTotals
 
@@ -124,80 +117,6 @@ def get_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def build_datasets(args, nb_classes: int, sampling: str, default_flip: bool, augment: bool):
-    """{split: dataset} of train / val / test (`.samples` lists the videos or images, `.targets`
-    the multi-hot labels or counts of SEVERE's sets). Training flips follow --flip / --no_flip,
-    else the data set's `default_flip`."""
-    flip = default_flip if args.flip is None else args.flip
-    clip = ClipConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate,
-                      sampling="dense" if sampling == "repeat" else sampling, input_size=args.input_size,
-                      short_side_size=args.short_side_size)
-    aa = None if args.aa.lower() == "none" or not augment else args.aa
-    aug = AugmentConfig(scale=tuple(args.finetuning_crops), flip=flip, auto_augment=aa, crop_first=args.crop_first,
-                        reprob=args.reprob if augment else 0.0, remode=args.remode, recount=args.recount)
-    datasets = {}
-    for split in ("val", "test") if args.eval else ("train", "val", "test"):
-        found = read_split(args.data_set, args.data_path, split, data_root=args.data_root, nb_classes=nb_classes,
-                           max_missing_fraction=args.max_bad_fraction, class_list=args.class_list or None)
-        if split == "train" and args.examples:
-            found = found._replace(samples=class_balanced_subset(found.samples, args.examples))
-            logger.info("--examples %d: training on %d videos", args.examples, len(found.samples))
-        if found.images is not None:  # clips of a repeated image
-            datasets[split] = ImageClipDataset(found.images, split, clip=clip, scale=tuple(args.finetuning_crops),
-                                               flip=flip, test_num_crop=args.test_num_crop, seed=args.seed)
-            datasets[split].samples, datasets[split].targets = found.samples, None
-            continue
-        datasets[split] = VideoClipDataset(
-            found.samples, split, clip=clip, augment=aug, num_sample=args.num_sample if split == "train" else 1,
-            test_num_segment=args.test_num_segment, test_num_crop=args.test_num_crop,
-            video_backend=args.video_backend, seed=args.seed, targets=found.targets)
-    if "train" in datasets and datasets["train"].targets is None:
-        labels = len({s.label for s in datasets["train"].samples})
-        if labels < nb_classes:
-            logger.warning("--nb_classes %d but the train split of %s has %d distinct labels", nb_classes,
-                           args.data_path, labels)
-    return datasets
-
-
-def eval_loader(dataset, env, args, sharded: bool):
-    sampler = (ShardSampler(len(dataset), env.world_size, env.rank) if sharded
-               else torch.utils.data.SequentialSampler(dataset))
-    items = max(1, args.batch_size * args.num_sample // dataset.num_views)
-    return torch.utils.data.DataLoader(dataset, batch_size=items, sampler=sampler, num_workers=args.num_workers,
-                                       pin_memory=args.pin_mem and env.device.type == "cuda",
-                                       collate_fn=collate_clips, worker_init_fn=WORKER_INIT)
-
-
-def probe_of(args) -> Optional[str]:
-    """"linear", "attentive" or None (full fine-tuning)."""
-    return "linear" if args.linear_probing else args.probe
-
-
-def build_model(args, nb_classes: int):
-    """The classifier (or linear / attentive probe), with --finetune weights loaded."""
-    probe = probe_of(args)
-    mean_pooling = args.use_mean_pooling
-    weights = read_pretrained(args.finetune) if args.finetune else None  # read once, used twice
-    if probe and weights:  # frozen features go through the checkpoint's own trained norm
-        mean_pooling = pooling_for_frozen_features(weights, args.model_key)
-    model = MODELS[args.model](
-        img_size=args.input_size, all_frames=args.num_frames, num_classes=0 if probe else nb_classes,
-        drop_path_rate=0.0 if probe else args.drop_path, drop_rate=0.0 if probe else args.drop,
-        attn_drop_rate=0.0 if probe else args.attn_drop_rate, fc_drop_rate=0.0 if probe else args.fc_drop_rate,
-        use_mean_pooling=mean_pooling, init_scale=args.init_scale, use_checkpoint=args.use_checkpoint)
-    report = None
-    if args.finetune:
-        report = load_pretrained_weights(model, weights, args.model_key, args.model_prefix)
-    if probe == "linear":
-        model = LinearProbe(model, nb_classes, batch_norm=args.lp_head == "bn_linear",
-                            train_norms=args.lp_train_norms, init_scale=args.init_scale)
-    elif probe == "attentive":
-        grid = [(lr, wd) for lr in args.probe_lr_scales for wd in args.probe_weight_decays]
-        model = AttentiveProbe(model, AttentiveProbeGrid(nb_classes, model.embed_dim, grid,
-                                                         num_heads=args.probe_num_heads, depth=args.probe_depth))
-    return model, report
-
-
 def main(args: argparse.Namespace) -> None:
     env = start_run(args.device, args.output_dir)
     precision = resolve_precision(args.precision, env.device)
@@ -257,7 +176,7 @@ def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bo
     optimizer = build_optimizer(args, core, schedule.lr)
     training = wrap_for_training(core, optimizer, env, precision=precision, accum_iter=args.accum_iter,
                                  clip_grad=args.clip_grad, compile=args.compile,
-                                 deepspeed_config=_deepspeed_config(args, env, precision))
+                                 deepspeed_config=deepspeed_config_of(args, env, precision))
     ema = ModelEma(core, args.model_ema_decay) if args.model_ema else None
     config = {**config, "clips_per_gpu": args.batch_size * args.num_sample, "global_batch": schedule.global_batch,
               "actual_lr": schedule.lr}
@@ -343,28 +262,6 @@ def _log_validation(epoch: int, record: dict, best: dict, key: str) -> None:
                     best[key], best["epoch"])
     else:
         logger.info("epoch %d: val %s %.4g (best %.4g at epoch %d)", epoch, key, value, best[key], best["epoch"])
-
-
-def build_optimizer(args, core, lr: float) -> torch.optim.Optimizer:
-    """AdamW with layer decay (fine-tuning), or one group per attentive-probe head (its lr scale and
-    constant weight decay)."""
-    layer_decay = None if probe_of(args) or args.layer_decay >= 1.0 else args.layer_decay
-    groups = (core.param_groups() if isinstance(core, AttentiveProbe)
-              else param_groups(core, args.weight_decay, layer_decay=layer_decay))
-    return create_optimizer(groups, lr=lr, betas=tuple(args.opt_betas), eps=args.opt_eps)
-
-
-def _deepspeed_config(args, env, precision: str) -> Optional[dict]:
-    """--enable_deepspeed's config (also written to output_dir/deepspeed_config.json), else None."""
-    if not args.enable_deepspeed:
-        return None
-    config = deepspeed_support.deepspeed_config(
-        batch_size=args.batch_size * args.num_sample, update_freq=args.accum_iter, world_size=env.world_size,
-        zero_stage=args.zero_stage, precision=precision, clip_grad=args.clip_grad)
-    if env.is_main:
-        with open(os.path.join(args.output_dir, "deepspeed_config.json"), "w") as f:
-            json.dump(config, f, indent=2)
-    return config
 
 
 def final_test(args, env, nets, test_set, *, precision: str, tracker, task=None, head: Optional[int] = None) -> dict:
