@@ -132,7 +132,7 @@ def test_test_views_match_official_reference(official_videos, sampling):
 
 
 def test_dino_teacher_and_prototype_scores_fp32_under_autocast():
-    from engine_for_pretraining import teacher_targets
+    from engine_for_pretraining import Objective, teacher_targets
     from masking_generator import tube_mask
     from tests.helpers import GRID, clips, tiny_pretrain, tiny_teacher
 
@@ -146,7 +146,8 @@ def test_dino_teacher_and_prototype_scores_fp32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(videos, mask.flatten(1), targets)
     assert out.logits_target.dtype == out.logits_pred.dtype == torch.float32
-    protos = torch.nn.functional.normalize(model.prototypes.detach(), dim=1) / model.temperature
+    temperature = Objective.of(model).temperature  # the forward's default, the objective's
+    protos = torch.nn.functional.normalize(model.prototypes.detach(), dim=1) / temperature
     expected = torch.nn.functional.normalize(out.pred.detach().float().flatten(0, 1), dim=-1) @ protos.t()
     torch.testing.assert_close(out.logits_pred.detach(), expected, rtol=1e-5, atol=1e-5)
 
