@@ -239,7 +239,8 @@ def visualise_video(model: PretrainVisionTransformer, teacher: Optional[nn.Modul
         if not 0 < clusters <= feats.shape[0]:
             raise ValueError(f"--clusters must lie in [1, {feats.shape[0]}] (the clip's tokens), got {clusters}")
         ids, _ = kmeans(F.normalize(feats.float().cpu(), dim=-1), clusters, restarts=1, iters=KMEANS_ITERATIONS,
-                        generator=generator)  # spherical: on unit features        label, name = f"k-means {clusters}", "cluster"
+                        generator=generator)  # spherical: on unit features
+        label, name = f"k-means {clusters}", "cluster"
         how = f"tube colour = k-means cluster ({clusters}) of the encoder features (no prototypes in this model)"
     logger.info("%s: %d tubes, %d distinct ids (%s)", path, ids.numel(), ids.unique().numel(), label)
     original = frames.permute(0, 2, 3, 1).numpy()  # [T, S, S, 3]

@@ -166,9 +166,9 @@ def test_decord_failures_fall_back_to_pyav(demo, broken, monkeypatch):
         raise decoding.VideoError(path, "cannot open (decord says no)", decoder_failed=True)
 
     monkeypatch.setattr(decoding.DecordReader, "__init__", refuse)
-    ds = _dataset(demo, "val", split="val")
+    ds = _dataset(demo, "val", split="val", video_backend="decord")
     item = ds[0]
     assert item["bad"] == [] and item["index"].tolist() == [0]  # read by PyAV instead
     samples = [Sample(f"{demo}/{broken['garbage']}", 0)] + read_annotations(f"{demo}/val.csv", demo)
-    path, reason = VideoClipDataset(samples, "val", CLIP)[0]["bad"][0]
+    path, reason = VideoClipDataset(samples, "val", CLIP, video_backend="decord")[0]["bad"][0]
     assert reason.startswith("cannot open (decord says no); PyAV: cannot open")
