@@ -27,6 +27,8 @@ import collect_results  # noqa: E402
 
 FAKE_ENV = {"SSV2_ROOT": "/data/ssv2", "K400_ROOT": "/data/k400", "UCF101_ROOT": "/data/ucf101",
             "HMDB51_ROOT": "/data/hmdb51", "OUTPUT_ROOT": "/runs", "DINO_WEIGHTS": "/weights",
+            "GYM_ROOT": "/data/finegym", "CHARADES_ROOT": "/data/charades", "UCFREP_ROOT": "/data/ucfrep",
+            "IMAGENET_ROOT": "/data/imagenet", "CIFAR100_ROOT": "/data/cifar",
             "PRETRAINED": "/runs/sigma_dino_vitb_k400/checkpoint-799.pth", "DATASET": "k400",
             "NPROC_PER_NODE": "8", "SIGMA_DRY_RUN": "1"}
 
@@ -102,7 +104,8 @@ def test_pretraining_recipe_parses(path):
     assert args.batch_size * args.accum_iter * 8 == global_batch
 
 
-@pytest.mark.parametrize("path", [p for p in LAUNCHERS if "/pretrain/" not in p], ids=rel)
+@pytest.mark.parametrize("path", [p for p in LAUNCHERS if "/finetune/" in p or os.path.basename(p) in
+                                  ("knn.sh", "linear_probe.sh")], ids=rel)
 def test_evaluation_recipe_parses(path):
     name = os.path.basename(path)[:-3]
     if name == "knn":
@@ -144,10 +147,106 @@ def test_sigma_head_rows_are_the_official_recipe(dataset, epochs, views, save):
 @pytest.mark.parametrize("path", LAUNCHERS, ids=rel)
 def test_launcher_headers_cite_a_commit(path):
     header = "".join(line for line in open(path) if line.startswith("#"))
-    if "QUVA-Lab/SIGMA" in header or "MCG-NJU/VideoMAE" in header:
+    if any(repo in header for repo in ("QUVA-Lab/SIGMA", "MCG-NJU/VideoMAE", "fmthoker/SEVERE-BENCHMARK",
+                                       "facebookresearch/vjepa2")):
         assert re.search(r"commit\s[#\s]*[0-9a-f]{40}", header), f"{rel(path)} cites an official script, no commit"
     else:
         assert "Derived" in header or "no official" in header, f"{rel(path)} names no source"
+
+
+# SEVERE rows: (data set, --data_path, --data_root, --examples, test views, epochs)
+SEVERE_ROWS = {
+    "domain_ssv2": ("SSV2", "/data/ssv2/annotations", "/data/ssv2", 0, (10, 1), 44),
+    "domain_gym99": ("GYM99", "/data/finegym", "/data/finegym", 0, (10, 1), 80),
+    "samples_ucf101_1000": ("UCF101", "/data/ucf101/annotations", "/data/ucf101", 1000, (10, 1), 80),
+    "samples_gym99_1000": ("GYM99", "/data/finegym", "/data/finegym", 1000, (10, 1), 80),
+    "granularity_fx_s1": ("FX-S1", "/data/finegym", "/data/finegym", 0, (10, 1), 90),
+    "granularity_ub_s1": ("UB-S1", "/data/finegym", "/data/finegym", 0, (10, 1), 90),
+    "task_ucfrep": ("UCFRep", "/data/ucfrep", "/data/ucf101", 0, (2, 3), 100),
+    "task_charades": ("Charades", "/data/charades/annotations", "/data/charades", 0, (10, 3), 57),
+}
+
+
+def test_every_severe_row_has_a_launcher():
+    assert sorted(os.path.basename(p)[:-3] for p in LAUNCHERS if "/severe/" in p) == sorted(SEVERE_ROWS)
+
+
+@pytest.mark.parametrize("name", sorted(SEVERE_ROWS))
+def test_severe_recipe_parses(name):
+    import run_class_finetuning
+    from tasks import TASK_OF_DATA_SET
+
+    data_set, data_path, data_root, examples, views, epochs = SEVERE_ROWS[name]
+    _, driver, argv = dry_run(os.path.join(SCRIPTS, "severe", f"{name}.sh"))
+    assert driver == run_class_finetuning.__file__
+    args = run_class_finetuning.get_args(argv)
+    assert (args.data_set, args.data_path, args.data_root, args.examples) == (data_set, data_path, data_root, examples)
+    assert (args.test_num_segment, args.test_num_crop, args.epochs) == (*views, epochs)
+    assert args.finetune == FAKE_ENV["PRETRAINED"] and args.run_name == f"severe_{name}"
+    assert args.output_dir == f"/runs/severe_{name}/sigma_dino_vitb_k400-checkpoint-799"
+    assert args.model == "vit_base_patch16_224" and args.num_frames == 16 and args.input_size == 224
+    assert args.probe is None and not args.linear_probing  # SEVERE fine-tunes the whole network
+    kind = TASK_OF_DATA_SET.get(data_set, "classification")
+    if kind == "counting":
+        assert args.nb_classes is None  # one count output, the data set's
+    else:
+        assert args.nb_classes == {"SSV2": 174, "GYM99": 99, "UCF101": 101, "FX-S1": 11, "UB-S1": 15,
+                                   "Charades": 157}[data_set]
+    if kind != "classification":  # single-label augmentations off for multi-label and counting
+        assert (args.mixup, args.cutmix, args.smoothing) == (0, 0, 0)
+    if data_set == "Charades":
+        assert args.sampling_rate * args.num_frames == 256  # SEVERE's 32 x 8 frame span
+    text = open(os.path.join(SCRIPTS, "severe", f"{name}.sh")).read()
+    global_batch = int(text.split("GLOBAL_BATCH=${GLOBAL_BATCH:-")[1].split("}")[0])
+    assert args.batch_size * args.accum_iter * 8 == global_batch
+
+
+def test_ucfrep_needs_its_videos():
+    env = {k: v for k, v in FAKE_ENV.items() if k != "UCF101_ROOT"}
+    out = run_launcher(os.path.join(SCRIPTS, "severe", "task_ucfrep.sh"), env)
+    assert out.returncode == 2 and "UCFREP_VIDEOS is not set" in out.stderr and out.stdout == ""
+    import run_class_finetuning
+
+    args = run_class_finetuning.get_args(dry_run(os.path.join(SCRIPTS, "severe", "task_ucfrep.sh"),
+                                                 {**env, "UCFREP_VIDEOS": "/data/UCF-101"})[2])
+    assert args.data_root == "/data/UCF-101"
+
+
+@pytest.mark.parametrize("dataset, data_set, views", [("ssv2", "SSV2", (2, 3)), ("k400", "Kinetics-400", (5, 3)),
+                                                      ("imagenet", "ImageNet", (1, 1)), ("cifar100", "CIFAR-100", (1, 1))])
+def test_attentive_probe_launcher(dataset, data_set, views):
+    import run_class_finetuning
+
+    _, _, argv = dry_run(os.path.join(SCRIPTS, "eval", "attentive_probe.sh"), {**FAKE_ENV, "DATASET": dataset})
+    args = run_class_finetuning.get_args(argv)
+    assert args.probe == "attentive" and args.data_set == data_set
+    # V-JEPA 2's grid: 5 lrs x 4 weight decays, 20 epochs, 256 clips per step, no warmup, cosine to 0.
+    assert sorted(l * args.lr for l in args.probe_lr_scales) == pytest.approx([1e-4, 3e-4, 1e-3, 3e-3, 5e-3])
+    assert args.probe_weight_decays == [0.01, 0.1, 0.4, 0.8] and (args.probe_depth, args.probe_num_heads) == (4, 16)
+    assert (args.epochs, args.warmup_epochs, args.min_lr) == (20, 0, 0)
+    assert args.batch_size * args.accum_iter * 8 == 256 and args.num_sample == 1
+    assert (args.test_num_segment, args.test_num_crop) == views
+    assert args.output_dir == f"/runs/attentive_probe_{dataset}/sigma_dino_vitb_k400-checkpoint-799"
+    if views == (1, 1):  # images: root folder as data path, 256 -> 224 centre crop
+        assert args.data_path == args.data_root == FAKE_ENV[{"imagenet": "IMAGENET_ROOT", "cifar100": "CIFAR100_ROOT"}[dataset]]
+        assert args.short_side_size == 256 and tuple(args.finetuning_crops) == (0.08, 1.0)
+
+
+@pytest.mark.parametrize("dataset, data_set, nb_classes", [("imagenet", "ImageNet", 1000), ("cifar100", "CIFAR-100", 100)])
+def test_image_linear_probe_launcher(dataset, data_set, nb_classes):
+    import run_class_finetuning
+
+    _, _, argv = dry_run(os.path.join(SCRIPTS, "eval", "image_linear_probe.sh"), {**FAKE_ENV, "DATASET": dataset})
+    args = run_class_finetuning.get_args(argv)
+    assert args.linear_probing and (args.data_set, args.nb_classes) == (data_set, nb_classes)
+    assert (args.num_frames, args.input_size, args.short_side_size) == (16, 224, 256)
+    assert (args.test_num_segment, args.test_num_crop, args.lr, args.epochs) == (1, 1, 1e-3, 30)
+    assert args.batch_size * args.accum_iter * 8 == 384
+
+
+def test_image_linear_probe_refuses_a_video_set():
+    out = run_launcher(os.path.join(SCRIPTS, "eval", "image_linear_probe.sh"), {**FAKE_ENV, "DATASET": "k400"})
+    assert out.returncode == 2 and "DATASET must be imagenet or cifar100" in out.stderr
 
 
 def test_knn_official_switch():
