@@ -338,11 +338,21 @@ def finetune_run(root, name, checkpoint, data_set="SSV2", model="vit_base_patch1
                                                   "num_videos": 10, "views": f"{segments}x3"})
 
 
-def table_rows(table):
-    lines = table.splitlines()
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert lines[1].startswith("|---")
-    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+def tables(text):
+    """{table number: rows as dicts} of collect_results' markdown ("## I. ..." then a table)."""
+    out = {}
+    for section in text.split("## ")[1:]:
+        title, _, table = section.partition("\n\n")
+        lines = table.strip().splitlines()
+        header = [c.strip() for c in lines[0].strip("|").split("|")]
+        assert lines[1].startswith("|---")
+        out[title.split(".")[0]] = [dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
+                                    for line in lines[2:]]
+    return out
+
+
+def table_rows(text, table="I"):
+    return tables(text)[table]
 
 
 def test_collect_results_table(tmp_path, capsys):
@@ -377,7 +387,7 @@ def test_collect_results_table(tmp_path, capsys):
     assert by_run["broken"]["Top-1"] == "-" and "unreadable" in capsys.readouterr().err
     # One run folder given directly; a folder without runs is an error.
     assert [r["Run"] for r in table_rows(collect_results.main([str(ft / "b")]))] == [str(ft / "b")]
-    with pytest.raises(SystemExit, match="no fine-tuning, linear-probe or kNN runs"):
+    with pytest.raises(SystemExit, match="no evaluation runs"):
         collect_results.main([str(dino)])
 
 
@@ -417,3 +427,98 @@ def test_collect_results_eval_runs(tmp_path):
     assert (by_run["eval_log"]["Data"], by_run["eval_log"]["Frames x clips x crops"]) == ("?", "?x5x3")
     assert (by_run["eval_bare"]["Method"], by_run["eval_bare"]["Protocol"], by_run["eval_bare"]["Top-1"]) == (
         "unknown", "eval", "31.5")
+
+
+def task_run(root, name, checkpoint, data_set, results=None, val=(), **config):
+    """A run_class_finetuning.py folder of a SEVERE task, a SEVERE launcher or an attentive probe."""
+    write(root / name / "config.json", {"model": "vit_base_patch16_224", "data_set": data_set,
+                                        "finetune": str(checkpoint), "num_frames": 16, "test_num_segment": 10,
+                                        "test_num_crop": 1, "linear_probing": False, **config})
+    write(root / name / "log.txt", "".join(json.dumps({"epoch": i, **r}) + "\n" for i, r in enumerate(val)))
+    if results is not None:
+        write(root / name / "test_results.json", results)
+
+
+def test_collect_results_every_benchmark(tmp_path):
+    """Tables I (attentive probe, image probes, kNN, eval_probe), II (segmentation) and III (SEVERE)."""
+    dino = pretraining_run(tmp_path, "sigma_dino_vitb_k400", "dino_v1", "SWAV", "pretrain_videomae_base_patch16_224", 800)
+    ckpt = dino / "checkpoint-799.pth"
+    ev = tmp_path / "eval"
+    per_head = [{"acc1": 40.0, "acc5": 70.0}, {"acc1": 52.5, "acc5": 80.0}, {"acc1": 51.0, "acc5": 79.0}]
+    task_run(ev, "attentive", ckpt, "SSV2", {"task": "classification", "acc1": 52.5, "acc5": 80.0, "head": 1,
+                                              "per_head": per_head, "views": "2x3"}, probe="attentive",
+             test_num_segment=2, test_num_crop=3)
+    task_run(ev, "in1k_linear", ckpt, "ImageNet", {"top1": 45.0, "top5": 70.0, "views": "1x1"}, linear_probing=True,
+             test_num_segment=1)
+    write(ev / "cifar_knn" / "knn_results.json", {"top1": 60.25, "top5": 85.0, "checkpoint": str(ckpt)})
+    write(ev / "cifar_knn" / "config.json", {"model": "vit_base_patch16_224", "data_set": "CIFAR-100",
+                                             "num_frames": 16, "finetune": str(ckpt)})
+    write(ev / "probe" / "probe_results.json", {"checkpoint": str(ckpt), "labellings": {
+        "digit": {"probe": {"top1": 91.0}, "knn": {"20": 80.0}}, "direction": {"probe": {"top1": 55.5}, "knn": {}}}})
+    write(ev / "probe" / "config.json", {"model": "vit_small_patch16_224", "data_set": "custom", "num_frames": 8,
+                                         "finetune": str(ckpt)})
+    write(ev / "davis" / "segmentation_results.json", {
+        "data_set": "davis", "num_frames": 16, "checkpoint": str(ckpt), "clustering": {"miou": 41.23, "num_clips": 30},
+        "overclustering": {"miou": 60.0, "num_clips": 30}})
+    write(ev / "davis" / "config.json", {"model": "vit_small_patch16_224", "data_set": "davis", "finetune": str(ckpt),
+                                         "overclustering_k": 10})
+    write(ev / "ytvos_running" / "config.json", {"model": "vit_base_patch16_224", "data_set": "ytvos",
+                                                 "finetune": str(ckpt), "overclustering_k": 10, "num_frames": 4})
+    sv = tmp_path / "severe"
+    task_run(sv, "ssv2", ckpt, "SSV2", {"top1": 61.0, "top5": 88.0}, run_name="severe_domain_ssv2")
+    task_run(sv, "ucf1000", ckpt, "UCF101", {"top1": 80.1, "top5": 95.0}, examples=1000)
+    task_run(sv, "fx", ckpt, "FX-S1", val=[{"val_acc1": 70.0, "val_acc5": 99.0}, {"val_acc1": 75.5, "val_acc5": 99.0}])
+    task_run(sv, "charades", ckpt, "Charades", {"task": "multilabel", "mAP": 25.04, "head": 0}, task="multilabel")
+    task_run(sv, "ucfrep", ckpt, "UCFRep", {"task": "counting", "mae": 0.2169, "obo": 0.5123, "head": 0},
+             task="counting")
+    task_run(sv, "ucfrep_running", ckpt, "UCFRep", val=[{"val_mae": 0.4, "val_obo": 0.3}, {"val_mae": 0.25, "val_obo": 0.5},
+                                                         {"val_mae": 0.3, "val_obo": 0.45}], task="counting")
+    text = collect_results.main([str(tmp_path)])
+    assert [line for line in text.splitlines() if line.startswith("## ")] == [
+        "## I. Classification: fine-tuning, linear / attentive probes, kNN",
+        "## II. Unsupervised video object segmentation (mIoU, %)", "## III. SEVERE (MAE: lower is better)"]
+    got = tables(text)
+    one = {os.path.basename(r["Run"]) + r["Data"]: r for r in got["I"]}
+    assert set(one) == {"attentiveSSv2", "in1k_linearIN-1K", "cifar_knnCIFAR-100", "probecustom (digit)",
+                        "probecustom (direction)"}
+    att = one["attentiveSSv2"]
+    assert (att["Protocol"], att["Top-1"], att["Top-5"], att["Frames x clips x crops"]) == (
+        "attentive (head 1 of 3)", "52.5", "80.0", "16x2x3")
+    assert (att["Method"], att["Epochs"], att["Backbone"]) == ("SIGMA-DINO", "800", "ViT-B")
+    assert (one["in1k_linearIN-1K"]["Protocol"], one["in1k_linearIN-1K"]["Top-1"]) == ("linear", "45.0")
+    assert (one["cifar_knnCIFAR-100"]["Protocol"], one["cifar_knnCIFAR-100"]["Top-1"]) == ("kNN", "60.2")
+    assert [one[f"probecustom ({n})"]["Top-1"] for n in ("digit", "direction")] == ["91.0", "55.5"]
+    assert one["probecustom (digit)"]["Protocol"] == "logistic regression"
+    two = {os.path.basename(r["Run"]): r for r in got["II"]}
+    assert {k: two["davis"][k] for k in ("Data", "Backbone", "Frames", "Clustering mIoU", "Overclustering mIoU",
+                                         "Clips", "Method")} == {
+        "Data": "DAVIS-2017", "Backbone": "ViT-S", "Frames": "16", "Clustering mIoU": "41.2",
+        "Overclustering mIoU": "60.0", "Clips": "30", "Method": "SIGMA-DINO"}
+    assert (two["ytvos_running"]["Data"], two["ytvos_running"]["Clustering mIoU"]) == ("YTVOS", "-")
+    three = {os.path.basename(r["Run"]): r for r in got["III"]}
+    assert [os.path.basename(r["Run"]) for r in got["III"]] == [  # domain, sample size, granularity, task
+        "ssv2", "ucf1000", "fx", "charades", "ucfrep", "ucfrep_running"]
+    assert {k: (r["Shift"], r["Data"], r["Metric"], r["Score"]) for k, r in three.items()} == {
+        "ssv2": ("domain", "SSv2", "top-1", "61.0"), "ucf1000": ("sample size", "UCF101 (1000)", "top-1", "80.1"),
+        "fx": ("granularity", "FX-S1", "top-1", "75.5 (val)"), "charades": ("task", "Charades", "mAP", "25.0"),
+        "ucfrep": ("task", "UCFRep", "MAE / OBO", "0.217 / 0.512"),
+        "ucfrep_running": ("task", "UCFRep", "MAE / OBO", "0.250 / 0.500 (val)")}  # the lowest MAE
+    assert three["ssv2"]["Frames x clips x crops"] == "16x10x1" and three["charades"]["Method"] == "SIGMA-DINO"
+
+
+def test_collect_results_reads_a_real_attentive_result(tmp_path):
+    """The keys tasks.write_task_results writes are the ones collect_results reads."""
+    from tasks import Task, write_task_results
+    from engine_for_finetuning import Videos
+    import torch
+
+    task = Task("multilabel")
+    videos = Videos(torch.arange(2), torch.zeros(2).long(), torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.ones(2))
+    metrics = {**task.metrics(videos, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))[0], "head": 0}
+    out = tmp_path / "charades"
+    out.mkdir()
+    write_task_results(str(out), "", task, metrics, [metrics], videos, [None, None], None, "10x3")
+    write(out / "config.json", {"model": "vit_base_patch16_224", "data_set": "Charades", "finetune": "",
+                                "num_frames": 16, "test_num_segment": 10, "test_num_crop": 3, "task": "multilabel"})
+    [r] = tables(collect_results.main([str(out)]))["III"]
+    assert (r["Metric"], r["Score"], r["Method"], r["Frames x clips x crops"]) == ("mAP", "100.0", "random init", "16x10x3")
