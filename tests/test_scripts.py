@@ -522,3 +522,13 @@ def test_collect_results_reads_a_real_attentive_result(tmp_path):
                                 "num_frames": 16, "test_num_segment": 10, "test_num_crop": 3, "task": "multilabel"})
     [r] = tables(collect_results.main([str(out)]))["III"]
     assert (r["Metric"], r["Score"], r["Method"], r["Frames x clips x crops"]) == ("mAP", "100.0", "random init", "16x10x3")
+
+
+@pytest.mark.parametrize("dataset, data_set", [("imagenet", "ImageNet"), ("cifar100", "CIFAR-100")])
+def test_knn_launcher_on_images(dataset, data_set):
+    """scripts/eval/knn.sh on the image sets of Table I (sigma_dataset knows their roots)."""
+    import eval_knn
+
+    args = eval_knn.get_args(dry_run(os.path.join(SCRIPTS, "eval", "knn.sh"), {**FAKE_ENV, "DATASET": dataset})[2])
+    root = FAKE_ENV[{"imagenet": "IMAGENET_ROOT", "cifar100": "CIFAR100_ROOT"}[dataset]]
+    assert (args.data_set, args.data_path, args.data_root, args.sampling_rate) == (data_set, root, root, 1)
