@@ -70,13 +70,15 @@ sigma_dataset() {
         k400)   prefix=K400;   SET_NAME=Kinetics-400; NB_CLASSES=400; SAMPLING_RATE=4; TEST_NUM_SEGMENT=5 ;;
         ucf101) prefix=UCF101; SET_NAME=UCF101;       NB_CLASSES=101; SAMPLING_RATE=4; TEST_NUM_SEGMENT=5 ;;
         hmdb51) prefix=HMDB51; SET_NAME=HMDB51;       NB_CLASSES=51;  SAMPLING_RATE=4; TEST_NUM_SEGMENT=5 ;;
-        gym99)  prefix=GYM;    SET_NAME=GYM99;        NB_CLASSES=99;  SAMPLING_RATE=4; TEST_NUM_SEGMENT=5; layout=root ;;
-        fx_s1)  prefix=GYM;    SET_NAME=FX-S1;        NB_CLASSES=11;  SAMPLING_RATE=4; TEST_NUM_SEGMENT=5; layout=root ;;
-        ub_s1)  prefix=GYM;    SET_NAME=UB-S1;        NB_CLASSES=15;  SAMPLING_RATE=4; TEST_NUM_SEGMENT=5; layout=root ;;
+        gym99)  prefix=GYM; SET_NAME=GYM99; NB_CLASSES=99; SAMPLING_RATE=4; TEST_NUM_SEGMENT=5; layout=root ;;
+        fx_s1)  prefix=GYM; SET_NAME=FX-S1; NB_CLASSES=11; SAMPLING_RATE=4; TEST_NUM_SEGMENT=5; layout=root ;;
+        ub_s1)  prefix=GYM; SET_NAME=UB-S1; NB_CLASSES=15; SAMPLING_RATE=4; TEST_NUM_SEGMENT=5; layout=root ;;
         charades) prefix=CHARADES; SET_NAME=Charades; NB_CLASSES=157; SAMPLING_RATE=4; TEST_NUM_SEGMENT=5 ;;
-        ucfrep) prefix=UCFREP; SET_NAME=UCFRep;       NB_CLASSES="";  SAMPLING_RATE=4; TEST_NUM_SEGMENT=2; layout=ucfrep ;;
-        imagenet) prefix=IMAGENET; SET_NAME=ImageNet; NB_CLASSES=1000; SAMPLING_RATE=1; TEST_NUM_SEGMENT=1; layout=root ;;
-        cifar100) prefix=CIFAR100; SET_NAME=CIFAR-100; NB_CLASSES=100; SAMPLING_RATE=1; TEST_NUM_SEGMENT=1; layout=root ;;
+        ucfrep) prefix=UCFREP; SET_NAME=UCFRep; NB_CLASSES=""; SAMPLING_RATE=4; TEST_NUM_SEGMENT=2; layout=ucfrep ;;
+        imagenet) prefix=IMAGENET; SET_NAME=ImageNet; NB_CLASSES=1000; SAMPLING_RATE=1; TEST_NUM_SEGMENT=1
+                  layout=root ;;
+        cifar100) prefix=CIFAR100; SET_NAME=CIFAR-100; NB_CLASSES=100; SAMPLING_RATE=1; TEST_NUM_SEGMENT=1
+                  layout=root ;;
         *) sigma_die "unknown dataset '$1' (choose ssv2, k400, ucf101, hmdb51, gym99, fx_s1, ub_s1, charades," \
                "ucfrep, imagenet or cifar100)" ;;
     esac

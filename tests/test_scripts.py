@@ -1,4 +1,4 @@
-"""Launchers in scripts/ and the results table.
+"""Launchers in scripts/ and the results tables.
 
 Every launcher is checked for syntax (bash -n, shellcheck), its Slurm twin for the requeue
 contract, and its command, printed by SIGMA_DRY_RUN=1, is parsed by the driver it starts, so a
@@ -212,8 +212,9 @@ def test_ucfrep_needs_its_videos():
     assert args.data_root == "/data/UCF-101"
 
 
-@pytest.mark.parametrize("dataset, data_set, views", [("ssv2", "SSV2", (2, 3)), ("k400", "Kinetics-400", (5, 3)),
-                                                      ("imagenet", "ImageNet", (1, 1)), ("cifar100", "CIFAR-100", (1, 1))])
+@pytest.mark.parametrize("dataset, data_set, views", [
+    ("ssv2", "SSV2", (2, 3)), ("k400", "Kinetics-400", (5, 3)), ("imagenet", "ImageNet", (1, 1)),
+    ("cifar100", "CIFAR-100", (1, 1))])
 def test_attentive_probe_launcher(dataset, data_set, views):
     import run_class_finetuning
 
@@ -228,11 +229,13 @@ def test_attentive_probe_launcher(dataset, data_set, views):
     assert (args.test_num_segment, args.test_num_crop) == views
     assert args.output_dir == f"/runs/attentive_probe_{dataset}/sigma_dino_vitb_k400-checkpoint-799"
     if views == (1, 1):  # images: root folder as data path, 256 -> 224 centre crop
-        assert args.data_path == args.data_root == FAKE_ENV[{"imagenet": "IMAGENET_ROOT", "cifar100": "CIFAR100_ROOT"}[dataset]]
+        root = FAKE_ENV[{"imagenet": "IMAGENET_ROOT", "cifar100": "CIFAR100_ROOT"}[dataset]]
+        assert args.data_path == args.data_root == root
         assert args.short_side_size == 256 and tuple(args.finetuning_crops) == (0.08, 1.0)
 
 
-@pytest.mark.parametrize("dataset, data_set, nb_classes", [("imagenet", "ImageNet", 1000), ("cifar100", "CIFAR-100", 100)])
+@pytest.mark.parametrize("dataset, data_set, nb_classes", [("imagenet", "ImageNet", 1000),
+                                                           ("cifar100", "CIFAR-100", 100)])
 def test_image_linear_probe_launcher(dataset, data_set, nb_classes):
     import run_class_finetuning
 
@@ -441,7 +444,8 @@ def task_run(root, name, checkpoint, data_set, results=None, val=(), **config):
 
 def test_collect_results_every_benchmark(tmp_path):
     """Tables I (attentive probe, image probes, kNN, eval_probe), II (segmentation) and III (SEVERE)."""
-    dino = pretraining_run(tmp_path, "sigma_dino_vitb_k400", "dino_v1", "SWAV", "pretrain_videomae_base_patch16_224", 800)
+    dino = pretraining_run(tmp_path, "sigma_dino_vitb_k400", "dino_v1", "SWAV", "pretrain_videomae_base_patch16_224",
+                           800)
     ckpt = dino / "checkpoint-799.pth"
     ev = tmp_path / "eval"
     per_head = [{"acc1": 40.0, "acc5": 70.0}, {"acc1": 52.5, "acc5": 80.0}, {"acc1": 51.0, "acc5": 79.0}]
@@ -471,8 +475,8 @@ def test_collect_results_every_benchmark(tmp_path):
     task_run(sv, "charades", ckpt, "Charades", {"task": "multilabel", "mAP": 25.04, "head": 0}, task="multilabel")
     task_run(sv, "ucfrep", ckpt, "UCFRep", {"task": "counting", "mae": 0.2169, "obo": 0.5123, "head": 0},
              task="counting")
-    task_run(sv, "ucfrep_running", ckpt, "UCFRep", val=[{"val_mae": 0.4, "val_obo": 0.3}, {"val_mae": 0.25, "val_obo": 0.5},
-                                                         {"val_mae": 0.3, "val_obo": 0.45}], task="counting")
+    task_run(sv, "ucfrep_running", ckpt, "UCFRep", task="counting", val=[
+        {"val_mae": 0.4, "val_obo": 0.3}, {"val_mae": 0.25, "val_obo": 0.5}, {"val_mae": 0.3, "val_obo": 0.45}])
     text = collect_results.main([str(tmp_path)])
     assert [line for line in text.splitlines() if line.startswith("## ")] == [
         "## I. Classification: fine-tuning, linear / attentive probes, kNN",
@@ -521,7 +525,8 @@ def test_collect_results_reads_a_real_attentive_result(tmp_path):
     write(out / "config.json", {"model": "vit_base_patch16_224", "data_set": "Charades", "finetune": "",
                                 "num_frames": 16, "test_num_segment": 10, "test_num_crop": 3, "task": "multilabel"})
     [r] = tables(collect_results.main([str(out)]))["III"]
-    assert (r["Metric"], r["Score"], r["Method"], r["Frames x clips x crops"]) == ("mAP", "100.0", "random init", "16x10x3")
+    assert (r["Metric"], r["Score"], r["Method"], r["Frames x clips x crops"]) == (
+        "mAP", "100.0", "random init", "16x10x3")
 
 
 @pytest.mark.parametrize("dataset, data_set", [("imagenet", "ImageNet"), ("cifar100", "CIFAR-100")])
