@@ -11,6 +11,12 @@
 #   SSV2_ROOT K400_ROOT UCF101_ROOT HMDB51_ROOT
 #                          video folders: the prefix of the relative paths in the CSVs (DATASET.md)
 #   <SET>_ANNOTATIONS      folder with train.csv, val.csv, test.csv (default: <SET>_ROOT/annotations)
+#   GYM_ROOT               FineGym (GYM99, FX-S1, UB-S1): annotations/gym99_{train,val}.txt and subactions/
+#   CHARADES_ROOT          Charades videos <id>.mp4; CHARADES_ANNOTATIONS: folder with
+#                          Charades_v1_{train,test}.csv (default: CHARADES_ROOT/annotations)
+#   UCFREP_ROOT            UCFRep counting: the folder holding annotations/{train,val}/*.mat;
+#                          UCFREP_VIDEOS: the UCF101 .avi tree <Class>/v_*.avi (default: UCF101_ROOT)
+#   IMAGENET_ROOT          ImageNet-1K train/ and val/ class folders; CIFAR100_ROOT: holds cifar-100-python/
 #   DINO_WEIGHTS           folder with the DINO v1 releases dino_vitbase16_pretrain.pth and
 #                          dino_deitsmall16_pretrain.pth (SIGMA-DINO; TEACHER_CKPT: one file)
 #   PRETRAINED             checkpoint to fine-tune or evaluate (ours or an official release)
@@ -52,23 +58,48 @@ sigma_require() {
     [[ -n "${!1:-}" ]] || sigma_die "$1 is not set: $2 (see the header of scripts/common.sh)"
 }
 
-# sigma_dataset ssv2|k400|ucf101|hmdb51 sets SET_NAME, NB_CLASSES, VIDEO_ROOT, ANNOTATIONS and,
-# for the evaluation launchers, the dataset's SAMPLING_RATE and test views (TEST_NUM_SEGMENT x
-# TEST_NUM_CROP: SSv2 2x3, the others 5x3 as in VideoMAE and SIGMA).
+# sigma_dataset NAME sets SET_NAME, NB_CLASSES (empty for UCFRep's count), VIDEO_ROOT, ANNOTATIONS
+# (run_class_finetuning.py's --data_path) and, for the evaluation launchers, the dataset's
+# SAMPLING_RATE and test views (TEST_NUM_SEGMENT x TEST_NUM_CROP: SSv2 2x3, the others 5x3 as in
+# VideoMAE and SIGMA). NAME: ssv2 k400 ucf101 hmdb51 (CSV lists), gym99 fx_s1 ub_s1 (FineGym lists),
+# charades, ucfrep, imagenet, cifar100.
 sigma_dataset() {
-    local prefix
+    local prefix layout=csv
     case "$1" in
         ssv2)   prefix=SSV2;   SET_NAME=SSV2;         NB_CLASSES=174; SAMPLING_RATE=2; TEST_NUM_SEGMENT=2 ;;
         k400)   prefix=K400;   SET_NAME=Kinetics-400; NB_CLASSES=400; SAMPLING_RATE=4; TEST_NUM_SEGMENT=5 ;;
         ucf101) prefix=UCF101; SET_NAME=UCF101;       NB_CLASSES=101; SAMPLING_RATE=4; TEST_NUM_SEGMENT=5 ;;
         hmdb51) prefix=HMDB51; SET_NAME=HMDB51;       NB_CLASSES=51;  SAMPLING_RATE=4; TEST_NUM_SEGMENT=5 ;;
-        *) sigma_die "unknown dataset '$1' (choose ssv2, k400, ucf101 or hmdb51)" ;;
+        gym99)  prefix=GYM; SET_NAME=GYM99; NB_CLASSES=99; SAMPLING_RATE=4; TEST_NUM_SEGMENT=5; layout=root ;;
+        fx_s1)  prefix=GYM; SET_NAME=FX-S1; NB_CLASSES=11; SAMPLING_RATE=4; TEST_NUM_SEGMENT=5; layout=root ;;
+        ub_s1)  prefix=GYM; SET_NAME=UB-S1; NB_CLASSES=15; SAMPLING_RATE=4; TEST_NUM_SEGMENT=5; layout=root ;;
+        charades) prefix=CHARADES; SET_NAME=Charades; NB_CLASSES=157; SAMPLING_RATE=4; TEST_NUM_SEGMENT=5 ;;
+        ucfrep) prefix=UCFREP; SET_NAME=UCFRep; NB_CLASSES=""; SAMPLING_RATE=4; TEST_NUM_SEGMENT=2; layout=ucfrep ;;
+        imagenet) prefix=IMAGENET; SET_NAME=ImageNet; NB_CLASSES=1000; SAMPLING_RATE=1; TEST_NUM_SEGMENT=1
+                  layout=root ;;
+        cifar100) prefix=CIFAR100; SET_NAME=CIFAR-100; NB_CLASSES=100; SAMPLING_RATE=1; TEST_NUM_SEGMENT=1
+                  layout=root ;;
+        *) sigma_die "unknown dataset '$1' (choose ssv2, k400, ucf101, hmdb51, gym99, fx_s1, ub_s1, charades," \
+               "ucfrep, imagenet or cifar100)" ;;
     esac
     TEST_NUM_CROP=3
     local root_var="${prefix}_ROOT" ann_var="${prefix}_ANNOTATIONS"
-    sigma_require "$root_var" "the $SET_NAME video folder, prefix of the relative paths in its CSVs"
-    VIDEO_ROOT=${!root_var}
-    ANNOTATIONS=${!ann_var:-$VIDEO_ROOT/annotations}
+    case "$layout" in
+        csv)
+            sigma_require "$root_var" "the $SET_NAME video folder, prefix of the relative paths in its annotations"
+            VIDEO_ROOT=${!root_var}
+            ANNOTATIONS=${!ann_var:-$VIDEO_ROOT/annotations} ;;
+        root)  # the driver reads the data set's own layout under one folder
+            sigma_require "$root_var" "the $SET_NAME folder (DATASET.md, EVALUATION.md)"
+            VIDEO_ROOT=${!root_var}
+            ANNOTATIONS=$VIDEO_ROOT ;;
+        ucfrep)
+            sigma_require UCFREP_ROOT "the folder holding UCFRep's annotations/{train,val}/*.mat"
+            ANNOTATIONS=$UCFREP_ROOT
+            VIDEO_ROOT=${UCFREP_VIDEOS:-${UCF101_ROOT:-}}
+            [[ -n "$VIDEO_ROOT" ]] || sigma_die "UCFREP_VIDEOS is not set: the UCF101 .avi tree <Class>/v_*.avi" \
+                "(default: UCF101_ROOT; see the header of scripts/common.sh)" ;;
+    esac
 }
 
 # sigma_teacher dino_b|dino_s sets TEACHER_ARGS: the DINO v1 ViT-B/16 or ViT-S/16 release.
@@ -151,11 +182,12 @@ sigma_eval_output() {
 # sigma_dataset, per-GPU BATCH_SIZE and GLOBAL_BATCH (kept through --update_freq).
 sigma_finetune() {
     sigma_eval_output
-    local accum deepspeed=()
+    local accum deepspeed=() classes=()
     accum=$(sigma_accum "$GLOBAL_BATCH" "$BATCH_SIZE")
     if [[ "${DEEPSPEED:-0}" == 1 ]]; then deepspeed=(--enable_deepspeed); fi
+    if [[ -n "$NB_CLASSES" ]]; then classes=(--nb_classes "$NB_CLASSES"); fi  # UCFRep: one count output
     sigma_launch "$SIGMA_ROOT/run_class_finetuning.py" \
-        --data_set "$SET_NAME" --nb_classes "$NB_CLASSES" --data_path "$ANNOTATIONS" --data_root "$VIDEO_ROOT" \
+        --data_set "$SET_NAME" "${classes[@]}" --data_path "$ANNOTATIONS" --data_root "$VIDEO_ROOT" \
         --finetune "$PRETRAINED" --batch_size "$BATCH_SIZE" --update_freq "$accum" "$@" "${deepspeed[@]}" \
         --output_dir "$OUTPUT_DIR"
 }

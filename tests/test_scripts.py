@@ -1,4 +1,4 @@
-"""Launchers in scripts/ and the results table.
+"""Launchers in scripts/ and the results tables.
 
 Every launcher is checked for syntax (bash -n, shellcheck), its Slurm twin for the requeue
 contract, and its command, printed by SIGMA_DRY_RUN=1, is parsed by the driver it starts, so a
@@ -27,6 +27,8 @@ import collect_results  # noqa: E402
 
 FAKE_ENV = {"SSV2_ROOT": "/data/ssv2", "K400_ROOT": "/data/k400", "UCF101_ROOT": "/data/ucf101",
             "HMDB51_ROOT": "/data/hmdb51", "OUTPUT_ROOT": "/runs", "DINO_WEIGHTS": "/weights",
+            "GYM_ROOT": "/data/finegym", "CHARADES_ROOT": "/data/charades", "UCFREP_ROOT": "/data/ucfrep",
+            "IMAGENET_ROOT": "/data/imagenet", "CIFAR100_ROOT": "/data/cifar",
             "PRETRAINED": "/runs/sigma_dino_vitb_k400/checkpoint-799.pth", "DATASET": "k400",
             "NPROC_PER_NODE": "8", "SIGMA_DRY_RUN": "1"}
 
@@ -102,7 +104,8 @@ def test_pretraining_recipe_parses(path):
     assert args.batch_size * args.accum_iter * 8 == global_batch
 
 
-@pytest.mark.parametrize("path", [p for p in LAUNCHERS if "/pretrain/" not in p], ids=rel)
+@pytest.mark.parametrize("path", [p for p in LAUNCHERS if "/finetune/" in p or os.path.basename(p) in
+                                  ("knn.sh", "linear_probe.sh")], ids=rel)
 def test_evaluation_recipe_parses(path):
     name = os.path.basename(path)[:-3]
     if name == "knn":
@@ -144,10 +147,109 @@ def test_sigma_head_rows_are_the_official_recipe(dataset, epochs, views, save):
 @pytest.mark.parametrize("path", LAUNCHERS, ids=rel)
 def test_launcher_headers_cite_a_commit(path):
     header = "".join(line for line in open(path) if line.startswith("#"))
-    if "QUVA-Lab/SIGMA" in header or "MCG-NJU/VideoMAE" in header:
+    if any(repo in header for repo in ("QUVA-Lab/SIGMA", "MCG-NJU/VideoMAE", "fmthoker/SEVERE-BENCHMARK",
+                                       "facebookresearch/vjepa2")):
         assert re.search(r"commit\s[#\s]*[0-9a-f]{40}", header), f"{rel(path)} cites an official script, no commit"
     else:
         assert "Derived" in header or "no official" in header, f"{rel(path)} names no source"
+
+
+# SEVERE rows: (data set, --data_path, --data_root, --examples, test views, epochs)
+SEVERE_ROWS = {
+    "domain_ssv2": ("SSV2", "/data/ssv2/annotations", "/data/ssv2", 0, (10, 1), 44),
+    "domain_gym99": ("GYM99", "/data/finegym", "/data/finegym", 0, (10, 1), 80),
+    "samples_ucf101_1000": ("UCF101", "/data/ucf101/annotations", "/data/ucf101", 1000, (10, 1), 80),
+    "samples_gym99_1000": ("GYM99", "/data/finegym", "/data/finegym", 1000, (10, 1), 80),
+    "granularity_fx_s1": ("FX-S1", "/data/finegym", "/data/finegym", 0, (10, 1), 90),
+    "granularity_ub_s1": ("UB-S1", "/data/finegym", "/data/finegym", 0, (10, 1), 90),
+    "task_ucfrep": ("UCFRep", "/data/ucfrep", "/data/ucf101", 0, (2, 3), 100),
+    "task_charades": ("Charades", "/data/charades/annotations", "/data/charades", 0, (10, 3), 57),
+}
+
+
+def test_every_severe_row_has_a_launcher():
+    assert sorted(os.path.basename(p)[:-3] for p in LAUNCHERS if "/severe/" in p) == sorted(SEVERE_ROWS)
+
+
+@pytest.mark.parametrize("name", sorted(SEVERE_ROWS))
+def test_severe_recipe_parses(name):
+    import run_class_finetuning
+    from tasks import TASK_OF_DATA_SET
+
+    data_set, data_path, data_root, examples, views, epochs = SEVERE_ROWS[name]
+    _, driver, argv = dry_run(os.path.join(SCRIPTS, "severe", f"{name}.sh"))
+    assert driver == run_class_finetuning.__file__
+    args = run_class_finetuning.get_args(argv)
+    assert (args.data_set, args.data_path, args.data_root, args.examples) == (data_set, data_path, data_root, examples)
+    assert (args.test_num_segment, args.test_num_crop, args.epochs) == (*views, epochs)
+    assert args.finetune == FAKE_ENV["PRETRAINED"] and args.run_name == f"severe_{name}"
+    assert args.output_dir == f"/runs/severe_{name}/sigma_dino_vitb_k400-checkpoint-799"
+    assert args.model == "vit_base_patch16_224" and args.num_frames == 16 and args.input_size == 224
+    assert args.probe is None and not args.linear_probing  # SEVERE fine-tunes the whole network
+    kind = TASK_OF_DATA_SET.get(data_set, "classification")
+    if kind == "counting":
+        assert args.nb_classes is None  # one count output, the data set's
+    else:
+        assert args.nb_classes == {"SSV2": 174, "GYM99": 99, "UCF101": 101, "FX-S1": 11, "UB-S1": 15,
+                                   "Charades": 157}[data_set]
+    if kind != "classification":  # single-label augmentations off for multi-label and counting
+        assert (args.mixup, args.cutmix, args.smoothing) == (0, 0, 0)
+    if data_set == "Charades":
+        assert args.sampling_rate * args.num_frames == 256  # SEVERE's 32 x 8 frame span
+    text = open(os.path.join(SCRIPTS, "severe", f"{name}.sh")).read()
+    global_batch = int(text.split("GLOBAL_BATCH=${GLOBAL_BATCH:-")[1].split("}")[0])
+    assert args.batch_size * args.accum_iter * 8 == global_batch
+
+
+def test_ucfrep_needs_its_videos():
+    env = {k: v for k, v in FAKE_ENV.items() if k != "UCF101_ROOT"}
+    out = run_launcher(os.path.join(SCRIPTS, "severe", "task_ucfrep.sh"), env)
+    assert out.returncode == 2 and "UCFREP_VIDEOS is not set" in out.stderr and out.stdout == ""
+    import run_class_finetuning
+
+    args = run_class_finetuning.get_args(dry_run(os.path.join(SCRIPTS, "severe", "task_ucfrep.sh"),
+                                                 {**env, "UCFREP_VIDEOS": "/data/UCF-101"})[2])
+    assert args.data_root == "/data/UCF-101"
+
+
+@pytest.mark.parametrize("dataset, data_set, views", [
+    ("ssv2", "SSV2", (2, 3)), ("k400", "Kinetics-400", (5, 3)), ("imagenet", "ImageNet", (1, 1)),
+    ("cifar100", "CIFAR-100", (1, 1))])
+def test_attentive_probe_launcher(dataset, data_set, views):
+    import run_class_finetuning
+
+    _, _, argv = dry_run(os.path.join(SCRIPTS, "eval", "attentive_probe.sh"), {**FAKE_ENV, "DATASET": dataset})
+    args = run_class_finetuning.get_args(argv)
+    assert args.probe == "attentive" and args.data_set == data_set
+    # V-JEPA 2's grid: 5 lrs x 4 weight decays, 20 epochs, 256 clips per step, no warmup, cosine to 0.
+    assert sorted(l * args.lr for l in args.probe_lr_scales) == pytest.approx([1e-4, 3e-4, 1e-3, 3e-3, 5e-3])
+    assert args.probe_weight_decays == [0.01, 0.1, 0.4, 0.8] and (args.probe_depth, args.probe_num_heads) == (4, 16)
+    assert (args.epochs, args.warmup_epochs, args.min_lr) == (20, 0, 0)
+    assert args.batch_size * args.accum_iter * 8 == 256 and args.num_sample == 1
+    assert (args.test_num_segment, args.test_num_crop) == views
+    assert args.output_dir == f"/runs/attentive_probe_{dataset}/sigma_dino_vitb_k400-checkpoint-799"
+    if views == (1, 1):  # images: root folder as data path, 256 -> 224 centre crop
+        root = FAKE_ENV[{"imagenet": "IMAGENET_ROOT", "cifar100": "CIFAR100_ROOT"}[dataset]]
+        assert args.data_path == args.data_root == root
+        assert args.short_side_size == 256 and tuple(args.finetuning_crops) == (0.08, 1.0)
+
+
+@pytest.mark.parametrize("dataset, data_set, nb_classes", [("imagenet", "ImageNet", 1000),
+                                                           ("cifar100", "CIFAR-100", 100)])
+def test_image_linear_probe_launcher(dataset, data_set, nb_classes):
+    import run_class_finetuning
+
+    _, _, argv = dry_run(os.path.join(SCRIPTS, "eval", "image_linear_probe.sh"), {**FAKE_ENV, "DATASET": dataset})
+    args = run_class_finetuning.get_args(argv)
+    assert args.linear_probing and (args.data_set, args.nb_classes) == (data_set, nb_classes)
+    assert (args.num_frames, args.input_size, args.short_side_size) == (16, 224, 256)
+    assert (args.test_num_segment, args.test_num_crop, args.lr, args.epochs) == (1, 1, 1e-3, 30)
+    assert args.batch_size * args.accum_iter * 8 == 384
+
+
+def test_image_linear_probe_refuses_a_video_set():
+    out = run_launcher(os.path.join(SCRIPTS, "eval", "image_linear_probe.sh"), {**FAKE_ENV, "DATASET": "k400"})
+    assert out.returncode == 2 and "DATASET must be imagenet or cifar100" in out.stderr
 
 
 def test_knn_official_switch():
@@ -239,11 +341,21 @@ def finetune_run(root, name, checkpoint, data_set="SSV2", model="vit_base_patch1
                                                   "num_videos": 10, "views": f"{segments}x3"})
 
 
-def table_rows(table):
-    lines = table.splitlines()
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert lines[1].startswith("|---")
-    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+def tables(text):
+    """{table number: rows as dicts} of collect_results' markdown ("## I. ..." then a table)."""
+    out = {}
+    for section in text.split("## ")[1:]:
+        title, _, table = section.partition("\n\n")
+        lines = table.strip().splitlines()
+        header = [c.strip() for c in lines[0].strip("|").split("|")]
+        assert lines[1].startswith("|---")
+        out[title.split(".")[0]] = [dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
+                                    for line in lines[2:]]
+    return out
+
+
+def table_rows(text, table="I"):
+    return tables(text)[table]
 
 
 def test_collect_results_table(tmp_path, capsys):
@@ -278,7 +390,7 @@ def test_collect_results_table(tmp_path, capsys):
     assert by_run["broken"]["Top-1"] == "-" and "unreadable" in capsys.readouterr().err
     # One run folder given directly; a folder without runs is an error.
     assert [r["Run"] for r in table_rows(collect_results.main([str(ft / "b")]))] == [str(ft / "b")]
-    with pytest.raises(SystemExit, match="no fine-tuning, linear-probe or kNN runs"):
+    with pytest.raises(SystemExit, match="no evaluation runs"):
         collect_results.main([str(dino)])
 
 
@@ -318,3 +430,110 @@ def test_collect_results_eval_runs(tmp_path):
     assert (by_run["eval_log"]["Data"], by_run["eval_log"]["Frames x clips x crops"]) == ("?", "?x5x3")
     assert (by_run["eval_bare"]["Method"], by_run["eval_bare"]["Protocol"], by_run["eval_bare"]["Top-1"]) == (
         "unknown", "eval", "31.5")
+
+
+def task_run(root, name, checkpoint, data_set, results=None, val=(), **config):
+    """A run_class_finetuning.py folder of a SEVERE task, a SEVERE launcher or an attentive probe."""
+    write(root / name / "config.json", {"model": "vit_base_patch16_224", "data_set": data_set,
+                                        "finetune": str(checkpoint), "num_frames": 16, "test_num_segment": 10,
+                                        "test_num_crop": 1, "linear_probing": False, **config})
+    write(root / name / "log.txt", "".join(json.dumps({"epoch": i, **r}) + "\n" for i, r in enumerate(val)))
+    if results is not None:
+        write(root / name / "test_results.json", results)
+
+
+def test_collect_results_every_benchmark(tmp_path):
+    """Tables I (attentive probe, image probes, kNN, eval_probe), II (segmentation) and III (SEVERE)."""
+    dino = pretraining_run(tmp_path, "sigma_dino_vitb_k400", "dino_v1", "SWAV", "pretrain_videomae_base_patch16_224",
+                           800)
+    ckpt = dino / "checkpoint-799.pth"
+    ev = tmp_path / "eval"
+    per_head = [{"acc1": 40.0, "acc5": 70.0}, {"acc1": 52.5, "acc5": 80.0}, {"acc1": 51.0, "acc5": 79.0}]
+    task_run(ev, "attentive", ckpt, "SSV2", {"task": "classification", "acc1": 52.5, "acc5": 80.0, "head": 1,
+                                              "per_head": per_head, "views": "2x3"}, probe="attentive",
+             test_num_segment=2, test_num_crop=3)
+    task_run(ev, "in1k_linear", ckpt, "ImageNet", {"top1": 45.0, "top5": 70.0, "views": "1x1"}, linear_probing=True,
+             test_num_segment=1)
+    write(ev / "cifar_knn" / "knn_results.json", {"top1": 60.25, "top5": 85.0, "checkpoint": str(ckpt)})
+    write(ev / "cifar_knn" / "config.json", {"model": "vit_base_patch16_224", "data_set": "CIFAR-100",
+                                             "num_frames": 16, "finetune": str(ckpt)})
+    write(ev / "probe" / "probe_results.json", {"checkpoint": str(ckpt), "labellings": {
+        "digit": {"probe": {"top1": 91.0}, "knn": {"20": 80.0}}, "direction": {"probe": {"top1": 55.5}, "knn": {}}}})
+    write(ev / "probe" / "config.json", {"model": "vit_small_patch16_224", "data_set": "custom", "num_frames": 8,
+                                         "finetune": str(ckpt)})
+    write(ev / "davis" / "segmentation_results.json", {
+        "data_set": "davis", "num_frames": 16, "checkpoint": str(ckpt), "clustering": {"miou": 41.23, "num_clips": 30},
+        "overclustering": {"miou": 60.0, "num_clips": 30}})
+    write(ev / "davis" / "config.json", {"model": "vit_small_patch16_224", "data_set": "davis", "finetune": str(ckpt),
+                                         "overclustering_k": 10})
+    write(ev / "ytvos_running" / "config.json", {"model": "vit_base_patch16_224", "data_set": "ytvos",
+                                                 "finetune": str(ckpt), "overclustering_k": 10, "num_frames": 4})
+    sv = tmp_path / "severe"
+    task_run(sv, "ssv2", ckpt, "SSV2", {"top1": 61.0, "top5": 88.0}, run_name="severe_domain_ssv2")
+    task_run(sv, "ucf1000", ckpt, "UCF101", {"top1": 80.1, "top5": 95.0}, examples=1000)
+    task_run(sv, "fx", ckpt, "FX-S1", val=[{"val_acc1": 70.0, "val_acc5": 99.0}, {"val_acc1": 75.5, "val_acc5": 99.0}])
+    task_run(sv, "charades", ckpt, "Charades", {"task": "multilabel", "mAP": 25.04, "head": 0}, task="multilabel")
+    task_run(sv, "ucfrep", ckpt, "UCFRep", {"task": "counting", "mae": 0.2169, "obo": 0.5123, "head": 0},
+             task="counting")
+    task_run(sv, "ucfrep_running", ckpt, "UCFRep", task="counting", val=[
+        {"val_mae": 0.4, "val_obo": 0.3}, {"val_mae": 0.25, "val_obo": 0.5}, {"val_mae": 0.3, "val_obo": 0.45}])
+    text = collect_results.main([str(tmp_path)])
+    assert [line for line in text.splitlines() if line.startswith("## ")] == [
+        "## I. Classification: fine-tuning, linear / attentive probes, kNN",
+        "## II. Unsupervised video object segmentation (mIoU, %)", "## III. SEVERE (MAE: lower is better)"]
+    got = tables(text)
+    one = {os.path.basename(r["Run"]) + r["Data"]: r for r in got["I"]}
+    assert set(one) == {"attentiveSSv2", "in1k_linearIN-1K", "cifar_knnCIFAR-100", "probecustom (digit)",
+                        "probecustom (direction)"}
+    att = one["attentiveSSv2"]
+    assert (att["Protocol"], att["Top-1"], att["Top-5"], att["Frames x clips x crops"]) == (
+        "attentive (head 1 of 3)", "52.5", "80.0", "16x2x3")
+    assert (att["Method"], att["Epochs"], att["Backbone"]) == ("SIGMA-DINO", "800", "ViT-B")
+    assert (one["in1k_linearIN-1K"]["Protocol"], one["in1k_linearIN-1K"]["Top-1"]) == ("linear", "45.0")
+    assert (one["cifar_knnCIFAR-100"]["Protocol"], one["cifar_knnCIFAR-100"]["Top-1"]) == ("kNN", "60.2")
+    assert [one[f"probecustom ({n})"]["Top-1"] for n in ("digit", "direction")] == ["91.0", "55.5"]
+    assert one["probecustom (digit)"]["Protocol"] == "logistic regression"
+    two = {os.path.basename(r["Run"]): r for r in got["II"]}
+    assert {k: two["davis"][k] for k in ("Data", "Backbone", "Frames", "Clustering mIoU", "Overclustering mIoU",
+                                         "Clips", "Method")} == {
+        "Data": "DAVIS-2017", "Backbone": "ViT-S", "Frames": "16", "Clustering mIoU": "41.2",
+        "Overclustering mIoU": "60.0", "Clips": "30", "Method": "SIGMA-DINO"}
+    assert (two["ytvos_running"]["Data"], two["ytvos_running"]["Clustering mIoU"]) == ("YTVOS", "-")
+    three = {os.path.basename(r["Run"]): r for r in got["III"]}
+    assert [os.path.basename(r["Run"]) for r in got["III"]] == [  # domain, sample size, granularity, task
+        "ssv2", "ucf1000", "fx", "charades", "ucfrep", "ucfrep_running"]
+    assert {k: (r["Shift"], r["Data"], r["Metric"], r["Score"]) for k, r in three.items()} == {
+        "ssv2": ("domain", "SSv2", "top-1", "61.0"), "ucf1000": ("sample size", "UCF101 (1000)", "top-1", "80.1"),
+        "fx": ("granularity", "FX-S1", "top-1", "75.5 (val)"), "charades": ("task", "Charades", "mAP", "25.0"),
+        "ucfrep": ("task", "UCFRep", "MAE / OBO", "0.217 / 0.512"),
+        "ucfrep_running": ("task", "UCFRep", "MAE / OBO", "0.250 / 0.500 (val)")}  # the lowest MAE
+    assert three["ssv2"]["Frames x clips x crops"] == "16x10x1" and three["charades"]["Method"] == "SIGMA-DINO"
+
+
+def test_collect_results_reads_a_real_attentive_result(tmp_path):
+    """The keys tasks.write_task_results writes are the ones collect_results reads."""
+    from tasks import Task, write_task_results
+    from engine_for_finetuning import Videos
+    import torch
+
+    task = Task("multilabel")
+    videos = Videos(torch.arange(2), torch.zeros(2).long(), torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.ones(2))
+    metrics = {**task.metrics(videos, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))[0], "head": 0}
+    out = tmp_path / "charades"
+    out.mkdir()
+    write_task_results(str(out), "", task, metrics, [metrics], videos, [None, None], None, "10x3")
+    write(out / "config.json", {"model": "vit_base_patch16_224", "data_set": "Charades", "finetune": "",
+                                "num_frames": 16, "test_num_segment": 10, "test_num_crop": 3, "task": "multilabel"})
+    [r] = tables(collect_results.main([str(out)]))["III"]
+    assert (r["Metric"], r["Score"], r["Method"], r["Frames x clips x crops"]) == (
+        "mAP", "100.0", "random init", "16x10x3")
+
+
+@pytest.mark.parametrize("dataset, data_set", [("imagenet", "ImageNet"), ("cifar100", "CIFAR-100")])
+def test_knn_launcher_on_images(dataset, data_set):
+    """scripts/eval/knn.sh on the image sets of Table I (sigma_dataset knows their roots)."""
+    import eval_knn
+
+    args = eval_knn.get_args(dry_run(os.path.join(SCRIPTS, "eval", "knn.sh"), {**FAKE_ENV, "DATASET": dataset})[2])
+    root = FAKE_ENV[{"imagenet": "IMAGENET_ROOT", "cifar100": "CIFAR100_ROOT"}[dataset]]
+    assert (args.data_set, args.data_path, args.data_root, args.sampling_rate) == (data_set, root, root, 1)
