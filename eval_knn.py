@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from datasets import splits
-from datasets.images import IMAGE_DATA_SETS, ImageClipDataset
+from datasets.images import ImageClipDataset
 from datasets.sampler import ShardSampler
-from datasets.video_dataset import DATA_SETS, ClipConfig, VideoClipDataset, collate_clips
+from datasets.video_dataset import ClipConfig, VideoClipDataset, collate_clips
 from distributed import broadcast_object, cleanup_distributed
 from engine_for_finetuning import gather_views, merge_views, predict_views
 from flags import (HelpFormatter, add_clip_flags, add_encoder_flags, add_labelled_data_flags, add_loader_flags,
@@ -47,7 +47,7 @@ from shutdown import WORKER_INIT, run_driver
 logger = logging.getLogger("sigma")
 
 # Video data sets and the image benchmarks (their frame sampling is "repeat": one image, T copies).
-EVAL_DATA_SETS = {**DATA_SETS, **IMAGE_DATA_SETS}
+EVAL_DATA_SETS = splits.DATA_SETS  # video data sets and image benchmarks
 DATA_PATH_HELP = ("folder with train.csv (bank) and val.csv (queries); ImageNet: the folder with train/<wnid>/ and "
                   "val/<wnid>/; CIFAR-100: the folder with cifar-100-python/ (val = its test batch)")
 

@@ -21,10 +21,11 @@ import torch
 from attentive_probe import AttentiveProbe
 from checkpointing import load_checkpoint, resume_from, state_dict_from
 from datasets.mixup import Mixup
+from datasets.splits import DATA_SETS
 from datasets.video_dataset import BadSampleTracker
 from distributed import cleanup_distributed
 from engine_for_finetuning import evaluate, train_one_epoch, write_test_results
-from eval_knn import EVAL_DATA_SETS, add_image_flags
+from eval_knn import add_image_flags
 from finetune_build import (build_datasets, build_model, build_optimizer, deepspeed_config_of, eval_loader,
                             probe_of)
 from flags import (HelpFormatter, add_augment_flags, add_clip_flags, add_encoder_flags, add_labelled_data_flags,
@@ -63,7 +64,7 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--model_ema_decay", type=float, default=0.9999)
     add_probe_flags(p)
     g = p.add_argument_group("data")
-    add_labelled_data_flags(g, EVAL_DATA_SETS, default="Kinetics-400", data_path_help=(
+    add_labelled_data_flags(g, DATA_SETS, default="Kinetics-400", data_path_help=(
         "folder with train.csv, val.csv, test.csv (FineGym sets: annotations/ and subactions/; Charades: "
         "Charades_v1_{train,test}.csv; UCFRep: annotations/{train,val}/; ImageNet: train/ and val/ class folders; "
         "CIFAR-100: cifar-100-python/)"))
@@ -107,7 +108,7 @@ def get_args(argv=None) -> argparse.Namespace:
         "probe_depth": (lambda v: v >= 1, ">= 1"),
         "probe_num_heads": (lambda v: v >= 1, ">= 1"),
         **common_rules(args), **clip_rules(args)})
-    check_nb_classes(p, args, EVAL_DATA_SETS)
+    check_nb_classes(p, args, DATA_SETS)
     if args.probe == "attentive" and args.linear_probing:
         p.error("--linear_probing is --probe linear: give one probe")
     if args.compile and args.enable_deepspeed:
@@ -121,8 +122,8 @@ def main(args: argparse.Namespace) -> None:
     env = start_run(args.device, args.output_dir)
     precision = resolve_precision(args.precision, env.device)
     torch.manual_seed(args.seed + env.rank)
-    nb_classes = nb_classes_of(args, EVAL_DATA_SETS)
-    _, sampling, default_flip = EVAL_DATA_SETS[args.data_set]
+    nb_classes = nb_classes_of(args, DATA_SETS)
+    _, sampling, default_flip = DATA_SETS[args.data_set]
     probe = probe_of(args)
     augment = not probe or args.lp_augment
     if not augment:

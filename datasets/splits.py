@@ -10,8 +10,12 @@ import torch
 from datasets.annotations import AnnotationError, Sample, read_annotations
 from datasets.gym import GYM_SETS, read_gym
 from datasets.images import IMAGE_DATA_SETS, image_split
+from datasets.video_dataset import DATA_SETS as VIDEO_DATA_SETS
 
 logger = logging.getLogger(__name__)
+
+# Every --data_set: name -> (classes, frame sampling, training flips); "repeat" for image sets.
+DATA_SETS = {**VIDEO_DATA_SETS, **IMAGE_DATA_SETS}
 
 # Charades: SEVERE trains on Charades_v1_train.csv and tests (and validates) on Charades_v1_test.csv.
 CHARADES_CSV = {"train": "Charades_v1_train.csv", "val": "Charades_v1_test.csv", "test": "Charades_v1_test.csv"}
