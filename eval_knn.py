@@ -141,6 +141,15 @@ def eval_dataset(data, args, mode: str, sampling: str, views: Tuple[int, int] = 
                             video_backend=args.video_backend, seed=args.seed)
 
 
+def frozen_features(model, loader, env, precision: str):
+    """(pooled L2-normalised features [V, D], labels [V]) of every video `loader` yields (this
+    rank's shard), gathered from every rank and merged per video (a collective)."""
+    views = predict_views(lambda v: F.normalize(model.forward_features(v).float(), dim=-1), model, loader,
+                          device=env.device, precision=precision)
+    videos = merge_views(gather_views(views, env))
+    return F.normalize(videos.output, dim=-1), videos.label
+
+
 def features(model, samples: Sequence, args, env, sampling: str, precision: str):
     """(pooled L2-normalised features [V, D], labels [V]) of every video (or image), one centre clip each."""
     dataset = eval_dataset(samples, args, "val", sampling)
@@ -148,13 +157,10 @@ def features(model, samples: Sequence, args, env, sampling: str, precision: str)
         dataset, batch_size=args.batch_size, sampler=ShardSampler(len(dataset), env.world_size, env.rank),
         num_workers=args.num_workers, collate_fn=collate_clips, pin_memory=env.device.type == "cuda",
         worker_init_fn=WORKER_INIT)
-    views = predict_views(lambda v: F.normalize(model.forward_features(v).float(), dim=-1), model, loader,
-                          device=env.device, precision=precision)
-    videos = merge_views(gather_views(views, env))
-    if videos.index.numel() != len(samples):
-        logger.warning("%d of %d videos were unreadable and left out", len(samples) - videos.index.numel(),
-                       len(samples))
-    return F.normalize(videos.output, dim=-1), videos.label
+    feats, labels = frozen_features(model, loader, env, precision)
+    if feats.shape[0] != len(samples):
+        logger.warning("%d of %d videos were unreadable and left out", len(samples) - feats.shape[0], len(samples))
+    return feats, labels
 
 
 def official_features(model, samples: Sequence, args, env, sampling: str, precision: str):

@@ -41,6 +41,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._format_action(action)
 
 
+class DocHelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """-h with every default and the module docstring as written (tools whose description is the docstring)."""
+
+
 def add_launcher_compat_flags(group) -> None:
     """Flags injected by `python -m torch.distributed.launch` or kept in old launch lines: accepted
     and ignored, since the process layout always comes from the launcher's environment."""

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from checkpointing import CheckpointError, read_torch_file
+from flags import DocHelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -587,15 +588,11 @@ def convert(source: str, out: str, model_key: str = "model|module") -> int:
     return len(state)
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
-
-
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=DocHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export", help="our / official checkpoint -> transformers VideoMAE folder",
-                       formatter_class=HelpFormatter)
+                       formatter_class=DocHelpFormatter)
     e.add_argument("checkpoint")
     e.add_argument("out_dir")
     e.add_argument("--model_key", default="model|module", help="'|'-separated keys holding the state dict")
@@ -606,7 +603,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     e.add_argument("--no_head", action="store_true", help="write the encoder alone, without the classifier")
     e.add_argument("--first_token", action="store_true", help="the head (no fc_norm) was trained on token 0")
     c = sub.add_parser("convert", help="any readable checkpoint -> our names (.pth or .safetensors)",
-                       formatter_class=HelpFormatter)
+                       formatter_class=DocHelpFormatter)
     c.add_argument("source", help="our .pth / .safetensors, a transformers or VideoMAEv2 folder or file")
     c.add_argument("out", help="output file; .safetensors writes safetensors, anything else torch.save")
     c.add_argument("--model_key", default="model|module")

@@ -8,14 +8,12 @@ import time
 from typing import Dict, Optional
 
 import torch
-import torch.nn.functional as F
 
 from datasets.annotations import read_annotations
 from datasets.sampler import ShardSampler
 from datasets.video_dataset import ClipConfig, VideoClipDataset, collate_clips
 from distributed import DistEnv
-from engine_for_finetuning import gather_views, merge_views, predict_views
-from eval_knn import knn_votes, topk_accuracy
+from eval_knn import frozen_features, knn_votes, topk_accuracy
 from shutdown import WORKER_INIT
 
 logger = logging.getLogger("sigma")
@@ -43,19 +41,13 @@ class KnnMonitor:
                 num_workers=num_workers, collate_fn=collate_clips, pin_memory=env.device.type == "cuda",
                 worker_init_fn=WORKER_INIT, generator=torch.Generator())  # leaves torch's global RNG alone
 
-    def _features(self, encoder: torch.nn.Module, split: str, precision: str):
-        views = predict_views(lambda v: F.normalize(encoder.forward_features(v).float(), dim=-1), encoder,
-                              self.loaders[split], device=self.env.device, precision=precision)
-        videos = merge_views(gather_views(views, self.env))  # every rank holds every video
-        return F.normalize(videos.output, dim=-1), videos.label
-
     @torch.no_grad()
     def score(self, encoder: torch.nn.Module, precision: str) -> Dict[str, float]:
         """{"knn_top1", "knn_top5", "knn_time"} of `encoder` (a collective: every rank calls it).
         The encoder is left in eval mode; the next training epoch puts it back in train mode."""
         t0 = time.time()
-        bank, bank_labels = self._features(encoder, "train", precision)
-        queries, labels = self._features(encoder, "val", precision)
+        bank, bank_labels = frozen_features(encoder, self.loaders["train"], self.env, precision)
+        queries, labels = frozen_features(encoder, self.loaders["val"], self.env, precision)
         votes = knn_votes(bank, bank_labels, queries, self.nb_classes, [self.k], self.temperature)[self.k]
         acc = topk_accuracy(votes, labels)
         record = {"knn_top1": acc["top1"], "knn_top5": acc["top5"], "knn_time": time.time() - t0}

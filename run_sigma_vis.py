@@ -36,7 +36,7 @@ from datasets.frame_indices import dense_indices
 from datasets.transforms import center_crop, resize_short_side, to_normalized_float
 from distributed import setup_logging
 from engine_for_pretraining import Objective, denormalize_like, pixel_targets
-from flags import str2bool
+from flags import DocHelpFormatter, str2bool
 import hf_weights
 from kmeans import kmeans
 from masking_generator import tube_mask
@@ -55,12 +55,8 @@ CONFIG_KEYS = ("model", "target_type", "num_prototypes", "input_size", "num_fram
 KMEANS_ITERATIONS = 50
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """-h with the default of every flag that has help text, and the module docstring as written."""
-
-
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("SIGMA visualisation", description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser("SIGMA visualisation", description=__doc__, formatter_class=DocHelpFormatter)
     pretrain = build_pretrain_parser()  # the pretraining defaults, declared once there
     g = p.add_argument_group("inputs")
     g.add_argument("--checkpoint", required=True, help="pretraining checkpoint (loaded with weights_only)")

@@ -24,7 +24,9 @@ def _argv(data, out, *extra):
 
 
 def test_periodic_knn_is_logged_and_equals_eval_knn_of_the_checkpoint(data, tmp_path):
+    # One DataLoader worker, as production runs have: the monitor's loaders start their own.
     run.main(run.get_args(_argv(data, tmp_path / "pre", "--eval_every", "1", "--eval_data_path", data,
+                                "--num_workers", "1",
                                 "--eval_k", "3")))
     records = [json.loads(line) for line in open(tmp_path / "pre" / "metrics.jsonl")]
     evals = [r for r in records if "knn_top1" in r]
