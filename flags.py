@@ -85,8 +85,21 @@ def add_clip_flags(group, *, short_side: bool = True) -> None:
         group.add_argument("--short_side_size", type=int, default=224)
 
 
-def add_loader_flags(group, *, num_workers: int, batch_size: Optional[int] = None, training: bool = True) -> None:
-    """Decoding and the DataLoader; `training` adds pinning and the bad-sample budget."""
+class _Unsupported(argparse.Action):
+    """A flag this driver refuses with a clear error (parse time) instead of argparse's "unrecognized"."""
+
+    def __init__(self, option_strings, dest, reason: str, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        self.reason = reason
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string}: {self.reason}")
+
+
+def add_loader_flags(group, *, num_workers: int, batch_size: Optional[int] = None, training: bool = True,
+                     gpu_augment: bool = False) -> None:
+    """Decoding and the DataLoader; `training` adds pinning and the bad-sample budget, and
+    --gpu_augment, which only a driver passing `gpu_augment` (pretraining) accepts."""
     group.add_argument("--video_backend", default=DEFAULT_BACKEND, choices=BACKENDS)
     if batch_size is not None:
         group.add_argument("--batch_size", type=int, default=batch_size)
@@ -94,6 +107,14 @@ def add_loader_flags(group, *, num_workers: int, batch_size: Optional[int] = Non
     if training:
         add_switch(group, "pin_mem", True)
         group.add_argument("--max_bad_fraction", type=float, default=0.2)
+        if gpu_augment:
+            group.add_argument("--gpu_augment", action="store_true",
+                               help="workers only decode and draw crop boxes and masks; crops, resizes and "
+                                    "normalisation run batched on --device (the same clips, PRETRAIN.md)")
+        else:
+            group.add_argument("--gpu_augment", action=_Unsupported,
+                               reason="pretraining only (run_sigma_pretraining.py); fine-tuning's RandAugment, "
+                                      "crops and random erasing run in the DataLoader workers")
 
 
 def add_probe_flags(p: argparse.ArgumentParser) -> None:

@@ -19,6 +19,7 @@ import torch
 
 from checkpointing import resume_from
 from datasets.annotations import read_annotations
+from datasets.gpu_augment import DeviceAugment
 from datasets.video_dataset import AugmentConfig, BadSampleTracker, ClipConfig, MaskConfig, VideoClipDataset
 from distributed import cleanup_distributed
 from engine_for_pretraining import Objective, train_one_epoch
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_clip_flags(g, short_side=False)
     g.add_argument("--augmentation", default="multi_scale_crop", choices=["multi_scale_crop", "resize"])
     g.add_argument("--num_sample", type=int, default=1, help="augmented views per decoded clip")
-    add_loader_flags(g, num_workers=8)
+    add_loader_flags(g, num_workers=8, gpu_augment=True)
     add_optim_flags(p, epochs=800, lr=1.5e-4, min_lr=1e-5, warmup_epochs=40, betas=(0.9, 0.95), batch_size=32,
                     batch_help="clips per GPU per micro-batch (views count as clips)")
     g = p.add_argument_group("monitoring")
@@ -130,7 +131,7 @@ def build(args, env):
         ClipConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate, input_size=args.input_size),
         AugmentConfig(pretrain_augmentation=args.augmentation),
         MaskConfig(mask_type=args.mask_type, mask_ratio=args.mask_ratio, grid=model.encoder.grid_size),
-        num_sample=args.num_sample, video_backend=args.video_backend, seed=args.seed)
+        num_sample=args.num_sample, video_backend=args.video_backend, seed=args.seed, gpu_augment=args.gpu_augment)
     # A batch of --batch_size clips holds batch_size // num_sample decoded videos.
     sampler, loader = training_loader(dataset, env, batch_size=max(1, args.batch_size // args.num_sample),
                                       num_workers=args.num_workers, pin_mem=args.pin_mem, seed=args.seed,
@@ -176,13 +177,15 @@ def main(args: argparse.Namespace) -> None:
     tracker = BadSampleTracker(args.max_bad_fraction, epoch_size=len(dataset) // env.world_size)
     monitor = build_monitor(args, env)
     n_parameters = sum(p.numel() for p in core.parameters() if p.requires_grad)
+    # --gpu_augment: the batches are cropped, resized and normalised on the device as they arrive.
+    train_batches = DeviceAugment(loader, env.device, args.input_size) if args.gpu_augment else loader
     for epoch in range(start_epoch, args.epochs):
         t0 = time.time()
         dataset.set_epoch(epoch)
         sampler.set_epoch(epoch, start=start_in_epoch * args.accum_iter * loader.batch_size
                           if epoch == start_epoch else 0)
         tracker.start_epoch()
-        for done in train_one_epoch(training.model, loader, training.update, schedule, objective,
+        for done in train_one_epoch(training.model, train_batches, training.update, schedule, objective,
                                     device=env.device, epoch=epoch, start_step=step, accum_iter=args.accum_iter,
                                     teacher=teacher, log_every=args.log_every, skip_nonfinite=args.skip_nonfinite,
                                     tracker=tracker):

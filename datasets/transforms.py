@@ -356,16 +356,24 @@ def horizontal_flip(clip: torch.Tensor, generator: torch.Generator, p: float = 0
 # ----------------------------------------------------------------------------------------------
 # Float stage: normalisation and random erasing
 
+@functools.lru_cache(maxsize=None)
+def _norm_constants(device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) on `device`, copied there once: a per-batch pageable copy would wait on the device."""
+    return _NORM_SCALE.to(device), _NORM_SHIFT.to(device)
+
+
 def to_normalized_float(clip: torch.Tensor) -> torch.Tensor:
-    """uint8 [T, C, H, W] -> ImageNet-normalised float32 [C, T, H, W] (contiguous).
+    """uint8 [..., T, C, H, W] -> ImageNet-normalised float32 [..., C, T, H, W] (contiguous).
 
     One copy does the cast and the layout change; the normalisation is then one in-place
-    multiply-add with (1 / (255 std), -mean / std).
+    multiply-add with (1 / (255 std), -mean / std). A leading batch axis (the device augmentation's
+    [N, T, C, H, W] views, datasets/gpu_augment.py) gets the same ops, element for element.
     """
     if clip.dtype != torch.uint8:
         raise TypeError(f"expected a uint8 clip, got {clip.dtype}")
-    x = clip.permute(1, 0, 2, 3).to(torch.float32, memory_format=torch.contiguous_format)  # [C, T, H, W]
-    return x.mul_(_NORM_SCALE).add_(_NORM_SHIFT)
+    x = clip.transpose(-4, -3).to(torch.float32, memory_format=torch.contiguous_format)  # [..., C, T, H, W]
+    scale, shift = _norm_constants(x.device)
+    return x.mul_(scale).add_(shift)
 
 
 def random_erasing(

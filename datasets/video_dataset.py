@@ -7,6 +7,12 @@ stacked on a leading axis, so `collate_clips` can flatten them into the batch:
     label, index, segment, crop  [V] long    (index: position of the video in the annotation list)
     target  [V, ...] float                   (with `targets`: multi-hot labels, counts)
     bad     list of (path, reason)           (unreadable files met while producing this item)
+With `gpu_augment` (pretraining only) an item holds the decoded clip once instead of "video":
+    frames  [T, C, H, W] uint8               (the decode, before any crop)
+    boxes   [V, 4] long                      (top, left, height, width of each view's crop)
+and the crops, resizes and normalisation run batched on the training device (datasets/gpu_augment.py),
+giving the same "video" as the worker path. The boxes are drawn from the item's generator in the
+order the worker path draws its crops, so the masks drawn after them are the same too.
 V is `num_sample` in pretrain/train (several augmentations of one decode), 1 in val, and
 `test_num_crop` in test. Everything random comes from a generator seeded by (seed, epoch, item),
 so a resumed run sees the same clips and masks whatever the number of workers.
@@ -88,11 +94,16 @@ class VideoClipDataset(torch.utils.data.Dataset):
                  augment: AugmentConfig = AugmentConfig(), mask: MaskConfig = MaskConfig(),
                  num_sample: int = 1, test_num_segment: int = 1, test_num_crop: int = 1,
                  video_backend: str = DEFAULT_BACKEND, num_threads: int = 1, seed: int = 0,
-                 min_video_frames: int = 4, max_retries: int = 20, targets: Optional[torch.Tensor] = None):
+                 min_video_frames: int = 4, max_retries: int = 20, targets: Optional[torch.Tensor] = None,
+                 gpu_augment: bool = False):
         """targets: [len(samples), ...] float per-video targets beyond the class label (Charades'
-        multi-hot labels, UCFRep's counts), returned as "target" [V, ...]."""
+        multi-hot labels, UCFRep's counts), returned as "target" [V, ...].
+        gpu_augment: items hold the uint8 decode and the crop boxes, not "video" (pretraining only)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if gpu_augment and mode != "pretrain":
+            raise ValueError(f"gpu_augment is for pretraining only, not mode {mode!r}: fine-tuning's RandAugment, "
+                             f"crops and random erasing run in the DataLoader workers")
         if clip.sampling not in ("dense", "segment"):
             raise ValueError(f"sampling must be 'dense' or 'segment', got {clip.sampling!r}")
         if min(num_sample, test_num_segment, test_num_crop) < 1:
@@ -111,6 +122,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         if mode == "pretrain" and mask.grid is None:
             raise ValueError("pretraining needs MaskConfig(grid=...): the model's token grid (model.encoder.grid_size)")
         self.mask_grid = mask.grid
+        self.gpu_augment = gpu_augment
         # Shared with DataLoader workers (also persistent ones): set_epoch reaches them.
         self._epoch = multiprocessing.Value("q", 0, lock=False)
 
@@ -134,16 +146,18 @@ class VideoClipDataset(torch.utils.data.Dataset):
                 video_index = int(torch.randint(len(self.samples), (1,), generator=rng))
         else:
             raise RuntimeError(f"no readable video in {len(bad)} tries; examples: {bad[:5]}")
-        views = self._views(frames, rng)  # list of float [C, T, H, W]
-        V = len(views)
-        out = {
-            "video": torch.stack(views),
+        V = self.num_views
+        if self.gpu_augment:
+            out = {"frames": frames, "boxes": self._crop_boxes(*frames.shape[-2:], rng)}  # boxes [V, 4]
+        else:
+            out = {"video": torch.stack(self._views(frames, rng))}  # [V, C, T, H, W]
+        out.update({
             "label": torch.full((V,), self.samples[video_index].label, dtype=torch.long),
             "index": torch.full((V,), video_index, dtype=torch.long),
             "segment": torch.full((V,), segment, dtype=torch.long),
             "crop": torch.arange(V) if self.mode == "test" else torch.zeros(V, dtype=torch.long),
             "bad": bad,
-        }
+        })
         if self.targets is not None:
             out["target"] = self.targets[video_index].expand(V, *self.targets.shape[1:]).clone()
         if self.mode == "pretrain":
@@ -182,6 +196,15 @@ class VideoClipDataset(torch.utils.data.Dataset):
             return [T.to_normalized_float(T.center_crop(frames, size))]
         return [T.to_normalized_float(c) for c in T.spatial_crops(frames, size, self.num_views)]
 
+    def _crop_boxes(self, height: int, width: int, rng: torch.Generator) -> torch.Tensor:
+        """[V, 4] long (top, left, height, width): the pretraining views' crops, drawn from `rng`
+        exactly as `_views` draws them (one multi_scale_crop per view; 'resize' draws nothing)."""
+        if self.augment.pretrain_augmentation == "multi_scale_crop":
+            boxes = [T.multi_scale_crop_params(height, width, self.clip.input_size, rng) for _ in range(self.num_views)]
+        else:  # the whole frame, warped to a square
+            boxes = [(0, 0, height, width)] * self.num_views
+        return torch.tensor(boxes, dtype=torch.long)
+
     def _train_view(self, frames: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         size, scale, ratio = self.clip.input_size, self.augment.scale, self.augment.ratio
         if self.augment.crop_first:  # RandAugment on the small crop: cheaper, not the official order
@@ -203,11 +226,31 @@ class VideoClipDataset(torch.utils.data.Dataset):
 
 
 def collate_clips(batch: List[Dict[str, object]]) -> Dict[str, object]:
-    """Flatten the views of every item into the batch; gather the bad-file reports."""
-    out: Dict[str, object] = {k: torch.cat([item[k] for item in batch]) for k in batch[0] if k != "bad"}
+    """Flatten the views of every item into the batch; gather the bad-file reports.
+
+    Items of a `gpu_augment` dataset keep one decode each: "frames" become one uint8
+    [B, T, C, H_max, W_max] tensor (zero-padded at the bottom and right, so the loader pins one
+    fixed-shape tensor), "frame_size" [B, 2] the real (H, W) of each, and "frame_index" [B*V]
+    the item of each view (of "boxes" [B*V, 4])."""
+    out: Dict[str, object] = {k: torch.cat([item[k] for item in batch]) for k in batch[0]
+                              if k not in ("bad", "frames")}
+    if "frames" in batch[0]:
+        out["frames"], out["frame_size"] = _pad_frames([item["frames"] for item in batch])
+        views = torch.tensor([len(item["boxes"]) for item in batch])
+        out["frame_index"] = torch.repeat_interleave(torch.arange(len(batch)), views)
     out["bad"] = [b for item in batch for b in item["bad"]]
     out["num_items"] = len(batch)
     return out
+
+
+def _pad_frames(clips: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [T, C, H_i, W_i] clips -> (uint8 [B, T, C, max H, max W] zero-padded, [B, 2] long real sizes)."""
+    sizes = torch.tensor([clip.shape[-2:] for clip in clips], dtype=torch.long)  # [B, 2]
+    h, w = sizes.max(0).values.tolist()
+    out = clips[0].new_zeros((len(clips), *clips[0].shape[:-2], h, w))
+    for b, clip in enumerate(clips):
+        out[b, ..., :clip.shape[-2], :clip.shape[-1]] = clip
+    return out, sizes
 
 
 class BadSampleTracker:
