@@ -5,7 +5,7 @@ what limits the step rate. With `VideoClipDataset(..., gpu_augment=True)` a work
 and draws each view's crop box (and the mask) from the item's generator; `DeviceAugment` moves
 the padded uint8 decodes to the device and makes the worker path's "video" there:
 
-    frames [B, T, C, H_max, W_max] uint8 ──crop box of each view──> [T, C, h, w]
+    frames [B, T, H_max, W_max, C] uint8 ──crop box of each view──> [T, C, h, w]
         ──antialiased bilinear resize, rounded to uint8 (views with one box size in one call)──>
     [B*V, T, C, S, S] uint8 ──one normalisation──> video [B*V, C, T, S, S] float32
 
@@ -24,6 +24,9 @@ from datasets import transforms as T
 
 # The keys of a gpu_augment batch (collate_clips) that this module turns into "video".
 AUGMENT_KEYS = ("frames", "frame_size", "frame_index", "boxes")
+# Crop pixels resized in one call: on CUDA torchvision resizes uint8 in float32, so this bounds that
+# temporary (4 bytes per element, 1 GiB) however large the decoded frames are.
+MAX_RESIZE_ELEMENTS = 2 ** 28
 
 
 def crop_and_resize(frames: torch.Tensor, boxes: List[Tuple[int, int, int, int]], frame_index: List[int],
@@ -31,25 +34,28 @@ def crop_and_resize(frames: torch.Tensor, boxes: List[Tuple[int, int, int, int]]
     """Every view's crop of its clip, resized to size x size.
 
     Args:
-        frames: uint8 [B, T, C, H_max, W_max] on the device.
+        frames: uint8 [B, T, C, H_max, W_max] on the device (any strides).
         boxes: (top, left, height, width) of each of the N views, inside its clip's real frame.
         frame_index: the clip (index into `frames`) of each view.
         size: output side.
     Returns:
         uint8 [N, T, C, size, size], the views in the order of `boxes`.
     """
-    out = frames.new_empty((len(boxes), *frames.shape[1:3], size, size))  # [N, T, C, S, S]
     groups: Dict[Tuple[int, int], List[int]] = {}  # views with one crop size share one resize call
     for view, (_, _, h, w) in enumerate(boxes):
         groups.setdefault((h, w), []).append(view)
+    out = frames.new_empty((len(boxes), *frames.shape[1:3], size, size))  # [N, T, C, S, S]
     for (h, w), views in groups.items():
-        crops = torch.stack([frames[frame_index[v], ..., boxes[v][0]:boxes[v][0] + h, boxes[v][1]:boxes[v][1] + w]
-                             for v in views])  # [G, T, C, h, w]
-        resized = F.resize(crops, [size, size], antialias=True)  # [G, T, C, S, S]
-        if len(views) == len(boxes):
-            return resized
-        for i, v in enumerate(views):  # device copies; an index tensor would be a host-to-device copy
-            out[v] = resized[i]
+        per_call = max(1, MAX_RESIZE_ELEMENTS // (frames.shape[1] * frames.shape[2] * h * w))  # crops per call
+        for start in range(0, len(views), per_call):
+            chunk = views[start:start + per_call]
+            crops = torch.stack([frames[frame_index[v], ..., boxes[v][0]:boxes[v][0] + h, boxes[v][1]:boxes[v][1] + w]
+                                 for v in chunk])  # [G, T, C, h, w]
+            resized = F.resize(crops, [size, size], antialias=True)  # [G, T, C, S, S]
+            if len(chunk) == len(boxes):
+                return resized
+            for i, v in enumerate(chunk):  # device copies; an index tensor would be a host-to-device copy
+                out[v] = resized[i]
     return out
 
 
@@ -71,7 +77,8 @@ def augment_batch(batch: Dict[str, object], device: torch.device, size: int) -> 
     for (top, left, h, w), b in zip(boxes, frame_index):
         if top < 0 or left < 0 or top + h > frame_size[b][0] or left + w > frame_size[b][1]:
             raise ValueError(f"crop box {(top, left, h, w)} outside its {frame_size[b]} clip")
-    frames = batch["frames"].to(device, non_blocking=True)  # pinned by the loader: an async copy
+    frames = batch["frames"].to(device, non_blocking=True)  # [B, T, H, W, C], pinned by the loader: an async copy
+    frames = frames.permute(0, 1, 4, 2, 3)  # [B, T, C, H, W], the decoders' channels-last strides
     views = crop_and_resize(frames, boxes, frame_index, size)  # [N, T, C, S, S] uint8
     out = {k: v for k, v in batch.items() if k not in AUGMENT_KEYS}
     out["video"] = T.to_normalized_float(views)  # [N, C, T, S, S]

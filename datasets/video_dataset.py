@@ -229,8 +229,9 @@ def collate_clips(batch: List[Dict[str, object]]) -> Dict[str, object]:
     """Flatten the views of every item into the batch; gather the bad-file reports.
 
     Items of a `gpu_augment` dataset keep one decode each: "frames" become one uint8
-    [B, T, C, H_max, W_max] tensor (zero-padded at the bottom and right, so the loader pins one
-    fixed-shape tensor), "frame_size" [B, 2] the real (H, W) of each, and "frame_index" [B*V]
+    [B, T, H_max, W_max, C] tensor (zero-padded at the bottom and right, so the loader pins one
+    fixed-shape tensor; channels last, the decoders' own memory order, so each clip is copied
+    without a transpose), "frame_size" [B, 2] the real (H, W) of each, and "frame_index" [B*V]
     the item of each view (of "boxes" [B*V, 4])."""
     out: Dict[str, object] = {k: torch.cat([item[k] for item in batch]) for k in batch[0]
                               if k not in ("bad", "frames")}
@@ -244,12 +245,16 @@ def collate_clips(batch: List[Dict[str, object]]) -> Dict[str, object]:
 
 
 def _pad_frames(clips: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """uint8 [T, C, H_i, W_i] clips -> (uint8 [B, T, C, max H, max W] zero-padded, [B, 2] long real sizes)."""
+    """uint8 [T, C, H_i, W_i] clips -> (uint8 [B, T, max H, max W, C] zero-padded, [B, 2] long real sizes)."""
     sizes = torch.tensor([clip.shape[-2:] for clip in clips], dtype=torch.long)  # [B, 2]
     h, w = sizes.max(0).values.tolist()
-    out = clips[0].new_zeros((len(clips), *clips[0].shape[:-2], h, w))
+    t, c = clips[0].shape[:2]
+    out = torch.empty((len(clips), t, h, w, c), dtype=torch.uint8)  # every byte written once
     for b, clip in enumerate(clips):
-        out[b, ..., :clip.shape[-2], :clip.shape[-1]] = clip
+        clip_h, clip_w = clip.shape[-2:]
+        out[b, :, :clip_h, :clip_w] = clip.permute(0, 2, 3, 1)  # [T, H_i, W_i, C]
+        out[b, :, clip_h:] = 0
+        out[b, :, :clip_h, clip_w:] = 0
     return out, sizes
 
 

@@ -13,6 +13,7 @@ import torch
 import run_class_finetuning
 import run_sigma_pretraining as run
 from datasets.annotations import read_annotations
+from datasets import gpu_augment
 from datasets.gpu_augment import DeviceAugment, augment_batch
 from datasets.synthetic import make_dataset
 from datasets.video_dataset import AugmentConfig, ClipConfig, MaskConfig, VideoClipDataset, collate_clips
@@ -51,11 +52,11 @@ def _batches(samples, augmentation: str, gpu_augment: bool, epochs=(0, 1)):
 
 
 @pytest.mark.parametrize("augmentation", ["multi_scale_crop", "resize"])
-def test_device_augment_gives_the_worker_paths_batches(mixed_sizes, augmentation):
+def test_device_augment_gives_the_worker_paths_batches(mixed_sizes, augmentation, monkeypatch):
     expected = _batches(mixed_sizes, augmentation, gpu_augment=False)
     raw = _batches(mixed_sizes, augmentation, gpu_augment=True)
     # One pinned-size uint8 tensor per batch, padded to its largest frame: the sizes really differ.
-    assert raw[0]["frames"].dtype == torch.uint8 and raw[0]["frames"].shape == (3, FRAMES, 3, 64, 64)
+    assert raw[0]["frames"].dtype == torch.uint8 and raw[0]["frames"].shape == (3, FRAMES, 64, 64, 3)
     assert sorted(map(tuple, raw[0]["frame_size"].tolist())) == sorted(FRAME_SIZES)
     assert raw[0]["frame_index"].tolist() == [0, 0, 1, 1, 2, 2]
     got = list(DeviceAugment(raw, torch.device("cpu"), SIZE))
@@ -67,6 +68,8 @@ def test_device_augment_gives_the_worker_paths_batches(mixed_sizes, augmentation
         for key in ("mask", "label", "index", "segment", "crop"):
             assert torch.equal(have[key], want[key]), f"batch {b}: {key} differs"
     assert not torch.equal(got[0]["video"], got[2]["video"])  # epoch 1 draws other clips
+    monkeypatch.setattr(gpu_augment, "MAX_RESIZE_ELEMENTS", 1)  # one resize call per view
+    assert torch.equal(augment_batch(raw[0], torch.device("cpu"), SIZE)["video"], expected[0]["video"])
     if augmentation == "multi_scale_crop":  # two views of one decode, two crops
         assert not torch.equal(got[0]["video"][0], got[0]["video"][1])
 
