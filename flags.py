@@ -98,8 +98,8 @@ class _Unsupported(argparse.Action):
 
 def add_loader_flags(group, *, num_workers: int, batch_size: Optional[int] = None, training: bool = True,
                      gpu_augment: bool = False) -> None:
-    """Decoding and the DataLoader; `training` adds pinning and the bad-sample budget, and
-    --gpu_augment, which only a driver passing `gpu_augment` (pretraining) accepts."""
+    """Decoding and the DataLoader; `training` adds pinning and the bad-sample budget. --gpu_augment
+    is accepted where `gpu_augment` (pretraining) and refused with its reason everywhere else."""
     group.add_argument("--video_backend", default=DEFAULT_BACKEND, choices=BACKENDS)
     if batch_size is not None:
         group.add_argument("--batch_size", type=int, default=batch_size)
@@ -107,14 +107,15 @@ def add_loader_flags(group, *, num_workers: int, batch_size: Optional[int] = Non
     if training:
         add_switch(group, "pin_mem", True)
         group.add_argument("--max_bad_fraction", type=float, default=0.2)
-        if gpu_augment:
-            group.add_argument("--gpu_augment", action="store_true",
-                               help="workers only decode and draw crop boxes and masks; crops, resizes and "
-                                    "normalisation run batched on --device (the same clips, PRETRAIN.md)")
-        else:
-            group.add_argument("--gpu_augment", action=_Unsupported,
-                               reason="pretraining only (run_sigma_pretraining.py); fine-tuning's RandAugment, "
-                                      "crops and random erasing run in the DataLoader workers")
+    if gpu_augment:
+        group.add_argument("--gpu_augment", action="store_true",
+                           help="workers only decode and draw the crop boxes and masks; the crops, resizes and "
+                                "normalisation run batched on --device, giving the same clips (PRETRAIN.md). "
+                                "Pretraining only: fine-tuning's RandAugment stays in the workers")
+    else:
+        group.add_argument("--gpu_augment", action=_Unsupported,
+                           reason="pretraining only (run_sigma_pretraining.py); fine-tuning's RandAugment, crops "
+                                  "and random erasing, and evaluation's crops, run in the DataLoader workers")
 
 
 def add_probe_flags(p: argparse.ArgumentParser) -> None:
