@@ -12,6 +12,12 @@
 #   finetune_eval_knn  1-epoch fine-tune from that checkpoint, multi-view test, kNN eval
 #   deepspeed_srun     DeepSpeed bf16 ZeRO 0 fine-tune started as srun would (SLURM_* variables, one
 #                      GPU per task: 2 tasks when 2 GPUs, else 1), plain weights must be fp32 masters
+#   gpu_augment        --gpu_augment on the device against the worker path on the same items (within one
+#                      uint8 level), then bench/bench_loader.py: the real DataLoader with 4 and 14 workers,
+#                      ours, ours with --gpu_augment and the official path on generated 320x240 videos:
+#                      clips/s per core and the fraction of a GPU a 16-core-per-GPU node keeps fed
+#   fed_step           the real pretraining driver, ViT-B SIGMA-MLP bf16 batch 32, fed by 14 workers from
+#                      those videos, with and without --gpu_augment: clips/s, data wait per step, MFU
 # Every stage's stdout and stderr go to $OUT/logs/<stage>.log, its JSON lines to $OUT/gpu_check.jsonl;
 # a table for BENCHMARKS.md closes the run ($OUT/table.md). From the repository root:
 #     OUT=/tmp/gpu_check bash bench/gpu_check.sh
@@ -23,7 +29,7 @@ cd "$(dirname "$0")/.." || exit 1
 PY=${PYTHON:-python}
 OUT=${OUT:-$(mktemp -d)}
 DRY=${GPU_CHECK_DRY:-0}
-BUDGET=${GPU_CHECK_SECONDS:-375}  # the stage limits below add up to 370 s
+BUDGET=${GPU_CHECK_SECONDS:-545}  # the stage limits below add up to 540 s
 SCALE=1  # stage limits x SCALE: the CPU dry run is slower than the GPU
 WORK=$OUT/work  # generated videos and run folders (a fresh one per check: no resume from an old run)
 if [[ "$MODE" == main ]]; then rm -rf "$WORK"; fi
@@ -36,10 +42,15 @@ if [[ "$DRY" == 1 ]]; then
     STEP=(bench/bench_pretrain_step.py --device cpu --input_size 32 --num_frames 4 --num_prototypes 16
           --mask_ratio 0.5 --warmup 0 --iters 1)
     SINKHORN_N=(--n 64 --k 16)
+    FED=(--num_train 8 --frames 24 --height 48 --width 64) FED_MODEL=pretrain_videomae_small_patch16_224
+    FED_BATCH=2 FED_WORKERS=(1 2) FED_RATE=2
 else
     DEVICE=cuda SIZE=224 FRAMES=16 BATCH=4 PROTOS=3000 VIDEO=(--frames 40 --height 240 --width 320)
     STEP=(bench/bench_pretrain_step.py --device cuda --warmup 2 --iters 6)
     SINKHORN_N=(--n 45152 --k 3000)  # 32 clips x 1411 masked tubes (16x224x224, 90% of 1568)
+    # 64 videos of 96 frames at 320x240, x264's default GOP (one keyframe each, as original files)
+    FED=(--num_train 64 --frames 96 --height 240 --width 320) FED_MODEL=pretrain_videomae_base_patch16_224
+    FED_BATCH=32 FED_WORKERS=(4 14) FED_RATE=4
 fi
 NGPU=0
 if [[ "$DEVICE" == cuda ]]; then NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); fi
@@ -148,6 +159,73 @@ dtypes = sorted({str(v.dtype) for v in weights.values() if v.is_floating_point()
 ok = dtypes == ["torch.float32"]
 print(json.dumps({"check": "deepspeed_srun", "ok": ok, "tasks": int(sys.argv[2]), "weight_dtypes": dtypes}))
 sys.exit(0 if ok else 1)' "$WORK/deepspeed/checkpoint-0.pth" "$tasks"
+fi
+
+read -r -d '' GPU_AUGMENT_EQUAL <<'EOF'
+import json, sys
+import torch
+sys.path.insert(0, ".")
+from datasets.annotations import read_annotations
+from datasets.gpu_augment import augment_batch
+from datasets.video_dataset import AugmentConfig, ClipConfig, MaskConfig, VideoClipDataset, collate_clips
+root, device, size, frames = sys.argv[1], torch.device(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+samples = read_annotations(f"{root}/pretrain.csv", root, with_labels=False)[:8]
+clip = ClipConfig(num_frames=frames, sampling_rate=2, input_size=size)
+mask = MaskConfig(grid=(frames // 2, size // 16, size // 16))
+worst = 0.0
+for augmentation in ("multi_scale_crop", "resize"):
+    kwargs = dict(clip=clip, augment=AugmentConfig(pretrain_augmentation=augmentation), mask=mask, num_sample=2)
+    cpu = collate_clips([VideoClipDataset(samples, "pretrain", **kwargs)[i] for i in range(len(samples))])
+    gpu_set = VideoClipDataset(samples, "pretrain", gpu_augment=True, **kwargs)
+    out = augment_batch(collate_clips([gpu_set[i] for i in range(len(samples))]), device, size)
+    assert torch.equal(out["mask"].cpu(), cpu["mask"]), "masks differ"
+    # One uint8 level in ImageNet-normalised units is 1 / (255 std) <= 0.0175.
+    worst = max(worst, (out["video"].float().cpu() - cpu["video"]).abs().max().item())
+ok = worst <= 1 / (255 * 0.224) + 1e-4
+print(json.dumps({"check": "gpu_augment_equal", "ok": ok, "device": device.type, "max_abs_diff": worst}))
+sys.exit(0 if ok else 1)
+EOF
+
+if [[ "$MODE" == __gpu_augment ]]; then
+    "$PY" -m datasets.synthetic --out "$WORK/fed_videos" --num_val 2 --num_test 2 "${FED[@]}" || exit 1
+    "$PY" -c "$GPU_AUGMENT_EQUAL" "$WORK/fed_videos" "$DEVICE" "$SIZE" "$FRAMES" || exit 1
+    exec "$PY" bench/bench_loader.py --csv "$WORK/fed_videos/pretrain.csv" --data_path "$WORK/fed_videos" \
+        --num_workers "${FED_WORKERS[@]}" --batch_size "$FED_BATCH" --num_frames "$FRAMES" --input_size "$SIZE" \
+        --sampling_rate "$FED_RATE" --warmup 1 --batches 4 --rounds 1 --device "$DEVICE"
+fi
+
+if [[ "$MODE" == __fed ]]; then
+    [[ -f "$WORK/fed_videos/pretrain.csv" ]] || { echo "needs the gpu_augment stage's videos" >&2; exit 1; }
+    for augment in cpu gpu; do
+        extra=()
+        if [[ $augment == gpu ]]; then extra=(--gpu_augment); fi
+        "$PY" run_sigma_pretraining.py --model "$FED_MODEL" --data_path "$WORK/fed_videos" \
+            --data_path_csv "$WORK/fed_videos/pretrain.csv" --input_size "$SIZE" --num_frames "$FRAMES" \
+            --sampling_rate "$FED_RATE" --batch_size "$FED_BATCH" --epochs 1 --warmup_epochs 0 \
+            --num_prototypes "$PROTOS" --num_workers "${FED_WORKERS[-1]}" --log_every 1 --save_ckpt_steps 0 \
+            --device "$DEVICE" --output_dir "$WORK/fed_$augment" "${extra[@]}" || exit 1
+    done
+    exec "$PY" - "$WORK" "$JSONL" <<'EOF'
+import json, statistics, sys
+work, jsonl = sys.argv[1:]
+bench = [json.loads(l) for l in open(jsonl) if l.startswith("{")]
+step = next((r for r in bench if r.get("target_type") == "mlp" and r.get("mfu") and r.get("variant") == "ours"), None)
+ok = True
+for augment in ("cpu", "gpu"):
+    rows = [json.loads(l) for l in open(f"{work}/fed_{augment}/metrics.jsonl") if '"step_time"' in l][1:]  # first: warm-up
+    ok &= bool(rows)
+    if not rows:
+        continue
+    clips = statistics.median(r["clips_per_s"] for r in rows)
+    record = {"check": f"fed_step_{augment}_augment", "ok": True, "steps": len(rows), "clips_per_s": clips,
+              "step_time_s": statistics.median(r["step_time"] for r in rows),
+              "data_wait_s": statistics.median(r["data_time"] for r in rows)}
+    if step:  # MFU from the step bench's FLOPs per clip and the device peak it used
+        record["mfu"] = clips * step["gflops_per_clip"] * 1e9 / (step["tflops"] / step["mfu"] * 1e12)
+        record["step_bench_clips_per_s"] = step["clips_per_s"]
+    print(json.dumps(record))
+sys.exit(0 if ok else 1)
+EOF
 fi
 
 # ---------------------------------------------------------------- the stage runner
@@ -268,6 +346,8 @@ if stage preflight 30 "$PY" -c "$PREFLIGHT" "$DEVICE"; then
     stage finetune_eval_knn 55 bash "$0" __finetune
     if [[ "$DEVICE" == cuda ]]; then export DEVICE_VISIBLE=1; fi
     stage deepspeed_srun 45 bash "$0" __deepspeed
+    stage gpu_augment 80 bash "$0" __gpu_augment
+    stage fed_step 90 bash "$0" __fed
 fi
 
 "$PY" - "$JSONL" <<'EOF' | tee "$OUT/table.md"
