@@ -4,10 +4,12 @@ A reader exposes `num_frames` and `get_frames(indices) -> uint8 [T, C, H, W]` on
 failure (missing, empty, undecodable or truncated file, no frames) raises `VideoError(path, reason)`,
 which the dataset turns into a counted, reported, replaced sample.
 """
+import bisect
 import logging
 import os
 import re
-from typing import Callable, Sequence, TypeVar
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +23,8 @@ BACKENDS = ("decord", "pyav", "torchcodec", "torchcodec_cuda")
 # PyAV: the same frames as decord (tested), less decode CPU per clip on every file measured
 # (BENCHMARKS.md, "Video backends"), FFmpeg bundled in its wheel on every platform, maintained.
 DEFAULT_BACKEND = "pyav"
+# swscale's filter when DecodeOptions.short_side scales in the decoder (BENCHMARKS.md "Decoding less").
+SCALE_INTERPOLATION = "BILINEAR"
 _CUDA_UNUSABLE = None  # why this process cannot decode "torchcodec_cuda" on CUDA, once known
 _FALLBACK_LOGGED = False  # the one CPU-fallback warning of this process was logged
 FFMPEG_HELP = ("torchcodec needs FFmpeg's shared libraries (major version 4 to 9): on Debian/Ubuntu "
@@ -59,16 +63,63 @@ class DecordReader:
         return torch.from_numpy(frames).permute(0, 3, 1, 2)  # [T, C, H, W]
 
 
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How much a reader decodes for a clip (the levers of BENCHMARKS.md "Decoding less").
+
+    skip_nonref and keyframe_seek (PyAV) change only the time: the wanted frames are the same bit
+    for bit (tests/test_decode_levers.py). short_side changes pixel values and is off by default.
+
+    skip_nonref: decode the packets of unwanted frames with FFmpeg's skip_frame=NONREF, which drops
+        the frames no other frame predicts from (non-reference B-frames); every reference frame is
+        still decoded, so the wanted frames are unchanged.
+    keyframe_seek: where a keyframe lies between the last frame fed to the decoder and the next
+        wanted one, seek to it instead of decoding the frames before it.
+    short_side: scale in the decoder (one swscale pass with the RGB conversion) so that the short
+        side is this many pixels where the source's is larger; None decodes at the source size.
+    convert_every_frame: convert every decoded frame to RGB, not only the wanted ones: the 'off' of
+        that lever, for bench/bench_dataloader.py only.
+    """
+    skip_nonref: bool = True
+    keyframe_seek: bool = True
+    short_side: Optional[int] = None
+    convert_every_frame: bool = False
+
+
+def scaled_size(height: int, width: int, short_side: Optional[int]) -> Tuple[int, int]:
+    """(height, width) with the short side scaled down to `short_side` (never up), the long side
+    truncated as T.resize_short_side does: int(short_side * long / short)."""
+    if not short_side or min(height, width) <= short_side:
+        return height, width
+    if height <= width:
+        return short_side, int(short_side * width / height)
+    return int(short_side * height / width), short_side
+
+
+class _NoTimestamps(Exception):
+    """The decoded frames carry no pts: their indices cannot be known without counting from the start."""
+
+
 class PyAVReader:
-    """PyAV (FFmpeg) decoding: more forgiving of odd files than decord.
+    """PyAV (FFmpeg) decoding: more forgiving of odd files than decord, and it decodes less.
 
     The frame count comes from the container, or from counting packets (no decoding) when the
-    container does not store it. Reading seeks to the keyframe before the first wanted frame
-    (frame index = pts x frame rate, as decord) and decodes forward, converting only the wanted
-    frames to RGB; streams without timestamps are decoded from the start.
+    container does not store it. Frame index = (pts - start) x frame rate, as decord. Reading seeks
+    to the keyframe before the first wanted frame and walks the packets in decode order; a
+    packet's frame index is known from its pts before it is decoded, which lets `DecodeOptions`
+    save work: unwanted non-reference frames are not decoded (skip_nonref), a keyframe between two
+    wanted frames is sought to instead of decoded up to (keyframe_seek), and only the wanted frames
+    are converted to RGB. Streams without timestamps are decoded from the start, every frame.
+
+    Keyframe positions come from the container's index, without reading the file: in an index of
+    every packet (mp4, avi) a keyframe's frame index is its position in decode order, which holds
+    for closed GOPs (every frame decoded before the keyframe is shown before it); Matroska cues
+    give the keyframes' pts. Each such seek checks the keyframe it lands on; a position that proves
+    wrong turns keyframe seeking off for the file (decoding then runs through, as without it).
+    Where the index has neither, decoding runs through from the first seek.
     """
 
-    def __init__(self, path: str, num_threads: int = 1):
+    def __init__(self, path: str, num_threads: int = 1, options: DecodeOptions = DecodeOptions()):
         import av
 
         try:
@@ -79,53 +130,122 @@ class PyAVReader:
             raise VideoError(path, f"cannot open ({_first_line(e)})", decoder_failed=True) from None
         self._stream.thread_type = "AUTO"
         self._stream.thread_count = num_threads
-        self.path = path
+        self.path, self.options = path, options
         rate, start = self._stream.average_rate, self._stream.start_time
         self._pts_per_frame = (1 / (rate * self._stream.time_base)) if rate and self._stream.time_base else None
         self._start_pts = start or 0
+        self._height, self._width = scaled_size(self._stream.height, self._stream.width, options.short_side)
+        self._keyframes: Optional[List[int]] = None  # frame indices of the keyframes, read when first needed
+        self.frames_decoded = 0  # frames the decoder returned since opening (what the levers save)
 
     def _count_packets(self) -> int:
         count = sum(1 for packet in self._container.demux(self._stream) if packet.size)
         self._container.seek(0)
         return count
 
-    def _frame_index(self, frame) -> "int | None":
-        if frame.pts is None or self._pts_per_frame is None:
+    def _index(self, pts: Optional[int]) -> Optional[int]:
+        if pts is None or self._pts_per_frame is None:
             return None
-        return round(float((frame.pts - self._start_pts) / self._pts_per_frame))
+        return round(float((pts - self._start_pts) / self._pts_per_frame))
 
-    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
-        wanted, last = set(indices), max(indices)
-        first = min(indices)
-        if first > 0 and self._pts_per_frame is not None:
-            self._container.seek(self._start_pts + int(first * self._pts_per_frame), backward=True,
+    def _keyframe_before(self, index: int) -> int:
+        """The last keyframe at or before frame `index` that the container index shows, else -1."""
+        if self._keyframes is None:
+            entries = self._stream.index_entries
+            if len(entries) == self.num_frames:  # every packet, in decode order
+                self._keyframes = [i for i, entry in enumerate(entries) if entry.is_keyframe]
+            elif len(entries) and all(entry.is_keyframe for entry in entries):  # keyframe pts (cues)
+                self._keyframes = sorted(self._index(entry.timestamp) for entry in entries)
+            else:
+                self._keyframes = []
+        position = bisect.bisect_right(self._keyframes, index) - 1
+        return self._keyframes[position] if position >= 0 else -1
+
+    def _seek(self, index: int) -> None:
+        """To the keyframe at or before frame `index` (the demuxer's choice); flushes the decoder."""
+        if index > 0:
+            self._container.seek(self._start_pts + int(index * self._pts_per_frame), backward=True,
                                  any_frame=False, stream=self._stream)
         else:
             self._container.seek(0)
-        found = {}
-        position = None  # index of the next decoded frame
+
+    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
+        wanted = sorted(set(indices))
         try:
-            for frame in self._container.decode(self._stream):
-                index = self._frame_index(frame) if position is None else position
-                if index is None:  # no timestamps: count from the start
-                    self._container.seek(0)
-                    return self._decode_from_start(indices)
-                if index in wanted:
-                    found[index] = frame.to_ndarray(format="rgb24")
-                if index >= last:
-                    break
-                position = index + 1
+            if self._pts_per_frame is None:
+                raise _NoTimestamps
+            found: Dict[int, np.ndarray] = {}
+            target, aimed = wanted[0], None
+            while target is not None:  # one pass per seek
+                self._seek(target)
+                target = aimed = self._decode_pass(wanted, found, aimed)
+        except _NoTimestamps:
+            self._container.seek(0)
+            return self._decode_from_start(indices)
         except Exception as e:
-            raise VideoError(self.path, f"decoding failed near frame {position} ({_first_line(e)})",
+            raise VideoError(self.path, f"decoding frames {wanted[0]}-{wanted[-1]} failed ({_first_line(e)})",
                              decoder_failed=True) from None
         return self._stack(found, indices)
+
+    def _decode_pass(self, wanted: List[int], found: Dict[int, np.ndarray], aimed: Optional[int]) -> Optional[int]:
+        """Decode forward from the position a seek left, adding wanted frames (sorted, unique) to
+        `found`. Returns the keyframe to seek to next, or None when done or at the end of the stream.
+        `aimed`: the keyframe this pass's seek aimed at (checked against the one it landed on)."""
+        context, options = self._stream.codec_context, self.options
+        skip = "DEFAULT"
+        context.skip_frame = skip
+        wanted_set = set(wanted)
+        pending = 0  # wanted[pending] is the first wanted frame not found yet
+        while pending < len(wanted) and wanted[pending] in found:
+            pending += 1
+        fed = -1  # highest frame index fed to the decoder in this pass
+        for packet in self._container.demux(self._stream):
+            index = self._index(packet.pts)
+            if aimed is not None and packet.size:
+                if not packet.is_keyframe or index != aimed:
+                    self._keyframes = []  # the container index misled us: decode through from now on
+                aimed = None
+            if options.keyframe_seek and index is not None and fed >= 0:
+                keyframe = self._keyframe_before(wanted[pending])
+                # Every wanted frame before it is found (none was fed but not yet output), and
+                # decoding up to it would decode frames nobody needs.
+                if keyframe > max(fed, index):
+                    return keyframe
+            needed = index is None or (index in wanted_set and index not in found)
+            want = "DEFAULT" if needed or not options.skip_nonref else "NONREF"
+            if want != skip:
+                context.skip_frame = skip = want
+            for frame in packet.decode():
+                self.frames_decoded += 1
+                frame_index = self._index(frame.pts)
+                if frame_index is None:
+                    raise _NoTimestamps
+                if frame_index in wanted_set and frame_index not in found:
+                    found[frame_index] = self._rgb(frame)
+                elif options.convert_every_frame:
+                    self._rgb(frame)
+            if index is not None:
+                fed = max(fed, index)
+            while pending < len(wanted) and wanted[pending] in found:
+                pending += 1
+            if pending == len(wanted):
+                return None
+        return None
+
+    def _rgb(self, frame) -> np.ndarray:
+        """uint8 [H, W, 3]; scaled in the same swscale pass when options.short_side asks for it."""
+        if (self._height, self._width) == (frame.height, frame.width):
+            return frame.to_ndarray(format="rgb24")
+        return frame.to_ndarray(format="rgb24", width=self._width, height=self._height,
+                                interpolation=SCALE_INTERPOLATION)
 
     def _decode_from_start(self, indices: Sequence[int]) -> torch.Tensor:
         wanted, last, found = set(indices), max(indices), {}
         try:
             for index, frame in enumerate(self._container.decode(self._stream)):
+                self.frames_decoded += 1
                 if index in wanted:
-                    found[index] = frame.to_ndarray(format="rgb24")
+                    found[index] = self._rgb(frame)
                 if index >= last:
                     break
         except Exception as e:
@@ -273,8 +393,15 @@ def _torchcodec_reason(e: Exception) -> str:
     return re.sub(r"^.*?\.(?:cpp|h):\d+,\s*", "", text)[:200] or type(e).__name__
 
 
-def open_video(path: str, backend: str = DEFAULT_BACKEND, num_threads: int = 1):
-    """Open `path` with `backend` (one of BACKENDS); missing and empty files fail before any decoder sees them."""
+def open_video(path: str, backend: str = DEFAULT_BACKEND, num_threads: int = 1,
+               options: DecodeOptions = DecodeOptions()):
+    """Open `path` with `backend` (one of BACKENDS); missing and empty files fail before any decoder sees them.
+
+    `options` steer PyAV's decoding; decord and torchcodec already skip work on their own (module
+    docstring) and cannot scale in the decoder here, so options.short_side needs "pyav"."""
+    if options.short_side and backend != "pyav":
+        raise ValueError(f"decoder-side scaling (short side {options.short_side}) needs the pyav video "
+                         f"backend, not {backend!r}")
     if not os.path.exists(path):
         raise VideoError(path, "missing")
     if os.path.getsize(path) == 0:
@@ -282,7 +409,7 @@ def open_video(path: str, backend: str = DEFAULT_BACKEND, num_threads: int = 1):
     if backend == "decord":
         reader = DecordReader(path, num_threads)
     elif backend == "pyav":
-        reader = PyAVReader(path, num_threads)
+        reader = PyAVReader(path, num_threads, options)
     elif backend in ("torchcodec", "torchcodec_cuda"):
         reader = TorchCodecReader(path, num_threads, device="cuda" if backend == "torchcodec_cuda" else "cpu")
     else:
@@ -292,20 +419,21 @@ def open_video(path: str, backend: str = DEFAULT_BACKEND, num_threads: int = 1):
     return reader
 
 
-
-def read_video(path: str, backend: str, read: Callable[..., T], num_threads: int = 1) -> T:
+def read_video(path: str, backend: str, read: Callable[..., T], num_threads: int = 1,
+               options: DecodeOptions = DecodeOptions()) -> T:
     """`read(reader)` of `path` opened with `backend`. decord rejects some files FFmpeg proper reads
     (odd containers, broken indexes): such a file is read again with PyAV, and when that fails too
     the VideoError names both reasons."""
     try:
-        return read(open_video(path, backend, num_threads))
+        return read(open_video(path, backend, num_threads, options))
     except VideoError as e:
         if backend != "decord" or not e.decoder_failed:
             raise
         try:
-            return read(open_video(path, "pyav", num_threads))
+            return read(open_video(path, "pyav", num_threads, options))
         except VideoError as fallback:
             raise VideoError(path, f"{e.reason}; PyAV: {fallback.reason}") from None
+
 
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
