@@ -96,8 +96,9 @@ def scaled_size(height: int, width: int, short_side: Optional[int]) -> Tuple[int
     return int(short_side * height / width), short_side
 
 
-class _NoTimestamps(Exception):
-    """The decoded frames carry no pts: their indices cannot be known without counting from the start."""
+class _FromStart(Exception):
+    """The stream cannot be read by timestamps (frames without pts, a raw stream that cannot seek):
+    frame indices are known only by counting from the start."""
 
 
 class PyAVReader:
@@ -109,7 +110,7 @@ class PyAVReader:
     packet's frame index is known from its pts before it is decoded, which lets `DecodeOptions`
     save work: unwanted non-reference frames are not decoded (skip_nonref), a keyframe between two
     wanted frames is sought to instead of decoded up to (keyframe_seek), and only the wanted frames
-    are converted to RGB. Streams without timestamps are decoded from the start, every frame.
+    are converted to RGB. Streams without timestamps, or that cannot seek, are decoded from the start.
 
     Keyframe positions come from the container's index, without reading the file: in an index of
     every packet (mp4, avi) a keyframe's frame index is its position in decode order, which holds
@@ -122,15 +123,15 @@ class PyAVReader:
     def __init__(self, path: str, num_threads: int = 1, options: DecodeOptions = DecodeOptions()):
         import av
 
+        self.path, self.options = path, options
         try:
             self._container = av.open(path)
             self._stream = self._container.streams.video[0]
+            self._stream.thread_type = "AUTO"
+            self._stream.thread_count = num_threads
             self.num_frames = self._stream.frames or self._count_packets()
         except Exception as e:
             raise VideoError(path, f"cannot open ({_first_line(e)})", decoder_failed=True) from None
-        self._stream.thread_type = "AUTO"
-        self._stream.thread_count = num_threads
-        self.path, self.options = path, options
         rate, start = self._stream.average_rate, self._stream.start_time
         self._pts_per_frame = (1 / (rate * self._stream.time_base)) if rate and self._stream.time_base else None
         self._start_pts = start or 0
@@ -140,8 +141,21 @@ class PyAVReader:
 
     def _count_packets(self) -> int:
         count = sum(1 for packet in self._container.demux(self._stream) if packet.size)
-        self._container.seek(0)
+        self._rewind()
         return count
+
+    def _rewind(self) -> None:
+        """Back to the first packet; a stream that cannot seek (raw H.264) is opened again."""
+        import av
+
+        try:
+            self._container.seek(0)
+        except av.error.FFmpegError:
+            threads = self._stream.thread_count
+            self._container.close()
+            self._container = av.open(self.path)
+            self._stream = self._container.streams.video[0]
+            self._stream.thread_type, self._stream.thread_count = "AUTO", threads
 
     def _index(self, pts: Optional[int]) -> Optional[int]:
         if pts is None or self._pts_per_frame is None:
@@ -163,34 +177,46 @@ class PyAVReader:
 
     def _seek(self, index: int) -> None:
         """To the keyframe at or before frame `index` (the demuxer's choice); flushes the decoder."""
-        if index > 0:
+        import av
+
+        if index <= 0:
+            self._rewind()
+            return
+        try:
             self._container.seek(self._start_pts + int(index * self._pts_per_frame), backward=True,
                                  any_frame=False, stream=self._stream)
-        else:
-            self._container.seek(0)
+        except av.error.FFmpegError:
+            raise _FromStart from None
 
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
         wanted = sorted(set(indices))
         try:
             if self._pts_per_frame is None:
-                raise _NoTimestamps
+                raise _FromStart
             found: Dict[int, np.ndarray] = {}
             target, aimed = wanted[0], None
             while target is not None:  # one pass per seek
                 self._seek(target)
-                target = aimed = self._decode_pass(wanted, found, aimed)
-        except _NoTimestamps:
-            self._container.seek(0)
+                target = self._decode_pass(wanted, found, aimed, check_landing=target > 0)
+                aimed = target
+        except _FromStart:
+            self._rewind()
             return self._decode_from_start(indices)
         except Exception as e:
             raise VideoError(self.path, f"decoding frames {wanted[0]}-{wanted[-1]} failed ({_first_line(e)})",
                              decoder_failed=True) from None
         return self._stack(found, indices)
 
-    def _decode_pass(self, wanted: List[int], found: Dict[int, np.ndarray], aimed: Optional[int]) -> Optional[int]:
+    def _decode_pass(self, wanted: List[int], found: Dict[int, np.ndarray], aimed: Optional[int],
+                     check_landing: bool) -> Optional[int]:
         """Decode forward from the position a seek left, adding wanted frames (sorted, unique) to
-        `found`. Returns the keyframe to seek to next, or None when done or at the end of the stream.
-        `aimed`: the keyframe this pass's seek aimed at (checked against the one it landed on)."""
+        `found`. Returns the frame to seek to next (a keyframe; 0: start over), or None when done or
+        at the end of the stream. `aimed`: the keyframe this pass's seek aimed at, if any.
+
+        check_landing: the demuxer seeks by timestamps, and in some files (open GOPs, where frames
+        decoded after a keyframe are shown before it) it lands on a keyframe shown after the frame
+        asked for. Decoding from there would miss that frame or return a broken one, so the pass
+        starts over from the first frame instead."""
         context, options = self._stream.codec_context, self.options
         skip = "DEFAULT"
         context.skip_frame = skip
@@ -201,10 +227,12 @@ class PyAVReader:
         fed = -1  # highest frame index fed to the decoder in this pass
         for packet in self._container.demux(self._stream):
             index = self._index(packet.pts)
-            if aimed is not None and packet.size:
-                if not packet.is_keyframe or index != aimed:
-                    self._keyframes = []  # the container index misled us: decode through from now on
-                aimed = None
+            if check_landing and packet.size:
+                check_landing = False
+                if aimed is not None and index != aimed:
+                    self._keyframes = []  # the container index misled us: no more keyframe seeks here
+                if index is None or index > wanted[pending] or not packet.is_keyframe:
+                    return 0
             if options.keyframe_seek and index is not None and fed >= 0:
                 keyframe = self._keyframe_before(wanted[pending])
                 # Every wanted frame before it is found (none was fed but not yet output), and
@@ -219,7 +247,7 @@ class PyAVReader:
                 self.frames_decoded += 1
                 frame_index = self._index(frame.pts)
                 if frame_index is None:
-                    raise _NoTimestamps
+                    raise _FromStart
                 if frame_index in wanted_set and frame_index not in found:
                     found[frame_index] = self._rgb(frame)
                 elif options.convert_every_frame:
