@@ -1,8 +1,25 @@
-"""Video decoding: decord (default), PyAV or torchcodec, one open per sample, errors that name the file.
+"""Video decoding: PyAV (default), decord or torchcodec, one open per sample, errors that name the file.
 
 A reader exposes `num_frames` and `get_frames(indices) -> uint8 [T, C, H, W]` on the CPU. Every
 failure (missing, empty, undecodable or truncated file, no frames) raises `VideoError(path, reason)`,
 which the dataset turns into a counted, reported, replaced sample.
+
+How much each backend decodes for a list of frame indices (BENCHMARKS.md "Decoding less"):
+- PyAV (PyAVReader, `DecodeOptions`): one pass over the sorted, distinct indices; unwanted
+  non-reference frames are not decoded, keyframes the container index shows are sought to across
+  gaps, only wanted frames are converted to RGB, optionally scaled in the same swscale pass.
+- decord 0.6 (its src/video/video_reader.cc): opening demuxes every packet to learn the pts and
+  the keyframes' positions in decode order. get_batch takes the indices in the order given (an
+  unsorted list seeks back) and decodes each distinct one: in the current GOP and ahead, it
+  decodes forward and marks the frames in between for discard (not converted to RGB); in another
+  GOP, or behind, it seeks to that GOP's keyframe. Every frame in between is decoded. Taking
+  decode-order positions for frame indices, it returns the wrong frames after a seek in open-GOP
+  files (tests/test_decode_levers.py: frame 36 for 33).
+- torchcodec 0.17 (its _core/SingleStreamDecoder.cpp): get_frames_at sorts the indices (an
+  argsort) and decodes each distinct one once, in increasing order. Before each it seeks only when
+  the target's keyframe (from exact mode's packet scan) differs from the last decoded frame's and
+  lies beyond the frames the decoder holds (reorder buffer plus frame threads); only returned
+  frames are converted. Every frame in between is decoded.
 """
 import bisect
 import logging
@@ -134,6 +151,8 @@ class PyAVReader:
             raise VideoError(path, f"cannot open ({_first_line(e)})", decoder_failed=True) from None
         rate, start = self._stream.average_rate, self._stream.start_time
         self._pts_per_frame = (1 / (rate * self._stream.time_base)) if rate and self._stream.time_base else None
+        # Per packet and frame: a float, not the Fraction (Fraction arithmetic cost ~1 ms per clip).
+        self._frames_per_pts = float(1 / self._pts_per_frame) if self._pts_per_frame else None
         self._start_pts = start or 0
         self._height, self._width = scaled_size(self._stream.height, self._stream.width, options.short_side)
         self._keyframes: Optional[List[int]] = None  # frame indices of the keyframes, read when first needed
@@ -158,9 +177,9 @@ class PyAVReader:
             self._stream.thread_type, self._stream.thread_count = "AUTO", threads
 
     def _index(self, pts: Optional[int]) -> Optional[int]:
-        if pts is None or self._pts_per_frame is None:
+        if pts is None or self._frames_per_pts is None:
             return None
-        return round(float((pts - self._start_pts) / self._pts_per_frame))
+        return round((pts - self._start_pts) * self._frames_per_pts)
 
     def _keyframe_before(self, index: int) -> int:
         """The last keyframe at or before frame `index` that the container index shows, else -1."""
