@@ -118,11 +118,16 @@ class _FromStart(Exception):
     frame indices are known only by counting from the start."""
 
 
+class _Irregular(Exception):
+    """Timestamps off the frame-rate grid, two packets on one frame index, or an index no packet
+    has (variable frame rate, dropped frames): frame i is then the i-th frame, counted."""
+
+
 class PyAVReader:
     """PyAV (FFmpeg) decoding: more forgiving of odd files than decord, and it decodes less.
 
     The frame count comes from the container, or from counting packets (no decoding) when the
-    container does not store it. Frame index = (pts - start) x frame rate, as decord. Reading seeks
+    container does not store it. Frame index = (pts - start) x frame rate. Reading seeks
     to the keyframe before the first wanted frame and walks the packets in decode order; a
     packet's frame index is known from its pts before it is decoded, which lets `DecodeOptions`
     save work: unwanted non-reference frames are not decoded (skip_nonref), a keyframe between two
@@ -134,7 +139,9 @@ class PyAVReader:
     for closed GOPs (every frame decoded before the keyframe is shown before it); Matroska cues
     give the keyframes' pts. Each such seek checks the keyframe it lands on; a position that proves
     wrong turns keyframe seeking off for the file (decoding then runs through, as without it).
-    Where the index has neither, decoding runs through from the first seek.
+    Where the index has neither, decoding runs through from the first seek. Timestamps off the
+    frame-rate grid, or with gaps or repeats (variable frame rate), fall back to counting frames
+    from the keyframe before the first wanted one (placed by its pts), every frame decoded.
     """
 
     def __init__(self, path: str, num_threads: int = 1, options: DecodeOptions = DecodeOptions()):
@@ -181,6 +188,18 @@ class PyAVReader:
             return None
         return round((pts - self._start_pts) * self._frames_per_pts)
 
+    def _packet_index(self, pts: Optional[int], seen: set) -> Optional[int]:
+        """A packet's frame index, added to `seen`; _Irregular if its pts lies off the frame-rate
+        grid (by more than a quarter frame) or another packet in `seen` had that index."""
+        if pts is None:
+            return None
+        position = (pts - self._start_pts) * self._frames_per_pts
+        index = round(position)
+        if abs(position - index) > 0.25 or index in seen:
+            raise _Irregular
+        seen.add(index)
+        return index
+
     def _keyframe_before(self, index: int) -> int:
         """The last keyframe at or before frame `index` that the container index shows, else -1."""
         if self._keyframes is None:
@@ -212,12 +231,10 @@ class PyAVReader:
         try:
             if self._pts_per_frame is None:
                 raise _FromStart
-            found: Dict[int, np.ndarray] = {}
-            target, aimed = wanted[0], None
-            while target is not None:  # one pass per seek
-                self._seek(target)
-                target = self._decode_pass(wanted, found, aimed, check_landing=target > 0)
-                aimed = target
+            try:
+                found = self._decode_by_timestamps(wanted)
+            except _Irregular:
+                found = self._decode_counting(wanted)
         except _FromStart:
             self._rewind()
             return self._decode_from_start(indices)
@@ -226,11 +243,43 @@ class PyAVReader:
                              decoder_failed=True) from None
         return self._stack(found, indices)
 
+    def _decode_by_timestamps(self, wanted: List[int]) -> Dict[int, np.ndarray]:
+        """The wanted frames (sorted, unique), each packet placed by its pts: one pass per seek."""
+        found: Dict[int, np.ndarray] = {}
+        target, aimed, last_seen = wanted[0], None, [-1]
+        while target is not None:
+            self._seek(target)
+            target = self._decode_pass(wanted, found, aimed, target > 0, last_seen)
+            aimed = target
+        missing = [i for i in wanted if i not in found]
+        if missing and last_seen[0] > missing[0]:  # the stream went past an index no packet had
+            raise _Irregular
+        return found
+
+    def _decode_counting(self, wanted: List[int]) -> Dict[int, np.ndarray]:
+        """Irregular timestamps: from the keyframe before the first wanted frame (placed by its pts),
+        every frame decoded and counted, none skipped."""
+        self._stream.codec_context.skip_frame = "DEFAULT"
+        self._seek(wanted[0])
+        wanted_set, found, position = set(wanted), {}, None  # position: index of the next frame
+        for frame in self._container.decode(self._stream):
+            self.frames_decoded += 1
+            index = self._index(frame.pts) if position is None else position
+            if index is None:
+                raise _FromStart
+            if index in wanted_set:
+                found[index] = self._rgb(frame)
+            if index >= wanted[-1]:
+                break
+            position = index + 1
+        return found
+
     def _decode_pass(self, wanted: List[int], found: Dict[int, np.ndarray], aimed: Optional[int],
-                     check_landing: bool) -> Optional[int]:
+                     check_landing: bool, last_seen: List[int]) -> Optional[int]:
         """Decode forward from the position a seek left, adding wanted frames (sorted, unique) to
         `found`. Returns the frame to seek to next (a keyframe; 0: start over), or None when done or
-        at the end of the stream. `aimed`: the keyframe this pass's seek aimed at, if any.
+        at the end of the stream. `aimed`: the keyframe this pass's seek aimed at, if any;
+        `last_seen[0]`: the highest packet index met so far, updated.
 
         check_landing: the demuxer seeks by timestamps, and in some files (open GOPs, where frames
         decoded after a keyframe are shown before it) it lands on a keyframe shown after the frame
@@ -244,8 +293,9 @@ class PyAVReader:
         while pending < len(wanted) and wanted[pending] in found:
             pending += 1
         fed = -1  # highest frame index fed to the decoder in this pass
+        indices_fed = set()
         for packet in self._container.demux(self._stream):
-            index = self._index(packet.pts)
+            index = self._packet_index(packet.pts, indices_fed)
             if check_landing and packet.size:
                 check_landing = False
                 if aimed is not None and index != aimed:
@@ -273,6 +323,7 @@ class PyAVReader:
                     self._rgb(frame)
             if index is not None:
                 fed = max(fed, index)
+                last_seen[0] = max(last_seen[0], index)
             while pending < len(wanted) and wanted[pending] in found:
                 pending += 1
             if pending == len(wanted):

@@ -5,6 +5,7 @@ recipe for cheap decoding, and the benchmark's side-by-side variants."""
 import importlib.util
 import json
 import os
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -131,6 +132,42 @@ def test_levers_on_other_streams(tmp_path, kind):
             assert torch.equal(frames, _frames(path, indices, backend="decord")[0])
 
 
+def _write_irregular(path, pts_of_frame, clip):
+    """H.264 in Matroska with frame t at pts_of_frame(t) milliseconds (nominal 25 fps)."""
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={"threads": "1",
+                                                                    "x264-params": ENCODINGS["pyramid_gop12"]})
+        stream.width, stream.height, stream.pix_fmt = clip.shape[2], clip.shape[1], "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for t, img in enumerate(clip):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = pts_of_frame(t), Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+@pytest.mark.parametrize("kind", ["dropped_frame", "jitter"])
+def test_irregular_timestamps(tmp_path, kind):
+    """Variable frame rate: no frame in the slot of frame 50 (frames 50-89 shown one slot later), or
+    odd frames 5/8 of a frame late (on the slot of the next). Where a read meets the irregularity
+    (off-grid or repeated slots, a slot no packet has) the reader counts frames from the keyframe
+    before the first wanted one: frame i is the i-th frame, as a full decode and decord number
+    them. A read wholly past a gap places frames by time, frame i shown at i / fps, as the PyAV
+    reader always did; decord counts (frame i - 1 there)."""
+    clip = _moving_bar(90)
+    pts = {"dropped_frame": lambda t: 40 * (t + (t >= 50)), "jitter": lambda t: 40 * t + 25 * (t % 2)}[kind]
+    path = str(tmp_path / "v.mkv")
+    _write_irregular(path, pts, clip)
+    for indices in ([40, 48, 50, 52, 60], [0, 4, 8], [70, 75, 89]):
+        frames, _ = _frames(path, indices)
+        by_time = kind == "dropped_frame" and indices[0] > 60  # the keyframe before 70 lies past the gap
+        shown = [i - 1 for i in indices] if by_time else indices
+        assert torch.equal(frames, _full_decode(path, shown)), indices
+        assert _bar_positions(frames) == [i % 64 for i in shown]
+        if not by_time:
+            assert torch.equal(frames, _frames(path, indices, backend="decord")[0])
+
+
 def test_decoder_side_scaling(tmp_path):
     path = str(tmp_path / "v.mp4")
     clip, _ = render_clip(np.random.default_rng(0), 0, frames=12, height=96, width=128)
@@ -213,13 +250,15 @@ def test_transcode_recipe_for_cheap_decoding(tmp_path):
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_dataloader", os.path.join(ROOT, "bench", "bench_dataloader.py"))
+    path = os.path.join(ROOT, "bench", "bench_dataloader.py")
+    spec = importlib.util.spec_from_file_location("bench_dataloader", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     return bench
 
 
-@pytest.mark.parametrize("mode,extra", [("pretrain", []), ("test", ["--test_num_segment", "2", "--test_num_crop", "2"])])
+@pytest.mark.parametrize("mode,extra", [("pretrain", []),
+                                        ("test", ["--test_num_segment", "2", "--test_num_crop", "2"])])
 def test_bench_times_the_variants_side_by_side(tmp_path, capsys, mode, extra):
     root = str(tmp_path)
     make_dataset(root, num_train=2, num_val=1, num_test=1, frames=60, height=48, width=64, seed=0)
