@@ -1,13 +1,32 @@
-"""Video decoding: decord (default), PyAV or torchcodec, one open per sample, errors that name the file.
+"""Video decoding: PyAV (default), decord or torchcodec, one open per sample, errors that name the file.
 
 A reader exposes `num_frames` and `get_frames(indices) -> uint8 [T, C, H, W]` on the CPU. Every
 failure (missing, empty, undecodable or truncated file, no frames) raises `VideoError(path, reason)`,
 which the dataset turns into a counted, reported, replaced sample.
+
+How much each backend decodes for a list of frame indices (BENCHMARKS.md "Decoding less"):
+- PyAV (PyAVReader, `DecodeOptions`): one pass over the sorted, distinct indices; unwanted
+  non-reference frames are not decoded, keyframes the container index shows are sought to across
+  gaps, only wanted frames are converted to RGB, optionally scaled in the same swscale pass.
+- decord 0.6 (its src/video/video_reader.cc): opening demuxes every packet to learn the pts and
+  the keyframes' positions in decode order. get_batch takes the indices in the order given (an
+  unsorted list seeks back) and decodes each distinct one: in the current GOP and ahead, it
+  decodes forward and marks the frames in between for discard (not converted to RGB); in another
+  GOP, or behind, it seeks to that GOP's keyframe. Every frame in between is decoded. Taking
+  decode-order positions for frame indices, it returns the wrong frames after a seek in open-GOP
+  files (tests/test_decode_levers.py: frame 36 for 33).
+- torchcodec 0.17 (its _core/SingleStreamDecoder.cpp): get_frames_at sorts the indices (an
+  argsort) and decodes each distinct one once, in increasing order. Before each it seeks only when
+  the target's keyframe (from exact mode's packet scan) differs from the last decoded frame's and
+  lies beyond the frames the decoder holds (reorder buffer plus frame threads); only returned
+  frames are converted. Every frame in between is decoded.
 """
+import bisect
 import logging
 import os
 import re
-from typing import Callable, Sequence, TypeVar
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +40,8 @@ BACKENDS = ("decord", "pyav", "torchcodec", "torchcodec_cuda")
 # PyAV: the same frames as decord (tested), less decode CPU per clip on every file measured
 # (BENCHMARKS.md, "Video backends"), FFmpeg bundled in its wheel on every platform, maintained.
 DEFAULT_BACKEND = "pyav"
+# swscale's filter when DecodeOptions.short_side scales in the decoder (BENCHMARKS.md "Decoding less").
+SCALE_INTERPOLATION = "BILINEAR"
 _CUDA_UNUSABLE = None  # why this process cannot decode "torchcodec_cuda" on CUDA, once known
 _FALLBACK_LOGGED = False  # the one CPU-fallback warning of this process was logged
 FFMPEG_HELP = ("torchcodec needs FFmpeg's shared libraries (major version 4 to 9): on Debian/Ubuntu "
@@ -59,73 +80,270 @@ class DecordReader:
         return torch.from_numpy(frames).permute(0, 3, 1, 2)  # [T, C, H, W]
 
 
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How much a reader decodes for a clip (the levers of BENCHMARKS.md "Decoding less").
+
+    skip_nonref and keyframe_seek (PyAV) change only the time: the wanted frames are the same bit
+    for bit (tests/test_decode_levers.py). short_side changes pixel values and is off by default.
+
+    skip_nonref: decode the packets of unwanted frames with FFmpeg's skip_frame=NONREF, which drops
+        the frames no other frame predicts from (non-reference B-frames); every reference frame is
+        still decoded, so the wanted frames are unchanged.
+    keyframe_seek: where a keyframe lies between the last frame fed to the decoder and the next
+        wanted one, seek to it instead of decoding the frames before it.
+    short_side: scale in the decoder (one swscale pass with the RGB conversion) so that the short
+        side is this many pixels where the source's is larger; None decodes at the source size.
+    convert_every_frame: convert every decoded frame to RGB, not only the wanted ones: the 'off' of
+        that lever, for bench/bench_dataloader.py only.
+    """
+    skip_nonref: bool = True
+    keyframe_seek: bool = True
+    short_side: Optional[int] = None
+    convert_every_frame: bool = False
+
+
+def scaled_size(height: int, width: int, short_side: Optional[int]) -> Tuple[int, int]:
+    """(height, width) with the short side scaled down to `short_side` (never up), the long side
+    truncated as T.resize_short_side does: int(short_side * long / short)."""
+    if not short_side or min(height, width) <= short_side:
+        return height, width
+    if height <= width:
+        return short_side, int(short_side * width / height)
+    return int(short_side * height / width), short_side
+
+
+class _FromStart(Exception):
+    """The stream cannot be read by timestamps (frames without pts, a raw stream that cannot seek):
+    frame indices are known only by counting from the start."""
+
+
+class _Irregular(Exception):
+    """Timestamps off the frame-rate grid, two packets on one frame index, or an index no packet
+    has (variable frame rate, dropped frames): frame i is then the i-th frame, counted."""
+
+
 class PyAVReader:
-    """PyAV (FFmpeg) decoding: more forgiving of odd files than decord.
+    """PyAV (FFmpeg) decoding: more forgiving of odd files than decord, and it decodes less.
 
     The frame count comes from the container, or from counting packets (no decoding) when the
-    container does not store it. Reading seeks to the keyframe before the first wanted frame
-    (frame index = pts x frame rate, as decord) and decodes forward, converting only the wanted
-    frames to RGB; streams without timestamps are decoded from the start.
+    container does not store it. Frame index = (pts - start) x frame rate. Reading seeks
+    to the keyframe before the first wanted frame and walks the packets in decode order; a
+    packet's frame index is known from its pts before it is decoded, which lets `DecodeOptions`
+    save work: unwanted non-reference frames are not decoded (skip_nonref), a keyframe between two
+    wanted frames is sought to instead of decoded up to (keyframe_seek), and only the wanted frames
+    are converted to RGB. Streams without timestamps, or that cannot seek, are decoded from the start.
+
+    Keyframe positions come from the container's index, without reading the file: in an index of
+    every packet (mp4, avi) a keyframe's frame index is its position in decode order, which holds
+    for closed GOPs (every frame decoded before the keyframe is shown before it); Matroska cues
+    give the keyframes' pts. Each such seek checks the keyframe it lands on; a position that proves
+    wrong turns keyframe seeking off for the file (decoding then runs through, as without it).
+    Where the index has neither, decoding runs through from the first seek. Timestamps off the
+    frame-rate grid, or with gaps or repeats (variable frame rate), fall back to counting frames
+    from the keyframe before the first wanted one (placed by its pts), every frame decoded.
     """
 
-    def __init__(self, path: str, num_threads: int = 1):
+    def __init__(self, path: str, num_threads: int = 1, options: DecodeOptions = DecodeOptions()):
         import av
 
+        self.path, self.options = path, options
         try:
             self._container = av.open(path)
             self._stream = self._container.streams.video[0]
+            self._stream.thread_type = "AUTO"
+            self._stream.thread_count = num_threads
             self.num_frames = self._stream.frames or self._count_packets()
         except Exception as e:
             raise VideoError(path, f"cannot open ({_first_line(e)})", decoder_failed=True) from None
-        self._stream.thread_type = "AUTO"
-        self._stream.thread_count = num_threads
-        self.path = path
         rate, start = self._stream.average_rate, self._stream.start_time
         self._pts_per_frame = (1 / (rate * self._stream.time_base)) if rate and self._stream.time_base else None
+        # Per packet and frame: a float, not the Fraction (Fraction arithmetic cost ~1 ms per clip).
+        self._frames_per_pts = float(1 / self._pts_per_frame) if self._pts_per_frame else None
         self._start_pts = start or 0
+        self._height, self._width = scaled_size(self._stream.height, self._stream.width, options.short_side)
+        self._keyframes: Optional[List[int]] = None  # frame indices of the keyframes, read when first needed
+        self.frames_decoded = 0  # frames the decoder returned since opening (what the levers save)
 
     def _count_packets(self) -> int:
         count = sum(1 for packet in self._container.demux(self._stream) if packet.size)
-        self._container.seek(0)
+        self._rewind()
         return count
 
-    def _frame_index(self, frame) -> "int | None":
-        if frame.pts is None or self._pts_per_frame is None:
+    def _rewind(self) -> None:
+        """Back to the first packet; a stream that cannot seek (raw H.264) is opened again."""
+        import av
+
+        try:
+            self._container.seek(0)
+        except av.error.FFmpegError:
+            threads = self._stream.thread_count
+            self._container.close()
+            self._container = av.open(self.path)
+            self._stream = self._container.streams.video[0]
+            self._stream.thread_type, self._stream.thread_count = "AUTO", threads
+
+    def _index(self, pts: Optional[int]) -> Optional[int]:
+        if pts is None or self._frames_per_pts is None:
             return None
-        return round(float((frame.pts - self._start_pts) / self._pts_per_frame))
+        return round((pts - self._start_pts) * self._frames_per_pts)
+
+    def _packet_index(self, pts: Optional[int], seen: set) -> Optional[int]:
+        """A packet's frame index, added to `seen`; _Irregular if its pts lies off the frame-rate
+        grid (by more than a quarter frame) or another packet in `seen` had that index."""
+        if pts is None:
+            return None
+        position = (pts - self._start_pts) * self._frames_per_pts
+        index = round(position)
+        if abs(position - index) > 0.25 or index in seen:
+            raise _Irregular
+        seen.add(index)
+        return index
+
+    def _keyframe_before(self, index: int) -> int:
+        """The last keyframe at or before frame `index` that the container index shows, else -1."""
+        if self._keyframes is None:
+            entries = self._stream.index_entries
+            if len(entries) == self.num_frames:  # every packet, in decode order
+                self._keyframes = [i for i, entry in enumerate(entries) if entry.is_keyframe]
+            elif len(entries) and all(entry.is_keyframe for entry in entries):  # keyframe pts (cues)
+                self._keyframes = sorted(self._index(entry.timestamp) for entry in entries)
+            else:
+                self._keyframes = []
+        position = bisect.bisect_right(self._keyframes, index) - 1
+        return self._keyframes[position] if position >= 0 else -1
+
+    def _seek(self, index: int) -> None:
+        """To the keyframe at or before frame `index` (the demuxer's choice); flushes the decoder."""
+        import av
+
+        if index <= 0:
+            self._rewind()
+            return
+        try:
+            self._container.seek(self._start_pts + int(index * self._pts_per_frame), backward=True,
+                                 any_frame=False, stream=self._stream)
+        except av.error.FFmpegError:
+            raise _FromStart from None
 
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
-        wanted, last = set(indices), max(indices)
-        first = min(indices)
-        if first > 0 and self._pts_per_frame is not None:
-            self._container.seek(self._start_pts + int(first * self._pts_per_frame), backward=True,
-                                 any_frame=False, stream=self._stream)
-        else:
-            self._container.seek(0)
-        found = {}
-        position = None  # index of the next decoded frame
+        wanted = sorted(set(indices))
         try:
-            for frame in self._container.decode(self._stream):
-                index = self._frame_index(frame) if position is None else position
-                if index is None:  # no timestamps: count from the start
-                    self._container.seek(0)
-                    return self._decode_from_start(indices)
-                if index in wanted:
-                    found[index] = frame.to_ndarray(format="rgb24")
-                if index >= last:
-                    break
-                position = index + 1
+            if self._pts_per_frame is None:
+                raise _FromStart
+            try:
+                found = self._decode_by_timestamps(wanted)
+            except _Irregular:
+                found = self._decode_counting(wanted)
+        except _FromStart:
+            self._rewind()
+            return self._decode_from_start(indices)
         except Exception as e:
-            raise VideoError(self.path, f"decoding failed near frame {position} ({_first_line(e)})",
+            raise VideoError(self.path, f"decoding frames {wanted[0]}-{wanted[-1]} failed ({_first_line(e)})",
                              decoder_failed=True) from None
         return self._stack(found, indices)
+
+    def _decode_by_timestamps(self, wanted: List[int]) -> Dict[int, np.ndarray]:
+        """The wanted frames (sorted, unique), each packet placed by its pts: one pass per seek."""
+        found: Dict[int, np.ndarray] = {}
+        target, aimed, last_seen = wanted[0], None, [-1]
+        while target is not None:
+            self._seek(target)
+            target = self._decode_pass(wanted, found, aimed, target > 0, last_seen)
+            aimed = target
+        missing = [i for i in wanted if i not in found]
+        if missing and last_seen[0] > missing[0]:  # the stream went past an index no packet had
+            raise _Irregular
+        return found
+
+    def _decode_counting(self, wanted: List[int]) -> Dict[int, np.ndarray]:
+        """Irregular timestamps: from the keyframe before the first wanted frame (placed by its pts),
+        every frame decoded and counted, none skipped."""
+        self._stream.codec_context.skip_frame = "DEFAULT"
+        self._seek(wanted[0])
+        wanted_set, found, position = set(wanted), {}, None  # position: index of the next frame
+        for frame in self._container.decode(self._stream):
+            self.frames_decoded += 1
+            index = self._index(frame.pts) if position is None else position
+            if index is None:
+                raise _FromStart
+            if index in wanted_set:
+                found[index] = self._rgb(frame)
+            if index >= wanted[-1]:
+                break
+            position = index + 1
+        return found
+
+    def _decode_pass(self, wanted: List[int], found: Dict[int, np.ndarray], aimed: Optional[int],
+                     check_landing: bool, last_seen: List[int]) -> Optional[int]:
+        """Decode forward from the position a seek left, adding wanted frames (sorted, unique) to
+        `found`. Returns the frame to seek to next (a keyframe; 0: start over), or None when done or
+        at the end of the stream. `aimed`: the keyframe this pass's seek aimed at, if any;
+        `last_seen[0]`: the highest packet index met so far, updated.
+
+        check_landing: the demuxer seeks by timestamps, and in some files (open GOPs, where frames
+        decoded after a keyframe are shown before it) it lands on a keyframe shown after the frame
+        asked for. Decoding from there would miss that frame or return a broken one, so the pass
+        starts over from the first frame instead."""
+        context, options = self._stream.codec_context, self.options
+        skip = "DEFAULT"
+        context.skip_frame = skip
+        wanted_set = set(wanted)
+        pending = 0  # wanted[pending] is the first wanted frame not found yet
+        while pending < len(wanted) and wanted[pending] in found:
+            pending += 1
+        fed = -1  # highest frame index fed to the decoder in this pass
+        indices_fed = set()
+        for packet in self._container.demux(self._stream):
+            index = self._packet_index(packet.pts, indices_fed)
+            if check_landing and packet.size:
+                check_landing = False
+                if aimed is not None and index != aimed:
+                    self._keyframes = []  # the container index misled us: no more keyframe seeks here
+                if index is None or index > wanted[pending] or not packet.is_keyframe:
+                    return 0
+            if options.keyframe_seek and index is not None and fed >= 0:
+                keyframe = self._keyframe_before(wanted[pending])
+                # Every wanted frame before it is found (none was fed but not yet output), and
+                # decoding up to it would decode frames nobody needs.
+                if keyframe > max(fed, index):
+                    return keyframe
+            needed = index is None or (index in wanted_set and index not in found)
+            want = "DEFAULT" if needed or not options.skip_nonref else "NONREF"
+            if want != skip:
+                context.skip_frame = skip = want
+            for frame in packet.decode():
+                self.frames_decoded += 1
+                frame_index = self._index(frame.pts)
+                if frame_index is None:
+                    raise _FromStart
+                if frame_index in wanted_set and frame_index not in found:
+                    found[frame_index] = self._rgb(frame)
+                elif options.convert_every_frame:
+                    self._rgb(frame)
+            if index is not None:
+                fed = max(fed, index)
+                last_seen[0] = max(last_seen[0], index)
+            while pending < len(wanted) and wanted[pending] in found:
+                pending += 1
+            if pending == len(wanted):
+                return None
+        return None
+
+    def _rgb(self, frame) -> np.ndarray:
+        """uint8 [H, W, 3]; scaled in the same swscale pass when options.short_side asks for it."""
+        if (self._height, self._width) == (frame.height, frame.width):
+            return frame.to_ndarray(format="rgb24")
+        return frame.to_ndarray(format="rgb24", width=self._width, height=self._height,
+                                interpolation=SCALE_INTERPOLATION)
 
     def _decode_from_start(self, indices: Sequence[int]) -> torch.Tensor:
         wanted, last, found = set(indices), max(indices), {}
         try:
             for index, frame in enumerate(self._container.decode(self._stream)):
+                self.frames_decoded += 1
                 if index in wanted:
-                    found[index] = frame.to_ndarray(format="rgb24")
+                    found[index] = self._rgb(frame)
                 if index >= last:
                     break
         except Exception as e:
@@ -273,8 +491,15 @@ def _torchcodec_reason(e: Exception) -> str:
     return re.sub(r"^.*?\.(?:cpp|h):\d+,\s*", "", text)[:200] or type(e).__name__
 
 
-def open_video(path: str, backend: str = DEFAULT_BACKEND, num_threads: int = 1):
-    """Open `path` with `backend` (one of BACKENDS); missing and empty files fail before any decoder sees them."""
+def open_video(path: str, backend: str = DEFAULT_BACKEND, num_threads: int = 1,
+               options: DecodeOptions = DecodeOptions()):
+    """Open `path` with `backend` (one of BACKENDS); missing and empty files fail before any decoder sees them.
+
+    `options` steer PyAV's decoding; decord and torchcodec already skip work on their own (module
+    docstring) and cannot scale in the decoder here, so options.short_side needs "pyav"."""
+    if options.short_side and backend != "pyav":
+        raise ValueError(f"decoder-side scaling (short side {options.short_side}) needs the pyav video "
+                         f"backend, not {backend!r}")
     if not os.path.exists(path):
         raise VideoError(path, "missing")
     if os.path.getsize(path) == 0:
@@ -282,7 +507,7 @@ def open_video(path: str, backend: str = DEFAULT_BACKEND, num_threads: int = 1):
     if backend == "decord":
         reader = DecordReader(path, num_threads)
     elif backend == "pyav":
-        reader = PyAVReader(path, num_threads)
+        reader = PyAVReader(path, num_threads, options)
     elif backend in ("torchcodec", "torchcodec_cuda"):
         reader = TorchCodecReader(path, num_threads, device="cuda" if backend == "torchcodec_cuda" else "cpu")
     else:
@@ -292,20 +517,21 @@ def open_video(path: str, backend: str = DEFAULT_BACKEND, num_threads: int = 1):
     return reader
 
 
-
-def read_video(path: str, backend: str, read: Callable[..., T], num_threads: int = 1) -> T:
+def read_video(path: str, backend: str, read: Callable[..., T], num_threads: int = 1,
+               options: DecodeOptions = DecodeOptions()) -> T:
     """`read(reader)` of `path` opened with `backend`. decord rejects some files FFmpeg proper reads
     (odd containers, broken indexes): such a file is read again with PyAV, and when that fails too
     the VideoError names both reasons."""
     try:
-        return read(open_video(path, backend, num_threads))
+        return read(open_video(path, backend, num_threads, options))
     except VideoError as e:
         if backend != "decord" or not e.decoder_failed:
             raise
         try:
-            return read(open_video(path, "pyav", num_threads))
+            return read(open_video(path, "pyav", num_threads, options))
         except VideoError as fallback:
             raise VideoError(path, f"{e.reason}; PyAV: {fallback.reason}") from None
+
 
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()

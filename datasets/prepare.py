@@ -435,7 +435,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 def _run_transcode(args: argparse.Namespace) -> int:
     report = transcode_tree(args.src, args.dst, short_side=args.short_side, height=args.height, gop=args.gop,
-                            crf=args.crf, workers=args.workers, ext=args.ext)
+                            crf=args.crf, workers=args.workers, ext=args.ext, fastdecode=args.fastdecode,
+                            b_pyramid=args.b_pyramid)
     return 1 if report.failed else 0
 
 
@@ -482,6 +483,11 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g = p.add_argument_group("encoding")
     g.add_argument("--gop", type=int, help="keyframe interval in frames (default: x264's, 250)")
     g.add_argument("--crf", type=int, default=23, help="x264 constant rate factor")
+    g.add_argument("--fastdecode", action="store_true",
+                   help="x264 -tune fastdecode: no CABAC, deblocking or weighted prediction; cheaper decoding, "
+                        "bigger files (DATASET.md)")
+    g.add_argument("--no_b_pyramid", dest="b_pyramid", action="store_false",
+                   help="no B-frame is a reference frame, so the PyAV reader skips decoding every unwanted one")
     g = p.add_argument_group("execution")
     g.add_argument("--workers", type=int, help="parallel ffmpeg processes (default: one per CPU)")
     p.set_defaults(run=_run_transcode)

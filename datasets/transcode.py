@@ -63,6 +63,11 @@ class EncodeSettings:
     gop: Optional[int] = None
     threads: int = 1
     muxer: str = "mp4"
+    # Cheaper decoding (BENCHMARKS.md "Decoding less"): x264's fastdecode tune (CAVLC instead of
+    # CABAC, no deblocking filter, no weighted prediction), and B-frames without the pyramid, so
+    # that no B-frame is a reference and the PyAV reader skips every unwanted one.
+    fastdecode: bool = False
+    b_pyramid: bool = True
 
     def command(self, src: str, dst: str) -> List[str]:
         cmd = [self.ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", src,
@@ -73,6 +78,10 @@ class EncodeSettings:
         if self.gop:
             # Random access decodes from the previous keyframe: short GOPs make clip reads cheap.
             cmd += ["-g", str(self.gop), "-keyint_min", str(self.gop)]
+        if self.fastdecode:
+            cmd += ["-tune", "fastdecode"]
+        if not self.b_pyramid:
+            cmd += ["-b-pyramid", "none"]
         if self.muxer == "mp4":
             cmd += ["-movflags", "+faststart"]  # index first: opening a file reads one block
         # The output is a temporary name without a known extension, hence the explicit muxer.
@@ -147,7 +156,7 @@ def _progress(items: Iterable, total: int, desc: str) -> Iterator:
 
 def transcode_tree(src: str, dst: str, short_side: Optional[int] = None, height: Optional[int] = None,
                    gop: Optional[int] = None, crf: int = 23, workers: Optional[int] = None, ext: str = ".mp4",
-                   ffmpeg: Optional[str] = None) -> TranscodeReport:
+                   ffmpeg: Optional[str] = None, fastdecode: bool = False, b_pyramid: bool = True) -> TranscodeReport:
     """Re-encode every video under `src` to H.264 under `dst`, mirroring the folder tree.
 
     Args:
@@ -157,6 +166,8 @@ def transcode_tree(src: str, dst: str, short_side: Optional[int] = None, height:
         workers: parallel ffmpeg processes (default: one per CPU).
         ext: output extension, `.mp4` or `.mkv`.
         ffmpeg: the ffmpeg binary (default: `find_ffmpeg()`).
+        fastdecode: x264's `-tune fastdecode` (bigger files, cheaper decoding).
+        b_pyramid: False: no B-frame is a reference frame (`-b-pyramid none`).
     Returns:
         a TranscodeReport; failures are collected there, never raised.
     """
@@ -169,7 +180,8 @@ def transcode_tree(src: str, dst: str, short_side: Optional[int] = None, height:
     workers = workers or os.cpu_count() or 1
     # Split the cores between the parallel encoders rather than oversubscribing them.
     settings = EncodeSettings(ffmpeg or find_ffmpeg(), scale_filter(short_side, height), crf, gop,
-                              threads=max(1, (os.cpu_count() or 1) // workers), muxer=MUXERS[ext])
+                              threads=max(1, (os.cpu_count() or 1) // workers), muxer=MUXERS[ext],
+                              fastdecode=fastdecode, b_pyramid=b_pyramid)
     report = TranscodeReport()
     jobs = _plan_transcode(src, dst, ext, report)
     logger.info("%d videos to encode, %d already done, %d name clashes", len(jobs), len(report.skipped),

@@ -32,7 +32,7 @@ import torch
 
 from datasets import transforms as T
 from datasets.annotations import Sample
-from datasets.decoding import DEFAULT_BACKEND, VideoError, read_video
+from datasets.decoding import DEFAULT_BACKEND, DecodeOptions, VideoError, read_video
 from datasets.frame_indices import dense_indices, linspace_indices, segment_indices
 from distributed import any_rank
 from masking_generator import MASKS
@@ -95,10 +95,15 @@ class VideoClipDataset(torch.utils.data.Dataset):
                  num_sample: int = 1, test_num_segment: int = 1, test_num_crop: int = 1,
                  video_backend: str = DEFAULT_BACKEND, num_threads: int = 1, seed: int = 0,
                  min_video_frames: int = 4, max_retries: int = 20, targets: Optional[torch.Tensor] = None,
-                 gpu_augment: bool = False):
+                 gpu_augment: bool = False, decode: DecodeOptions = DecodeOptions(),
+                 test_segment_cache: bool = True):
         """targets: [len(samples), ...] float per-video targets beyond the class label (Charades'
         multi-hot labels, UCFRep's counts), returned as "target" [V, ...].
-        gpu_augment: items hold the uint8 decode and the crop boxes, not "video" (pretraining only)."""
+        gpu_augment: items hold the uint8 decode and the crop boxes, not "video" (pretraining only).
+        decode: how the PyAV backend decodes (datasets/decoding.py DecodeOptions; short_side scales
+        in the decoder, which changes pixel values).
+        test_segment_cache: in test mode with several segments, decode segment s and every later
+        segment of the video in one pass and serve the later ones (the next items) from memory."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if gpu_augment and mode != "pretrain":
@@ -125,6 +130,10 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.gpu_augment = gpu_augment
         # Shared with DataLoader workers (also persistent ones): set_epoch reaches them.
         self._epoch = multiprocessing.Value("q", 0, lock=False)
+        self.decode, self.test_segment_cache = decode, test_segment_cache
+        # (path, sorted frame indices, their frames uint8 [U, C, H, W], segment -> its indices):
+        # the segments of the last video decoded, one video per process at most.
+        self._segments: Optional[Tuple[str, List[int], torch.Tensor, Dict[int, List[int]]]] = None
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch.value = epoch
@@ -165,23 +174,50 @@ class VideoClipDataset(torch.utils.data.Dataset):
         return out
 
     def _decode(self, path: str, segment: int, rng: torch.Generator) -> torch.Tensor:
+        if self.test_num_segment > 1 and self.test_segment_cache:
+            return self._decode_segment(path, segment)
         return read_video(path, self.video_backend, lambda reader: self._decode_frames(reader, segment, rng),
-                          self.num_threads)
+                          self.num_threads, self.decode)
 
-    def _decode_frames(self, reader, segment: int, rng: torch.Generator) -> torch.Tensor:
-        """The clip's frames of an open video: uint8 [T, C, H, W]."""
+    def _decode_segment(self, path: str, segment: int) -> torch.Tensor:
+        """Test segment `segment` of `path`: uint8 [T, C, H, W], the same frames as decoding it alone.
+
+        Items are video * segments + segment, and the eval loader gives each worker consecutive
+        items, so the segments of one video come one after another: on a miss this segment and
+        every later one are decoded in one pass (frames shared between segments decoded once, a
+        keyframe seek across gaps), and the later segments are served from memory."""
+        if self._segments is None or self._segments[0] != path or segment not in self._segments[3]:
+            self._segments = None  # free the previous video before decoding the next
+
+            def read(reader) -> Tuple[List[int], torch.Tensor, Dict[int, List[int]]]:
+                by_segment = {s: self._indices(reader, s, None) for s in range(segment, self.test_num_segment)}
+                union = sorted(set().union(*by_segment.values()))
+                return union, reader.get_frames(union), by_segment  # frames: uint8 [U, C, H, W]
+
+            self._segments = (path, *read_video(path, self.video_backend, read, self.num_threads, self.decode))
+        _, union, frames, by_segment = self._segments
+        position = {index: k for k, index in enumerate(union)}
+        clip = frames[[position[i] for i in by_segment[segment]]]  # [T, C, H, W]
+        if segment == self.test_num_segment - 1:
+            self._segments = None  # the video's last segment: nothing more to serve
+        return clip
+
+    def _indices(self, reader, segment: int, rng: Optional[torch.Generator]) -> List[int]:
+        """The clip's frame indices in an open video (test mode draws nothing from `rng`)."""
         n = reader.num_frames
         if n < self.min_video_frames:
             raise VideoError(reader.path, f"too short: {n} frames (< {self.min_video_frames})")
         mode = "train" if self.mode == "pretrain" else self.mode
         if self.clip.sampling == "dense" and self.mode == "train":
-            indices = linspace_indices(n, self.clip.num_frames, self.clip.sampling_rate, rng)
-        elif self.clip.sampling == "dense":
-            indices = dense_indices(n, self.clip.num_frames, self.clip.sampling_rate, mode, rng,
-                                    segment, self.test_num_segment)
-        else:
-            indices = segment_indices(n, self.clip.num_frames, mode, rng, segment, self.test_num_segment)
-        return reader.get_frames(indices)
+            return linspace_indices(n, self.clip.num_frames, self.clip.sampling_rate, rng)
+        if self.clip.sampling == "dense":
+            return dense_indices(n, self.clip.num_frames, self.clip.sampling_rate, mode, rng,
+                                 segment, self.test_num_segment)
+        return segment_indices(n, self.clip.num_frames, mode, rng, segment, self.test_num_segment)
+
+    def _decode_frames(self, reader, segment: int, rng: torch.Generator) -> torch.Tensor:
+        """The clip's frames of an open video: uint8 [T, C, H, W]."""
+        return reader.get_frames(self._indices(reader, segment, rng))
 
     def _views(self, frames: torch.Tensor, rng: torch.Generator) -> List[torch.Tensor]:
         size = self.clip.input_size
