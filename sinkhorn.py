@@ -69,7 +69,8 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float, iterations: int,
         raise ValueError(f"need epsilon > 0 and iterations >= 1, got {epsilon}, {iterations}")
     group = _world(group)
     with torch.autocast(scores.device.type, enabled=False):  # all arithmetic in fp32
-        logits = scores.to(torch.float32, copy=True).div_(epsilon)  # [N, K], the only N x K buffer
+        # [N, K], the only N x K buffer: one pass for fp32 scores (a copy, then the division, else)
+        logits = scores / epsilon if scores.dtype == torch.float32 else scores.float().div_(epsilon)
         col_max = _all_reduce(logits.amax(dim=0), dist.ReduceOp.MAX, group)  # [K]
         if log_domain is None:
             low = _all_reduce(logits.amin().reshape(1), dist.ReduceOp.MIN, group)
