@@ -122,7 +122,8 @@ def get_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("fast paths")
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     g.add_argument("--sdpa_backend", default="auto", choices=["auto", *SDPA_BACKENDS])
-    g.add_argument("--fused_adamw", default="on", choices=["on", "off"], help="fused AdamW kernel (CUDA only)")
+    g.add_argument("--fused_adamw", default="on", choices=["on", "off"],
+                   help="torch's fused AdamW kernel (CUDA or CPU)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the model (warm-up steps absorb the compilation)")
     g.add_argument("--sinkhorn", default="scaling", choices=sorted(SINKHORNS))
