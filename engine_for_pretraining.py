@@ -7,7 +7,7 @@
 `Objective` holds the loss and its settings (built once by the driver); `train_one_epoch` yields
 after every optimiser step (training_loop.train_steps).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, Optional, Tuple, Union
 
 import torch
@@ -106,6 +106,11 @@ class Objective:
     temperature: float = 0.1
     normalize_target: bool = True
     soft_codes: bool = False
+    # Code matrices kept from step to step (`codes(..., reuse=name)`): a fresh [M, K] fp32 buffer
+    # is 34 MB at ViT-S batch 2, above glibc's 32 MB mmap threshold, and faulting its pages in
+    # costs ~10 ms per step each on the CPU. A step still holding one for its backward when the
+    # next forward rewrites it fails loudly (autograd's version check on the saved softmax).
+    _buffers: Dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def of(cls, model: nn.Module, **settings) -> "Objective":
@@ -118,10 +123,19 @@ class Objective:
     def log_domain(self) -> bool:
         return needs_log_domain(self.sinkhorn_eps)
 
-    def codes(self, logits: torch.Tensor) -> torch.Tensor:
-        """[M, K] Sinkhorn codes of logits = cosines / temperature (epsilon rescaled to match)."""
+    def codes(self, logits: torch.Tensor, reuse: Optional[str] = None) -> torch.Tensor:
+        """[M, K] Sinkhorn codes of logits = cosines / temperature (epsilon rescaled to match).
+
+        reuse: write them into this objective's buffer of that name (made, or remade when the
+        shape or device changes), which the previous step's codes of that name occupied.
+        """
+        out = None
+        if reuse is not None:
+            out = self._buffers.get(reuse)
+            if out is None or out.shape != logits.shape or out.device != logits.device:
+                out = self._buffers[reuse] = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
         return sinkhorn_knopp(logits, self.sinkhorn_eps / self.temperature, self.sinkhorn_iterations,
-                              log_domain=self.log_domain)
+                              log_domain=self.log_domain, out=out)
 
     @torch.no_grad()
     def targets(self, videos: torch.Tensor, tubes: torch.Tensor, index: MaskIndex,
@@ -196,8 +210,8 @@ def swapped_prediction(logits_target: torch.Tensor, logits_pred: torch.Tensor, o
         loss = CE(logits_target, codes_pred) + CE(logits_pred, codes_target), with hard (argmax)
         Sinkhorn codes as official, or the codes themselves when `objective.soft_codes` (SwAV).
     """
-    q_target = objective.codes(logits_target)  # [M, K]
-    q_pred = objective.codes(logits_pred)  # [M, K]
+    q_target = objective.codes(logits_target, reuse="target")  # [M, K]
+    q_pred = objective.codes(logits_pred, reuse="pred")  # [M, K]
     best_target, best_pred = row_argmax(q_target), row_argmax(q_pred)  # [M]
     stats = {**_code_stats(q_target, best_target, "target"), **_code_stats(q_pred, best_pred, "pred"),
              **_score_stats(logits_target.detach(), "target"), **_score_stats(logits_pred.detach(), "pred")}

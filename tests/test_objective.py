@@ -200,6 +200,22 @@ def test_target_normalisation_is_the_official_formula(shape, dim):
     torch.testing.assert_close(denormalize_like(ours, x, dim), x, rtol=0, atol=2e-6)
 
 
+def test_code_buffers_are_reused_and_a_pending_backward_is_protected():
+    model = tiny_pretrain("mlp", "SWAV")
+    objective = tiny_objective(model)
+    mask = tube_mask(2, GRID, 0.5)
+    first, _ = compute_loss(model, objective, clips(), mask)
+    buffers = {name: t.data_ptr() for name, t in objective._buffers.items()}
+    assert sorted(buffers) == ["pred", "target"]
+    # The next step's codes overwrite the buffers the first step's backward still needs: refused.
+    second, _ = compute_loss(model, objective, clips(), mask)
+    assert {name: t.data_ptr() for name, t in objective._buffers.items()} == buffers
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        first.backward()
+    second.backward()  # the latest step's backward is intact
+    assert dataclasses.replace(objective)._buffers == {}  # a copy of the objective starts without buffers
+
+
 def test_small_eps_uses_stable_sinkhorn():
     # eps 0.005 puts exp(cos / eps) beyond fp32: compute_loss must switch to the log domain.
     model = tiny_pretrain("mlp", "SWAV")
