@@ -152,37 +152,39 @@ class _CrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of logits [M, K] against hard labels [M] or soft codes [M, K].
 
     The value of F.cross_entropy (the log-sum-exp computed as torch.logsumexp computes it) and its
-    gradient, softmax - target, with the softmax as the only [M, K] buffer: forward writes it into
-    `scratch` when given (a finished code matrix: no fresh [M, K] buffer, whose pages the CPU
-    would fault in at ~10 ms per 34 MB) and saves it in place of the logits; backward turns that
-    buffer into the gradient in place (autograd then refuses a second backward through it), or,
-    without `scratch`, writes the gradient to a copy (retain_graph works).
+    gradient, softmax - target, with exp(logits - row max) as the only [M, K] buffer: forward
+    writes it into `scratch` when given (a finished code matrix: no fresh [M, K] buffer, whose
+    pages the CPU would fault in at ~10 ms per 34 MB) and saves it in place of the logits;
+    backward scales it by grad / (M * row sum) into the gradient, in place (autograd then refuses
+    a second backward through it), or, without `scratch`, on a copy (retain_graph works).
     """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor, scratch: Optional[torch.Tensor]) -> torch.Tensor:
         top = logits.amax(dim=1, keepdim=True)  # [M, 1]
         top.masked_fill_(top.abs() == float("inf"), 0.0)  # as torch.logsumexp: rows of +-inf stay finite
-        probs = torch.sub(logits, top, out=scratch).exp_()  # [M, K] exp(logit - row max)
-        total = probs.sum(dim=1, keepdim=True)  # [M, 1]
+        weights = torch.sub(logits, top, out=scratch).exp_()  # [M, K] exp(logit - row max)
+        total = weights.sum(dim=1, keepdim=True)  # [M, 1]
         lse = total.log().add_(top).squeeze(1)  # [M]
         if target.dtype == torch.long:
             picked = logits.gather(1, target.unsqueeze(1)).squeeze(1)  # [M]
         else:
             picked = torch.linalg.vecdot(target, logits)  # [M]; codes sum to 1 per row
-        ctx.save_for_backward(probs.div_(total), target)  # the softmax [M, K]
+        ctx.save_for_backward(weights, total, target)
         ctx.in_place = scratch is not None
         return (lse - picked).mean()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        probs, target = ctx.saved_tensors
-        g = probs if ctx.in_place else probs.clone()  # [M, K]
+        weights, total, target = ctx.saved_tensors
+        scale = grad / weights.shape[0]  # d(mean)/d(row loss)
+        g = weights if ctx.in_place else weights.clone()  # [M, K]
+        g.mul_(scale / total)  # softmax * scale
         if target.dtype == torch.long:
-            g[torch.arange(g.shape[0], device=g.device), target] -= 1.0
+            g[torch.arange(g.shape[0], device=g.device), target] -= scale
         else:
-            g.sub_(target)
-        return g.mul_(grad / g.shape[0]), None, None
+            g.addcmul_(target, -scale)  # - target * scale, without an [M, K] temporary
+        return g, None, None
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, scratch: Optional[torch.Tensor] = None) -> torch.Tensor:
