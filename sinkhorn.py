@@ -47,7 +47,7 @@ def _all_reduce(t: torch.Tensor, op: dist.ReduceOp, group: Optional[dist.Process
 @torch.no_grad()
 def sinkhorn_knopp(scores: torch.Tensor, epsilon: float, iterations: int,
                    group: Optional[dist.ProcessGroup] = None,
-                   log_domain: Optional[bool] = None) -> torch.Tensor:
+                   log_domain: Optional[bool] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Equipartitioned codes for `scores`, balanced over all ranks of `group`.
 
     Args:
@@ -60,16 +60,25 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float, iterations: int,
         log_domain: force (True) or forbid (False) the log-domain path. None decides per call
             from the global score spread, which costs one device-to-host sync; callers that know
             their scores are bounded (cosines: spread <= 2) should decide statically instead.
+        out: optional [N, K] float32 buffer for the codes (its contents are overwritten), e.g. one
+            kept from the previous step, so that no fresh N x K buffer has to be faulted in.
     Returns:
-        [N, K] float32 codes, no gradient; each row sums to 1.
+        [N, K] float32 codes (`out` when given), no gradient; each row sums to 1.
     """
     if scores.dim() != 2:
         raise ValueError(f"scores must be [N, K], got shape {tuple(scores.shape)}")
     if epsilon <= 0 or iterations < 1:
         raise ValueError(f"need epsilon > 0 and iterations >= 1, got {epsilon}, {iterations}")
+    if out is not None and (out.shape != scores.shape or out.dtype != torch.float32 or out.device != scores.device):
+        raise ValueError(f"out must be a {tuple(scores.shape)} float32 tensor on {scores.device}, got "
+                         f"{tuple(out.shape)} {out.dtype} on {out.device}")
     group = _world(group)
     with torch.autocast(scores.device.type, enabled=False):  # all arithmetic in fp32
-        logits = scores.to(torch.float32, copy=True).div_(epsilon)  # [N, K], the only N x K buffer
+        # [N, K], the only N x K buffer: one pass for fp32 scores (a copy, then the division, else)
+        if scores.dtype == torch.float32:
+            logits = torch.div(scores, epsilon, out=out)
+        else:
+            logits = (scores.float() if out is None else out.copy_(scores)).div_(epsilon)
         col_max = _all_reduce(logits.amax(dim=0), dist.ReduceOp.MAX, group)  # [K]
         if log_domain is None:
             low = _all_reduce(logits.amin().reshape(1), dist.ReduceOp.MIN, group)
@@ -81,7 +90,8 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float, iterations: int,
         # Target marginals: each prototype gets 1/K of the mass, each token 1/world_tokens.
         proto_mass, token_mass = 1.0 / logits.shape[1], 1.0 / world_tokens
         if log_domain:
-            return _sinkhorn_log(logits, proto_mass, token_mass, iterations, group)
+            codes = _sinkhorn_log(logits, proto_mass, token_mass, iterations, group)
+            return codes if out is None else out.copy_(codes)
         return _sinkhorn_exp(logits, col_max, proto_mass, token_mass, iterations, group)
 
 

@@ -27,8 +27,13 @@ Fast paths to measure on and off: --precision, --sdpa_backend, --fused_adamw, --
 --sinkhorn (classic: the official matrix-rewriting iteration from bench_sinkhorn.py).
 
 With --official_dir pointing at a checkout of the official SIGMA code, the official model and
-loss are timed first in the same process on the same clip, mask and weights (loaded strictly
-into ours), so the ratio is a like-for-like comparison.
+loss run in the same process on the same clip, mask and weights (loaded strictly into ours; the
+first losses of both are reported with their relative difference). The timed steps alternate,
+official then ours, so that load from other jobs on a shared machine falls on both alike:
+relative_to_first is the ratio of the two medians, ratio_paired the median of the per-round
+ratios, and cpu_ratio the same from the process's CPU seconds (time.process_time, which a
+time-shared core does not inflate). cpu_pressure_avg10 is /proc/pressure/cpu (some avg10, %)
+before and after the timed steps.
 
     python bench/bench_pretrain_step.py --device cuda --precision bf16 --sweep 8 16 32
     python bench/bench_pretrain_step.py --device cpu --batch_size 2 --breakdown
@@ -57,7 +62,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import engine_for_pretraining  # noqa: E402
-from bench_sinkhorn import classic_sinkhorn, sync, time_fn  # noqa: E402
+from bench_sinkhorn import classic_sinkhorn, sync  # noqa: E402
 from engine_for_pretraining import Objective, compute_loss  # noqa: E402
 from masking_generator import tube_mask  # noqa: E402
 from modeling_finetune import MaskIndex  # noqa: E402
@@ -117,7 +122,8 @@ def get_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("fast paths")
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     g.add_argument("--sdpa_backend", default="auto", choices=["auto", *SDPA_BACKENDS])
-    g.add_argument("--fused_adamw", default="on", choices=["on", "off"], help="fused AdamW kernel (CUDA only)")
+    g.add_argument("--fused_adamw", default="on", choices=["on", "off"],
+                   help="torch's fused AdamW kernel (CUDA or CPU)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the model (warm-up steps absorb the compilation)")
     g.add_argument("--sinkhorn", default="scaling", choices=sorted(SINKHORNS))
@@ -131,6 +137,8 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--official_dir", default="", help="checkout of the official SIGMA code to time beside ours")
+    g.add_argument("--official_precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast of the official step (its engine autocasts on CUDA only: fp32 on the CPU)")
     args = p.parse_args(argv)
     if args.breakdown and args.compile:
         p.error("--breakdown times the eager model's stages; run it without --compile")
@@ -305,8 +313,41 @@ def count_flops(step: Callable[[], torch.Tensor]) -> tuple:
     return counter.get_total_flops(), float(loss)
 
 
-def measure(args: argparse.Namespace, model, teacher, videos, mask, device: torch.device) -> Dict[str, object]:
-    """Build the optimizer, count FLOPs once, warm up, time the step (and its stages); one record."""
+def cpu_pressure() -> Optional[float]:
+    """/proc/pressure/cpu "some avg10" (% of the last 10 s some task waited for a CPU); None without PSI."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return float(f.readline().split()[1].split("=")[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def time_in_turn(steps: Dict[str, Callable[[], object]], device: torch.device, iters: int
+                 ) -> Dict[str, Dict[str, List[float]]]:
+    """`iters` rounds of every step in turn: {name: {"wall": [s], "cpu": [process CPU s]}}.
+
+    Alternating puts a shared machine's load on every variant alike, where timing one variant's
+    steps after the other's would charge a burst of load to whichever ran during it.
+    """
+    out = {name: {"wall": [], "cpu": []} for name in steps}
+    for _ in range(iters):
+        for name, fn in steps.items():
+            sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            sync(device)
+            out[name]["wall"].append(time.perf_counter() - t0)
+            out[name]["cpu"].append(time.process_time() - c0)
+    return out
+
+
+def measure(args: argparse.Namespace, model, teacher, videos, mask, device: torch.device,
+            official: Optional[Callable[[], torch.Tensor]] = None) -> Dict[str, object]:
+    """Build the optimizer, count FLOPs once, warm up, time the step (and its stages); one record.
+
+    `official`: the official step, timed in turn with ours (`time_in_turn`); its figures go under
+    "official" in the record.
+    """
     batch_size = videos.shape[0]
     optimizer = create_optimizer(param_groups(model, weight_decay=0.05), lr=1e-4, betas=(0.9, 0.95),
                                  fused=args.fused_adamw == "on")
@@ -320,14 +361,25 @@ def measure(args: argparse.Namespace, model, teacher, videos, mask, device: torc
                  else contextlib.nullcontext())
     record: Dict[str, object] = {}
     with attention, sinkhorn_as(sinkhorn):
+        official_loss = float(official()) if official is not None else None  # its first step, as ours
         flops, first_loss = count_flops(eager_step)
         for _ in range(args.warmup):
             step()
+            if official is not None:
+                official()
         sync(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         rss_reset = device.type == "cpu" and _rss_peak_reset()
-        times = time_fn(step, device, 0, args.iters)
+        pressure = [cpu_pressure()]
+        timed = time_in_turn({"ours": step} if official is None else {"official": official, "ours": step},
+                             device, args.iters)
+        pressure.append(cpu_pressure())
+        times = timed["ours"]["wall"]
+        if official is not None:
+            record.update(official_figures(timed, official_loss, first_loss, args.official_precision))
+        record["median_cpu_s"] = round(statistics.median(timed["ours"]["cpu"]), 5)
+        record["cpu_pressure_avg10"] = pressure
         if device.type == "cuda":
             peak_mb, peak_kind = torch.cuda.max_memory_allocated(device) / 2 ** 20, "cuda_max_memory_allocated"
         else:
@@ -374,6 +426,23 @@ def measure(args: argparse.Namespace, model, teacher, videos, mask, device: torc
     }
 
 
+def official_figures(timed: Dict[str, Dict[str, List[float]]], official_loss: float, loss: float,
+                     precision: str) -> Dict[str, object]:
+    """Ours against the official from steps timed in turn: medians, paired ratios, losses."""
+    med = {name: {kind: statistics.median(v) for kind, v in t.items()} for name, t in timed.items()}
+    ours, official = timed["ours"]["wall"], timed["official"]["wall"]
+    return {
+        "official": {"median_step_s": round(med["official"]["wall"], 5), "min_step_s": round(min(official), 5),
+                     "median_cpu_s": round(med["official"]["cpu"], 5), "loss": official_loss,
+                     "precision": precision},
+        "relative_to_first": round(med["ours"]["wall"] / med["official"]["wall"], 3),
+        "ratio_paired": round(statistics.median(o / f for o, f in zip(ours, official, strict=True)), 3),
+        "cpu_ratio": round(med["ours"]["cpu"] / med["official"]["cpu"], 3),
+        "loss_rel_diff": abs(loss - official_loss) / max(abs(official_loss), 1e-12),
+        "timed_in_turn": timed,
+    }
+
+
 def official_model_and_step(args, videos, mask, ours):
     """Build the official model from --official_dir, copy our weights, return its step function."""
     sys.path.insert(0, args.official_dir)
@@ -397,7 +466,7 @@ def official_model_and_step(args, videos, mask, ours):
     mean = torch.tensor([0.485, 0.456, 0.406], device=videos.device).view(1, 3, 1, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225], device=videos.device).view(1, 3, 1, 1, 1)
     ce, mse = torch.nn.CrossEntropyLoss(), torch.nn.MSELoss()
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.official_precision]
 
     def step():
         # The official engine's target building and loss (engine_for_pretraining.train_one_epoch).
@@ -417,6 +486,7 @@ def official_model_and_step(args, videos, mask, ours):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        return loss.detach()
     del official_utils
     return step
 
@@ -431,21 +501,8 @@ def main(args: argparse.Namespace) -> int:
         logger.info("%s %s batch %d %s", args.model, args.target_type, batch_size, args.precision)
         try:
             model, teacher, videos, mask = build(args, batch_size, device)
-            base = None
-            if args.official_dir:
-                official_step = official_model_and_step(args, videos, mask, model)
-                base = statistics.median(time_fn(official_step, device, args.warmup, args.iters))
-                del official_step
-                print(json.dumps({"variant": "official", "model": args.model, "target_type": args.target_type,
-                                  "loss_func": resolved_loss_func(args), "precision": args.precision,
-                                  "device": device.type, "batch_size": batch_size, "frames": args.num_frames,
-                                  "input_size": args.input_size, "threads": torch.get_num_threads(),
-                                  "median_step_s": round(base, 5), "clips_per_s": round(batch_size / base, 3),
-                                  "relative_to_first": 1.0}), flush=True)
-            record = measure(args, model, teacher, videos, mask, device)
-            if base is not None:
-                record["relative_to_first"] = round(record["median_step_s"] / base, 3)
-            print(json.dumps(record), flush=True)
+            official = official_model_and_step(args, videos, mask, model) if args.official_dir else None
+            print(json.dumps(measure(args, model, teacher, videos, mask, device, official)), flush=True)
         except (RuntimeError, ValueError) as e:  # out of memory, missing kernel: report, go on
             failures += 1
             print(json.dumps({"variant": "ours", "model": args.model, "target_type": args.target_type,
@@ -453,7 +510,7 @@ def main(args: argparse.Namespace) -> int:
                               "sdpa_backend": args.sdpa_backend, "compile": args.compile,
                               "error": f"{type(e).__name__}: {str(e)[:300]}"}), flush=True)
         finally:
-            model = teacher = videos = mask = None
+            model = teacher = videos = mask = official = None
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return 1 if failures else 0

@@ -141,7 +141,7 @@ def test_step_bench_fast_path_variants_agree(capsys):
     assert math_attention["loss"] == pytest.approx(scaling["loss"], rel=1e-4)
     assert bf16["loss"] == pytest.approx(scaling["loss"], rel=2e-2)
     assert math_attention["raw"]["flops_per_step"] == pytest.approx(scaling["raw"]["flops_per_step"], rel=2e-2)
-    assert scaling["fused_adamw"] is False  # the fused kernel is CUDA only
+    assert scaling["fused_adamw"] is True  # torch's fused AdamW runs on the CPU too
 
 
 def test_step_bench_dino_teacher_is_timed_and_counted(capsys):

@@ -141,3 +141,19 @@ def test_unequal_mask_counts_rejected():
     mask[1, :5] = True
     with pytest.raises(ValueError, match=r"same number of tokens, got \[3, 5\]"):
         model(clips(), mask)
+
+
+def test_prototype_scores_in_kept_buffers_equal_a_matmul():
+    model = tiny_pretrain("mlp", "SWAV")
+    x = torch.randn(10, model.prototypes.shape[1], requires_grad=True)
+    kept = model.prototype_logits(x, 0.1, side="target")
+    plain = model.prototype_logits(x, 0.1)
+    torch.testing.assert_close(kept, plain, rtol=0, atol=0)
+    g = torch.randn_like(plain)
+    grads_kept = torch.autograd.grad(kept, (x, model.prototypes), g)
+    grads_plain = torch.autograd.grad(plain, (x, model.prototypes), g)
+    for a, b in zip(grads_kept, grads_plain, strict=True):
+        torch.testing.assert_close(a, b)
+    again = model.prototype_logits(torch.randn_like(x), 0.1, side="target")  # the same memory, new values
+    assert again.data_ptr() == kept.data_ptr() and not torch.equal(again, plain)
+    assert "_score_buffers" not in str(model.state_dict().keys())

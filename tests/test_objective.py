@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine_for_pretraining import compute_loss, cross_entropy, pixel_targets, swapped_prediction
+from engine_for_pretraining import (compute_loss, cross_entropy, denormalize_like, normalize_per_group,
+                                    pixel_targets, row_argmax, swapped_prediction)
 from engine_for_pretraining import Objective
 from helpers import GRID, clips, tiny_objective, tiny_pretrain, tiny_teacher
 from masking_generator import tube_mask
@@ -159,6 +160,60 @@ def test_cross_entropy_gradcheck():
     logits = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
     target = torch.randint(0, 5, (6,))
     assert torch.autograd.gradcheck(lambda x: cross_entropy(x, target), (logits,))
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_cross_entropy_in_a_scratch_buffer_equals_torch_and_refuses_a_second_backward(soft):
+    logits = (torch.randn(50, 7) * 5).requires_grad_()
+    target = torch.softmax(torch.randn(50, 7), 1) if soft else torch.randint(0, 7, (50,))
+    scratch = torch.full((50, 7), float("nan"))  # whatever it held must not matter
+    ours = cross_entropy(logits, target, scratch=scratch)
+    ref = F.cross_entropy(logits, target)
+    torch.testing.assert_close(ours, ref)
+    assert torch.isfinite(scratch).all()  # the buffer was written
+    (g_ours,) = torch.autograd.grad(ours * 3.0, logits, retain_graph=True)
+    (g_ref,) = torch.autograd.grad(ref * 3.0, logits)
+    torch.testing.assert_close(g_ours, g_ref)
+    # The gradient was written over the saved softmax: autograd must refuse to reuse it.
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(ours, logits)
+
+
+def test_cross_entropy_refuses_a_scratch_of_another_shape():
+    with pytest.raises(ValueError, match="scratch must be a \\(50, 7\\)"):
+        cross_entropy(torch.randn(50, 7), torch.randint(0, 7, (50,)), scratch=torch.empty(50, 8))
+
+
+def test_row_argmax_is_argmax_first_maximum_on_ties():
+    scores = torch.randint(0, 3, (200, 9)).float()  # many tied maxima per row
+    assert torch.equal(row_argmax(scores), scores.argmax(-1))
+
+
+@pytest.mark.parametrize("shape,dim", [((2, 30, 16, 3), -2), ((2, 40, 24), 1)])
+def test_target_normalisation_is_the_official_formula(shape, dim):
+    x = torch.rand(shape) * 3 + 1
+    xd = x.double()
+    official = (xd - xd.mean(dim, keepdim=True)) / (xd.var(dim, unbiased=True, keepdim=True).sqrt() + 1e-6)
+    ours = normalize_per_group(x, dim)
+    assert ours.shape == x.shape
+    torch.testing.assert_close(ours.double(), official, rtol=0, atol=2e-6)
+    torch.testing.assert_close(denormalize_like(ours, x, dim), x, rtol=0, atol=2e-6)
+
+
+def test_code_buffers_are_reused_and_a_pending_backward_is_protected():
+    model = tiny_pretrain("mlp", "SWAV")
+    objective = tiny_objective(model)
+    mask = tube_mask(2, GRID, 0.5)
+    first, _ = compute_loss(model, objective, clips(), mask)
+    buffers = {name: t.data_ptr() for name, t in objective._buffers.items()}
+    assert sorted(buffers) == ["pred", "target"]
+    # The next step's codes overwrite the buffers the first step's backward still needs: refused.
+    second, _ = compute_loss(model, objective, clips(), mask)
+    assert {name: t.data_ptr() for name, t in objective._buffers.items()} == buffers
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        first.backward()
+    second.backward()  # the latest step's backward is intact
+    assert dataclasses.replace(objective)._buffers == {}  # a copy of the objective starts without buffers
 
 
 def test_small_eps_uses_stable_sinkhorn():

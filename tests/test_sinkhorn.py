@@ -192,6 +192,22 @@ def test_fp32_input_not_aliased(log_domain):
     assert torch.equal(s, before)
 
 
+@pytest.mark.parametrize("log_domain", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_codes_into_a_given_buffer(log_domain, dtype):
+    s = cosine_scores(500, 50).to(dtype)
+    buffer = torch.full((500, 50), float("nan"))
+    out = sinkhorn_knopp(s, 0.05, 3, log_domain=log_domain, out=buffer)
+    assert out.data_ptr() == buffer.data_ptr()
+    assert torch.equal(out, sinkhorn_knopp(s, 0.05, 3, log_domain=log_domain))
+
+
+def test_out_of_another_shape_or_dtype_is_refused():
+    for bad in (torch.empty(500, 51), torch.empty(500, 50, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="out must be a \\(500, 50\\) float32"):
+            sinkhorn_knopp(cosine_scores(500, 50), 0.05, 3, out=bad)
+
+
 # ----------------------------------------------------------------------------------------------
 # 6. Argument validation
 # ----------------------------------------------------------------------------------------------
