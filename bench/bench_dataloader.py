@@ -73,8 +73,9 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-# Variant -> (backend, decode options, test segment cache). Each turns one lever off (or, for
-# decoder_scale, one opt-in lever on) from "levers", the default reader.
+# Variant -> (backend, decode options, test segment cache). Each turns levers off (or, for
+# decoder_scale, the opt-in one on) from "levers", the default reader; "no_levers" turns off both
+# PyAV levers (skip_nonref, keyframe_seek) and keeps the test segment cache.
 VARIANTS = {
     "levers": ("pyav", DecodeOptions(), True),
     "no_levers": ("pyav", DecodeOptions(skip_nonref=False, keyframe_seek=False), True),
