@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from datasets import splits
+from datasets.decoding import DecodeOptions
 from datasets.images import ImageClipDataset
 from datasets.sampler import ShardSampler
 from datasets.video_dataset import ClipConfig, VideoClipDataset, collate_clips
@@ -138,7 +139,8 @@ def eval_dataset(data, args, mode: str, sampling: str, views: Tuple[int, int] = 
     if sampling == "repeat":
         return ImageClipDataset(data, mode, clip=clip, test_num_crop=views[1], seed=args.seed)
     return VideoClipDataset(data, mode, clip=clip, test_num_segment=views[0], test_num_crop=views[1],
-                            video_backend=args.video_backend, seed=args.seed)
+                            video_backend=args.video_backend, seed=args.seed,
+                            decode=DecodeOptions(short_side=args.decode_short_side))
 
 
 def frozen_features(model, loader, env, precision: str):

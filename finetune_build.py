@@ -10,6 +10,7 @@ import torch
 
 import deepspeed_support
 from attentive_probe import AttentiveProbe, AttentiveProbeGrid
+from datasets.decoding import DecodeOptions
 from datasets.images import ImageClipDataset
 from datasets.sampler import ShardSampler
 from datasets.splits import read_split
@@ -49,7 +50,8 @@ def build_datasets(args, nb_classes: int, sampling: str, default_flip: bool, aug
         datasets[split] = VideoClipDataset(
             found.samples, split, clip=clip, augment=aug, num_sample=args.num_sample if split == "train" else 1,
             test_num_segment=args.test_num_segment, test_num_crop=args.test_num_crop,
-            video_backend=args.video_backend, seed=args.seed, targets=found.targets)
+            video_backend=args.video_backend, seed=args.seed, targets=found.targets,
+            decode=DecodeOptions(short_side=args.decode_short_side))
     if "train" in datasets and datasets["train"].targets is None:
         labels = len({s.label for s in datasets["train"].samples})
         if labels < nb_classes:

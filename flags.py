@@ -104,6 +104,10 @@ def add_loader_flags(group, *, num_workers: int, batch_size: Optional[int] = Non
     if batch_size is not None:
         group.add_argument("--batch_size", type=int, default=batch_size)
     group.add_argument("--num_workers", type=int, default=num_workers)
+    group.add_argument("--decode_short_side", type=int, default=None,
+                       help="PyAV: scale frames in the decoder (with the RGB conversion) to this short side where "
+                            "the source's is larger; cheaper on large originals, but pixels differ from the official "
+                            "decode-then-resize path (DATASET.md). Default: decode at the source size")
     if training:
         add_switch(group, "pin_mem", True)
         group.add_argument("--max_bad_fraction", type=float, default=0.2)

@@ -19,6 +19,7 @@ import torch
 
 from checkpointing import resume_from
 from datasets.annotations import read_annotations
+from datasets.decoding import DecodeOptions
 from datasets.gpu_augment import DeviceAugment
 from datasets.video_dataset import AugmentConfig, BadSampleTracker, ClipConfig, MaskConfig, VideoClipDataset
 from distributed import cleanup_distributed
@@ -131,7 +132,8 @@ def build(args, env):
         ClipConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate, input_size=args.input_size),
         AugmentConfig(pretrain_augmentation=args.augmentation),
         MaskConfig(mask_type=args.mask_type, mask_ratio=args.mask_ratio, grid=model.encoder.grid_size),
-        num_sample=args.num_sample, video_backend=args.video_backend, seed=args.seed, gpu_augment=args.gpu_augment)
+        num_sample=args.num_sample, video_backend=args.video_backend, seed=args.seed, gpu_augment=args.gpu_augment,
+        decode=DecodeOptions(short_side=args.decode_short_side))
     # A batch of --batch_size clips holds batch_size // num_sample decoded videos.
     sampler, loader = training_loader(dataset, env, batch_size=max(1, args.batch_size // args.num_sample),
                                       num_workers=args.num_workers, pin_mem=args.pin_mem, seed=args.seed,

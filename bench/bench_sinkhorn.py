@@ -36,11 +36,12 @@ TUBES_PER_CLIP = 1411  # int(0.9 * 14 * 14) = 176 masked tubes per slot x 8 slot
 
 @torch.no_grad()
 def classic_sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int, group=None,
-                     log_domain: Optional[bool] = None) -> torch.Tensor:
+                     log_domain: Optional[bool] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The official SIGMA Sinkhorn (single process), step for step: the reference for `sinkhorn_knopp`.
 
     Same signature as `sinkhorn.sinkhorn_knopp` so that it can stand in for it; `group` and
-    `log_domain` are ignored (one process, exp domain without stabilisation, as the original).
+    `log_domain` are ignored (one process, exp domain without stabilisation, as the original);
+    `out`, when given, receives a copy of the codes (the original allocates its own).
     Args:
         scores: [N, K] token-prototype similarities.
     Returns:
@@ -57,7 +58,8 @@ def classic_sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int, grou
             u = torch.sum(q, dim=1)  # [K] pass 1 (read)
             q *= (r / u).unsqueeze(1)  # pass 2 (read + write): prototype marginal
             q *= (c / torch.sum(q, dim=0)).unsqueeze(0)  # passes 3-4: token marginal
-        return (q / torch.sum(q, dim=0, keepdim=True)).t().float()
+        codes = (q / torch.sum(q, dim=0, keepdim=True)).t().float()
+        return codes if out is None else out.copy_(codes)
 
 
 def cosine_scores(n: int, k: int, dim: int, device: torch.device, seed: int = 0) -> torch.Tensor:
