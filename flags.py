@@ -271,6 +271,10 @@ def clip_rules(args: argparse.Namespace, tubelet_size: int = 2, patch_size: int 
     }
     if getattr(args, "short_side_size", None) is not None:
         rules["short_side_size"] = (lambda v: v >= args.input_size, f">= --input_size {args.input_size}")
+    if hasattr(args, "video_backend"):
+        # Checked here, not when the first worker opens a video (datasets/decoding.py open_video).
+        rules["decode_short_side"] = (lambda v: v >= 1 and args.video_backend == "pyav",
+                                      ">= 1, with --video_backend pyav (the one backend that scales in the decoder)")
     return rules
 
 

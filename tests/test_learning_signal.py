@@ -57,7 +57,8 @@ def _train(model, loader, steps: int, lr: float, loss_fn) -> None:
 def _digit_probe(encoder, root: str) -> float:
     """Val top-1 (%) of the logistic-regression probe on the encoder's frozen digit features."""
     args = types.SimpleNamespace(num_frames=FRAMES, sampling_rate=RATE, input_size=SIZE, short_side_size=SIZE,
-                                 video_backend="decord", seed=0, batch_size=50, num_workers=0)
+                                 video_backend="decord", decode_short_side=None, seed=0, batch_size=50,
+                                 num_workers=0)
     env = types.SimpleNamespace(world_size=1, rank=0, device=torch.device("cpu"))
     (xt, yt), (xv, yv) = (features(encoder, read_annotations(os.path.join(root, "digit", f"{s}.csv"), root), args,
                                    env, "dense", "fp32") for s in ("train", "val"))

@@ -270,3 +270,20 @@ def test_flip_follows_the_data_set_unless_a_flag_says_otherwise(data, tmp_path, 
     _, sampling, default_flip = ft.DATA_SETS[data_set]
     built = ft.build_datasets(args, 4, sampling, default_flip, augment=True)
     assert built["train"].augment.flip is expected
+
+
+def test_decode_short_side_reaches_every_split(data, tmp_path):
+    built = ft.build_datasets(ft.get_args(_argv(data, tmp_path, "--decode_short_side", "40")), 4, "dense", True,
+                              augment=True)
+    assert {split: d.decode.short_side for split, d in built.items()} == {"train": 40, "val": 40, "test": 40}
+    assert ft.build_datasets(ft.get_args(_argv(data, tmp_path)), 4, "dense", True, augment=True)["val"].decode \
+        .short_side is None
+
+
+@pytest.mark.parametrize("extra", [["--video_backend", "decord"], ["--decode_short_side", "0"]])
+def test_decode_short_side_is_refused_at_parse_time_where_it_cannot_work(data, tmp_path, capsys, extra):
+    argv = ["--decode_short_side", "40", *extra]
+    with pytest.raises(SystemExit):
+        ft.get_args(_argv(data, tmp_path, *argv))
+    err = capsys.readouterr().err
+    assert "--decode_short_side" in err and "--video_backend pyav" in err

@@ -196,3 +196,11 @@ def test_compile_flag_trains_the_compiled_model_and_saves_plain_key_names(data, 
     keys = [set(torch.load(d / "checkpoint-latest.pth", map_location="cpu", weights_only=True)["model"])
             for d in (eager, compiled)]
     assert keys[0] == keys[1] and not any("_orig_mod" in k for k in keys[1])
+
+
+def test_decode_short_side_reaches_the_pretraining_dataset(data, tmp_path):
+    from distributed import DistEnv
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    for extra, short_side in ((["--decode_short_side", "40"], 40), ([], None)):
+        dataset = run.build(run.get_args(_argv(data, tmp_path, *extra)), env)[3]
+        assert dataset.decode.short_side == short_side
