@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from datasets.decoding import BACKENDS, DEFAULT_BACKEND
+from datasets.decoding import BACKENDS, DEFAULT_BACKEND, SCALING_BACKENDS
 from datasets.mixup import MODES as MIXUP_MODES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -105,9 +105,10 @@ def add_loader_flags(group, *, num_workers: int, batch_size: Optional[int] = Non
         group.add_argument("--batch_size", type=int, default=batch_size)
     group.add_argument("--num_workers", type=int, default=num_workers)
     group.add_argument("--decode_short_side", type=int, default=None,
-                       help="PyAV: scale frames in the decoder (with the RGB conversion) to this short side where "
-                            "the source's is larger; cheaper on large originals, but pixels differ from the official "
-                            "decode-then-resize path (DATASET.md). Default: decode at the source size")
+                       help="scale frames in the decoder (pyav: with the RGB conversion; decord, torchcodec: "
+                            "their swscale resize) to this short side where the source's is larger; cheaper on large "
+                            "originals, but pixels differ from the official decode-then-resize path (DATASET.md). "
+                            "Default: decode at the source size")
     if training:
         add_switch(group, "pin_mem", True)
         group.add_argument("--max_bad_fraction", type=float, default=0.2)
@@ -273,8 +274,9 @@ def clip_rules(args: argparse.Namespace, tubelet_size: int = 2, patch_size: int 
         rules["short_side_size"] = (lambda v: v >= args.input_size, f">= --input_size {args.input_size}")
     if hasattr(args, "video_backend"):
         # Checked here, not when the first worker opens a video (datasets/decoding.py open_video).
-        rules["decode_short_side"] = (lambda v: v >= 1 and args.video_backend == "pyav",
-                                      ">= 1, with --video_backend pyav (the one backend that scales in the decoder)")
+        rules["decode_short_side"] = (lambda v: v >= 1 and args.video_backend in SCALING_BACKENDS,
+                                      f">= 1, with --video_backend one of {', '.join(SCALING_BACKENDS)} (the "
+                                      f"backends that scale in the decoder)")
     return rules
 
 

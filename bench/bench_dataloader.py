@@ -64,12 +64,13 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="time these decode variants side by side (PyAV levers one at a time, and the official "
                         "path) instead of --backends")
     p.add_argument("--decode_short_side", type=int, default=None,
-                   help="short side of the decoder_scale variant (scaling in the decoder, off elsewhere)")
+                   help="short side of the *decoder_scale variants (scaling in the decoder, off elsewhere)")
     p.add_argument("--test_num_segment", type=int, default=1, help="test mode: temporal segments per video")
     p.add_argument("--test_num_crop", type=int, default=1, help="test mode: spatial crops per segment")
     args = p.parse_args(argv)
-    if args.variants and "decoder_scale" in args.variants and not args.decode_short_side:
-        p.error("the decoder_scale variant needs --decode_short_side")
+    scaled = [v for v in args.variants or [] if v.endswith("decoder_scale")]
+    if scaled and not args.decode_short_side:
+        p.error(f"the variants {scaled} need --decode_short_side")
     return args
 
 
@@ -83,6 +84,10 @@ VARIANTS = {
     "no_keyframe_seek": ("pyav", DecodeOptions(keyframe_seek=False), True),
     "convert_every_frame": ("pyav", DecodeOptions(convert_every_frame=True), True),
     "decoder_scale": ("pyav", None, True),  # DecodeOptions(short_side=--decode_short_side)
+    "decord": ("decord", DecodeOptions(), False),  # the official backend under our augmentation
+    "decord_decoder_scale": ("decord", None, False),
+    "torchcodec": ("torchcodec", DecodeOptions(), False),
+    "torchcodec_decoder_scale": ("torchcodec", None, False),
     "no_segment_cache": ("pyav", DecodeOptions(), False),
     "official": ("decord", DecodeOptions(), False),
 }
@@ -189,7 +194,7 @@ def build_variants(args: argparse.Namespace, samples) -> List[Variant]:
     variants = []
     for name in args.variants:
         backend, decode, cache = VARIANTS[name]
-        d = dataset(backend, decode or DecodeOptions(short_side=args.decode_short_side), cache)
+        d = dataset(backend, DecodeOptions(short_side=args.decode_short_side) if decode is None else decode, cache)
         augment = d._views
         if name == "official" and args.mode == "pretrain":
             augment = lambda frames, rng: pil_reference_augment(frames, args.input_size, rng)  # noqa: E731

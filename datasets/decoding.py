@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 # "torchcodec_cuda" decodes with NVDEC where it can and falls back to torchcodec on the CPU.
 BACKENDS = ("decord", "pyav", "torchcodec", "torchcodec_cuda")
+# The backends that take DecodeOptions.short_side (scaling in the decoder).
+SCALING_BACKENDS = ("pyav", "decord", "torchcodec")
+DECORD_MIN_SCALED_WIDTH = 80  # every width from 73 up copied out correctly (DecordReader)
 # PyAV: the same frames as decord (tested), less decode CPU per clip on every file measured
 # (BENCHMARKS.md, "Video backends"), FFmpeg bundled in its wheel on every platform, maintained.
 DEFAULT_BACKEND = "pyav"
@@ -61,11 +64,18 @@ class VideoError(Exception):
 class DecordReader:
     """Random access through decord's frame index (seeks from the nearest keyframe)."""
 
-    def __init__(self, path: str, num_threads: int = 1):
+    def __init__(self, path: str, num_threads: int = 1, short_side: Optional[int] = None):
         import decord  # imported here: optional where only PyAV is installed
 
+        # decord scales in its decoder (swscale) to a size given before opening: read it from the header.
+        # decord 0.6 fails to copy frames out at some widths below DECORD_MIN_SCALED_WIDTH (2-72 wide:
+        # 2, 3, 4, 6, 8, 12, 16, 24, 48, 72, whatever the source and height): those decode at full size.
+        height, width = _scaled_source_size(path, short_side) if short_side else (-1, -1)
+        if width < DECORD_MIN_SCALED_WIDTH:
+            height, width = -1, -1
         try:
-            self._vr = decord.VideoReader(path, num_threads=num_threads, ctx=decord.cpu(0))
+            self._vr = decord.VideoReader(path, num_threads=num_threads, ctx=decord.cpu(0), width=width,
+                                          height=height)
         except Exception as e:  # decord raises its own DECORDError and RuntimeError
             raise VideoError(path, f"cannot open ({_first_line(e)})", decoder_failed=True) from None
         self.path = path
@@ -101,6 +111,19 @@ class DecodeOptions:
     keyframe_seek: bool = True
     short_side: Optional[int] = None
     convert_every_frame: bool = False
+
+
+def _scaled_source_size(path: str, short_side: int) -> Tuple[int, int]:
+    """scaled_size of the first video stream, its size read from the container header (PyAV, nothing
+    decoded), for the backends that take the output size before they open the file."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            return scaled_size(stream.height, stream.width, short_side)
+    except Exception as e:
+        raise VideoError(path, f"cannot open ({_first_line(e)})", decoder_failed=True) from None
 
 
 def scaled_size(height: int, width: int, short_side: Optional[int]) -> Tuple[int, int]:
@@ -374,9 +397,10 @@ class TorchCodecReader:
     which is wrong for a stream that starts late (measured: 280 for a 30-frame stream starting at
     10 s) or has an edit list (60 for the 35 frames shown): sampled indices would point past the
     end. Its frames are otherwise the same, but our sampling needs the count. Frames come out at
-    full size: torchcodec's decoder-side Resize (swscale bilinear, antialiased) matches neither
-    the cv2-exact short-side resize of validation (max abs difference 14 at 320x240 -> 224) nor
-    torchvision's antialiased square resize (1), and the crops are drawn after decoding, per view.
+    full size unless `short_side` asks for decoder-side scaling (opt-in, DecodeOptions.short_side):
+    torchcodec's Resize (swscale bilinear, antialiased) matches neither the cv2-exact short-side
+    resize of validation (max abs difference 14 at 320x240 -> 224) nor torchvision's antialiased
+    square resize (1), and the crops are drawn after decoding, per view.
 
     `device="cuda"` decodes on NVDEC and copies the uint8 frames back to the CPU, where the rest of
     the pipeline runs. Where CUDA cannot be used (no GPU, a CPU-only torchcodec build, a forked
@@ -384,14 +408,18 @@ class TorchCodecReader:
     warning per process.
     """
 
-    def __init__(self, path: str, num_threads: int = 1, device: str = "cpu"):
+    def __init__(self, path: str, num_threads: int = 1, device: str = "cpu", short_side: Optional[int] = None):
         decoder_class = _torchcodec_decoder_class()
         self.path = path
         self.device = _usable_device(device)
+        scale = {}
+        if short_side:
+            size = _scaled_source_size(path, short_side)
+            scale = {"transforms": [_torchcodec_resize(size)]}
 
         def create(on: str):
             return decoder_class(path, num_ffmpeg_threads=num_threads, device=on, seek_mode="exact",
-                                 dimension_order="NCHW")
+                                 dimension_order="NCHW", **scale)
 
         try:
             self._decoder = create(self.device)
@@ -426,6 +454,19 @@ class TorchCodecReader:
         if self.device != "cpu" and fallback:  # NVDEC lacks this codec: torchcodec decoded on the CPU
             _log_cpu_fallback(f"NVDEC cannot decode {self.path} ({fallback})")
         return frames.cpu()
+
+
+def _torchcodec_resize(size: Tuple[int, int]):
+    """torchcodec's decoder-side Resize to (height, width), or a clear error where the installed
+    torchcodec has none (decoder transforms came with torchcodec 0.9)."""
+    try:
+        from torchcodec.transforms import Resize
+    except ImportError:
+        import torchcodec
+        raise RuntimeError(f"decoder-side scaling with the torchcodec backend needs torchcodec >= 0.9 (decoder "
+                           f"transforms); this is {getattr(torchcodec, '__version__', 'an older release')}. "
+                           f"Use --video_backend pyav, or leave --decode_short_side out") from None
+    return Resize(size)
 
 
 def _usable_device(device: str) -> str:
@@ -496,20 +537,22 @@ def open_video(path: str, backend: str = DEFAULT_BACKEND, num_threads: int = 1,
     """Open `path` with `backend` (one of BACKENDS); missing and empty files fail before any decoder sees them.
 
     `options` steer PyAV's decoding; decord and torchcodec already skip work on their own (module
-    docstring) and cannot scale in the decoder here, so options.short_side needs "pyav"."""
-    if options.short_side and backend != "pyav":
-        raise ValueError(f"decoder-side scaling (short side {options.short_side}) needs the pyav video "
-                         f"backend, not {backend!r}")
+    docstring) and take only options.short_side (in their decoders, the size read from the header
+    first); torchcodec_cuda does not (NVDEC with decoder transforms is not checked on a GPU yet)."""
+    if options.short_side and backend not in SCALING_BACKENDS:
+        raise ValueError(f"decoder-side scaling (short side {options.short_side}) needs one of the video "
+                         f"backends {SCALING_BACKENDS}, not {backend!r}")
     if not os.path.exists(path):
         raise VideoError(path, "missing")
     if os.path.getsize(path) == 0:
         raise VideoError(path, "empty file")
     if backend == "decord":
-        reader = DecordReader(path, num_threads)
+        reader = DecordReader(path, num_threads, options.short_side)
     elif backend == "pyav":
         reader = PyAVReader(path, num_threads, options)
     elif backend in ("torchcodec", "torchcodec_cuda"):
-        reader = TorchCodecReader(path, num_threads, device="cuda" if backend == "torchcodec_cuda" else "cpu")
+        reader = TorchCodecReader(path, num_threads, device="cuda" if backend == "torchcodec_cuda" else "cpu",
+                                  short_side=options.short_side)
     else:
         raise ValueError(f"unknown video backend {backend!r}; choose from {BACKENDS}")
     if reader.num_frames <= 0:

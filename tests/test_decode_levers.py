@@ -15,7 +15,7 @@ import torch
 from datasets import transforms as T
 from datasets import video_dataset
 from datasets.annotations import read_annotations
-from datasets.decoding import DecodeOptions, open_video
+from datasets.decoding import DecodeOptions, VideoError, open_video
 from datasets.synthetic import make_dataset, render_clip, write_video
 from datasets.transcode import EncodeSettings, find_ffmpeg, transcode_tree
 from datasets.video_dataset import ClipConfig, VideoClipDataset, collate_clips
@@ -168,24 +168,52 @@ def test_irregular_timestamps(tmp_path, kind):
             assert torch.equal(frames, _frames(path, indices, backend="decord")[0])
 
 
-def test_decoder_side_scaling(tmp_path):
+def _torchcodec_missing() -> str:
+    from datasets.decoding import _torchcodec_decoder_class
+    try:
+        _torchcodec_decoder_class()
+    except ImportError as e:
+        return str(e)
+    return ""
+
+
+SCALING = ["pyav", "decord",
+           pytest.param("torchcodec", marks=pytest.mark.skipif(bool(_torchcodec_missing()), reason="no torchcodec"))]
+
+
+@pytest.mark.parametrize("backend", SCALING)
+def test_decoder_side_scaling(tmp_path, backend):
     path = str(tmp_path / "v.mp4")
-    clip, _ = render_clip(np.random.default_rng(0), 0, frames=12, height=96, width=128)
+    clip, _ = render_clip(np.random.default_rng(0), 0, frames=12, height=120, width=160)
     write_video(path, clip, fps=25, codec="h264")
-    full, _ = _frames(path, [0, 5, 11])
-    scaled, _ = _frames(path, [0, 5, 11], DecodeOptions(short_side=48))
-    assert scaled.shape == (3, 3, 48, 64) and scaled.dtype == torch.uint8
+    full, _ = _frames(path, [0, 5, 11], backend=backend)
+    scaled, _ = _frames(path, [0, 5, 11], DecodeOptions(short_side=96), backend=backend)
+    assert scaled.shape == (3, 3, 96, 128) and scaled.dtype == torch.uint8
     scaled = scaled.float()
     # Not the pixels of decode-then-resize (swscale scales the YUV planes, chroma at half size,
     # before converting; we convert, then resize RGB), but the same pictures: closer to them than
     # to the same frames in another order.
-    resized = T.resize_short_side(full, 48, antialias=True).float()
+    resized = T.resize_short_side(full, 96, antialias=True).float()
     difference, other_order = (scaled - resized).abs().mean(), (scaled - resized.flip(0)).abs().mean()
     assert 0 < difference < 0.6 * other_order, (difference, other_order)
-    unchanged, _ = _frames(path, [0, 5, 11], DecodeOptions(short_side=96))  # never upscales
+    unchanged, _ = _frames(path, [0, 5, 11], DecodeOptions(short_side=160), backend=backend)  # never upscales
     assert torch.equal(unchanged, full)
-    with pytest.raises(ValueError, match="needs the pyav video backend, not 'decord'"):
-        open_video(path, "decord", options=DecodeOptions(short_side=48))
+    portrait = str(tmp_path / "portrait.mp4")
+    write_video(portrait, clip.transpose(0, 2, 1, 3).copy(), fps=25, codec="h264")  # 120 wide, 160 high
+    assert _frames(portrait, [0, 5], DecodeOptions(short_side=88), backend=backend)[0].shape == (2, 3, 117, 88)
+    # 48 wide: decord 0.6 cannot copy its frames out at that width, so it decodes at full size.
+    expected = (2, 3, 160, 120) if backend == "decord" else (2, 3, 64, 48)
+    assert _frames(portrait, [0, 5], DecodeOptions(short_side=48), backend=backend)[0].shape == expected
+
+
+def test_decoder_side_scaling_refuses_nvdec_and_names_a_bad_file(tmp_path):
+    with pytest.raises(ValueError, match="needs one of the video backends .*, not 'torchcodec_cuda'"):
+        open_video(str(tmp_path / "v.mp4"), "torchcodec_cuda", options=DecodeOptions(short_side=48))
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video" * 100)
+    with pytest.raises(VideoError, match="cannot open") as e:  # the size is read before decord opens it
+        open_video(str(bad), "decord", options=DecodeOptions(short_side=48))
+    assert e.value.path == str(bad)
 
 
 def _test_dataset(root, sampling, cache, backend="pyav"):
@@ -263,7 +291,8 @@ def test_bench_times_the_variants_side_by_side(tmp_path, capsys, mode, extra):
     root = str(tmp_path)
     make_dataset(root, num_train=2, num_val=1, num_test=1, frames=60, height=48, width=64, seed=0)
     bench = _bench()
-    variants = ["official", "no_levers", "levers", "convert_every_frame", "decoder_scale", "no_segment_cache"]
+    variants = ["official", "no_levers", "levers", "convert_every_frame", "decoder_scale", "no_segment_cache",
+                "decord_decoder_scale"]
     threads = torch.get_num_threads()
     try:
         bench.main(bench.get_args(["--csv", f"{root}/train.csv", "--data_path", root, "--mode", mode,
@@ -273,7 +302,7 @@ def test_bench_times_the_variants_side_by_side(tmp_path, capsys, mode, extra):
         torch.set_num_threads(threads)  # the benchmark sets one thread
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["variant"] for r in records] == variants
-    assert [r["backend"] for r in records] == ["decord"] + ["pyav"] * 5
+    assert [r["backend"] for r in records] == ["decord"] + ["pyav"] * 5 + ["decord"]
     for r in records:
         assert r["decode_ms"] > 0 and r["clips_per_s_per_core"] > 0 and r["speedup_vs_official"] > 0
         assert r["decode_only_clips_per_s_per_core"] > r["clips_per_s_per_core"] * (r["augment_ms"] > 0)
@@ -285,3 +314,5 @@ def test_bench_times_the_variants_side_by_side(tmp_path, capsys, mode, extra):
         assert all(r["test_views"] == "2x2" and r["open_ms"] == 0 for r in records)
     with pytest.raises(SystemExit):
         bench.get_args(["--csv", "x.csv", "--variants", "decoder_scale"])  # needs --decode_short_side
+    with pytest.raises(SystemExit):
+        bench.get_args(["--csv", "x.csv", "--variants", "torchcodec_decoder_scale"])

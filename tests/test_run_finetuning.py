@@ -280,10 +280,10 @@ def test_decode_short_side_reaches_every_split(data, tmp_path):
         .short_side is None
 
 
-@pytest.mark.parametrize("extra", [["--video_backend", "decord"], ["--decode_short_side", "0"]])
+@pytest.mark.parametrize("extra", [["--video_backend", "torchcodec_cuda"], ["--decode_short_side", "0"]])
 def test_decode_short_side_is_refused_at_parse_time_where_it_cannot_work(data, tmp_path, capsys, extra):
     argv = ["--decode_short_side", "40", *extra]
     with pytest.raises(SystemExit):
         ft.get_args(_argv(data, tmp_path, *argv))
     err = capsys.readouterr().err
-    assert "--decode_short_side" in err and "--video_backend pyav" in err
+    assert "--decode_short_side" in err and "--video_backend one of pyav, decord, torchcodec" in err

@@ -162,7 +162,7 @@ def test_no_readable_video_is_an_error(demo, broken):
 def test_decord_failures_fall_back_to_pyav(demo, broken, monkeypatch):
     import datasets.decoding as decoding
 
-    def refuse(self, path, num_threads=1):
+    def refuse(self, path, num_threads=1, short_side=None):
         raise decoding.VideoError(path, "cannot open (decord says no)", decoder_failed=True)
 
     monkeypatch.setattr(decoding.DecordReader, "__init__", refuse)
