@@ -141,3 +141,23 @@ def test_gpu_augment_run_killed_and_resumed_gives_the_worker_paths_losses(data, 
     assert sorted(resumed) == sorted(expected) == list(range(1, 13))
     for step, loss in expected.items():
         assert abs(resumed[step] - loss) < 1e-6, f"step {step}: {resumed[step]} vs {loss}"
+
+
+def _collate_and_report_sharing(batch):
+    out = collate_clips(batch)
+    return {k: (v, v.is_shared()) for k, v in out.items() if isinstance(v, torch.Tensor)}
+
+
+@pytest.mark.parametrize("gpu_augment", [False, True])
+def test_worker_batches_are_built_in_shared_memory(mixed_sizes, gpu_augment):
+    """Collated in a worker, every tensor is born in shared memory (pickling a private one copies it
+    there first); in the main process the same batch is private, and the values are the same."""
+    ds = VideoClipDataset(mixed_sizes[:3], "pretrain", CLIP, mask=MASK, num_sample=2, seed=3, gpu_augment=gpu_augment)
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1, collate_fn=_collate_and_report_sharing)
+    in_worker = next(iter(loader))
+    small = {"frame_size", "frame_index"}  # a few bytes each: copied, not worth an allocation of their own
+    assert {k for k, (_, shared) in in_worker.items() if not shared} <= small
+    assert len(set(in_worker) - small) >= 4 and ("frames" in in_worker) is gpu_augment
+    in_main = collate_clips([ds[i] for i in range(3)])
+    for k, (value, _) in in_worker.items():
+        assert not in_main[k].is_shared() and torch.equal(value, in_main[k]), k
