@@ -186,6 +186,8 @@ class PyAVReader:
         self._start_pts = start or 0
         self._height, self._width = scaled_size(self._stream.height, self._stream.width, options.short_side)
         self._keyframes: Optional[List[int]] = None  # frame indices of the keyframes, read when first needed
+        self._reformatter = av.video.reformatter.VideoReformatter()  # one swscale context for every frame
+        self._threads = num_threads
         self.frames_decoded = 0  # frames the decoder returned since opening (what the levers save)
 
     def _count_packets(self) -> int:
@@ -354,11 +356,15 @@ class PyAVReader:
         return None
 
     def _rgb(self, frame) -> np.ndarray:
-        """uint8 [H, W, 3]; scaled in the same swscale pass when options.short_side asks for it."""
-        if (self._height, self._width) == (frame.height, frame.width):
-            return frame.to_ndarray(format="rgb24")
-        return frame.to_ndarray(format="rgb24", width=self._width, height=self._height,
-                                interpolation=SCALE_INTERPOLATION)
+        """uint8 [H, W, 3]; scaled in the same swscale pass when options.short_side asks for it.
+
+        Through the reader's one VideoReformatter, on the reader's threads: frame.to_ndarray(format=...)
+        makes a new reformatter per frame, whose swscale context (with a thread pool as large as the
+        machine: PyAV's default threads=0) is set up again each time. 0.16 against 0.03 ms CPU per
+        320x240 frame here, the same pixels (tests/test_decode_levers.py)."""
+        size = {} if (self._height, self._width) == (frame.height, frame.width) else {
+            "width": self._width, "height": self._height, "interpolation": SCALE_INTERPOLATION}
+        return self._reformatter.reformat(frame, format="rgb24", threads=self._threads, **size).to_ndarray()
 
     def _decode_from_start(self, indices: Sequence[int]) -> torch.Tensor:
         wanted, last, found = set(indices), max(indices), {}

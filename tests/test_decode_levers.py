@@ -196,6 +196,12 @@ def test_decoder_side_scaling(tmp_path, backend):
     resized = T.resize_short_side(full, 96, antialias=True).float()
     difference, other_order = (scaled - resized).abs().mean(), (scaled - resized.flip(0)).abs().mean()
     assert 0 < difference < 0.6 * other_order, (difference, other_order)
+    if backend == "pyav":  # the reader's one reformatter gives what a fresh one per frame gives
+        from datasets.decoding import SCALE_INTERPOLATION
+        with av.open(path) as container:
+            own = [f.to_ndarray(format="rgb24", width=128, height=96, interpolation=SCALE_INTERPOLATION)
+                   for f in container.decode(video=0)]
+        assert torch.equal(scaled, torch.from_numpy(np.stack([own[i] for i in (0, 5, 11)])).permute(0, 3, 1, 2).float())
     unchanged, _ = _frames(path, [0, 5, 11], DecodeOptions(short_side=160), backend=backend)  # never upscales
     assert torch.equal(unchanged, full)
     portrait = str(tmp_path / "portrait.mp4")
