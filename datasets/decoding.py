@@ -67,12 +67,14 @@ class DecordReader:
     def __init__(self, path: str, num_threads: int = 1, short_side: Optional[int] = None):
         import decord  # imported here: optional where only PyAV is installed
 
-        # decord scales in its decoder (swscale) to a size given before opening: read it from the header.
-        # decord 0.6 fails to copy frames out at some widths below DECORD_MIN_SCALED_WIDTH (2-72 wide:
-        # 2, 3, 4, 6, 8, 12, 16, 24, 48, 72, whatever the source and height): those decode at full size.
-        height, width = _scaled_source_size(path, short_side) if short_side else (-1, -1)
-        if width < DECORD_MIN_SCALED_WIDTH:
-            height, width = -1, -1
+        height, width = -1, -1  # decord's "the source size"
+        if short_side:
+            # decord scales in its decoder (swscale) to a size given before opening: read it from the
+            # header. decord 0.6 fails to copy frames out at some widths below DECORD_MIN_SCALED_WIDTH
+            # (2, 3, 4, 6, 8, 12, 16, 24, 48, 72, whatever the source and height): those stay full size.
+            scaled_height, scaled_width = _scaled_source_size(path, short_side)
+            if scaled_width >= DECORD_MIN_SCALED_WIDTH:
+                height, width = scaled_height, scaled_width
         try:
             self._vr = decord.VideoReader(path, num_threads=num_threads, ctx=decord.cpu(0), width=width,
                                           height=height)

@@ -1,4 +1,5 @@
-"""Tiny models shared by the tests."""
+"""Tiny models and skip marks shared by the tests."""
+import pytest
 import timm
 import torch
 
@@ -39,3 +40,16 @@ def tiny_teacher(version: str = "dino_v1") -> DinoTeacher:
 
 def clips(batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, FRAMES, SIZE, SIZE)
+
+
+def _torchcodec_missing() -> str:
+    """Why the torchcodec tests cannot run here ('' when they can)."""
+    from datasets.decoding import _torchcodec_decoder_class
+    try:
+        _torchcodec_decoder_class()
+    except ImportError as e:
+        return str(e)
+    return ""
+
+
+needs_torchcodec = pytest.mark.skipif(bool(_torchcodec_missing()), reason=_torchcodec_missing())

@@ -19,6 +19,7 @@ from datasets.decoding import DecodeOptions, VideoError, open_video
 from datasets.synthetic import make_dataset, render_clip, write_video
 from datasets.transcode import EncodeSettings, find_ffmpeg, transcode_tree
 from datasets.video_dataset import ClipConfig, VideoClipDataset, collate_clips
+from helpers import needs_torchcodec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFF = DecodeOptions(skip_nonref=False, keyframe_seek=False)
@@ -168,17 +169,7 @@ def test_irregular_timestamps(tmp_path, kind):
             assert torch.equal(frames, _frames(path, indices, backend="decord")[0])
 
 
-def _torchcodec_missing() -> str:
-    from datasets.decoding import _torchcodec_decoder_class
-    try:
-        _torchcodec_decoder_class()
-    except ImportError as e:
-        return str(e)
-    return ""
-
-
-SCALING = ["pyav", "decord",
-           pytest.param("torchcodec", marks=pytest.mark.skipif(bool(_torchcodec_missing()), reason="no torchcodec"))]
+SCALING = ["pyav", "decord", pytest.param("torchcodec", marks=needs_torchcodec)]
 
 
 @pytest.mark.parametrize("backend", SCALING)

@@ -17,6 +17,7 @@ from datasets.annotations import Sample, read_annotations
 from datasets.decoding import PyAVReader, VideoError, open_video
 from datasets.synthetic import make_dataset, write_broken_files, write_video
 from datasets.video_dataset import AugmentConfig, ClipConfig, VideoClipDataset, collate_clips
+from helpers import needs_torchcodec
 
 
 def _moving_bar(frames=60, height=48, width=64):
@@ -75,17 +76,6 @@ def test_unknown_backend(tmp_path):
 
 
 # ------------------------------------------------------------------------------- torchcodec
-def _torchcodec_missing() -> str:
-    """Why the torchcodec tests cannot run here ('' when they can)."""
-    from datasets.decoding import _torchcodec_decoder_class
-    try:
-        _torchcodec_decoder_class()
-    except ImportError as e:
-        return str(e)
-    return ""
-
-
-needs_torchcodec = pytest.mark.skipif(bool(_torchcodec_missing()), reason=_torchcodec_missing())
 
 
 def _textured(frames=60, height=48, width=64):
