@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
-from datasets.transcode import MUXERS, VIDEO_EXTS, PrepareError, transcode_tree
+from datasets.transcode import MUXERS, VIDEO_EXTS, PrepareError, TranscodeStopped, transcode_tree
 
 logger = logging.getLogger(__name__)
 
@@ -434,9 +434,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def _run_transcode(args: argparse.Namespace) -> int:
-    report = transcode_tree(args.src, args.dst, short_side=args.short_side, height=args.height, gop=args.gop,
-                            crf=args.crf, workers=args.workers, ext=args.ext, fastdecode=args.fastdecode,
-                            b_pyramid=args.b_pyramid)
+    try:
+        report = transcode_tree(args.src, args.dst, short_side=args.short_side, height=args.height, gop=args.gop,
+                                crf=args.crf, workers=args.workers, ext=args.ext, fastdecode=args.fastdecode,
+                                b_pyramid=args.b_pyramid)
+    except TranscodeStopped as e:  # logged by transcode_tree; every ffmpeg is gone
+        return 128 + e.signum if e.signum else 1
+    except KeyboardInterrupt:
+        return 130
     return 1 if report.failed else 0
 
 

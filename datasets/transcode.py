@@ -4,20 +4,28 @@ GOPs for cheap random access, sizes that never upscale, outputs renamed into pla
 The command line is `python -m datasets.prepare transcode` (datasets/prepare.py). A file that fails
 is logged and collected in the report; a problem that stops the whole run raises PrepareError.
 """
+import contextlib
+import ctypes
 import logging
 import os
+import secrets
 import shutil
+import signal
+import socket
 import subprocess
+import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTS = (".mp4", ".webm", ".avi", ".mkv", ".mov")
 MUXERS = {".mp4": "mp4", ".mkv": "matroska"}
-PARTIAL = ".partial"  # suffix of an output being written; renamed away once ffmpeg succeeds
+PARTIAL = ".partial"  # suffix of an output being written (NAME.HOST.PID.RANDOM.partial)
+MANIFEST = ".transcode-verified"  # in --dst: the outputs verified so far (see _Manifest)
 
 
 class PrepareError(Exception):
@@ -70,9 +78,14 @@ class EncodeSettings:
     b_pyramid: bool = True
 
     def command(self, src: str, dst: str) -> List[str]:
-        cmd = [self.ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", src,
+        # The output name is a fresh partial (see _partial_name): no -y, an existing file is an error.
+        # -progress reports the frames written, which the verification compares with the output's.
+        cmd = [self.ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-nostats", "-n", "-i", src,
                # Video only: the models never see audio, and dropping it saves space and time.
                "-map", "0:v:0", "-an", "-sn", "-dn",
+               # Every decoded frame once, none duplicated or dropped to a constant rate: frame i of the
+               # output is frame i of the source for every reader (DATASET.md).
+               "-fps_mode", "passthrough",
                "-vf", self.vf, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(self.crf),
                "-threads", str(self.threads)]
         if self.gop:
@@ -85,20 +98,268 @@ class EncodeSettings:
         if self.muxer == "mp4":
             cmd += ["-movflags", "+faststart"]  # index first: opening a file reads one block
         # The output is a temporary name without a known extension, hence the explicit muxer.
-        return cmd + ["-f", self.muxer, dst]
+        return cmd + ["-progress", "pipe:1", "-f", self.muxer, dst]
 
 
 @dataclass
 class TranscodeReport:
     """What a transcode run did, by source path."""
-    done: List[str] = field(default_factory=list)
-    skipped: List[str] = field(default_factory=list)  # output already complete
+    done: List[str] = field(default_factory=list)  # encoded and verified by this run
+    skipped: List[str] = field(default_factory=list)  # output verified by an earlier run (or re-verified now)
     failed: List[Tuple[str, str]] = field(default_factory=list)  # (source, reason)
+    stale_partials: int = 0  # partial files of dead runs removed at start
 
 
-def _plan_transcode(src_root: str, dst_root: str, ext: str,
+# ----------------------------------------------------------------------------- child processes
+# Every ffmpeg this module starts is registered here, so that an exception or a signal in the
+# main thread ends them all; PR_SET_PDEATHSIG ends them when the parent dies even by SIGKILL,
+# which no handler can see.
+
+_PR_SET_PDEATHSIG = 1
+_children: Set[subprocess.Popen] = set()
+_children_lock = threading.Lock()
+_stopping = threading.Event()
+
+
+def _load_prctl() -> Optional[Callable[..., int]]:
+    """libc's prctl on Linux (looked up once, before any fork), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _load_prctl()
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """preexec_fn for a child: SIGKILL it when the thread that started it dies (the parent's death
+    included, kill -9 too); exit at once if the parent already died between fork and prctl."""
+    def preexec() -> None:
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+    return preexec
+
+
+def _run(cmd: List[str]) -> subprocess.CompletedProcess:
+    """Run one ffmpeg to the end (or until the run stops); output captured as text."""
+    with _children_lock:
+        if _stopping.is_set():
+            raise TranscodeStopped(0)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, errors="replace", preexec_fn=_die_with_parent(os.getpid()))
+        _children.add(proc)
+    try:
+        out, err = proc.communicate()
+    finally:
+        with _children_lock:
+            _children.discard(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _kill_children() -> int:
+    """Stop starting ffmpegs and SIGKILL the running ones; returns how many were running."""
+    with _children_lock:
+        _stopping.set()
+        procs = list(_children)
+    for proc in procs:
+        try:
+            proc.kill()
+        except OSError:
+            pass
+    return len(procs)
+
+
+class TranscodeStopped(Exception):
+    """The run was stopped by a signal (signum; 0: by an error in another thread); every ffmpeg ended."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+# ----------------------------------------------------------------------------- partial files
+
+def _partial_name(dst: str) -> str:
+    """`NAME.HOST.PID.RANDOM.partial`, beside `dst`: no other run, on any host, uses this name."""
+    host = socket.gethostname().replace(".", "-") or "host"
+    return f"{dst}.{host}.{os.getpid()}.{secrets.token_hex(4)}{PARTIAL}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def _remove_stale_partials(dst_root: str) -> int:
+    """Remove the partial files of runs that are dead (this host, pid gone; or the old `NAME.partial`
+    form of earlier versions). Partials of live runs, here or on other hosts, are left alone."""
+    host = socket.gethostname().replace(".", "-") or "host"
+    removed = 0
+    for dirpath, _, filenames in os.walk(dst_root):
+        for name in filenames:
+            if not name.endswith(PARTIAL):
+                continue
+            parts = name[:-len(PARTIAL)].rsplit(".", 3)
+            if len(parts) == 4 and parts[2].isdigit():
+                if parts[1] != host or _pid_alive(int(parts[2])):
+                    continue
+            try:
+                os.remove(os.path.join(dirpath, name))
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+# ----------------------------------------------------------------------------- verification
+
+class _Manifest:
+    """`dst/.transcode-verified`: one tab-separated line per verified output (path relative to dst,
+    size, mtime in ns, frames). An output counts as done only when its line matches the file as it is
+    now; lines are appended with one write each, so concurrent runs and a kill tear at most the last
+    line, which is ignored."""
+
+    def __init__(self, root: str):
+        self.path = os.path.join(root, MANIFEST)
+        self.root = root
+        self.entries: Dict[str, Tuple[int, int, int]] = {}
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    fields = line.rstrip("\n").split("\t")
+                    if len(fields) == 4 and line.endswith("\n") and all(x.isdigit() for x in fields[1:]):
+                        self.entries[fields[0]] = (int(fields[1]), int(fields[2]), int(fields[3]))
+        except FileNotFoundError:
+            pass
+        self._lock = threading.Lock()
+
+    def verified(self, dst: str) -> bool:
+        """True when `dst` is the very file (size and mtime) that was verified."""
+        entry = self.entries.get(os.path.relpath(dst, self.root))
+        try:
+            st = os.stat(dst)
+        except FileNotFoundError:
+            return False
+        return entry is not None and entry[:2] == (st.st_size, st.st_mtime_ns)
+
+    def add(self, dst: str, frames: int) -> None:
+        st = os.stat(dst)
+        rel = os.path.relpath(dst, self.root)
+        line = f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\t{frames}\n".encode("utf-8")
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+            self.entries[rel] = (st.st_size, st.st_mtime_ns, frames)
+
+
+def _last_error(proc: subprocess.CompletedProcess) -> str:
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else f"ffmpeg exited with status {proc.returncode}"
+
+
+def _progress_frames(stdout: str) -> int:
+    """The last `frame=N` of ffmpeg's `-progress pipe:1` output (frames written to the output)."""
+    frames = [int(line[6:]) for line in stdout.splitlines() if line.startswith("frame=") and line[6:].isdigit()]
+    return frames[-1] if frames else 0
+
+
+def _count_frames(ffmpeg: str, path: str, decode: bool, from_end: bool = False) -> Tuple[int, Optional[str]]:
+    """(frames, None) or (0, reason). decode=False counts packets (no decoding: exact for H.264, where a
+    packet is a frame); decode=True counts decoded frames in presentation order, each one (passthrough);
+    from_end decodes only the last second."""
+    cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-nostats"]
+    if from_end:
+        cmd += ["-sseof", "-1"]
+    cmd += ["-i", path, "-map", "0:v:0"]
+    cmd += ["-fps_mode", "passthrough"] if decode else ["-c", "copy"]
+    proc = _run(cmd + ["-progress", "pipe:1", "-f", "null", "-"])
+    if proc.returncode != 0:
+        return 0, _last_error(proc)
+    return _progress_frames(proc.stdout), None
+
+
+def _verify_output(ffmpeg: str, path: str, expected: int) -> Optional[str]:
+    """None when `path` holds `expected` (> 0) frames and its last frame decodes, else why not."""
+    if expected <= 0:
+        return "no frame decoded from the source"
+    packets, reason = _count_frames(ffmpeg, path, decode=False)
+    if reason is None and packets != expected:
+        reason = f"output holds {packets} frames, the source {expected}"
+    if reason is None:
+        tail, reason = _count_frames(ffmpeg, path, decode=True, from_end=True)
+        if reason is None and tail == 0:
+            reason = "the last frame of the output does not decode"
+    return None if reason is None else f"output not verified: {reason}"
+
+
+def _encode(settings: "EncodeSettings", src: str, dst: str) -> Tuple[int, Optional[str]]:
+    """Encode `src` into a fresh partial file, verify it, rename it to `dst`: (frames, None) or (0, reason)."""
+    os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+    tmp = _partial_name(dst)
+    try:
+        try:
+            proc = _run(settings.command(src, tmp))
+        except OSError as e:
+            return 0, f"cannot run ffmpeg ({e})"
+        if proc.returncode != 0:
+            return 0, _last_error(proc) if proc.returncode > 0 else f"ffmpeg killed by signal {-proc.returncode}"
+        frames = _progress_frames(proc.stdout)
+        reason = _verify_output(settings.ffmpeg, tmp, frames)
+        if reason is not None:
+            return 0, reason
+        os.chmod(tmp, 0o666 & ~_umask())  # ffmpeg's default, stated: outputs are for sharing
+        os.replace(tmp, dst)  # atomic: a final name always holds a verified file
+        return frames, None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _transcode_one(settings: "EncodeSettings", src: str, dst: str, manifest: _Manifest) -> Tuple[str, Optional[str]]:
+    """One source: ("done" | "skipped", None) or ("failed", reason).
+
+    An existing output not in the manifest (an earlier version's, or one renamed just before a kill)
+    is verified against the source's decoded frame count; one that fails is encoded again.
+    """
+    if os.path.exists(dst):
+        expected, reason = _count_frames(settings.ffmpeg, src, decode=True)
+        if reason is None:
+            reason = _verify_output(settings.ffmpeg, dst, expected)
+        if reason is None:
+            manifest.add(dst, expected)
+            return "skipped", None
+        logger.warning("%s: %s; encoding it again", dst, reason)
+    frames, reason = _encode(settings, src, dst)
+    if reason is not None:
+        if os.path.exists(dst) and not manifest.verified(dst):
+            os.remove(dst)  # an unverified old output that failed verification: never left to be read
+        return "failed", reason
+    manifest.add(dst, frames)
+    return "done", None
+
+
+def _plan_transcode(src_root: str, dst_root: str, ext: str, manifest: _Manifest,
                     report: TranscodeReport) -> List[Tuple[str, str]]:
-    """(source, output) pairs still to encode; finished and clashing ones go into `report`."""
+    """(source, output) pairs still to encode or verify; verified and clashing ones go into `report`."""
     jobs, claimed = [], {}
     dst_real = os.path.realpath(dst_root)
     for dirpath, dirnames, filenames in os.walk(src_root):
@@ -113,29 +374,11 @@ def _plan_transcode(src_root: str, dst_root: str, ext: str,
                 report.failed.append((src, f"same output {dst} as {claimed[dst]}"))
                 continue
             claimed[dst] = src
-            # Outputs appear under their final name only once complete (see _transcode_one).
-            if os.path.exists(dst):
+            if manifest.verified(dst):
                 report.skipped.append(src)
             else:
                 jobs.append((src, dst))
     return jobs
-
-
-def _transcode_one(settings: EncodeSettings, src: str, dst: str) -> Optional[str]:
-    """Encode `src` into `dst` through a temporary file; None on success, else the reason it failed."""
-    os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
-    tmp = dst + PARTIAL
-    try:
-        proc = subprocess.run(settings.command(src, tmp), capture_output=True, text=True, errors="replace")
-    except OSError as e:
-        return f"cannot run ffmpeg ({e})"
-    if proc.returncode != 0:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
-        return lines[-1] if lines else f"ffmpeg exited with status {proc.returncode}"
-    os.replace(tmp, dst)  # atomic: a killed run never leaves a half file under the final name
-    return None
 
 
 def _progress(items: Iterable, total: int, desc: str) -> Iterator:
@@ -152,6 +395,25 @@ def _progress(items: Iterable, total: int, desc: str) -> Iterator:
         yield item
         if i % step == 0 or i == total:
             logger.info("%s: %d/%d (%.0f s)", desc, i, total, time.time() - start)
+
+
+@contextlib.contextmanager
+def _signals_stop_the_run() -> Iterator[None]:
+    """SIGTERM and SIGHUP (and SIGINT, as KeyboardInterrupt) raise TranscodeStopped in the main thread, whose
+    cleanup ends every ffmpeg; outside the main thread nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise TranscodeStopped(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def transcode_tree(src: str, dst: str, short_side: Optional[int] = None, height: Optional[int] = None,
@@ -183,24 +445,43 @@ def transcode_tree(src: str, dst: str, short_side: Optional[int] = None, height:
                               threads=max(1, (os.cpu_count() or 1) // workers), muxer=MUXERS[ext],
                               fastdecode=fastdecode, b_pyramid=b_pyramid)
     report = TranscodeReport()
-    jobs = _plan_transcode(src, dst, ext, report)
-    logger.info("%d videos to encode, %d already done, %d name clashes", len(jobs), len(report.skipped),
-                len(report.failed))
+    os.makedirs(dst, exist_ok=True)
+    report.stale_partials = _remove_stale_partials(dst)
+    if report.stale_partials:
+        logger.warning("removed %d partial files left by killed runs", report.stale_partials)
+    manifest = _Manifest(dst)
+    jobs = _plan_transcode(src, dst, ext, manifest, report)
+    logger.info("%d videos to encode or verify, %d verified earlier, %d name clashes", len(jobs),
+                len(report.skipped), len(report.failed))
+    _stopping.clear()
     executor = ThreadPoolExecutor(max_workers=workers)  # threads suffice: the work is in subprocesses
     try:
-        futures = {executor.submit(_transcode_one, settings, s, d): s for s, d in jobs}
-        for future in _progress(as_completed(futures), len(futures), "transcode"):
-            source, reason = futures[future], future.result()
-            if reason is None:
-                report.done.append(source)
-            else:
-                logger.warning("failed: %s: %s", source, reason)
-                report.failed.append((source, reason))
-    finally:
-        # On Ctrl-C, drop the queue instead of encoding everything that is left.
+        with _signals_stop_the_run():
+            futures = {executor.submit(_transcode_one, settings, s, d, manifest): s for s, d in jobs}
+            for future in _progress(as_completed(futures), len(futures), "transcode"):
+                source, (status, reason) = futures[future], future.result()
+                if status == "failed":
+                    logger.warning("failed: %s: %s", source, reason)
+                    report.failed.append((source, reason))
+                else:
+                    getattr(report, status).append(source)
+    except BaseException as e:
+        # A signal, Ctrl-C or an error: no new ffmpeg starts, the running ones are killed, and each
+        # worker removes its partial file before the executor lets go.
+        running = _kill_children()
         executor.shutdown(wait=True, cancel_futures=True)
-    logger.info("transcoded %d, skipped %d (already done), failed %d", len(report.done), len(report.skipped),
+        logger.error("transcode stopped (%s): %d ffmpeg ended, %d of %d videos finished this run; rerun the "
+                     "same command to finish", _describe(e), running, len(report.done), len(jobs))
+        raise
+    executor.shutdown(wait=True)
+    logger.info("transcoded %d, skipped %d (verified), failed %d", len(report.done), len(report.skipped),
                 len(report.failed))
     for source, reason in sorted(report.failed):
         logger.error("  %s: %s", source, reason)
     return report
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, TranscodeStopped) and e.signum:
+        return signal.Signals(e.signum).name
+    return "Ctrl-C" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
