@@ -19,13 +19,16 @@ transformers itself is never imported (config.json is plain JSON); safetensors i
     python hf_weights.py convert SOURCE OUT.pth|.safetensors  # any readable layout -> our names, weights only
 """
 import argparse
+import hashlib
 import json
 import logging
 import os
 import re
+import secrets
+import shutil
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -76,10 +79,23 @@ def write_safetensors(tensors: Tensors, path: str, metadata: Optional[Dict[str, 
     """Write tensors as .safetensors (temp file, then rename). Views (a split qkv) are copied, since the
     format stores no shared memory; ``format: pt`` is what transformers' loader asks of the metadata."""
     st = _safetensors()
-    tmp = path + ".tmp"
-    st.save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, tmp,
-                 metadata={"format": "pt", **(metadata or {})})
-    os.replace(tmp, path)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        st.save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, tmp,
+                     metadata={"format": "pt", **(metadata or {})})
+        share(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def share(path: str) -> None:
+    """Give a written file the mode the umask allows (safetensors and temp files are created 600, so
+    colleagues on a shared cluster could not read an exported folder); a folder also gets x."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
 
 
 def _weight_files(path: str) -> Tuple[List[str], Optional[str], Optional[str]]:
@@ -358,16 +374,35 @@ def _v2_config(config: Dict[str, Any], path: str) -> HubConfig:
     return HubConfig(path, "VideoMAEv2", fields, bool(mc.get("use_mean_pooling", True)), fields["eps"][1])
 
 
+def _tensor_fields(state: Tensors) -> Dict[str, Tuple[str, Any]]:
+    """The sizes a backbone state dict (our names) has, as HubConfig fields."""
+    proj = state["patch_embed.proj.weight"]  # [D, C, t, p, p]
+    fc1 = state.get("blocks.0.mlp.fc1.weight")
+    return {"embed_dim": ("tensor shapes", proj.shape[0]), "in_chans": ("tensor shapes", proj.shape[1]),
+            "tubelet_size": ("tensor shapes", proj.shape[2]), "patch_size": ("tensor shapes", proj.shape[3]),
+            "depth": ("tensor names", len({k.split(".")[1] for k in state if k.startswith("blocks.")})),
+            "mlp_hidden": ("tensor shapes", fc1.shape[0] if fc1 is not None else None)}
+
+
+def _check_config_against_tensors(hub: HubConfig, state: Tensors) -> None:
+    """A config.json that does not describe the tensors beside it (e.g. a ViT-L config left beside ViT-Ti
+    weights by an interrupted export) is an error naming every mismatch."""
+    if "patch_embed.proj.weight" not in state:
+        raise CheckpointError(hub.path, "no patch embedding", f"{hub.path}: its weights have no patch embedding")
+    bad = [f"{key}={hub.value(name)!r} but the tensors have {name} {value}"
+           for name, (_, value) in _tensor_fields(state).items()
+           for key in [hub.fields.get(name, ("", None))[0]]
+           if value is not None and hub.value(name) is not None and hub.value(name) != value]
+    if bad:
+        raise ValueError(f"{hub.path}: config.json does not describe its weights: {'; '.join(bad)} "
+                         "(a config and weights of different exports?)")
+
+
 def _inferred_config(state: Tensors, path: str, source: str) -> HubConfig:
     """Sizes read from the tensors of a file without config.json (heads and eps then come from the model)."""
     logger.warning("%s: no config.json beside it: sizes read from its tensors; heads and norm eps are the model's",
                    path)
-    proj = state["patch_embed.proj.weight"]  # [D, C, t, p, p]
-    fc1 = state.get("blocks.0.mlp.fc1.weight")
-    fields = {"embed_dim": ("tensor shapes", proj.shape[0]), "in_chans": ("tensor shapes", proj.shape[1]),
-              "tubelet_size": ("tensor shapes", proj.shape[2]), "patch_size": ("tensor shapes", proj.shape[3]),
-              "depth": ("tensor names", len({k.split(".")[1] for k in state if k.startswith("blocks.")})),
-              "mlp_hidden": ("tensor shapes", fc1.shape[0] if fc1 is not None else None)}
+    fields = _tensor_fields(state)
     first_token = "norm.weight" in state and "fc_norm.weight" not in state
     fc_norm_eps = HF_FC_NORM_EPS if source.startswith("transformers") else None
     return HubConfig(path, source, fields, not first_token, fc_norm_eps)
@@ -415,11 +450,42 @@ def read_checkpoint(path: str) -> Tuple[Any, Optional[HubConfig]]:
         hub = _v2_config(config, path) if config else _inferred_config(state, path, "VideoMAEv2")
     else:
         return tensors, None
+    if config:
+        _check_config_against_tensors(hub, state)
     if extras_path:  # SIGMA's parts that no transformers class holds, already in our names
-        state.update(read_weights(extras_path))
+        state.update(_read_extras(extras_path, state))
     if any(k.startswith(PRETRAIN_PARTS[:4]) for k in state):  # a pretraining model: encoder under encoder.*
         state = {(k if k.startswith(PRETRAIN_PARTS) else "encoder." + k): v for k, v in state.items()}
     return state, hub
+
+
+def _backbone_fingerprint(backbone: Tensors) -> str:
+    """sha256 over the names, shapes, dtypes and bytes of the encoder's patch embedding and blocks (our
+    names): the side file records it, so that it is only ever merged with the weights it was exported with."""
+    h = hashlib.sha256()
+    for name in sorted(k for k in backbone if k.startswith(("patch_embed.", "blocks."))):
+        t = backbone[name].detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _read_extras(path: str, backbone: Tensors) -> Tensors:
+    """The side file's tensors, after checking that it belongs to `backbone` (our names)."""
+    st = _safetensors()
+    try:
+        with st.safe_open(path, framework="pt") as f:
+            recorded = (f.metadata() or {}).get("backbone_sha256")
+    except Exception as e:  # safetensors' own error types
+        raise CheckpointError(path, f"not a readable safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
+    if recorded is None:
+        logger.warning("%s records no backbone fingerprint (an export of an older version): cannot check that it "
+                       "belongs to the weights beside it", path)
+    elif recorded != _backbone_fingerprint(backbone):
+        raise ValueError(f"{path} belongs to other weights than the ones beside it (backbone fingerprint "
+                         f"{recorded[:12]}..., the weights' {_backbone_fingerprint(backbone)[:12]}...): export "
+                         "the checkpoint again into an empty folder")
+    return read_weights(path)
 
 
 def backbone_kwargs(path: str) -> Dict[str, Any]:
@@ -512,9 +578,76 @@ def _decoder_config(rest: Tensors, hf: Dict[str, Any], config: Dict[str, Any],
             "norm_pix_loss": bool(config.get("normalize_target", True))}
 
 
+# What an export folder may hold (ours, or what transformers' save_pretrained writes); a run folder is
+# told by its own files.
+EXPORT_FILES = set(WEIGHT_FILES) | {"config.json", EXTRAS_NAME, "README.md", "generation_config.json"}
+RUN_FILES = ("checkpoint-latest.pth", "train.log", "log.txt", "metrics.jsonl")
+
+
+def _check_target(out_dir: str, overwrite: bool) -> None:
+    """Refuse a target that is a training run's folder, or holds anything without --overwrite, or holds
+    more than an export with it."""
+    if not os.path.exists(out_dir):
+        return
+    if not os.path.isdir(out_dir):
+        raise ValueError(f"{out_dir} exists and is not a folder")
+    names = sorted(os.listdir(out_dir))
+    run = [n for n in names if n in RUN_FILES or re.fullmatch(r"checkpoint-.*\.pth", n)]
+    if run:
+        raise ValueError(f"{out_dir} is a training run's folder (it holds {', '.join(run[:3])}): export into a "
+                         "folder of its own, e.g. OUTPUT_DIR/hf")
+    if names and not overwrite:
+        raise ValueError(f"{out_dir} is not empty (it holds {', '.join(names[:5])}{' ...' if len(names) > 5 else ''})"
+                         ": give --overwrite to replace an earlier export whole, or another folder")
+    foreign = [n for n in names if n not in EXPORT_FILES and not n.startswith(".")]
+    if foreign:
+        raise ValueError(f"{out_dir} holds files that are not an export's ({', '.join(foreign[:5])}): --overwrite "
+                         "only replaces an export folder; remove them yourself or choose another folder")
+
+
+def _write_folder_atomically(out_dir: str, write: Callable[[str], None], overwrite: bool) -> None:
+    """Run write(temp) into a new folder beside `out_dir`, then rename it into place: a reader sees the whole
+    new export, the whole old one, or (only for a moment, with overwrite) none; never a mix. Temp folders
+    of killed exports (`.NAME.export-PID-*`, pid gone) are removed first."""
+    out_dir = os.path.abspath(out_dir)
+    _check_target(out_dir, overwrite)
+    parent, name = os.path.split(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    for stale in os.listdir(parent):
+        m = re.fullmatch(rf"\.{re.escape(name)}\.(?:export|old)-(\d+)-[0-9a-f]+", stale)
+        if m and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
+    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tmp, old = os.path.join(parent, f".{name}.export-{tag}"), os.path.join(parent, f".{name}.old-{tag}")
+    os.mkdir(tmp)
+    try:
+        write(tmp)
+        share(tmp)
+        for entry in os.listdir(tmp):
+            with open(os.path.join(tmp, entry), "rb") as f:
+                os.fsync(f.fileno())
+        if os.path.exists(out_dir) and os.listdir(out_dir):
+            os.rename(out_dir, old)  # replaced whole (checked by _check_target): nothing of it is merged
+        os.replace(tmp, out_dir)  # over an empty folder too
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def export_hf(checkpoint: str, out_dir: str, *, model_key: str = "model|module", num_heads: Optional[int] = None,
               decoder_num_heads: Optional[int] = None, image_size: Optional[int] = None,
-              num_frames: Optional[int] = None, include_head: bool = True, first_token: bool = False) -> Dict[str, Any]:
+              num_frames: Optional[int] = None, include_head: bool = True, first_token: bool = False,
+              overwrite: bool = False) -> Dict[str, Any]:
     """Write our (or an official SIGMA / VideoMAE) checkpoint as a transformers VideoMAE folder.
 
     A fine-tuned checkpoint becomes VideoMAEForVideoClassification (mean pooling with fc_norm), or
@@ -528,6 +661,8 @@ def export_hf(checkpoint: str, out_dir: str, *, model_key: str = "model|module",
         first_token: the head of a checkpoint without fc_norm was trained on token 0 (a model fine-tuned
             from a transformers use_mean_pooling=false checkpoint); without it such a head is refused,
             since ours then pooled the mean of normed tokens, which transformers cannot express.
+        overwrite: replace an existing export in `out_dir` whole; without it a folder that holds anything is
+            refused. A training run's folder is refused either way. The folder appears complete or not at all.
     Returns:
         {"architecture", "files", "extras"} (also logged).
     """
@@ -559,14 +694,18 @@ def export_hf(checkpoint: str, out_dir: str, *, model_key: str = "model|module",
                               with_decoder=decoder is not None)
     held = {"decoder.", "encoder_to_decoder.", "mask_token"} if decoder else set()
     extras = {k: v for k, v in rest.items() if not k.startswith(tuple(held))}
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf, f, indent=2, sort_keys=True)
-    write_safetensors(weights, os.path.join(out_dir, "model.safetensors"))
-    files = ["config.json", "model.safetensors"]
-    if extras:
-        write_safetensors(extras, os.path.join(out_dir, EXTRAS_NAME), {"layout": "sigma"})
-        files.append(EXTRAS_NAME)
+    files = ["config.json", "model.safetensors"] + ([EXTRAS_NAME] if extras else [])
+
+    def write(folder: str) -> None:
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            json.dump(hf, f, indent=2, sort_keys=True)
+        share(os.path.join(folder, "config.json"))
+        write_safetensors(weights, os.path.join(folder, "model.safetensors"))
+        if extras:
+            write_safetensors(extras, os.path.join(folder, EXTRAS_NAME),
+                              {"layout": "sigma", "backbone_sha256": _backbone_fingerprint(backbone)})
+
+    _write_folder_atomically(out_dir, write, overwrite=overwrite)
     report = {"architecture": architecture, "files": files, "extras": sorted(extras)}
     logger.info("exported %s to %s as %s (%d tensors); side file: %s", checkpoint, out_dir, architecture,
                 len(weights), sorted({k.split(".")[0] for k in extras}) or "none")
@@ -581,9 +720,14 @@ def convert(source: str, out: str, model_key: str = "model|module") -> int:
     if out.endswith(".safetensors"):
         write_safetensors(state, out)
     else:
-        tmp = out + ".tmp"
-        torch.save({"model": state}, tmp)
-        os.replace(tmp, out)
+        tmp = f"{out}.{os.getpid()}.tmp"
+        try:
+            torch.save({"model": state}, tmp)
+            share(tmp)
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     logger.info("wrote %d tensors of %s to %s", len(state), source, out)
     return len(state)
 
@@ -602,6 +746,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     e.add_argument("--num_frames", type=int, default=None, help="default: the saved config's, else 16")
     e.add_argument("--no_head", action="store_true", help="write the encoder alone, without the classifier")
     e.add_argument("--first_token", action="store_true", help="the head (no fc_norm) was trained on token 0")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace an existing export in out_dir whole (never merged); other folders are refused")
     c = sub.add_parser("convert", help="any readable checkpoint -> our names (.pth or .safetensors)",
                        formatter_class=DocHelpFormatter)
     c.add_argument("source", help="our .pth / .safetensors, a transformers or VideoMAEv2 folder or file")
@@ -616,7 +762,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.command == "export":
         export_hf(args.checkpoint, args.out_dir, model_key=args.model_key, num_heads=args.num_heads,
                   decoder_num_heads=args.decoder_num_heads, image_size=args.input_size, num_frames=args.num_frames,
-                  include_head=not args.no_head, first_token=args.first_token)
+                  include_head=not args.no_head, first_token=args.first_token, overwrite=args.overwrite)
     else:
         convert(args.source, args.out, args.model_key)
 

@@ -165,7 +165,9 @@ def _edit_config(path: str, **changes) -> None:
     ({"qkv_bias": False, "qv_bias": False}, "qv_bias=False"),
     ({"model_type": "vivit"}, "model_type='vivit'"),
     ({"num_attention_heads": 4}, "num_attention_heads=4 (the model has num_heads 2)"),
-    ({"patch_size": 8}, "patch_size=8 (the model has patch_size 16)"),
+    # a config that does not describe the tensors beside it is named before any model is asked
+    ({"patch_size": 8}, "config.json does not describe its weights: patch_size=8 but the tensors have patch_size 16"),
+    ({"hidden_size": 1024}, "hidden_size=1024 but the tensors have embed_dim 32"),
 ])
 def test_unsupported_config_refused(tmp_path, change, message):
     _, path = _hf(transformers.VideoMAEModel, tmp_path, "enc")
