@@ -53,6 +53,64 @@ DATA_PATH_HELP = ("folder with train.csv (bank) and val.csv (queries); ImageNet:
                   "val/<wnid>/; CIFAR-100: the folder with cifar-100-python/ (val = its test batch)")
 
 
+# Evaluations score every listed video or say so: above this share left out (unreadable) they fail.
+MAX_BAD_FRACTION = 0.01
+
+
+def add_scoring_flags(group) -> None:
+    """--max_bad_fraction of the evaluation drivers (training's default, 0.2, is far looser)."""
+    group.add_argument("--max_bad_fraction", type=float, default=MAX_BAD_FRACTION,
+                       help="largest share of a list's videos that may be left out (unreadable) before the "
+                            "evaluation fails; those left out are always counted and named")
+
+
+class LeftOut:
+    """The reasons the dataset gave for the files it could not read (its `bad` reports), as
+    `predict_views` passes the batches (the `tracker` interface); one per file."""
+
+    def __init__(self) -> None:
+        self.reasons: Dict[str, str] = {}
+
+    def update(self, batch: Dict[str, object], collective: bool = False) -> None:
+        for path, reason in batch.get("bad", []):
+            self.reasons.setdefault(path, reason)
+
+
+def account_scored(names: Sequence[str], scored: torch.Tensor, what: str, max_bad_fraction: float,
+                   reasons: Optional[Dict[str, str]] = None) -> Dict[str, object]:
+    """Check that the videos `scored` (indices into `names`) cover the list: log how many were scored,
+    name the others with the reader's reason, and raise RuntimeError when more than `max_bad_fraction`
+    of the list is missing. Returns {"listed", "scored", "left_out"} for the results file."""
+    listed, seen = len(names), set(scored.tolist())
+    missing = [i for i in range(listed) if i not in seen]
+    if not missing:
+        logger.info("%s: scored all %d listed videos", what, listed)
+        return {"listed": listed, "scored": listed, "left_out": []}
+    reasons = reasons or {}
+    named = [f"{names[i]} ({reasons.get(names[i], 'unreadable')})" for i in missing]
+    shown = "; ".join(named[:10]) + (f"; and {len(named) - 10} more" if len(named) > 10 else "")
+    text = f"{what}: scored {listed - len(missing)} of {listed} listed videos, left out {len(missing)}: {shown}"
+    if len(missing) > max_bad_fraction * listed:
+        raise RuntimeError(f"{text}; more than --max_bad_fraction {max_bad_fraction}: the score would not be "
+                           "the list's (fix or drop the files)")
+    logger.warning("%s", text)
+    return {"listed": listed, "scored": listed - len(missing), "left_out": [names[i] for i in missing]}
+
+
+def item_names(data) -> List[str]:
+    """A name per listed item: the file path of a video / image sample, else `item N`."""
+    items = getattr(data, "samples", data)
+    return [getattr(s, "path", f"item {i}") for i, s in enumerate(items)] if isinstance(items, list) \
+        else [f"item {i}" for i in range(len(data))]
+
+
+def used_k(k: int, bank_size: int) -> int:
+    """The k a kNN actually uses (at most the bank); a smaller one is said once."""
+    if k > bank_size:
+        logger.warning("k=%d asked, but the bank holds %d videos: k=%d used", k, bank_size, bank_size)
+    return min(k, bank_size)
+
+
 def add_image_flags(group) -> None:
     group.add_argument("--class_list", default="",
                        help="ImageNet: file whose lines start with the class folder names, in label order "
@@ -70,6 +128,7 @@ def get_args(argv=None) -> argparse.Namespace:
     add_image_flags(g)
     add_clip_flags(g)
     add_loader_flags(g, num_workers=8, batch_size=32, training=False)
+    add_scoring_flags(g)
     g = p.add_argument_group("kNN")
     g.add_argument("--k", type=int, nargs="+", default=None,
                    help="neighbours, several values allowed (default: 20; 200 with --official_protocol)")
@@ -82,7 +141,8 @@ def get_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     check_flags(p, args, {"k": (lambda v: min(v) >= 1, "one or more integers >= 1"),
                           "temperature": (lambda v: v > 0, "> 0"), "batch_size": (lambda v: v >= 1, ">= 1"),
-                          "num_workers": (lambda v: v >= 0, ">= 0"), **clip_rules(args)})
+                          "num_workers": (lambda v: v >= 0, ">= 0"),
+                          "max_bad_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"), **clip_rules(args)})
     check_nb_classes(p, args, EVAL_DATA_SETS)
     return args
 
@@ -143,25 +203,36 @@ def eval_dataset(data, args, mode: str, sampling: str, views: Tuple[int, int] = 
                             decode=DecodeOptions(short_side=args.decode_short_side))
 
 
-def frozen_features(model, loader, env, precision: str):
-    """(pooled L2-normalised features [V, D], labels [V]) of every video `loader` yields (this
-    rank's shard), gathered from every rank and merged per video (a collective)."""
+def frozen_features(model, loader, env, precision: str, left_out: Optional[LeftOut] = None):
+    """(pooled L2-normalised features [V, D], labels [V], video indices [V]) of every video `loader`
+    yields (this rank's shard), gathered from every rank and merged per video (a collective); the
+    reasons for unreadable files go to `left_out`."""
     views = predict_views(lambda v: F.normalize(model.forward_features(v).float(), dim=-1), model, loader,
-                          device=env.device, precision=precision)
+                          device=env.device, precision=precision, tracker=left_out)
     videos = merge_views(gather_views(views, env))
-    return F.normalize(videos.output, dim=-1), videos.label
+    return F.normalize(videos.output, dim=-1), videos.label, videos.index
 
 
-def features(model, samples: Sequence, args, env, sampling: str, precision: str):
-    """(pooled L2-normalised features [V, D], labels [V]) of every video (or image), one centre clip each."""
+def scored_features(model, samples: Sequence, args, env, sampling: str, precision: str, *, what: str = "videos",
+                    max_bad_fraction: float = MAX_BAD_FRACTION):
+    """(pooled L2-normalised features [V, D], labels [V], indices into `samples` [V]) of every video (or
+    image) that could be read, one centre clip each; the others are counted and named (account_scored)."""
     dataset = eval_dataset(samples, args, "val", sampling)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, sampler=ShardSampler(len(dataset), env.world_size, env.rank),
         num_workers=args.num_workers, collate_fn=collate_clips, pin_memory=env.device.type == "cuda",
         worker_init_fn=WORKER_INIT)
-    feats, labels = frozen_features(model, loader, env, precision)
-    if feats.shape[0] != len(samples):
-        logger.warning("%d of %d videos were unreadable and left out", len(samples) - feats.shape[0], len(samples))
+    left_out = LeftOut()
+    feats, labels, index = frozen_features(model, loader, env, precision, left_out)
+    account_scored(item_names(samples), index.cpu(), what, max_bad_fraction, left_out.reasons)
+    return feats, labels, index
+
+
+def features(model, samples: Sequence, args, env, sampling: str, precision: str, *, what: str = "videos",
+             max_bad_fraction: float = MAX_BAD_FRACTION):
+    """(pooled L2-normalised features [V, D], labels [V]) of the videos `scored_features` could read."""
+    feats, labels, _ = scored_features(model, samples, args, env, sampling, precision, what=what,
+                                       max_bad_fraction=max_bad_fraction)
     return feats, labels
 
 
@@ -175,8 +246,12 @@ def official_features(model, samples: Sequence, args, env, sampling: str, precis
         dataset, batch_size=items, sampler=ShardSampler(len(dataset), env.world_size, env.rank),
         num_workers=args.num_workers, collate_fn=collate_clips, pin_memory=env.device.type == "cuda",
         worker_init_fn=WORKER_INIT)
-    views = predict_views(lambda v: model(v).float(), model, loader, device=env.device, precision=precision)
+    left_out = LeftOut()
+    views = predict_views(lambda v: model(v).float(), model, loader, device=env.device, precision=precision,
+                          tracker=left_out)
     views = gather_views(views, env)  # on the device: the kNN runs there
+    account_scored(item_names(samples), torch.unique(views.index).cpu(), "test views", args.max_bad_fraction,
+                   left_out.reasons)
     keys = torch.stack([views.index, views.segment, views.crop], 1)  # [M, 3]
     _, inverse = torch.unique(keys, dim=0, return_inverse=True)  # drop the sampler's padding repeats
     first = torch.full((int(inverse.max()) + 1,), keys.shape[0], dtype=torch.long, device=keys.device)
@@ -219,16 +294,28 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
         queries, labels = bank, bank_labels
     else:
         splits = {s: read_split(args, args.data_path, s, nb_classes)[0] for s in ("train", "val")}
-        bank, bank_labels = features(model, splits["train"], args, env, sampling, precision)
-        queries, labels = features(model, splits["val"], args, env, sampling, precision)
+        scoring = {}
+        for split in ("train", "val"):
+            feats, split_labels, index = scored_features(model, splits[split], args, env, sampling, precision,
+                                                         what=f"{split} ({'bank' if split == 'train' else 'queries'})",
+                                                         max_bad_fraction=args.max_bad_fraction)
+            scoring[split] = {"listed": len(splits[split]), "scored": int(index.numel())}
+            if split == "train":
+                bank, bank_labels = feats, split_labels
+            else:
+                queries, labels = feats, split_labels
     results = None
     if env.is_main:  # every rank holds the gathered features; one computes the kNN, on the device
         results = {"per_k": {}, "temperature": args.temperature, "num_train": int(bank.shape[0]),
                    "num_val": int(queries.shape[0]), "checkpoint": args.finetune or "random_init",
                    "protocol": "official" if official else "ours"}
+        if not official:
+            results["scored"] = scoring
         for k, votes in knn_votes(bank, bank_labels, queries, nb_classes, ks, args.temperature).items():
+            k_used = used_k(k, bank.shape[0])
             results["per_k"][str(k)] = topk_accuracy(votes, labels)
-            logger.info("kNN k=%d T=%g: top-1 %.2f top-5 %.2f (%d bank, %d queries)", k, args.temperature,
+            results.setdefault("k_used", {})[str(k)] = k_used  # the neighbours that voted: at most the bank
+            logger.info("kNN k=%d T=%g: top-1 %.2f top-5 %.2f (%d bank, %d queries)", k_used, args.temperature,
                         results["per_k"][str(k)]["top1"], results["per_k"][str(k)]["top5"], bank.shape[0],
                         queries.shape[0])
         results.update(results["per_k"][str(ks[0])])

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from distributed import cleanup_distributed
-from eval_knn import (EVAL_DATA_SETS, add_image_flags, features, knn_classify, load_encoder, read_split,
+from eval_knn import (EVAL_DATA_SETS, add_image_flags, add_scoring_flags, knn_classify, load_encoder, read_split,
+                      scored_features, used_k,
                       topk_accuracy)
 from flags import (HelpFormatter, add_clip_flags, add_encoder_flags, add_labelled_data_flags, add_loader_flags,
                    add_run_flags, check_flags, clip_rules, resolve_precision)
@@ -57,6 +58,7 @@ def get_args(argv=None) -> argparse.Namespace:
     add_image_flags(g)
     add_clip_flags(g)
     add_loader_flags(g, num_workers=8, batch_size=32, training=False)
+    add_scoring_flags(g)
     g = p.add_argument_group("probe")
     g.add_argument("--cv_folds", type=int, default=4, help="stratified folds of the train split that choose C")
     g.add_argument("--Cs", type=float, nargs="+", default=[1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0],
@@ -69,7 +71,8 @@ def get_args(argv=None) -> argparse.Namespace:
     check_flags(p, args, {"k": (lambda v: min(v) >= 1, "one or more integers >= 1"),
                           "temperature": (lambda v: v > 0, "> 0"), "cv_folds": (lambda v: v >= 2, ">= 2"),
                           "max_iter": (lambda v: v >= 1, ">= 1"), "batch_size": (lambda v: v >= 1, ">= 1"),
-                          "num_workers": (lambda v: v >= 0, ">= 0"), **clip_rules(args)})
+                          "num_workers": (lambda v: v >= 0, ">= 0"),
+                          "max_bad_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"), **clip_rules(args)})
     return args
 
 
@@ -122,19 +125,22 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
         for split, (data, labels) in splits.items():
             key = (data_path, split) if sampling == "repeat" else tuple(s.path for s in data)
             if key not in cache:
-                cache[key] = features(model, data, args, env, sampling, precision)
-            x, _ = cache[key]
-            # Labels of this labelling, by the video index features() keeps in order.
-            feats[split] = (x, torch.tensor(labels))
-        (train_x, train_y), (val_x, val_y) = feats["train"], feats["val"]
-        if train_x.shape[0] != len(splits["train"][1]) or val_x.shape[0] != len(splits["val"][1]):
-            raise SystemExit("some videos were unreadable: the probe needs the features of every video")
+                # Unreadable videos are left out (named; above --max_bad_fraction an error).
+                x, _, index = scored_features(model, data, args, env, sampling, precision,
+                                              what=f"{data_path} {split}", max_bad_fraction=args.max_bad_fraction)
+                cache[key] = x, index.cpu()
+            x, index = cache[key]
+            # Labels of this labelling, for the videos that were scored (features come in index order).
+            feats[split] = (x, torch.tensor(labels)[index], len(labels))
+        (train_x, train_y, train_n), (val_x, val_y, val_n) = feats["train"], feats["val"]
         nb_classes = args.nb_classes or nb_default or int(torch.cat([train_y, val_y]).max()) + 1
         entry = {"num_train": int(train_x.shape[0]), "num_val": int(val_x.shape[0]), "nb_classes": nb_classes,
-                 "chance": 100.0 / nb_classes, "knn": {}}
+                 "listed_train": train_n, "listed_val": val_n, "chance": 100.0 / nb_classes, "knn": {},
+                 "k_used": {}}
         for k in args.k:
             votes = knn_classify(train_x, train_y, val_x, nb_classes, k, args.temperature)
             entry["knn"][str(k)] = topk_accuracy(votes, val_y)["top1"]
+            entry["k_used"][str(k)] = used_k(k, train_x.shape[0])
         if env.is_main:
             entry["probe"] = fit_probe(train_x.numpy(), train_y.numpy(), val_x.numpy(), val_y.numpy(),
                                        Cs=args.Cs, folds=args.cv_folds, max_iter=args.max_iter, seed=args.seed)

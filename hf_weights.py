@@ -759,12 +759,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = get_args_parser().parse_args(argv)
-    if args.command == "export":
-        export_hf(args.checkpoint, args.out_dir, model_key=args.model_key, num_heads=args.num_heads,
-                  decoder_num_heads=args.decoder_num_heads, image_size=args.input_size, num_frames=args.num_frames,
-                  include_head=not args.no_head, first_token=args.first_token, overwrite=args.overwrite)
-    else:
-        convert(args.source, args.out, args.model_key)
+    try:
+        if args.command == "export":
+            export_hf(args.checkpoint, args.out_dir, model_key=args.model_key, num_heads=args.num_heads,
+                      decoder_num_heads=args.decoder_num_heads, image_size=args.input_size,
+                      num_frames=args.num_frames, include_head=not args.no_head, first_token=args.first_token,
+                      overwrite=args.overwrite)
+        else:
+            convert(args.source, args.out, args.model_key)
+    except (ValueError, OSError, CheckpointError) as e:  # bad input: one line, nothing written
+        logger.error("%s", e)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from datasets.annotations import read_annotations
 from datasets.sampler import ShardSampler
 from datasets.video_dataset import ClipConfig, VideoClipDataset, collate_clips
 from distributed import DistEnv
-from eval_knn import frozen_features, knn_votes, topk_accuracy
+from eval_knn import MAX_BAD_FRACTION, LeftOut, account_scored, frozen_features, knn_votes, topk_accuracy, used_k
 from shutdown import WORKER_INIT
 
 logger = logging.getLogger("sigma")
@@ -25,16 +25,21 @@ class KnnMonitor:
     Args:
         clip: the clip geometry of the run (val mode: centre clip, short side = crop size).
         nb_classes: labels in [0, nb_classes); None: the largest label of the two lists + 1.
+        max_bad_fraction: the share of a list that may be unreadable; above it `score` raises naming
+            the files (below it, they are named in a warning and counted in the record).
     """
 
     def __init__(self, data_path: str, *, data_root: str, nb_classes: Optional[int], clip: ClipConfig, k: int,
-                 temperature: float, batch_size: int, num_workers: int, video_backend: str, env: DistEnv):
-        self.k, self.temperature, self.env = k, temperature, env
+                 temperature: float, batch_size: int, num_workers: int, video_backend: str, env: DistEnv,
+                 max_bad_fraction: float = MAX_BAD_FRACTION):
+        self.k, self.temperature, self.env, self.max_bad_fraction = k, temperature, env, max_bad_fraction
+        self.names = {}
         splits = {split: read_annotations(os.path.join(data_path, f"{split}.csv"), data_root or data_path,
                                           nb_classes=nb_classes) for split in ("train", "val")}
         self.nb_classes = nb_classes or 1 + max(s.label for samples in splits.values() for s in samples)
         self.loaders = {}
         for split, samples in splits.items():
+            self.names[split] = [s.path for s in samples]
             dataset = VideoClipDataset(samples, "val", clip=clip, video_backend=video_backend)
             self.loaders[split] = torch.utils.data.DataLoader(
                 dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), env.world_size, env.rank),
@@ -46,11 +51,21 @@ class KnnMonitor:
         """{"knn_top1", "knn_top5", "knn_time"} of `encoder` (a collective: every rank calls it).
         The encoder is left in eval mode; the next training epoch puts it back in train mode."""
         t0 = time.time()
-        bank, bank_labels = frozen_features(encoder, self.loaders["train"], self.env, precision)
-        queries, labels = frozen_features(encoder, self.loaders["val"], self.env, precision)
+        out = {}
+        for split in ("train", "val"):
+            left_out = LeftOut()
+            feats, labels, index = frozen_features(encoder, self.loaders[split], self.env, precision, left_out)
+            # Every rank checks the gathered indices alike, so a failure is raised on every rank.
+            account_scored(self.names[split], index.cpu(), f"kNN monitor {split}.csv", self.max_bad_fraction,
+                           left_out.reasons)
+            out[split] = feats, labels
+        (bank, bank_labels), (queries, labels) = out["train"], out["val"]
         votes = knn_votes(bank, bank_labels, queries, self.nb_classes, [self.k], self.temperature)[self.k]
         acc = topk_accuracy(votes, labels)
-        record = {"knn_top1": acc["top1"], "knn_top5": acc["top5"], "knn_time": time.time() - t0}
-        logger.info("kNN k=%d of %d queries against %d: top-1 %.2f top-5 %.2f (%.1f s)", self.k, queries.shape[0],
-                    bank.shape[0], record["knn_top1"], record["knn_top5"], record["knn_time"])
+        k = used_k(self.k, bank.shape[0])
+        record = {"knn_top1": acc["top1"], "knn_top5": acc["top5"], "knn_time": time.time() - t0, "knn_k": k,
+                  "knn_queries": int(queries.shape[0]), "knn_bank": int(bank.shape[0])}
+        logger.info("kNN k=%d of %d of %d queries against %d of %d: top-1 %.2f top-5 %.2f (%.1f s)", k,
+                    queries.shape[0], len(self.names["val"]), bank.shape[0], len(self.names["train"]),
+                    record["knn_top1"], record["knn_top5"], record["knn_time"])
         return record
