@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from datasets.vos import DATA_SETS, YTVOS_LABELS, read_clip, sample_indices, vos_videos
-from eval_knn import load_encoder
+from datasets.vos import DATA_SETS, VOID, YTVOS_LABELS, UnreadableFrame, read_clip, sample_indices, vos_videos
+from eval_knn import account_scored, add_scoring_flags, load_encoder
 from kmeans import kmeans
 from modeling_finetune import MODELS
 from flags import HelpFormatter, add_encoder_flags, add_run_flags, check_flags, resolve_precision
@@ -71,6 +71,7 @@ def get_args(argv=None) -> argparse.Namespace:
                    help="clip length (unset: the protocol's 16 for DAVIS, 4 for YouTube-VOS)")
     g.add_argument("--input_size", type=int, default=224, help="frames and masks are resized to this square")
     g.add_argument("--max_videos", type=int, default=0, help="evaluate the first N videos only (0: all)")
+    add_scoring_flags(g)
     g = p.add_argument_group("clustering")
     g.add_argument("--clustering_k", type=int, default=0,
                    help="K of clustering (0: the number of ground-truth labels of each clip, TimeTuning's)")
@@ -86,7 +87,8 @@ def get_args(argv=None) -> argparse.Namespace:
     check_flags(p, args, {"num_frames": at_least(1), "input_size": (lambda v: v % 16 == 0, "a multiple of 16"),
                           "max_videos": at_least(0), "clustering_k": at_least(0), "overclustering_k": at_least(0),
                           "pca_dim": at_least(0), "kmeans_restarts": at_least(1), "kmeans_iters": at_least(1),
-                          "workers": at_least(0), "num_overlays": at_least(-1)})
+                          "workers": at_least(0), "num_overlays": at_least(-1),
+                          "max_bad_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]")})
     return args
 
 
@@ -175,12 +177,19 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
     logger.info("%d %s %s videos, clips of %d frames at %d px, protocols %s", len(videos), args.data_set, split,
                 num_frames, args.input_size, protocols)
     pool, pending, records, start = make_pool(args.workers), [], [], time.perf_counter()
+    unreadable: Dict[str, str] = {}  # video name -> the file that did not decode, and why
     try:
         for i, video in enumerate(videos):
             indices = sample_indices(len(video.frames), num_frames, random.Random(f"{args.seed}/{video.name}"))
-            frames, gt = read_clip(video, indices, args.input_size)  # [T, S, S, 3], [T, S, S]
+            try:
+                frames, gt = read_clip(video, indices, args.input_size)  # [T, S, S, 3], [T, S, S]
+            except UnreadableFrame as e:  # left out, named, counted against --max_bad_fraction
+                logger.warning("video %s left out: %s", video.name, e)
+                unreadable[video.name] = str(e)
+                continue
             tokens = encode_clip(model, frames, env.device, precision)
-            ks = {"clustering": args.clustering_k or len(np.unique(gt)), "overclustering": args.overclustering_k}
+            labels_in_clip = len(np.setdiff1d(np.unique(gt), [VOID]))  # void is no label
+            ks = {"clustering": args.clustering_k or labels_in_clip, "overclustering": args.overclustering_k}
             maps = cluster_tokens(tokens, tubelet=model.tubelet_size, size=args.input_size,
                                   ks={p: ks[p] for p in protocols}, pca_dim=args.pca_dim,
                                   restarts=args.kmeans_restarts, iters=args.kmeans_iters, seed=args.seed)
@@ -200,9 +209,13 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
+    scored_names = {r["video"] for r in records}
+    scoring = account_scored([v.name for v in videos],
+                             torch.tensor([i for i, v in enumerate(videos) if v.name in scored_names]),
+                             f"{args.data_set} {split}", args.max_bad_fraction, unreadable)
     results = {"data_set": args.data_set, "split": split, "num_frames": num_frames, "input_size": args.input_size,
                "checkpoint": args.finetune or "random_init", "seconds": time.perf_counter() - start,
-               **summarise(records, protocols)}
+               "listed": scoring["listed"], "left_out": scoring["left_out"], **summarise(records, protocols)}
     for protocol in protocols:
         logger.info("%s: mIoU %.2f over %d clips", protocol, results[protocol]["miou"], len(records))
     logger.info("%.1f s for %d clips (%s)", results["seconds"], len(records), env.device)

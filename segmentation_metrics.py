@@ -8,6 +8,7 @@ ICCV 2023, as in SMSD75/Timetuning metrics.py): match clusters to ground-truth l
   several clusters may form one object.
 - The clip's mIoU is the mean IoU over the labels present in the clip's ground truth, background
   included (TimeTuning's `involve_bg=True`); the data set score is the mean over clips.
+- Pixels of id 255 are void, as in DAVIS' annotations: in no label's IoU and in no cluster's count.
 
 Everything here is numpy (and scipy for the assignment): `score_clip` is the job a process pool
 runs for each clip while the main process computes the next clip's features; it also draws the
@@ -19,6 +20,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 MATCHINGS = ("hungarian", "many_to_one")
+VOID = 255  # DAVIS' void label: not scored
 
 
 def linear_sum_assignment(cost: np.ndarray):
@@ -72,7 +74,7 @@ def score_labels(gt_ids: np.ndarray, clusters: np.ndarray, num_clusters: int, ma
     """Score one clip.
 
     Args:
-        gt_ids: [T, H, W] object ids (0 = background).
+        gt_ids: [T, H, W] object ids (0 = background, VOID = 255 not scored, as in DAVIS).
         clusters: [T, H, W] cluster indices in [0, num_clusters).
         matching: 'hungarian' or 'many_to_one'.
     Returns:
@@ -81,9 +83,10 @@ def score_labels(gt_ids: np.ndarray, clusters: np.ndarray, num_clusters: int, ma
     """
     if matching not in MATCHINGS:
         raise ValueError(f"matching {matching!r}: expected one of {MATCHINGS}")
-    ids = np.unique(gt_ids)  # sorted: background 0 first when present
-    labels = np.searchsorted(ids, gt_ids)  # [T, H, W] label indices
-    conf = confusion_matrix(labels, clusters, len(ids), num_clusters)  # [G, K]
+    scored = gt_ids != VOID  # [T, H, W]; void pixels enter no count
+    ids = np.unique(gt_ids[scored])  # sorted: background 0 first when present
+    labels = np.searchsorted(ids, gt_ids[scored])  # [P] label indices of the scored pixels
+    conf = confusion_matrix(labels, clusters[scored], len(ids), num_clusters)  # [G, K]
     background = 0 if ids[0] == 0 else len(ids)
     if matching == "hungarian":
         assignment = hungarian_assignment(conf, background)
@@ -91,8 +94,10 @@ def score_labels(gt_ids: np.ndarray, clusters: np.ndarray, num_clusters: int, ma
         assignment = many_to_one_assignment(conf)
     iou = matched_iou(conf, assignment)
     ids_out = np.append(ids, 0).astype(np.uint8)  # label index G reads as background
+    prediction = ids_out[assignment][clusters]  # [T, H, W]
+    prediction[~scored] = VOID
     return {"miou": float(iou.mean()), "iou": {int(i): float(v) for i, v in zip(ids, iou)},
-            "prediction": ids_out[assignment][clusters]}
+            "prediction": prediction}
 
 
 def palette(n: int = 256) -> np.ndarray:

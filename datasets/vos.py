@@ -15,7 +15,10 @@ YouTube-VOS (2018 / 2019 train):
   categories, so two objects of one category form one label.
 
 Every frame needs its annotation (same file stem); a mask holding an id its video does not list,
-a missing file or a non-palette PNG stops with a message naming the file. Clip frames are drawn as
+a missing file, a non-palette PNG or a mask of another size than its frame stops with a message naming
+the file. Id 255 is void, as in DAVIS: never an object, excluded from scoring. A frame or mask that
+cannot be decoded (a truncated JPEG) raises UnreadableFrame naming it, so the evaluation can leave
+that video out and say so. Clip frames are drawn as
 TimeTuning's `SamplingMode.UNIFORM` does: `num_frames` distinct frames at random, in temporal
 order (with repeats for shorter videos), from a generator seeded per video.
 """
@@ -27,8 +30,18 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from segmentation_metrics import VOID  # DAVIS' void / "don't care" pixels: not scored
+
 DATA_SETS = ("davis", "ytvos")
 YTVOS_LABELS = ("category", "object")
+
+
+class UnreadableFrame(ValueError):
+    """A frame or annotation file that exists but cannot be decoded."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path} cannot be read: {reason}")
+        self.path, self.reason = path, reason
 
 
 @dataclass
@@ -65,7 +78,18 @@ def read_mask(path: str) -> np.ndarray:
                                  f"whose pixel values are object ids")
             return np.array(image, dtype=np.uint8)
     except OSError as e:
-        raise ValueError(f"annotation {path} cannot be read: {e}") from e
+        raise UnreadableFrame(f"annotation {path}", str(e)) from e
+
+
+def read_frame(path: str) -> "Image.Image":
+    """The RGB image of a frame file, fully decoded (PIL decodes lazily: a truncated file fails here,
+    named, rather than later in a resize)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as e:
+        raise UnreadableFrame(f"frame {path}", str(e)) from e
 
 
 def davis_videos(root: str, split: str) -> List[VosVideo]:
@@ -81,7 +105,7 @@ def davis_videos(root: str, split: str) -> List[VosVideo]:
     for name in names:
         frames, masks = _frame_pairs(os.path.join(root, "JPEGImages", "480p", name),
                                      os.path.join(root, "Annotations", "480p", name))
-        ids = tuple(int(i) for i in np.unique(read_mask(masks[0])) if i != 0)
+        ids = tuple(int(i) for i in np.unique(read_mask(masks[0])) if i not in (0, VOID))
         videos.append(VosVideo(name, frames, masks, ids, f"the first annotation {masks[0]}"))
     return videos
 
@@ -119,7 +143,7 @@ def sample_indices(num_available: int, num_frames: int, rng: random.Random) -> L
 
 
 def check_ids(mask: np.ndarray, video: VosVideo, path: str) -> None:
-    unknown = sorted(set(np.unique(mask).tolist()) - {0} - set(video.object_ids))
+    unknown = sorted(set(np.unique(mask).tolist()) - {0, VOID} - set(video.object_ids))
     if unknown:
         raise ValueError(f"annotation {path} holds object id(s) {unknown} that {video.source} does not "
                          f"list (known: {list(video.object_ids)})")
@@ -127,18 +151,25 @@ def check_ids(mask: np.ndarray, video: VosVideo, path: str) -> None:
 
 def read_clip(video: VosVideo, indices: Sequence[int], size: int) -> Tuple[np.ndarray, np.ndarray]:
     """(frames [T, size, size, 3] uint8 resized bilinearly, scored labels [T, size, size] uint8
-    resized nearest), TimeTuning's square resize of the whole frame."""
+    resized nearest, VOID kept), TimeTuning's square resize of the whole frame.
+
+    Raises ValueError naming a mask whose size is not its frame's (it would be stretched onto other
+    pixels), UnreadableFrame naming a file that does not decode."""
     from PIL import Image
     frames, labels = [], []
     lookup = None
     if video.label_of is not None:
         lookup = np.zeros(256, dtype=np.uint8)
+        lookup[VOID] = VOID
         for i, label in video.label_of.items():
             lookup[i] = label
     for i in indices:
-        with Image.open(video.frames[i]) as image:
-            frames.append(np.array(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)))
+        image = read_frame(video.frames[i])
         mask = read_mask(video.masks[i])
+        if mask.shape != (image.height, image.width):
+            raise ValueError(f"annotation {video.masks[i]} is {mask.shape[1]}x{mask.shape[0]}, its frame "
+                             f"{video.frames[i]} {image.width}x{image.height}: masks must have their frame's size")
+        frames.append(np.array(image.resize((size, size), Image.Resampling.BILINEAR)))
         check_ids(mask, video, video.masks[i])
         mask = np.array(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
         labels.append(lookup[mask] if lookup is not None else mask)
