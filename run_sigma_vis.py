@@ -35,6 +35,7 @@ from datasets.decoding import BACKENDS, VideoError, read_video
 from datasets.frame_indices import dense_indices
 from datasets.transforms import center_crop, resize_short_side, to_normalized_float
 from distributed import setup_logging
+from eval_knn import account_scored, add_scoring_flags
 from engine_for_pretraining import Objective, denormalize_like, pixel_targets
 from flags import DocHelpFormatter, str2bool
 import hf_weights
@@ -64,6 +65,7 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--csv", default="", help="annotation list (`path label` lines) for the usage histogram")
     g.add_argument("--data_path", default="", help="root for relative paths in --csv")
     g.add_argument("--max_videos", type=int, default=200, help="videos of --csv to use; 0: all")
+    add_scoring_flags(g)
     g.add_argument("--video_backend", default=pretrain.get_default("video_backend"), choices=BACKENDS)
     pretrain = build_pretrain_parser()  # the pretraining defaults, declared once there
     g = p.add_argument_group("model (default: the checkpoint's config, else the pretraining default)")
@@ -267,29 +269,37 @@ def visualise_video(model: PretrainVisionTransformer, teacher: Optional[nn.Modul
 
 def prototype_usage(model: PretrainVisionTransformer, teacher: Optional[nn.Module], paths: Sequence[str],
                     out_dir: str, *, clip: Dict[str, Any], device: torch.device,
-                    objective: Objective, checkpoint: str) -> Dict[str, Any]:
+                    objective: Objective, checkpoint: str, max_bad_fraction: float) -> Dict[str, Any]:
     """Argmax prototype of every tube of every readable video: histogram PNG and JSON summary;
-    `checkpoint` heads the plot's title."""
+    `checkpoint` heads the plot's title. Unreadable videos are left out and named; above
+    `max_bad_fraction` of the list, ValueError."""
     counts = torch.zeros(model.prototypes.shape[0], dtype=torch.long)
-    skipped = []
-    for path in paths:
+    read, reasons = [], {}
+    for i, path in enumerate(paths):
         try:
             frames, _ = read_clip(path, **clip)
         except VideoError as e:
-            logger.warning("skipping unreadable video %s", e)
-            skipped.append(path)
+            reasons[path] = e.reason
             continue
+        read.append(i)
         videos = to_normalized_float(frames).unsqueeze(0).to(device)
         ids = prototype_scores(model, objective, videos, teacher)[0].argmax(-1)  # [N]
         counts += torch.bincount(ids.cpu(), minlength=counts.numel())
-    used = len(paths) - len(skipped)
+    used = len(read)
     if used == 0:
-        raise ValueError(f"none of the {len(paths)} videos of --csv could be read")
+        raise ValueError(f"none of the {len(paths)} videos of --csv could be read; e.g. "
+                         + "; ".join(f"{p}: {r}" for p, r in list(reasons.items())[:3]))
+    try:
+        scoring = account_scored(list(paths), torch.tensor(read), "--csv", max_bad_fraction, reasons)
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None
+    skipped = scoring["left_out"]
     freq = counts.double() / counts.sum()
-    summary = {"videos": used, "skipped": skipped, "tubes": int(counts.sum()), "num_prototypes": counts.numel(),
+    summary = {"videos": used, "listed": len(paths), "skipped": skipped, "tubes": int(counts.sum()),
+               "num_prototypes": counts.numel(),
                "used": int((counts > 0).sum()), "entropy_nats": float(torch.special.entr(freq).sum()),
                "counts": counts.tolist(), "by_usage": torch.argsort(counts, descending=True, stable=True).tolist()}
-    text = (f"prototype usage over {used} videos ({summary['tubes']} tubes, argmax of raw cosines): "
+    text = (f"prototype usage over {used} of {len(paths)} videos ({summary['tubes']} tubes, argmax of raw cosines): "
             f"{summary['used']}/{counts.numel()} used, entropy {summary['entropy_nats']:.2f} nats "
             f"(uniform {math.log(counts.numel()):.2f})")
     top = ", ".join(f"{k} ({int(counts[k]) / summary['tubes']:.0%})" for k in summary["by_usage"][:8]
@@ -341,7 +351,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         samples = read_annotations(args.csv, args.data_path, with_labels=False)
         paths = [s.path for s in samples][:args.max_videos or None]
         prototype_usage(model, teacher, paths, args.output_dir, clip=clip, device=device,
-                        objective=objective, checkpoint=checkpoint)
+                        objective=objective, checkpoint=checkpoint, max_bad_fraction=args.max_bad_fraction)
 
 
 if __name__ == "__main__":

@@ -198,8 +198,11 @@ def test_usage_histogram_over_a_csv(data, tmp_path):
     csv = tmp_path / "list.csv"
     csv.write_text(open(os.path.join(data, "pretrain.csv")).read() + "missing/video.mp4 0\n")
     out = tmp_path / "out"
-    vis.main(["--checkpoint", ckpt, "--csv", str(csv), "--data_path", data, "--output_dir", str(out),
-              "--device", "cpu"])
+    argv = ["--checkpoint", ckpt, "--csv", str(csv), "--data_path", data, "--output_dir", str(out), "--device", "cpu"]
+    with pytest.raises(ValueError, match=r"scored 3 of 4 listed videos, left out 1: .*missing/video.mp4.*"
+                                         r"more than --max_bad_fraction 0.01"):
+        vis.main(argv)
+    vis.main(argv + ["--max_bad_fraction", "0.5"])
     summary = json.loads((out / "prototype_usage.json").read_text())
     assert summary["videos"] == 3 and summary["skipped"] == [os.path.join(data, "missing/video.mp4")]
     assert summary["tubes"] == sum(summary["counts"]) == 3 * 8 and len(summary["counts"]) == 64
