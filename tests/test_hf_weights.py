@@ -281,12 +281,14 @@ def test_sharded_and_configless_files(tmp_path):
         torch.testing.assert_close(model(x), hf(_hf_input(x)).logits, atol=1e-4, rtol=1e-4)  # eps: the model's
 
 
-def test_cli(tmp_path, capsys):
+def test_cli(tmp_path, capsys, caplog):
     model = _perturb(tiny_pretrain())
     ckpt = _save_ours(tmp_path, model, "pretrain.pth")
     out = str(tmp_path / "hf")
-    with pytest.raises(ValueError, match="cannot tell the attention heads of the 32-wide encoder"):
+    with pytest.raises(SystemExit) as stop:  # one logged line, exit status 1, nothing written
         hf_weights.main(["export", ckpt, out])
+    assert stop.value.code == 1 and not os.path.exists(out)
+    assert "cannot tell the attention heads of the 32-wide encoder" in caplog.records[-1].getMessage()
     hf_weights.main(["export", ckpt, out, "--num_heads", "2"])
     hf_weights.main(["convert", out, str(tmp_path / "back.safetensors")])
     back = hf_weights.read_weights(str(tmp_path / "back.safetensors"))
