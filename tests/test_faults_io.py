@@ -242,8 +242,8 @@ def _vit(**kwargs):
     return mf.VisionTransformer(**{**cfg, **kwargs}).eval()
 
 
-def _save(path, model, **config):
-    torch.save({"model": model.state_dict(), "epoch": 1, "step": 1,
+def _save(path, net, **config):
+    torch.save({"model": net.state_dict(), "epoch": 1, "step": 1,
                 "config": {"input_size": SIZE, "num_frames": FRAMES, **config}}, path)
     return str(path)
 
@@ -256,44 +256,55 @@ def checkpoints(tmp_path):
     return {"pretrain": pretrain, "finetuned": finetuned}
 
 
-def _export(ckpt, out, *extra, env=None, hook=""):
+def _export_killed(ckpt, out, hook):
+    """`hf_weights.py export --overwrite` in its own process, SIGKILLed by `hook` at one stage."""
     code = (f"import os, signal, sys\nimport hf_weights\n{hook}"
-            f"hf_weights.main(['export', {ckpt!r}, {str(out)!r}, '--num_heads', '2', *{list(extra)!r}])\n")
-    return _python(code, env=env)
+            f"hf_weights.main(['export', {ckpt!r}, {str(out)!r}, '--num_heads', '2', '--overwrite'])\n")
+    return _python(code)
+
+
+def _export(ckpt, out, *extra, caplog=None):
+    """hf_weights.py's main in this process: (exit status, its last log line)."""
+    if caplog is not None:
+        caplog.clear()
+    try:
+        hf_weights.main(["export", ckpt, str(out), "--num_heads", "2", *extra])
+    except SystemExit as e:
+        return e.code, caplog.records[-1].getMessage() if caplog is not None else ""
+    return 0, ""
 
 
 def _tree(folder):
     return {n: open(os.path.join(folder, n), "rb").read() for n in sorted(os.listdir(folder))}
 
 
-def test_export_into_a_folder_of_an_older_export_replaces_it_whole(checkpoints, tmp_path):
+def test_export_into_a_folder_of_an_older_export_replaces_it_whole(checkpoints, tmp_path, caplog):
     out = tmp_path / "hf"
     assert _export(checkpoints["pretrain"], out)[0] == 0
     assert hf_weights.EXTRAS_NAME in os.listdir(out)
-    code, output = _export(checkpoints["finetuned"], out)
-    assert code == 1 and "is not empty" in _last_line(output) and "--overwrite" in _last_line(output)
-    code, output = _export(checkpoints["finetuned"], out, "--overwrite")
-    assert code == 0, output
+    code, last = _export(checkpoints["finetuned"], out, caplog=caplog)
+    assert code == 1 and "is not empty" in last and "--overwrite" in last
+    assert _export(checkpoints["finetuned"], out, "--overwrite")[0] == 0
     assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]  # the old side file is gone
     state, _ = hf_weights.read_checkpoint(str(out))
     assert "head.weight" in state and not any(k.startswith("prototypes") for k in state)
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".hf.")]  # no temp folder left
 
 
-def test_export_into_a_run_folder_or_a_foreign_folder_is_refused(checkpoints, tmp_path):
+def test_export_into_a_run_folder_or_a_foreign_folder_is_refused(checkpoints, tmp_path, caplog):
     run = tmp_path / "run"
     run.mkdir()
     for name in ("config.json", "checkpoint-latest.pth", "log.txt"):
         (run / name).write_text("{}")
     before = _tree(run)
-    code, output = _export(checkpoints["finetuned"], run, "--overwrite")
-    assert code == 1 and "is a training run's folder" in _last_line(output)
+    code, last = _export(checkpoints["finetuned"], run, "--overwrite", caplog=caplog)
+    assert code == 1 and "is a training run's folder" in last
     assert _tree(run) == before
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    code, output = _export(checkpoints["finetuned"], other, "--overwrite")
-    assert code == 1 and "notes.txt" in _last_line(output) and (other / "notes.txt").read_text() == "mine"
+    code, last = _export(checkpoints["finetuned"], other, "--overwrite", caplog=caplog)
+    assert code == 1 and "notes.txt" in last and (other / "notes.txt").read_text() == "mine"
 
 
 # Each hook SIGKILLs the export at one stage: after config.json, after model.safetensors, after the side
@@ -317,29 +328,28 @@ EXPORT_KILLS = {
 }
 
 
-@pytest.mark.parametrize("stage", sorted(EXPORT_KILLS))
-@pytest.mark.parametrize("earlier", [False, True], ids=["new", "over_an_export"])
+@pytest.mark.parametrize("stage, earlier", [(stage, True) for stage in sorted(EXPORT_KILLS)]
+                         + [("after_model", False)])
 def test_export_killed_at_each_stage_leaves_the_old_export_or_none(checkpoints, tmp_path, stage, earlier):
     out = tmp_path / "hf"
     if earlier:
         assert _export(checkpoints["finetuned"], out)[0] == 0
     before = _tree(out) if earlier else None
-    code, output = _export(checkpoints["pretrain"], out, "--overwrite", hook=EXPORT_KILLS[stage])
+    code, output = _export_killed(checkpoints["pretrain"], out, EXPORT_KILLS[stage])
     assert code == -signal.SIGKILL, output
     if os.path.exists(out):  # the whole earlier export, never a mix
         assert _tree(out) == before
         state, _ = hf_weights.read_checkpoint(str(out))
         assert "head.weight" in state
-    else:
+    else:  # none: a new export, or killed in the moment between the two renames
         assert stage == "between_renames" or not earlier
-    code, output = _export(checkpoints["pretrain"], out, "--overwrite")  # the re-export
-    assert code == 0, output
+    assert _export(checkpoints["pretrain"], out, "--overwrite")[0] == 0  # the re-export
     state, _ = hf_weights.read_checkpoint(str(out))
     assert any(k.startswith("prototypes") for k in state) and "head.weight" not in state
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".hf.")]  # stale temp folders removed
 
 
-def test_reading_checks_config_and_side_file_against_the_weights(checkpoints, tmp_path):
+def test_reading_checks_config_and_side_file_against_the_weights(checkpoints, tmp_path, caplog):
     a, b = tmp_path / "a", tmp_path / "b"
     assert _export(checkpoints["pretrain"], a)[0] == 0
     torch.manual_seed(1)
@@ -351,19 +361,21 @@ def test_reading_checks_config_and_side_file_against_the_weights(checkpoints, tm
     config = json.loads((b / "config.json").read_text())
     config.update(hidden_size=1024, num_hidden_layers=24, intermediate_size=4096)  # ViT-L beside ViT-Ti
     (b / "config.json").write_text(json.dumps(config))
-    code, output = _python(["hf_weights.py", "convert", str(b), str(tmp_path / "x.pth")])
-    assert code == 1 and not os.path.exists(tmp_path / "x.pth")
+    with pytest.raises(SystemExit) as stop:
+        hf_weights.main(["convert", str(b), str(tmp_path / "x.pth")])
+    assert stop.value.code == 1 and not os.path.exists(tmp_path / "x.pth")
     assert "config.json does not describe its weights: hidden_size=1024 but the tensors have embed_dim 32" \
-        in _last_line(output)
+        in caplog.records[-1].getMessage()
 
 
 def test_exported_and_converted_files_follow_the_umask(checkpoints, tmp_path):
-    code = ("import os, sys\nos.umask(0o022)\nimport hf_weights\n"
-            f"hf_weights.main(['export', {checkpoints['pretrain']!r}, {str(tmp_path / 'hf')!r}, '--num_heads', '2'])\n"
-            f"hf_weights.main(['convert', {str(tmp_path / 'hf')!r}, {str(tmp_path / 'w.safetensors')!r}])\n"
-            f"hf_weights.main(['convert', {str(tmp_path / 'hf')!r}, {str(tmp_path / 'w.pth')!r}])\n")
-    rc, out = _python(code)
-    assert rc == 0, out
+    old = os.umask(0o022)
+    try:
+        hf_weights.main(["export", checkpoints["pretrain"], str(tmp_path / "hf"), "--num_heads", "2"])
+        hf_weights.main(["convert", str(tmp_path / "hf"), str(tmp_path / "w.safetensors")])
+        hf_weights.main(["convert", str(tmp_path / "hf"), str(tmp_path / "w.pth")])
+    finally:
+        os.umask(old)
     files = [tmp_path / "hf" / n for n in os.listdir(tmp_path / "hf")] + [tmp_path / "w.safetensors",
                                                                          tmp_path / "w.pth"]
     assert {stat.S_IMODE(os.stat(f).st_mode) for f in files} == {0o644}
