@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import subprocess
 import sys
 from collections import Counter
 
@@ -486,3 +487,18 @@ def test_shape_labelling_names_the_shapes_and_changes_only_the_object(tmp_path):
     assert (disc != square).any()
     with pytest.raises(ValueError, match="label_kind"):
         make_dataset(str(tmp_path), num_train=1, num_val=0, num_test=0, label_kind="colour", **SMALL)
+
+
+def test_transcode_keeps_each_decoded_frame_once(tmp_path):
+    """A variable-rate AVI with dropped frames (header 150, 74 stored): the output holds the 74 frames the
+    official reader (decord) counts in the source, not a constant-rate copy with duplicates."""
+    ffmpeg = transcode.find_ffmpeg()
+    os.makedirs(tmp_path / "src")
+    subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-t", "6", "-vf",
+                    r"select='not(mod(n\,7))+gt(mod(n\,5)\,2)'", "-fps_mode", "passthrough", "-c:v", "cinepak",
+                    str(tmp_path / "src" / "vfr.avi")], check=True, timeout=60)
+    report = transcode_tree(str(tmp_path / "src"), str(tmp_path / "dst"), workers=1)
+    assert report.failed == [] and len(report.done) == 1
+    with av.open(str(tmp_path / "src" / "vfr.avi")) as c:
+        source = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(source) == 74 and _decode(str(tmp_path / "dst" / "vfr.mp4")).shape[0] == 74
