@@ -1,5 +1,9 @@
 """Re-encoding video trees to H.264 so that clips decode fast: one ffmpeg process per video, short
-GOPs for cheap random access, sizes that never upscale, outputs renamed into place only once complete.
+GOPs for cheap random access, sizes that never upscale, every decoded frame kept once.
+
+An output cannot be reported done unless it is: each is written to a partial file no other run uses,
+verified (frame count, last frame), renamed into place and recorded in `--dst/.transcode-verified`;
+a rerun redoes whatever a killed run left half-done, and the run's ffmpeg processes never outlive it.
 
 The command line is `python -m datasets.prepare transcode` (datasets/prepare.py). A file that fails
 is logged and collected in the report; a problem that stops the whole run raises PrepareError.
@@ -320,18 +324,11 @@ def _encode(settings: "EncodeSettings", src: str, dst: str) -> Tuple[int, Option
         reason = _verify_output(settings.ffmpeg, tmp, frames)
         if reason is not None:
             return 0, reason
-        os.chmod(tmp, 0o666 & ~_umask())  # ffmpeg's default, stated: outputs are for sharing
         os.replace(tmp, dst)  # atomic: a final name always holds a verified file
         return frames, None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _transcode_one(settings: "EncodeSettings", src: str, dst: str, manifest: _Manifest) -> Tuple[str, Optional[str]]:
@@ -432,6 +429,9 @@ def transcode_tree(src: str, dst: str, short_side: Optional[int] = None, height:
         b_pyramid: False: no B-frame is a reference frame (`-b-pyramid none`).
     Returns:
         a TranscodeReport; failures are collected there, never raised.
+    Raises:
+        TranscodeStopped on SIGTERM / SIGHUP (KeyboardInterrupt on Ctrl-C), after every ffmpeg of the run
+        was ended and its partial file removed.
     """
     if not os.path.isdir(src):
         raise PrepareError(f"source folder not found: {src}")
