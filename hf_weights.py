@@ -599,7 +599,8 @@ def _check_target(out_dir: str, overwrite: bool) -> None:
     if names and not overwrite:
         raise ValueError(f"{out_dir} is not empty (it holds {', '.join(names[:5])}{' ...' if len(names) > 5 else ''})"
                          ": give --overwrite to replace an earlier export whole, or another folder")
-    foreign = [n for n in names if n not in EXPORT_FILES and not n.startswith(".")]
+    foreign = [n for n in names if n not in EXPORT_FILES and not n.startswith(".")
+               and not re.fullmatch(r"(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)", n)]  # shards
     if foreign:
         raise ValueError(f"{out_dir} holds files that are not an export's ({', '.join(foreign[:5])}): --overwrite "
                          "only replaces an export folder; remove them yourself or choose another folder")
