@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from checkpointing import CheckpointError, read_torch_file
-from flags import DocHelpFormatter
+from flags import ArgumentParser, DocHelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -589,12 +589,12 @@ def convert(source: str, out: str, model_key: str = "model|module") -> int:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=DocHelpFormatter)
+    p = ArgumentParser("hf_weights.py", __doc__, formatter_class=DocHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export", help="our / official checkpoint -> transformers VideoMAE folder",
                        formatter_class=DocHelpFormatter)
-    e.add_argument("checkpoint")
-    e.add_argument("out_dir")
+    e.add_argument("checkpoint", help="our / official .pth or .safetensors checkpoint")
+    e.add_argument("out_dir", help="the transformers folder written (config.json, model.safetensors)")
     e.add_argument("--model_key", default="model|module", help="'|'-separated keys holding the state dict")
     e.add_argument("--num_heads", type=int, default=None, help="default: from the saved --model or the width")
     e.add_argument("--decoder_num_heads", type=int, default=None, help="default: the published decoder of the width")
@@ -606,7 +606,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                        formatter_class=DocHelpFormatter)
     c.add_argument("source", help="our .pth / .safetensors, a transformers or VideoMAEv2 folder or file")
     c.add_argument("out", help="output file; .safetensors writes safetensors, anything else torch.save")
-    c.add_argument("--model_key", default="model|module")
+    c.add_argument("--model_key", default="model|module", help="'|'-separated keys holding the state dict")
     return p
 
 

@@ -36,7 +36,7 @@ from datasets.frame_indices import dense_indices
 from datasets.transforms import center_crop, resize_short_side, to_normalized_float
 from distributed import setup_logging
 from engine_for_pretraining import Objective, denormalize_like, pixel_targets
-from flags import DocHelpFormatter, str2bool
+from flags import ArgumentParser, DocHelpFormatter, str2bool
 import hf_weights
 from kmeans import kmeans
 from masking_generator import tube_mask
@@ -56,30 +56,37 @@ KMEANS_ITERATIONS = 50
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("SIGMA visualisation", description=__doc__, formatter_class=DocHelpFormatter)
+    p = ArgumentParser("run_sigma_vis.py", __doc__, formatter_class=DocHelpFormatter)
     pretrain = build_pretrain_parser()  # the pretraining defaults, declared once there
     g = p.add_argument_group("inputs")
     g.add_argument("--checkpoint", required=True, help="pretraining checkpoint (loaded with weights_only)")
-    g.add_argument("--video", default="", help="video for the tube overlay and the reconstruction figures")
-    g.add_argument("--csv", default="", help="annotation list (`path label` lines) for the usage histogram")
-    g.add_argument("--data_path", default="", help="root for relative paths in --csv")
+    g.add_argument("--video", default="",
+                   help="video for the tube overlay and the reconstruction figures (default: none, give it or --csv)")
+    g.add_argument("--csv", default="",
+                   help="annotation list (`path label` lines) for the usage histogram (default: none, no histogram)")
+    g.add_argument("--data_path", default="", help="root for relative paths in --csv (default: the current folder)")
     g.add_argument("--max_videos", type=int, default=200, help="videos of --csv to use; 0: all")
-    g.add_argument("--video_backend", default=pretrain.get_default("video_backend"), choices=BACKENDS)
-    pretrain = build_pretrain_parser()  # the pretraining defaults, declared once there
+    g.add_argument("--video_backend", default=pretrain.get_default("video_backend"), choices=BACKENDS,
+                   help="video decoder")
     g = p.add_argument_group("model (default: the checkpoint's config, else the pretraining default)")
-    g.add_argument("--model", default=pretrain.get_default("model"), choices=sorted(MODELS))
-    g.add_argument("--target_type", default=pretrain.get_default("target_type"), choices=TARGET_TYPES)
+    g.add_argument("--model", default=pretrain.get_default("model"), choices=sorted(MODELS), help="encoder size")
+    g.add_argument("--target_type", default=pretrain.get_default("target_type"), choices=TARGET_TYPES,
+                   help="what the model was trained to predict (run_sigma_pretraining.py)")
     g.add_argument("--num_prototypes", type=int, default=None, help="default: rows of the checkpoint's prototypes")
     g.add_argument("--normalize_target", type=str2bool, default=pretrain.get_default("normalize_target"),
                    help="per-tube target normalisation the model was trained with")
     g.add_argument("--distillation_teacher", default=pretrain.get_default("distillation_teacher"),
-                   choices=sorted(TEACHER_DIMS))
-    g.add_argument("--teacher_ckpt", default="", help="local DINO weights: dino_* targets need the teacher")
-    g.add_argument("--sinkhorn_eps", type=float, default=pretrain.get_default("sinkhorn_eps"))
-    g.add_argument("--sinkhorn_iterations", type=int, default=pretrain.get_default("sinkhorn_iterations"))
+                   choices=sorted(TEACHER_DIMS), help="the DINO image model of dino_* targets")
+    g.add_argument("--teacher_ckpt", default="",
+                   help="local DINO weights (default: none; dino_* targets need the teacher)")
+    g.add_argument("--sinkhorn_eps", type=float, default=pretrain.get_default("sinkhorn_eps"),
+                   help="entropy regularisation of --assign sinkhorn")
+    g.add_argument("--sinkhorn_iterations", type=int, default=pretrain.get_default("sinkhorn_iterations"),
+                   help="iterations of --assign sinkhorn")
     g = p.add_argument_group("clip")
-    g.add_argument("--input_size", type=int, default=pretrain.get_default("input_size"))
-    g.add_argument("--num_frames", type=int, default=pretrain.get_default("num_frames"))
+    g.add_argument("--input_size", type=int, default=pretrain.get_default("input_size"),
+                   help="side of the square crop given to the model")
+    g.add_argument("--num_frames", type=int, default=pretrain.get_default("num_frames"), help="frames per clip")
     g.add_argument("--sampling_rate", type=int, default=pretrain.get_default("sampling_rate"),
                    help="the centre window of the video is shown")
     g.add_argument("--mask_ratio", type=float, default=pretrain.get_default("mask_ratio"),
@@ -94,8 +101,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="models without prototypes (VideoMAE pixel): tubes are coloured by k-means with this "
                         "many clusters on the encoder features of all tokens (encoder run without masking)")
     g = p.add_argument_group("run")
-    g.add_argument("--output_dir", default="output/vis")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--output_dir", default="output/vis", help="where the pictures go")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda, cuda:N or cpu (the default is cuda where there is one)")
     g.add_argument("--seed", type=int, default=0, help="reconstruction mask and k-means initialisation")
     return p
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from datasets.transcode import MUXERS, VIDEO_EXTS, PrepareError, transcode_tree
+from flags import ArgumentParser, DocHelpFormatter as HelpFormatter, Switch
 
 logger = logging.getLogger(__name__)
 
@@ -429,10 +430,6 @@ def write_annotations(annotations: Annotations, out_dir: str) -> List[str]:
 # command line
 # ---------------------------------------------------------------------------------------------
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """-h with the default of every flag that has help text, and the module docstring as written."""
-
-
 def _run_transcode(args: argparse.Namespace) -> int:
     report = transcode_tree(args.src, args.dst, short_side=args.short_side, height=args.height, gop=args.gop,
                             crf=args.crf, workers=args.workers, ext=args.ext, fastdecode=args.fastdecode,
@@ -467,7 +464,7 @@ def _csv_parser(sub: argparse._SubParsersAction, name: str, help_text: str, vide
 
 
 def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser("python -m datasets.prepare", description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser("python -m datasets.prepare", __doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("transcode", help="re-encode a video tree to H.264 for fast clip decoding",
@@ -475,19 +472,21 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g = p.add_argument_group("files")
     g.add_argument("--src", required=True, help="folder searched recursively for " + " ".join(VIDEO_EXTS))
     g.add_argument("--dst", required=True, help="output folder; the source tree is mirrored")
-    g.add_argument("--ext", default=".mp4", choices=sorted(MUXERS))
+    g.add_argument("--ext", default=".mp4", choices=sorted(MUXERS), help="container of the output files")
     g = p.add_argument_group("size (never upscales; dimensions rounded to even)")
     size = g.add_mutually_exclusive_group()
-    size.add_argument("--short_side", type=int, help="shorter side in pixels (Kinetics: 320)")
-    size.add_argument("--height", type=int, help="height in pixels (SSv2: 240, its original height)")
+    size.add_argument("--short_side", type=int, help="shorter side in pixels (Kinetics: 320; default: the source's)")
+    size.add_argument("--height", type=int,
+                      help="height in pixels (SSv2: 240, its original height; default: the source's)")
     g = p.add_argument_group("encoding")
     g.add_argument("--gop", type=int, help="keyframe interval in frames (default: x264's, 250)")
     g.add_argument("--crf", type=int, default=23, help="x264 constant rate factor")
     g.add_argument("--fastdecode", action="store_true",
                    help="x264 -tune fastdecode: no CABAC, deblocking or weighted prediction; cheaper decoding, "
                         "bigger files (DATASET.md)")
-    g.add_argument("--no_b_pyramid", dest="b_pyramid", action="store_false",
-                   help="no B-frame is a reference frame, so the PyAV reader skips decoding every unwanted one")
+    g.add_argument("--b_pyramid", action=Switch, default=True,
+                   help="B-frames may be reference frames (x264's default); --no_b_pyramid: none is, so the PyAV "
+                        "reader skips decoding every unwanted one")
     g = p.add_argument_group("execution")
     g.add_argument("--workers", type=int, help="parallel ffmpeg processes (default: one per CPU)")
     p.set_defaults(run=_run_transcode)
@@ -496,7 +495,8 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     split = g.add_mutually_exclusive_group()
     split.add_argument("--val_fraction", type=float, default=0.1, help="share of each class drawn into val")
     split.add_argument("--split_dirs", type=lambda s: [d for d in s.split(",") if d],
-                       help="existing split folders under --root, e.g. train,val (-> train.csv, val.csv)")
+                       help="existing split folders under --root, e.g. train,val (-> train.csv, val.csv) "
+                            "(default: none, --val_fraction draws val)")
     g.add_argument("--seed", type=int, default=0, help="seed of the --val_fraction draw")
     g.add_argument("--ext", nargs="+", default=list(VIDEO_EXTS), metavar="EXT",
                    help="file extensions to list (case-insensitive), e.g. --ext .mp4 .webm")
@@ -507,8 +507,8 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--labels", required=True, help="something-something-v2-labels.json")
     g.add_argument("--train", required=True, help="something-something-v2-train.json")
     g.add_argument("--val", required=True, help="something-something-v2-validation.json")
-    g.add_argument("--test", help="something-something-v2-test.json (needs --test_answers)")
-    g.add_argument("--test_answers", help="test-answers.csv, `id;label` lines")
+    g.add_argument("--test", help="something-something-v2-test.json, needs --test_answers (default: no test.csv)")
+    g.add_argument("--test_answers", help="test-answers.csv, `id;label` lines (default: none)")
     p.set_defaults(build=lambda a: csv_from_ssv2(a.labels, a.train, a.val, a.video_dir, test=a.test,
                                                  test_answers=a.test_answers, ext=a.ext))
 
@@ -517,13 +517,13 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                           csv_from_hmdb51)):
         p, g = _csv_parser(sub, name, f"{dataset} CSVs from an official split (val = its test half)")
         g.add_argument("--splits_dir", required=True, help=f"the official split folder ({folder})")
-        g.add_argument("--split", type=int, default=1, choices=(1, 2, 3))
+        g.add_argument("--split", type=int, default=1, choices=(1, 2, 3), help="which official split")
         p.set_defaults(build=lambda a, build=build: build(a.splits_dir, a.video_dir, split=a.split, ext=a.ext))
 
     p, g = _csv_parser(sub, "csv-from-kinetics", "Kinetics CSVs from the official annotation CSVs")
     g.add_argument("--train", required=True, help="train.csv (label,youtube_id,time_start,time_end,split)")
     g.add_argument("--val", required=True, help="validate.csv / val.csv")
-    g.add_argument("--test", help="test.csv")
+    g.add_argument("--test", help="test.csv (default: no test.csv written)")
     p.set_defaults(build=lambda a: csv_from_kinetics(a.train, a.val, a.video_dir, test=a.test, ext=a.ext))
 
     p, g = _csv_parser(sub, "csv-from-diving48", "Diving48 CSVs from the official JSON files (val = test)")

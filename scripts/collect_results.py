@@ -34,6 +34,9 @@ import re
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+from flags import ArgumentParser, DocHelpFormatter  # noqa: E402
+
 RESULT_FILES = ("test_results.json", "knn_results.json", "probe_results.json", "segmentation_results.json")
 # run_class_finetuning.py's train.log line for the --finetune weights (modeling_finetune.load_pretrained_weights).
 LOADED_LINE = re.compile(r"loaded \d+ tensors from (.+?); newly initialised")
@@ -342,7 +345,7 @@ def collect(paths: List[str]) -> Dict[str, List[Dict[str, str]]]:
 
 
 def main(argv=None) -> str:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser("scripts/collect_results.py", __doc__, formatter_class=DocHelpFormatter)
     p.add_argument("paths", nargs="+", help="run folders, or folders to search for runs")
     args = p.parse_args(argv)
     tables = collect(args.paths)
