@@ -32,6 +32,7 @@ import torch.nn as nn
 
 from checkpointing import CheckpointError, read_torch_file
 from flags import ArgumentParser, DocHelpFormatter
+from shutdown import run_tool
 
 logger = logging.getLogger(__name__)
 
@@ -622,4 +623,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main, "hf_weights.py")

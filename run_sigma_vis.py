@@ -43,6 +43,7 @@ from masking_generator import tube_mask
 from modeling_finetune import MaskIndex, patchify
 from modeling_pretrain import MODELS, TARGET_TYPES, TEACHER_DIMS, PretrainVisionTransformer, build_teacher
 from run_sigma_pretraining import build_parser as build_pretrain_parser
+from shutdown import describe
 from vis_drawing import (MASK_GREY, OVERLAY_ALPHA, figure, legend_entries, save_gif, save_png, shown_frames, to_uint8,
                          tube_colours, upscale, usage_plot)
 
@@ -357,5 +358,9 @@ if __name__ == "__main__":
         main()
     except VideoError as e:
         sys.exit(f"run_sigma_vis.py: error: cannot read video {e}")
-    except (CheckpointError, AnnotationError, FileNotFoundError, ValueError) as e:
+    except (CheckpointError, AnnotationError, ValueError) as e:
         sys.exit(f"run_sigma_vis.py: error: {e}")
+    except OSError as e:  # an output folder that cannot be written, a file that cannot be read
+        if e.filename is None or not e.strerror:
+            raise
+        sys.exit(f"run_sigma_vis.py: error: {describe(e)}")

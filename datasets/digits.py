@@ -31,6 +31,7 @@ import numpy as np
 
 from datasets.synthetic import CODECS, DIRECTIONS, SPLITS, _write_lines, write_video
 from flags import ArgumentParser, DocHelpFormatter
+from shutdown import run_tool
 
 logger = logging.getLogger(__name__)
 
@@ -202,4 +203,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main, "python -m datasets.digits")

@@ -24,12 +24,12 @@ import logging
 import os
 import random
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from datasets.transcode import MUXERS, VIDEO_EXTS, PrepareError, transcode_tree
 from flags import ArgumentParser, DocHelpFormatter as HelpFormatter, Switch
+from shutdown import run_tool
 
 logger = logging.getLogger(__name__)
 
@@ -546,4 +546,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_tool(main, "python -m datasets.prepare")

@@ -28,6 +28,7 @@ import av
 import numpy as np
 
 from flags import ArgumentParser, DocHelpFormatter
+from shutdown import run_tool
 
 logger = logging.getLogger(__name__)
 
@@ -316,4 +317,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main, "python -m datasets.synthetic")

@@ -24,6 +24,7 @@ import numpy as np
 
 from flags import ArgumentParser, DocHelpFormatter
 from segmentation_metrics import palette
+from shutdown import run_tool
 
 logger = logging.getLogger(__name__)
 SHAPES = ("disc", "box")
@@ -146,4 +147,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main, "python -m datasets.synthetic_vos")
