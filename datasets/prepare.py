@@ -148,7 +148,9 @@ def csv_from_folders(root: str, val_fraction: float = 0.1, split_dirs: Optional[
 
     Args:
         root: `root/<class>/...` or, with split_dirs, `root/<split dir>/<class>/...`.
-        val_fraction: without split_dirs, the share of each class drawn (by `seed`) into val.
+        val_fraction: without split_dirs, the share of each class drawn (by `seed`) into val, rounded,
+            but at least one video and at most all but one of a class that has two or more (a
+            small class keeps a val video; a one-video class goes to train, with a warning).
         split_dirs: existing split folders, written to train.csv, val.csv, test.csv in this order;
             the first one defines the classes.
         exts: the file extensions listed (case-insensitive); other files are left out.
@@ -173,6 +175,10 @@ def csv_from_folders(root: str, val_fraction: float = 0.1, split_dirs: Optional[
                                             f"class folder {name!r} is not in {split_dirs[0]!r}: videos left out"))
                     continue
                 rows += [(p, ids[name]) for p in by_folder.get(f"{folder}/{name}", [])]
+        for out_name, folder in zip(("train", "val", "test"), split_dirs):
+            _warn_empty(out_name, [name for label, name in enumerate(classes)
+                                   if not any(row_label == label for _, row_label in splits[out_name])],
+                        f"in {os.path.join(root, folder)}")
         return Annotations(splits, classes, problems)
 
     if not 0 <= val_fraction < 1:
@@ -180,6 +186,7 @@ def csv_from_folders(root: str, val_fraction: float = 0.1, split_dirs: Optional[
     by_folder = _group_by_folder(videos, depth=1)
     classes = _class_dirs(root)
     splits = {"train": [], "val": []}
+    no_val = []
     for label, name in enumerate(classes):
         members = list(by_folder.get(name, []))
         if not members:
@@ -187,9 +194,22 @@ def csv_from_folders(root: str, val_fraction: float = 0.1, split_dirs: Optional[
         # One generator per class: a class's split does not change when other classes change.
         random.Random(f"{seed}/{name}").shuffle(members)
         num_val = round(len(members) * val_fraction)
+        if val_fraction > 0 and len(members) >= 2:  # one val video at least, one train video at least
+            num_val = min(max(num_val, 1), len(members) - 1)
+        elif val_fraction > 0 and members:
+            no_val.append(name)
         splits["val"] += [(p, label) for p in sorted(members[:num_val])]
         splits["train"] += [(p, label) for p in sorted(members[num_val:])]
+    _warn_empty("val", no_val, "(one video each, kept for train)")
     return Annotations(splits, classes, problems)
+
+
+def _warn_empty(split: str, names: List[str], where: str) -> None:
+    """A warning naming the classes without a video in `split` (a run scores them on nothing)."""
+    if names:
+        shown = ", ".join(repr(n) for n in names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        logger.warning("%s split: no video of %d class%s %s: %s", split, len(names), "" if len(names) == 1 else "es",
+                       where, shown)
 
 
 def _group_by_folder(paths: Sequence[str], depth: int) -> Dict[str, List[str]]:
