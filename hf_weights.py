@@ -556,6 +556,9 @@ def export_hf(checkpoint: str, out_dir: str, *, model_key: str = "model|module",
     else:
         architecture = "VideoMAEForPreTraining" if decoder else "VideoMAEModel"
     hf.update(decoder or {}, architectures=[architecture])
+    # Where the weights came from, for scripts/collect_results.py (transformers keeps unknown keys as they are).
+    hf["sigma_source"] = {"checkpoint": os.path.abspath(checkpoint),
+                          **{k: config[k] for k in ("model", "target_type", "loss_func") if k in config}}
     weights = to_transformers(backbone, rest, prefix="" if architecture == "VideoMAEModel" else "videomae.",
                               with_decoder=decoder is not None)
     held = {"decoder.", "encoder_to_decoder.", "mask_token"} if decoder else set()
