@@ -512,17 +512,18 @@ def _size_name(embed_dim: int, depth: int) -> str:
 
 def check_vit_size(model: VisionTransformer, state: Dict[str, torch.Tensor], path: str) -> None:
     """CheckpointMismatch naming both sizes when the backbone weights `state` (our names) are of another
-    width or depth than `model`: 'checkpoint is ViT-S (embed 384, 12 blocks); --model asks for ViT-B ...'."""
+    published size than `model`: 'checkpoint is ViT-S (embed 384, 12 blocks); --model asks for ViT-B ...'."""
     if "patch_embed.proj.weight" not in state:
         return  # not a backbone at all: the missing weights are named later
     embed_dim = state["patch_embed.proj.weight"].shape[0]
     depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
-    if (embed_dim, depth) == (model.embed_dim, len(model.blocks)):
-        return
+    known = {(d, n) for d, n, _ in VIT_SIZES.values()}
+    if (embed_dim, depth) == (model.embed_dim, len(model.blocks)) or (embed_dim, depth) not in known:
+        return  # the same size, or a damaged or unusual file: its tensors are named one by one later
     ours = _size_name(model.embed_dim, len(model.blocks))
     theirs = _size_name(embed_dim, depth)
     fits = next((f" (--model vit_{s}_patch16_224 fits it)" for s, (d, n, _) in VIT_SIZES.items()
-                 if (d, n) == (embed_dim, depth) and f"vit_{s}_patch16_224" in MODELS), "")
+                 if (d, n) == (embed_dim, depth)), "")
     raise CheckpointMismatch(path, "another model size",
                              f"{path}: checkpoint is {theirs}; --model asks for {ours}{fits}")
 
