@@ -143,7 +143,8 @@ def _drivers():
     return {"run_sigma_pretraining.py": run_sigma_pretraining.get_args,
             "run_class_finetuning.py": run_class_finetuning.get_args, "eval_knn.py": eval_knn.get_args,
             "eval_probe.py": eval_probe.get_args, "eval_segmentation.py": eval_segmentation.get_args,
-            "run_sigma_vis.py": run_sigma_vis.main, "hf_weights.py": lambda argv: hf_weights.get_args_parser().parse_args(argv),
+            "run_sigma_vis.py": run_sigma_vis.main,
+            "hf_weights.py": lambda argv: hf_weights.get_args_parser().parse_args(argv),
             "datasets.prepare": prepare.get_args, "datasets.synthetic": synthetic.get_args,
             "datasets.synthetic_vos": synthetic_vos.main, "datasets.digits": digits.get_args,
             "scripts/collect_results.py": collect_results.main}
@@ -193,8 +194,33 @@ def _problems(parser) -> list:
     return bad
 
 
+def test_the_walk_covers_every_driver():
+    """Every module that builds a parser (outside bench/) is walked by the test below."""
+    import glob
+    builders = set()
+    for path in glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "datasets", "*.py")):
+        if os.path.basename(path) != "flags.py" and "ArgumentParser(" in open(path).read():
+            rel = os.path.relpath(path, ROOT)
+            builders.add(rel if os.path.dirname(rel) == "" else rel[:-3].replace(os.sep, "."))
+    builders |= {os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "scripts", "*.py"))
+                 if "ArgumentParser(" in open(p).read()}
+    assert builders == set(_drivers())
+
+
 def test_every_flag_of_every_driver_has_help_and_a_truthful_default():
     parsers = _all_parsers()
     assert len(parsers) >= 20  # the drivers and the subcommands of prepare and hf_weights
     bad = [f"{label} {problem}" for label, parser in parsers for problem in _problems(parser)]
     assert not bad, "\n".join(bad)
+
+
+def test_the_check_finds_each_kind_of_untruthful_help():
+    p = flags.ArgumentParser("demo.py", "demo")
+    p.add_argument("--silent", type=int, default=3)
+    p.add_argument("--twice", default=None, help="where (default: output_dir/tb) %(default)s (default: x)")
+    p.add_argument("--none", default=None, help="what it is")
+    p.add_argument("--stale", type=int, default=4, help="size (default: 3)")
+    p.add_argument("--fine", type=float, default=0.5, help="a share")
+    p.add_argument("--derived", default="", help="a folder (default: --data_path)")
+    problems = _problems(p)
+    assert [problem.split(":")[0] for problem in problems] == ["--silent", "--twice", "--none", "--stale"], problems
