@@ -97,6 +97,17 @@ class ArgumentParser(argparse.ArgumentParser):
                     return chosen._chosen_subparser(namespace) or chosen
         return None
 
+    @staticmethod
+    def closest(word: str, names: Sequence[str]) -> List[str]:
+        """The valid names nearest to a misspelt one: the same up to - / _, else the best matches and
+        those nearly as good (not every name above a cutoff)."""
+        same = [n for n in names if n.replace("-", "_").strip("_") == word.replace("-", "_").strip("_")]
+        if same:
+            return same
+        score = {n: difflib.SequenceMatcher(None, word, n).ratio() for n in names}
+        best = max(score.values(), default=0.0)
+        return sorted((n for n in names if score[n] >= max(0.6, best - 0.1)), key=score.get, reverse=True)[:3]
+
     def unrecognized(self, extras: List[str]) -> str:
         """'unrecognized argument --batchsize (did you mean --batch_size?)' for the extras of a parse."""
         names = sorted({s for a in self._actions if a.help is not argparse.SUPPRESS for s in a.option_strings})
@@ -105,15 +116,17 @@ class ArgumentParser(argparse.ArgumentParser):
             return f"unrecognized arguments: {' '.join(extras)}"
         parts = []
         for flag in flags:
-            close = [n for n in names if n.replace("-", "_").strip("_") == flag.replace("-", "_").strip("_")]
-            if not close:  # the best matches, and those nearly as good (not every name above a cutoff)
-                score = {n: difflib.SequenceMatcher(None, flag, n).ratio() for n in names}
-                best = max(score.values(), default=0.0)
-                close = sorted((n for n in names if score[n] >= max(0.6, best - 0.1)), key=score.get, reverse=True)[:3]
+            close = self.closest(flag, names)
             parts.append(flag + (f" (did you mean {' or '.join(close)}?)" if close else ""))
         return f"unrecognized argument{'s' if len(parts) > 1 else ''} {', '.join(parts)}"
 
     def error(self, message: str):
+        # argparse's "argument --model: invalid choice: 'vit_bse' (choose from 'a', 'b', ...)": name the nearest.
+        bad = re.match(r"(argument .*: invalid choice: '(.*)') \(choose from (.*)\)$", message)
+        if bad:
+            close = self.closest(bad.group(2), re.findall(r"'([^']*)'", bad.group(3)))
+            if close:
+                message = f"{bad.group(1)}: did you mean {' or '.join(close)}? (choose from {bad.group(3)})"
         command = self.prog if self.prog.startswith("python") else f"python {self.prog}"
         self.exit(2, f"{self.prog}: error: {message}\n{command} -h lists every flag and its default\n")
 

@@ -224,3 +224,18 @@ def test_the_check_finds_each_kind_of_untruthful_help():
     p.add_argument("--derived", default="", help="a folder (default: --data_path)")
     problems = _problems(p)
     assert [problem.split(":")[0] for problem in problems] == ["--silent", "--twice", "--none", "--stale"], problems
+
+
+@pytest.mark.parametrize("parse, argv, expected", [
+    (eval_knn.get_args, ["--data_path", "d", "--model", "vit_bse_patch16_224"],
+     "eval_knn.py: error: argument --model: invalid choice: 'vit_bse_patch16_224': did you mean vit_base_patch16_224?"),
+    (prepare.get_args, ["csv-from-folder", "--root", "r"],
+     "python -m datasets.prepare: error: argument command: invalid choice: 'csv-from-folder': did you mean "
+     "csv-from-folders?"),
+])
+def test_a_misspelt_choice_names_the_nearest(capsys, parse, argv, expected):
+    with pytest.raises(SystemExit) as exit_:
+        parse(argv)
+    assert exit_.value.code == 2
+    first, pointer = capsys.readouterr().err.splitlines()
+    assert first.startswith(expected + " (choose from ") and pointer.endswith("-h lists every flag and its default")
