@@ -54,7 +54,7 @@ def get_args(argv=None) -> argparse.Namespace:
     add_labelled_data_flags(g, EVAL_DATA_SETS, default="Kinetics-400", several_paths=True,
                             data_path_help="folders with train.csv and val.csv; several: labellings of the same "
                                            "videos (ImageNet / CIFAR-100: image roots, as eval_knn.py)",
-                            nb_classes_help="default: the data set's, or as many as labelled")
+                            nb_classes_help="class count (default: the data set's, or as many as labelled)")
     add_image_flags(g)
     add_clip_flags(g)
     add_loader_flags(g, num_workers=8, batch_size=32, training=False)

@@ -154,7 +154,8 @@ def add_encoder_flags(group, models: Sequence[str], *, default: str, finetune_he
 
 def add_labelled_data_flags(group, data_sets: Sequence[str], *, default: str, data_path_help: str,
                             several_paths: bool = False,
-                            nb_classes_help: str = "default: the data set's; required for custom") -> None:
+                            nb_classes_help: str = "class count (default: the data set's; required for custom)"
+                            ) -> None:
     """A labelled data set: its name (class count, sampling, flips), annotation folder and video root."""
     group.add_argument("--data_set", default=default, choices=sorted(data_sets),
                        help="what the labels are: class count, frame sampling and flips (custom: your own CSVs)")
@@ -294,7 +295,8 @@ def add_optim_flags(p: argparse.ArgumentParser, *, epochs: int, lr: float, min_l
 
 
 def add_precision_flag(group) -> None:
-    group.add_argument("--precision", default=None, choices=PRECISIONS, help="default: bf16 on CUDA, fp32 on CPU")
+    group.add_argument("--precision", default=None, choices=PRECISIONS,
+                       help="compute precision (default: bf16 on CUDA, fp32 on CPU)")
 
 
 def add_output_and_run_flags(p: argparse.ArgumentParser, *, output_dir: str, save_ckpt_freq: int,

@@ -600,10 +600,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="our / official .pth or .safetensors checkpoint")
     e.add_argument("out_dir", help="the transformers folder written (config.json, model.safetensors)")
     e.add_argument("--model_key", default="model|module", help="'|'-separated keys holding the state dict")
-    e.add_argument("--num_heads", type=int, default=None, help="default: from the saved --model or the width")
-    e.add_argument("--decoder_num_heads", type=int, default=None, help="default: the published decoder of the width")
-    e.add_argument("--input_size", type=int, default=None, help="default: the saved config's, else 224")
-    e.add_argument("--num_frames", type=int, default=None, help="default: the saved config's, else 16")
+    e.add_argument("--num_heads", type=int, default=None,
+                   help="encoder attention heads (default: from the saved --model or the width)")
+    e.add_argument("--decoder_num_heads", type=int, default=None,
+                   help="decoder attention heads (default: the published decoder of the width)")
+    e.add_argument("--input_size", type=int, default=None,
+                   help="image_size written (default: the saved config's, else 224)")
+    e.add_argument("--num_frames", type=int, default=None,
+                   help="num_frames written (default: the saved config's, else 16)")
     e.add_argument("--no_head", action="store_true", help="write the encoder alone, without the classifier")
     e.add_argument("--first_token", action="store_true", help="the head (no fc_norm) was trained on token 0")
     c = sub.add_parser("convert", help="any readable checkpoint -> our names (.pth or .safetensors)",

@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder with train.csv (kNN bank) and val.csv (queries) (default: none, needed by "
                         "--eval_every)")
     g.add_argument("--eval_data_root", default="", help="prefix of its relative video paths (default: the folder)")
-    g.add_argument("--eval_nb_classes", type=int, default=None, help="default: the largest label + 1")
+    g.add_argument("--eval_nb_classes", type=int, default=None,
+                   help="classes of the kNN (default: the largest label + 1)")
     g.add_argument("--eval_k", type=int, default=20, help="neighbours of the kNN")
     g.add_argument("--eval_temperature", type=float, default=0.07, help="temperature of the kNN votes")
     add_output_and_run_flags(p, output_dir="output/pretrain", save_ckpt_freq=50, run_name="sigma")

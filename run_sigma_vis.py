@@ -73,7 +73,7 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default=pretrain.get_default("model"), choices=sorted(MODELS), help="encoder size")
     g.add_argument("--target_type", default=pretrain.get_default("target_type"), choices=TARGET_TYPES,
                    help="what the model was trained to predict (run_sigma_pretraining.py)")
-    g.add_argument("--num_prototypes", type=int, default=None, help="default: rows of the checkpoint's prototypes")
+    g.add_argument("--num_prototypes", type=int, default=None, help="prototypes (default: rows of the checkpoint's)")
     g.add_argument("--normalize_target", type=str2bool, default=pretrain.get_default("normalize_target"),
                    help="per-tube target normalisation the model was trained with")
     g.add_argument("--distillation_teacher", default=pretrain.get_default("distillation_teacher"),
