@@ -48,6 +48,10 @@ class CheckpointError(RunError):
         self.reason = reason
 
 
+class CheckpointMismatch(CheckpointError, ValueError):
+    """Weights that do not fit the model they are loaded into (another size, other tensors)."""
+
+
 class DiskFullError(RunError):
     """A checkpoint that did not fit on its disk (the previous files are untouched)."""
 

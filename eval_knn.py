@@ -38,7 +38,7 @@ from datasets.sampler import ShardSampler
 from datasets.video_dataset import ClipConfig, VideoClipDataset, collate_clips
 from distributed import broadcast_object, cleanup_distributed
 from engine_for_finetuning import gather_views, merge_views, predict_views
-from flags import (HelpFormatter, add_clip_flags, add_encoder_flags, add_labelled_data_flags, add_loader_flags,
+from flags import (ArgumentParser, add_clip_flags, add_encoder_flags, add_labelled_data_flags, add_loader_flags,
                    add_run_flags, check_flags, check_nb_classes, clip_rules, nb_classes_of, resolve_precision)
 from modeling_finetune import MODELS, load_pretrained_weights, pooling_for_frozen_features
 from run_log import write_config
@@ -118,10 +118,11 @@ def add_image_flags(group) -> None:
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser("kNN evaluation of frozen features", formatter_class=HelpFormatter)
+    p = ArgumentParser("eval_knn.py", "kNN evaluation of frozen features")
     g = p.add_argument_group("model")
     add_encoder_flags(g, MODELS, default="vit_base_patch16_224",
-                      finetune_help="checkpoint whose encoder is evaluated (ours, SIGMA, VideoMAE)")
+                      finetune_help="checkpoint whose encoder is evaluated (ours, SIGMA, VideoMAE, a transformers "
+                                    "folder) (default: none: give it or --random_init)")
     g.add_argument("--random_init", action="store_true", help="evaluate a randomly initialised encoder (baseline)")
     g = p.add_argument_group("data")
     add_labelled_data_flags(g, EVAL_DATA_SETS, default="Kinetics-400", data_path_help=DATA_PATH_HELP)
@@ -132,11 +133,11 @@ def get_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("kNN")
     g.add_argument("--k", type=int, nargs="+", default=None,
                    help="neighbours, several values allowed (default: 20; 200 with --official_protocol)")
-    g.add_argument("--temperature", type=float, default=0.07)
+    g.add_argument("--temperature", type=float, default=0.07, help="kNN vote temperature")
     g.add_argument("--official_protocol", action="store_true",
                    help="the official SIGMA kNN: k 200, test-set views as bank and queries, head outputs")
     g.add_argument("--test_num_segment", type=int, default=2, help="views per video with --official_protocol")
-    g.add_argument("--test_num_crop", type=int, default=3)
+    g.add_argument("--test_num_crop", type=int, default=3, help="crops per view with --official_protocol")
     add_run_flags(p, output_dir="output/knn", precision=True)
     args = p.parse_args(argv)
     check_flags(p, args, {"k": (lambda v: min(v) >= 1, "one or more integers >= 1"),

@@ -34,7 +34,7 @@ from distributed import cleanup_distributed
 from eval_knn import (EVAL_DATA_SETS, add_image_flags, add_scoring_flags, knn_classify, load_encoder, read_split,
                       scored_features, used_k,
                       topk_accuracy)
-from flags import (HelpFormatter, add_clip_flags, add_encoder_flags, add_labelled_data_flags, add_loader_flags,
+from flags import (ArgumentParser, add_clip_flags, add_encoder_flags, add_labelled_data_flags, add_loader_flags,
                    add_run_flags, check_flags, clip_rules, resolve_precision)
 from modeling_finetune import MODELS
 from run_log import write_config
@@ -45,16 +45,17 @@ logger = logging.getLogger("sigma")
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser("logistic-regression probe and kNN on frozen features", formatter_class=HelpFormatter)
+    p = ArgumentParser("eval_probe.py", "logistic-regression probe and kNN on frozen features")
     g = p.add_argument_group("model")
     add_encoder_flags(g, MODELS, default="vit_base_patch16_224",
-                      finetune_help="checkpoint whose encoder is evaluated (ours, SIGMA, VideoMAE)")
+                      finetune_help="checkpoint whose encoder is evaluated (ours, SIGMA, VideoMAE, a transformers "
+                                    "folder) (default: none: give it or --random_init)")
     g.add_argument("--random_init", action="store_true", help="evaluate a randomly initialised encoder (baseline)")
     g = p.add_argument_group("data")
-    add_labelled_data_flags(g, EVAL_DATA_SETS, default="custom", several_paths=True,
+    add_labelled_data_flags(g, EVAL_DATA_SETS, default="Kinetics-400", several_paths=True,
                             data_path_help="folders with train.csv and val.csv; several: labellings of the same "
                                            "videos (ImageNet / CIFAR-100: image roots, as eval_knn.py)",
-                            nb_classes_help="default: the data set's, or as many as labelled")
+                            nb_classes_help="class count (default: the data set's, or as many as labelled)")
     add_image_flags(g)
     add_clip_flags(g)
     add_loader_flags(g, num_workers=8, batch_size=32, training=False)

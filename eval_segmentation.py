@@ -38,7 +38,7 @@ from datasets.vos import DATA_SETS, VOID, YTVOS_LABELS, UnreadableFrame, read_cl
 from eval_knn import account_scored, add_scoring_flags, load_encoder
 from kmeans import kmeans
 from modeling_finetune import MODELS
-from flags import HelpFormatter, add_encoder_flags, add_run_flags, check_flags, resolve_precision
+from flags import ArgumentParser, add_encoder_flags, add_run_flags, check_flags, resolve_precision
 from run_log import write_config
 from runtime import start_run
 from segmentation_metrics import score_clip
@@ -54,21 +54,21 @@ def at_least(low: int):
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser("unsupervised video object segmentation of frozen features",
-                                formatter_class=HelpFormatter)
+    p = ArgumentParser("eval_segmentation.py", "unsupervised video object segmentation of frozen features")
     g = p.add_argument_group("model")
     add_encoder_flags(g, MODELS, default="vit_base_patch16_224",
-                      finetune_help="checkpoint whose encoder is evaluated (ours, SIGMA, VideoMAE, transformers)")
+                      finetune_help="checkpoint whose encoder is evaluated (ours, SIGMA, VideoMAE, a transformers "
+                                    "folder) (default: none: give it or --random_init)")
     g.add_argument("--random_init", action="store_true", help="evaluate a randomly initialised encoder (baseline)")
     g = p.add_argument_group("data")
-    g.add_argument("--data_set", default="davis", choices=DATA_SETS)
+    g.add_argument("--data_set", default="davis", choices=DATA_SETS, help="DAVIS-2017 or YouTube-VOS")
     g.add_argument("--data_path", required=True, help="DAVIS-2017 folder, or the YouTube-VOS folder holding train/")
     g.add_argument("--split", default=None, help="DAVIS ImageSets/2017/<split>.txt or the YouTube-VOS folder "
-                                                 "(unset: val for DAVIS, train for YouTube-VOS)")
+                                                 "(default: val for DAVIS, train for YouTube-VOS)")
     g.add_argument("--ytvos_labels", default="category", choices=YTVOS_LABELS,
                    help="score YouTube-VOS objects by category (TimeTuning) or by object id")
     g.add_argument("--num_frames", type=int, default=None,
-                   help="clip length (unset: the protocol's 16 for DAVIS, 4 for YouTube-VOS)")
+                   help="clip length (default: the protocol's 16 for DAVIS, 4 for YouTube-VOS)")
     g.add_argument("--input_size", type=int, default=224, help="frames and masks are resized to this square")
     g.add_argument("--max_videos", type=int, default=0, help="evaluate the first N videos only (0: all)")
     add_scoring_flags(g)
@@ -77,8 +77,8 @@ def get_args(argv=None) -> argparse.Namespace:
                    help="K of clustering (0: the number of ground-truth labels of each clip, TimeTuning's)")
     g.add_argument("--overclustering_k", type=int, default=10, help="K of overclustering (0: skip it)")
     g.add_argument("--pca_dim", type=int, default=50, help="PCA dimensions after standardising (0: no PCA)")
-    g.add_argument("--kmeans_restarts", type=int, default=5)
-    g.add_argument("--kmeans_iters", type=int, default=50)
+    g.add_argument("--kmeans_restarts", type=int, default=5, help="k-means runs per clip; the best is kept")
+    g.add_argument("--kmeans_iters", type=int, default=50, help="Lloyd iterations per k-means run")
     g = p.add_argument_group("outputs and scoring")
     g.add_argument("--num_overlays", type=int, default=50, help="videos drawn as overlay PNGs (-1: all)")
     g.add_argument("--workers", type=int, default=4, help="scoring processes (0: score in this process)")

@@ -7,7 +7,9 @@ the small functions at the bottom, never written back into `args`.
 """
 import argparse
 import copy
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+import difflib
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -25,24 +27,108 @@ def str2bool(v: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
 
 
+# A help text that states its default itself ("default: the data set's"): no "(default: ...)" is appended.
+STATED_DEFAULT = re.compile(r"\bdefault\b:", re.IGNORECASE)
+
+
+def _is_off_form(action: argparse.Action) -> bool:
+    """A store_false flag (--token_norm, the off form of --use_mean_pooling): "(default: True)" under it
+    would read as the opposite of what it does."""
+    return action.nargs == 0 and action.const is False and action.default is not False
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """`-h` with every option's default, also for options without a help text."""
+    """`-h` with every option's default once: appended as "(default: X)" unless the help states it
+    itself, and left out for required flags and for the off form of a switch."""
+
+    def _get_help_string(self, action):
+        help = action.help or ""
+        if (action.default is argparse.SUPPRESS or action.required or _is_off_form(action)
+                or not action.option_strings or "%(default)" in help or STATED_DEFAULT.search(help)):
+            return help
+        return f"{help} (default: %(default)s)".strip()
 
     def _format_action(self, action):
         if not action.help and action.option_strings and action.default is not argparse.SUPPRESS:
-            action = copy.copy(action)
-            # A --no_x flag whose dest defaults to True says nothing: "(default: True)" would read as
-            # the opposite of what it does.
-            if action.nargs != 0 or action.const == action.default:
-                action.help = "(default: %(default)s)"
-        elif action.nargs == 0 and action.const != action.default and action.help:
-            action = copy.copy(action)  # "(default: True)" under --no_x would read as the opposite
-            action.help = action.help.replace("%(default)s", "").strip() or None
+            action = copy.copy(action)  # argparse prints no help line, so no default, for an empty help
+            action.help = "(default: %(default)s)"
         return super()._format_action(action)
 
 
-class DocHelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+class DocHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
     """-h with every default and the module docstring as written (tools whose description is the docstring)."""
+
+
+class Switch(argparse.Action):
+    """One boolean as `--x` / `--no_x` (argparse.BooleanOptionalAction would spell the off form --no-x)."""
+
+    def __init__(self, option_strings, dest, default=None, help=None, **kwargs):
+        names = list(option_strings) + [f"--no_{s[2:]}" for s in option_strings if s.startswith("--")]
+        super().__init__(names, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, not option_string.startswith("--no_"))
+
+    def format_usage(self) -> str:
+        return " | ".join(self.option_strings)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The drivers' parser: errors are one line and a pointer to -h (not the whole usage), and an
+    unknown flag names the closest valid ones ("did you mean --batch_size?")."""
+
+    def __init__(self, prog: Optional[str] = None, description: Optional[str] = None,
+                 formatter_class=HelpFormatter, **kwargs):
+        super().__init__(prog=prog, description=description, formatter_class=formatter_class, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = self._chosen_subparser(namespace) or self
+            parser.error(parser.unrecognized(extras))
+        return namespace
+
+    def _chosen_subparser(self, namespace) -> Optional["ArgumentParser"]:
+        """The subcommand's parser (its flags are the valid ones), or None."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(namespace, action.dest, None) or "")
+                if isinstance(chosen, ArgumentParser):
+                    return chosen._chosen_subparser(namespace) or chosen
+        return None
+
+    @staticmethod
+    def closest(word: str, names: Sequence[str]) -> List[str]:
+        """The valid names nearest to a misspelt one: the same up to - / _, else the best matches and
+        those nearly as good (not every name above a cutoff)."""
+        same = [n for n in names if n.replace("-", "_").strip("_") == word.replace("-", "_").strip("_")]
+        if same:
+            return same
+        score = {n: difflib.SequenceMatcher(None, word, n).ratio() for n in names}
+        best = max(score.values(), default=0.0)
+        return sorted((n for n in names if score[n] >= max(0.6, best - 0.1)), key=score.get, reverse=True)[:3]
+
+    def unrecognized(self, extras: List[str]) -> str:
+        """'unrecognized argument --batchsize (did you mean --batch_size?)' for the extras of a parse."""
+        names = sorted({s for a in self._actions if a.help is not argparse.SUPPRESS for s in a.option_strings})
+        flags = [e.split("=", 1)[0] for e in extras if e.startswith("-") and len(e) > 1]
+        if not flags:  # values without a flag: a positional too many, or a value of a one-value flag
+            return f"unrecognized arguments: {' '.join(extras)}"
+        parts = []
+        for flag in flags:
+            close = self.closest(flag, names)
+            parts.append(flag + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+        return f"unrecognized argument{'s' if len(parts) > 1 else ''} {', '.join(parts)}"
+
+    def error(self, message: str):
+        # argparse's "argument --model: invalid choice: 'vit_bse' (choose from 'a', 'b', ...)": name the nearest.
+        bad = re.match(r"(argument .*: invalid choice: '(.*)') \(choose from (.*)\)$", message)
+        if bad:
+            close = self.closest(bad.group(2), re.findall(r"'([^']*)'", bad.group(3)))
+            if close:
+                message = f"{bad.group(1)}: did you mean {' or '.join(close)}? (choose from {bad.group(3)})"
+        command = self.prog if self.prog.startswith("python") else f"python {self.prog}"
+        self.exit(2, f"{self.prog}: error: {message}\n{command} -h lists every flag and its default\n")
 
 
 def add_launcher_compat_flags(group) -> None:
@@ -52,25 +138,27 @@ def add_launcher_compat_flags(group) -> None:
         group.add_argument(flag, default=None, help=argparse.SUPPRESS)
 
 
-def add_switch(group, name: str, default: bool, help: Optional[str] = None, off_help: Optional[str] = None) -> None:
+def add_switch(group, name: str, default: Optional[bool], help: str) -> None:
     """--name / --no_name for one boolean `name`."""
-    group.add_argument(f"--{name}", dest=name, action="store_true", default=default, help=help)
-    group.add_argument(f"--no_{name}", dest=name, action="store_false", help=off_help)
+    group.add_argument(f"--{name}", dest=name, action=Switch, default=default, help=help)
 
 
 def add_encoder_flags(group, models: Sequence[str], *, default: str, finetune_help: str) -> None:
     """The backbone and the checkpoint it starts from (ours, official SIGMA or VideoMAE)."""
-    group.add_argument("--model", default=default, choices=sorted(models))
+    group.add_argument("--model", default=default, choices=sorted(models), help="the backbone (ViT size)")
     group.add_argument("--finetune", default="", help=finetune_help)
     group.add_argument("--model_key", default="model|module", help="'|'-separated keys holding the state dict")
-    group.add_argument("--model_prefix", default="", help="prefix stripped from the checkpoint's keys")
+    group.add_argument("--model_prefix", default="",
+                       help="prefix stripped from the checkpoint's keys; keys without it are dropped (default: none)")
 
 
 def add_labelled_data_flags(group, data_sets: Sequence[str], *, default: str, data_path_help: str,
                             several_paths: bool = False,
-                            nb_classes_help: str = "default: the data set's; required for custom") -> None:
+                            nb_classes_help: str = "class count (default: the data set's; required for custom)"
+                            ) -> None:
     """A labelled data set: its name (class count, sampling, flips), annotation folder and video root."""
-    group.add_argument("--data_set", default=default, choices=sorted(data_sets))
+    group.add_argument("--data_set", default=default, choices=sorted(data_sets),
+                       help="what the labels are: class count, frame sampling and flips (custom: your own CSVs)")
     group.add_argument("--data_path", required=True, nargs="+" if several_paths else None, help=data_path_help)
     group.add_argument("--data_root", default="", help="prefix of relative video paths (default: --data_path)")
     group.add_argument("--nb_classes", type=int, default=None, help=nb_classes_help)
@@ -78,11 +166,12 @@ def add_labelled_data_flags(group, data_sets: Sequence[str], *, default: str, da
 
 def add_clip_flags(group, *, short_side: bool = True) -> None:
     """Clip geometry: frames, their stride, the crop and (evaluation) the short side before it."""
-    group.add_argument("--num_frames", type=int, default=16)
-    group.add_argument("--sampling_rate", type=int, default=4)
-    group.add_argument("--input_size", type=int, default=224)
+    group.add_argument("--num_frames", type=int, default=16, help="frames per clip")
+    group.add_argument("--sampling_rate", type=int, default=4, help="stride between the clip's frames")
+    group.add_argument("--input_size", type=int, default=224, help="side of the square crop given to the model")
     if short_side:
-        group.add_argument("--short_side_size", type=int, default=224)
+        group.add_argument("--short_side_size", type=int, default=224,
+                           help="evaluation: short side of the frames before the crop(s)")
 
 
 class _Unsupported(argparse.Action):
@@ -100,18 +189,20 @@ def add_loader_flags(group, *, num_workers: int, batch_size: Optional[int] = Non
                      gpu_augment: bool = False) -> None:
     """Decoding and the DataLoader; `training` adds pinning and the bad-sample budget. --gpu_augment
     is accepted where `gpu_augment` (pretraining) and refused with its reason everywhere else."""
-    group.add_argument("--video_backend", default=DEFAULT_BACKEND, choices=BACKENDS)
+    group.add_argument("--video_backend", default=DEFAULT_BACKEND, choices=BACKENDS, help="video decoder")
     if batch_size is not None:
-        group.add_argument("--batch_size", type=int, default=batch_size)
-    group.add_argument("--num_workers", type=int, default=num_workers)
+        group.add_argument("--batch_size", type=int, default=batch_size, help="clips per forward pass per process")
+    group.add_argument("--num_workers", type=int, default=num_workers, help="DataLoader worker processes")
     group.add_argument("--decode_short_side", type=int, default=None,
                        help="scale frames in the decoder (pyav: with the RGB conversion; decord, torchcodec: "
                             "their swscale resize) to this short side where the source's is larger; cheaper on large "
                             "originals, but pixels differ from the official decode-then-resize path (DATASET.md). "
                             "Default: decode at the source size")
     if training:
-        add_switch(group, "pin_mem", True)
-        group.add_argument("--max_bad_fraction", type=float, default=0.2)
+        add_switch(group, "pin_mem", True, "page-locked host memory for batches (faster copies to a GPU)")
+        group.add_argument("--max_bad_fraction", type=float, default=0.2,
+                           help="share of unreadable videos per epoch tolerated (skipped and logged) before the "
+                                "run stops")
     if gpu_augment:
         group.add_argument("--gpu_augment", action="store_true",
                            help="workers only decode and draw the crop boxes and masks; the crops, resizes and "
@@ -135,7 +226,8 @@ def add_probe_flags(p: argparse.ArgumentParser) -> None:
                    help="keep --aa/--reprob/--mixup/--cutmix/--smoothing (official variant; off by default)")
     g.add_argument("--probe", default=None, choices=["linear", "attentive"],
                    help="frozen-backbone probe: linear (= --linear_probing) or attentive (V-JEPA 2's pooler, a grid "
-                        "of heads over --probe_lr_scales x --probe_weight_decays trained on one backbone forward)")
+                        "of heads over --probe_lr_scales x --probe_weight_decays trained on one backbone forward) "
+                        "(default: none, full fine-tuning)")
     g.add_argument("--probe_lr_scales", type=float, nargs="+", default=[5.0, 3.0, 1.0, 0.3, 0.1],
                    help="attentive probe: each head's lr = scale x the scheduled lr")
     g.add_argument("--probe_weight_decays", type=float, nargs="+", default=[0.01, 0.1, 0.4, 0.8],
@@ -152,21 +244,27 @@ def add_augment_flags(p: argparse.ArgumentParser) -> None:
                    help="area range of the random resized crop (official SIGMA: 0.25 1.0; VideoMAE: 0.08 1.0)")
     g.add_argument("--crop_first", action="store_true",
                    help="crop, then RandAugment the crop: cheaper, not the official order (see FINETUNE.md)")
-    g.add_argument("--flip", dest="flip", action="store_true", default=None,
-                   help="random horizontal flips in training (default: the data set's, off for SSV2)")
-    g.add_argument("--no_flip", dest="flip", action="store_false",
-                   help="no flips: for labels that name left/right (motion-labelled custom sets)")
+    from datasets.splits import DATA_SETS  # the per-data-set rule, as the run applies it
+    off = sorted(name for name, (_, _, flip) in DATA_SETS.items() if not flip)
+    on = "on for every data set" if not off else f"off for {', '.join(off)}, on for the others"
+    g.add_argument("--flip", action=Switch, default=None,
+                   help=f"random horizontal flips in training; --no_flip for labels that name left/right "
+                        f"(default: the data set's: {on})")
     g.add_argument("--aa", default="rand-m7-n4-mstd0.5-inc1", help="RandAugment policy; 'none' turns it off")
     g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
-    g.add_argument("--remode", default="pixel", choices=["pixel", "rand", "const"])
-    g.add_argument("--recount", type=int, default=1)
-    g.add_argument("--smoothing", type=float, default=0.1)
+    g.add_argument("--remode", default="pixel", choices=["pixel", "rand", "const"],
+                   help="what random erasing fills in: per-pixel noise, per-channel noise or zeros")
+    g.add_argument("--recount", type=int, default=1, help="random erasing: boxes per clip")
+    g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
     g.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (0: off)")
     g.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha (0: off)")
-    g.add_argument("--cutmix_minmax", type=float, nargs=2, default=None)
-    g.add_argument("--mixup_prob", type=float, default=1.0)
-    g.add_argument("--mixup_switch_prob", type=float, default=0.5)
-    g.add_argument("--mixup_mode", default="batch", choices=MIXUP_MODES)
+    g.add_argument("--cutmix_minmax", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="cutmix box area range, overriding --cutmix's alpha (default: drawn from the alpha)")
+    g.add_argument("--mixup_prob", type=float, default=1.0, help="probability of mixing a batch")
+    g.add_argument("--mixup_switch_prob", type=float, default=0.5,
+                   help="probability of cutmix instead of mixup when both are on")
+    g.add_argument("--mixup_mode", default="batch", choices=MIXUP_MODES,
+                   help="one mix per batch, per pair or per element")
 
 
 def add_optim_flags(p: argparse.ArgumentParser, *, epochs: int, lr: float, min_lr: float, warmup_epochs: int,
@@ -178,40 +276,43 @@ def add_optim_flags(p: argparse.ArgumentParser, *, epochs: int, lr: float, min_l
     # One thing with two official names: MAE's --accum_iter and VideoMAE's --update_freq.
     g.add_argument("--accum_iter", "--update_freq", dest="accum_iter", type=int, default=1,
                    help="micro-batches per optimiser step (--update_freq is the same flag)")
-    g.add_argument("--epochs", type=int, default=epochs)
+    g.add_argument("--epochs", type=int, default=epochs, help="training epochs")
     g.add_argument("--lr", type=float, default=lr, help="base lr; actual = lr * global batch / 256")
-    g.add_argument("--min_lr", type=float, default=min_lr)
-    g.add_argument("--warmup_lr", type=float, default=1e-6)
-    g.add_argument("--warmup_epochs", type=int, default=warmup_epochs)
+    g.add_argument("--min_lr", type=float, default=min_lr, help="lr at the end of the cosine schedule")
+    g.add_argument("--warmup_lr", type=float, default=1e-6, help="lr at the start of the linear warmup")
+    g.add_argument("--warmup_epochs", type=int, default=warmup_epochs, help="epochs of linear warmup")
     g.add_argument("--warmup_steps", type=int, default=-1, help="overrides --warmup_epochs when > 0")
-    g.add_argument("--weight_decay", type=float, default=0.05)
-    g.add_argument("--weight_decay_end", type=float, default=None)
+    g.add_argument("--weight_decay", type=float, default=0.05, help="AdamW weight decay (at the start)")
+    g.add_argument("--weight_decay_end", type=float, default=None,
+                   help="weight decay at the end, cosine from --weight_decay (default: constant --weight_decay)")
     g.add_argument("--opt", default="adamw", choices=["adamw"], help="the optimiser (official flag; AdamW only)")
-    g.add_argument("--opt_betas", type=float, nargs=2, default=betas)
-    g.add_argument("--opt_eps", type=float, default=1e-8)
-    g.add_argument("--clip_grad", type=float, default=None)
+    g.add_argument("--opt_betas", type=float, nargs=2, default=betas, metavar=("BETA1", "BETA2"), help="AdamW betas")
+    g.add_argument("--opt_eps", type=float, default=1e-8, help="AdamW epsilon")
+    g.add_argument("--clip_grad", type=float, default=None, help="max gradient norm (default: no clipping)")
     add_precision_flag(g)
     g.add_argument("--skip_nonfinite", type=int, default=0, help="non-finite steps to skip before stopping")
     return g
 
 
 def add_precision_flag(group) -> None:
-    group.add_argument("--precision", default=None, choices=PRECISIONS, help="default: bf16 on CUDA, fp32 on CPU")
+    group.add_argument("--precision", default=None, choices=PRECISIONS,
+                       help="compute precision (default: bf16 on CUDA, fp32 on CPU)")
 
 
 def add_output_and_run_flags(p: argparse.ArgumentParser, *, output_dir: str, save_ckpt_freq: int,
                              run_name: str) -> None:
     """The "checkpoints and logging" and "run" flag groups every training driver shares."""
     g = p.add_argument_group("checkpoints and logging")
-    g.add_argument("--output_dir", default=output_dir)
+    g.add_argument("--output_dir", default=output_dir, help="checkpoints, logs and results")
     g.add_argument("--log_dir", default=None, help="tensorboard dir (default: output_dir/tb)")
     g.add_argument("--save_ckpt_freq", type=int, default=save_ckpt_freq, help="keep checkpoint-{epoch}.pth every N epochs")
     g.add_argument("--save_ckpt_steps", type=int, default=1000, help="rolling resumable save every N steps")
     g.add_argument("--keep_last_ckpts", type=int, default=0, help="epoch checkpoints to keep (0: all)")
     g.add_argument("--resume", default="", help="checkpoint to resume from (default: newest valid in output_dir)")
-    add_switch(g, "auto_resume", True)
-    g.add_argument("--log_every", type=int, default=20)
-    g.add_argument("--run_name", default=run_name)
+    add_switch(g, "auto_resume", True, "resume from the newest valid checkpoint in --output_dir when there is one")
+    g.add_argument("--log_every", type=int, default=20, help="log a training line every N steps")
+    g.add_argument("--run_name", default=run_name,
+                   help="name of the run (Weights & Biases; collect_results.py reads severe_* names)")
     g.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (offline unless WANDB_MODE)")
     add_run_flags(p)
 
@@ -220,11 +321,12 @@ def add_run_flags(p: argparse.ArgumentParser, *, output_dir: Optional[str] = Non
     """The "run" group: device, seed (and, for evaluation drivers, output folder and precision)."""
     g = p.add_argument_group("run")
     if output_dir is not None:
-        g.add_argument("--output_dir", default=output_dir)
+        g.add_argument("--output_dir", default=output_dir, help="results, config.json and the log")
     if precision:
         add_precision_flag(g)
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda, cuda:N or cpu (the default is cuda where there is one)")
+    g.add_argument("--seed", type=int, default=0, help="random seed")
     add_launcher_compat_flags(g)
 
 

@@ -34,7 +34,8 @@ import torch
 import torch.nn as nn
 
 from checkpointing import CheckpointError, read_torch_file
-from flags import DocHelpFormatter
+from flags import ArgumentParser, DocHelpFormatter
+from shutdown import run_tool
 
 logger = logging.getLogger(__name__)
 
@@ -691,6 +692,9 @@ def export_hf(checkpoint: str, out_dir: str, *, model_key: str = "model|module",
     else:
         architecture = "VideoMAEForPreTraining" if decoder else "VideoMAEModel"
     hf.update(decoder or {}, architectures=[architecture])
+    # Where the weights came from, for scripts/collect_results.py (transformers keeps unknown keys as they are).
+    hf["sigma_source"] = {"checkpoint": os.path.abspath(checkpoint),
+                          **{k: config[k] for k in ("model", "target_type", "loss_func") if k in config}}
     weights = to_transformers(backbone, rest, prefix="" if architecture == "VideoMAEModel" else "videomae.",
                               with_decoder=decoder is not None)
     held = {"decoder.", "encoder_to_decoder.", "mask_token"} if decoder else set()
@@ -734,17 +738,21 @@ def convert(source: str, out: str, model_key: str = "model|module") -> int:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=DocHelpFormatter)
+    p = ArgumentParser("hf_weights.py", __doc__, formatter_class=DocHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export", help="our / official checkpoint -> transformers VideoMAE folder",
                        formatter_class=DocHelpFormatter)
-    e.add_argument("checkpoint")
-    e.add_argument("out_dir")
+    e.add_argument("checkpoint", help="our / official .pth or .safetensors checkpoint")
+    e.add_argument("out_dir", help="the transformers folder written (config.json, model.safetensors)")
     e.add_argument("--model_key", default="model|module", help="'|'-separated keys holding the state dict")
-    e.add_argument("--num_heads", type=int, default=None, help="default: from the saved --model or the width")
-    e.add_argument("--decoder_num_heads", type=int, default=None, help="default: the published decoder of the width")
-    e.add_argument("--input_size", type=int, default=None, help="default: the saved config's, else 224")
-    e.add_argument("--num_frames", type=int, default=None, help="default: the saved config's, else 16")
+    e.add_argument("--num_heads", type=int, default=None,
+                   help="encoder attention heads (default: from the saved --model or the width)")
+    e.add_argument("--decoder_num_heads", type=int, default=None,
+                   help="decoder attention heads (default: the published decoder of the width)")
+    e.add_argument("--input_size", type=int, default=None,
+                   help="image_size written (default: the saved config's, else 224)")
+    e.add_argument("--num_frames", type=int, default=None,
+                   help="num_frames written (default: the saved config's, else 16)")
     e.add_argument("--no_head", action="store_true", help="write the encoder alone, without the classifier")
     e.add_argument("--first_token", action="store_true", help="the head (no fc_norm) was trained on token 0")
     e.add_argument("--overwrite", action="store_true",
@@ -753,7 +761,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                        formatter_class=DocHelpFormatter)
     c.add_argument("source", help="our .pth / .safetensors, a transformers or VideoMAEv2 folder or file")
     c.add_argument("out", help="output file; .safetensors writes safetensors, anything else torch.save")
-    c.add_argument("--model_key", default="model|module")
+    c.add_argument("--model_key", default="model|module", help="'|'-separated keys holding the state dict")
     return p
 
 
@@ -774,4 +782,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main, "hf_weights.py")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from checkpointing import state_dict_from
+from checkpointing import CheckpointMismatch, state_dict_from
 from hf_weights import HubConfig, read_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -462,6 +462,7 @@ def load_pretrained_weights(model: VisionTransformer, source: Union[str, Pretrai
     """
     path, checkpoint, hub = source if isinstance(source, Pretrained) else read_pretrained(source)
     if hub is not None:
+        check_vit_size(model, _backbone_state_dict(state_dict_from(checkpoint, path, model_key))[0], path)
         checkpoint = hub.adapt(model, checkpoint)  # its config's sizes checked, its norm eps and pooling taken
     state = state_dict_from(checkpoint, path, model_key)
     dropped = []
@@ -472,6 +473,7 @@ def load_pretrained_weights(model: VisionTransformer, source: Union[str, Pretrai
             raise ValueError(f"{path}: no key starts with --model_prefix {model_prefix!r}; keys: {dropped[:10]}")
     state, more = _backbone_state_dict(state)
     dropped += more
+    check_vit_size(model, state, path)
     own = model.state_dict()
     for key in list(state):
         if key not in own:
@@ -485,18 +487,45 @@ def load_pretrained_weights(model: VisionTransformer, source: Union[str, Pretrai
             del state[key]
     bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
            for k, v in state.items() if v.shape != own[k].shape]
-    if bad:
-        raise ValueError(f"{path} does not match the model: " + "; ".join(bad))
+    if bad:  # the first few: a list of every tensor would be a line of thousands of characters
+        raise CheckpointMismatch(path, "shape mismatch", f"{path} does not match the model: " + "; ".join(bad[:3])
+                                 + (f"; ... ({len(bad)} tensors in all)" if len(bad) > 3 else ""))
     initialised = sorted(k for k in own if k not in state)
     missing = [k for k in initialised if not k.startswith(("head.", "fc_norm.", "norm.", "pos_embed"))]
     if missing:
-        raise ValueError(f"{path} lacks backbone weights {missing[:8]}{' ...' if len(missing) > 8 else ''} "
-                         f"({len(missing)} keys): is it a checkpoint of this model size?")
+        raise CheckpointMismatch(path, "missing weights",
+                                 f"{path} lacks backbone weights {missing[:8]}{' ...' if len(missing) > 8 else ''} "
+                                 f"({len(missing)} keys): is it a checkpoint of this model size?")
     model.load_state_dict(state, strict=False)
     report = {"loaded": sorted(state), "initialised": initialised, "dropped": sorted(dropped)}
     logger.info("loaded %d tensors from %s; newly initialised: %s; dropped from checkpoint: %s",
                 len(state), path, initialised, _summarise(report["dropped"]))
     return report
+
+
+def _size_name(embed_dim: int, depth: int) -> str:
+    """'ViT-S (embed 384, 12 blocks)', or 'a ViT (embed 500, 7 blocks)' for a size no factory builds."""
+    short = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}
+    size = next((s for s, (d, n, _) in VIT_SIZES.items() if (d, n) == (embed_dim, depth)), None)
+    return f"{'ViT-' + short[size] if size else 'a ViT'} (embed {embed_dim}, {depth} blocks)"
+
+
+def check_vit_size(model: VisionTransformer, state: Dict[str, torch.Tensor], path: str) -> None:
+    """CheckpointMismatch naming both sizes when the backbone weights `state` (our names) are of another
+    published size than `model`: 'checkpoint is ViT-S (embed 384, 12 blocks); --model asks for ViT-B ...'."""
+    if "patch_embed.proj.weight" not in state:
+        return  # not a backbone at all: the missing weights are named later
+    embed_dim = state["patch_embed.proj.weight"].shape[0]
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    known = {(d, n) for d, n, _ in VIT_SIZES.values()}
+    if (embed_dim, depth) == (model.embed_dim, len(model.blocks)) or (embed_dim, depth) not in known:
+        return  # the same size, or a damaged or unusual file: its tensors are named one by one later
+    ours = _size_name(model.embed_dim, len(model.blocks))
+    theirs = _size_name(embed_dim, depth)
+    fits = next((f" (--model vit_{s}_patch16_224 fits it)" for s, (d, n, _) in VIT_SIZES.items()
+                 if (d, n) == (embed_dim, depth)), "")
+    raise CheckpointMismatch(path, "another model size",
+                             f"{path}: checkpoint is {theirs}; --model asks for {ours}{fits}")
 
 
 def pooling_for_frozen_features(source: Union[str, Pretrained], model_key: str = "model|module") -> bool:

@@ -28,7 +28,7 @@ from engine_for_finetuning import evaluate, train_one_epoch, write_test_results
 from eval_knn import add_image_flags
 from finetune_build import (build_datasets, build_model, build_optimizer, deepspeed_config_of, eval_loader,
                             probe_of)
-from flags import (HelpFormatter, add_augment_flags, add_clip_flags, add_encoder_flags, add_labelled_data_flags,
+from flags import (ArgumentParser, add_augment_flags, add_clip_flags, add_encoder_flags, add_labelled_data_flags,
                    add_loader_flags, add_optim_flags, add_output_and_run_flags, add_probe_flags, check_flags,
                    check_nb_classes, clip_rules, common_rules, nb_classes_of, resolve_precision, str2bool)
 from modeling_finetune import MODELS, LinearProbe, ModelEma
@@ -43,25 +43,26 @@ logger = logging.getLogger("sigma")
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser("fine-tuning and evaluation", formatter_class=HelpFormatter)
+    p = ArgumentParser("run_class_finetuning.py", "fine-tuning, probing and multi-view testing")
     g = p.add_argument_group("model")
     add_encoder_flags(g, MODELS, default="vit_base_patch16_224",
-                      finetune_help="pretrained or fine-tuned checkpoint (ours, SIGMA, VideoMAE)")
+                      finetune_help="pretrained or fine-tuned checkpoint (ours, SIGMA, VideoMAE, a transformers "
+                                    "folder) (default: none, a randomly initialised model)")
     g.add_argument("--init_scale", type=float, default=0.001, help="scale of the new head's initial weights")
-    g.add_argument("--drop_path", type=float, default=0.1)
-    g.add_argument("--fc_drop_rate", type=float, default=0.0)
-    g.add_argument("--drop", type=float, default=0.0)
-    g.add_argument("--attn_drop_rate", type=float, default=0.0)
+    g.add_argument("--drop_path", type=float, default=0.1, help="stochastic depth rate")
+    g.add_argument("--fc_drop_rate", type=float, default=0.0, help="dropout before the classifier")
+    g.add_argument("--drop", type=float, default=0.0, help="dropout in the blocks")
+    g.add_argument("--attn_drop_rate", type=float, default=0.0, help="dropout of the attention weights")
     g.add_argument("--use_checkpoint", action="store_true", help="gradient checkpointing")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the training model; checkpoints keep the plain key names")
     g.add_argument("--use_mean_pooling", dest="use_mean_pooling", action="store_true", default=True,
                    help="mean of the tokens, then fc_norm")
     g.add_argument("--token_norm", "--use_cls", dest="use_mean_pooling", action="store_false",
-                   help="the final norm on every token, then their mean (the model has no CLS token; --use_cls "
-                        "is the official spelling)")
+                   help="the final norm on every token, then their mean, instead of --use_mean_pooling (the "
+                        "model has no CLS token; --use_cls is the official spelling)")
     g.add_argument("--model_ema", action="store_true", help="keep, evaluate and save an EMA of the weights")
-    g.add_argument("--model_ema_decay", type=float, default=0.9999)
+    g.add_argument("--model_ema_decay", type=float, default=0.9999, help="decay of --model_ema per step")
     add_probe_flags(p)
     g = p.add_argument_group("data")
     add_labelled_data_flags(g, DATA_SETS, default="Kinetics-400", data_path_help=(
@@ -73,15 +74,16 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--num_sample", type=int, default=2, help="augmented clips per decoded training video")
     g.add_argument("--examples", type=int, default=0,
                    help="train on a class-balanced subset of about N videos, the official one (0: all)")
-    g.add_argument("--test_num_segment", type=int, default=5)
-    g.add_argument("--test_num_crop", type=int, default=3)
+    g.add_argument("--test_num_segment", type=int, default=5, help="multi-view test: clips along each video")
+    g.add_argument("--test_num_crop", type=int, default=3, help="multi-view test: spatial crops of each clip")
     add_loader_flags(g, num_workers=10)
     add_augment_flags(p)
     g = add_optim_flags(p, epochs=30, lr=1e-3, min_lr=1e-6, warmup_epochs=5, betas=(0.9, 0.999), batch_size=64,
                         batch_help="videos per GPU per micro-batch (each gives --num_sample clips)")
-    g.add_argument("--layer_decay", type=float, default=0.75)
-    g.add_argument("--enable_deepspeed", action="store_true")
-    g.add_argument("--zero_stage", type=int, default=0, choices=[0, 1, 2])
+    g.add_argument("--layer_decay", type=float, default=0.75,
+                   help="lr of block i = lr x layer_decay^(depth - i) (1: the same lr everywhere)")
+    g.add_argument("--enable_deepspeed", action="store_true", help="train with DeepSpeed (INSTALL.md)")
+    g.add_argument("--zero_stage", type=int, default=0, choices=[0, 1, 2], help="DeepSpeed ZeRO stage")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval", action="store_true", help="only run the multi-view test of the given weights")
     g.add_argument("--disable_eval_during_finetuning", action="store_true",

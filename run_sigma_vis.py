@@ -37,13 +37,14 @@ from datasets.transforms import center_crop, resize_short_side, to_normalized_fl
 from distributed import setup_logging
 from eval_knn import account_scored, add_scoring_flags
 from engine_for_pretraining import Objective, denormalize_like, pixel_targets
-from flags import DocHelpFormatter, str2bool
+from flags import ArgumentParser, DocHelpFormatter, str2bool
 import hf_weights
 from kmeans import kmeans
 from masking_generator import tube_mask
 from modeling_finetune import MaskIndex, patchify
 from modeling_pretrain import MODELS, TARGET_TYPES, TEACHER_DIMS, PretrainVisionTransformer, build_teacher
 from run_sigma_pretraining import build_parser as build_pretrain_parser
+from shutdown import describe
 from vis_drawing import (MASK_GREY, OVERLAY_ALPHA, figure, legend_entries, save_gif, save_png, shown_frames, to_uint8,
                          tube_colours, upscale, usage_plot)
 
@@ -57,31 +58,38 @@ KMEANS_ITERATIONS = 50
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("SIGMA visualisation", description=__doc__, formatter_class=DocHelpFormatter)
+    p = ArgumentParser("run_sigma_vis.py", __doc__, formatter_class=DocHelpFormatter)
     pretrain = build_pretrain_parser()  # the pretraining defaults, declared once there
     g = p.add_argument_group("inputs")
     g.add_argument("--checkpoint", required=True, help="pretraining checkpoint (loaded with weights_only)")
-    g.add_argument("--video", default="", help="video for the tube overlay and the reconstruction figures")
-    g.add_argument("--csv", default="", help="annotation list (`path label` lines) for the usage histogram")
-    g.add_argument("--data_path", default="", help="root for relative paths in --csv")
+    g.add_argument("--video", default="",
+                   help="video for the tube overlay and the reconstruction figures (default: none, give it or --csv)")
+    g.add_argument("--csv", default="",
+                   help="annotation list (`path label` lines) for the usage histogram (default: none, no histogram)")
+    g.add_argument("--data_path", default="", help="root for relative paths in --csv (default: the current folder)")
     g.add_argument("--max_videos", type=int, default=200, help="videos of --csv to use; 0: all")
     add_scoring_flags(g)
-    g.add_argument("--video_backend", default=pretrain.get_default("video_backend"), choices=BACKENDS)
-    pretrain = build_pretrain_parser()  # the pretraining defaults, declared once there
+    g.add_argument("--video_backend", default=pretrain.get_default("video_backend"), choices=BACKENDS,
+                   help="video decoder")
     g = p.add_argument_group("model (default: the checkpoint's config, else the pretraining default)")
-    g.add_argument("--model", default=pretrain.get_default("model"), choices=sorted(MODELS))
-    g.add_argument("--target_type", default=pretrain.get_default("target_type"), choices=TARGET_TYPES)
-    g.add_argument("--num_prototypes", type=int, default=None, help="default: rows of the checkpoint's prototypes")
+    g.add_argument("--model", default=pretrain.get_default("model"), choices=sorted(MODELS), help="encoder size")
+    g.add_argument("--target_type", default=pretrain.get_default("target_type"), choices=TARGET_TYPES,
+                   help="what the model was trained to predict (run_sigma_pretraining.py)")
+    g.add_argument("--num_prototypes", type=int, default=None, help="prototypes (default: rows of the checkpoint's)")
     g.add_argument("--normalize_target", type=str2bool, default=pretrain.get_default("normalize_target"),
                    help="per-tube target normalisation the model was trained with")
     g.add_argument("--distillation_teacher", default=pretrain.get_default("distillation_teacher"),
-                   choices=sorted(TEACHER_DIMS))
-    g.add_argument("--teacher_ckpt", default="", help="local DINO weights: dino_* targets need the teacher")
-    g.add_argument("--sinkhorn_eps", type=float, default=pretrain.get_default("sinkhorn_eps"))
-    g.add_argument("--sinkhorn_iterations", type=int, default=pretrain.get_default("sinkhorn_iterations"))
+                   choices=sorted(TEACHER_DIMS), help="the DINO image model of dino_* targets")
+    g.add_argument("--teacher_ckpt", default="",
+                   help="local DINO weights (default: none; dino_* targets need the teacher)")
+    g.add_argument("--sinkhorn_eps", type=float, default=pretrain.get_default("sinkhorn_eps"),
+                   help="entropy regularisation of --assign sinkhorn")
+    g.add_argument("--sinkhorn_iterations", type=int, default=pretrain.get_default("sinkhorn_iterations"),
+                   help="iterations of --assign sinkhorn")
     g = p.add_argument_group("clip")
-    g.add_argument("--input_size", type=int, default=pretrain.get_default("input_size"))
-    g.add_argument("--num_frames", type=int, default=pretrain.get_default("num_frames"))
+    g.add_argument("--input_size", type=int, default=pretrain.get_default("input_size"),
+                   help="side of the square crop given to the model")
+    g.add_argument("--num_frames", type=int, default=pretrain.get_default("num_frames"), help="frames per clip")
     g.add_argument("--sampling_rate", type=int, default=pretrain.get_default("sampling_rate"),
                    help="the centre window of the video is shown")
     g.add_argument("--mask_ratio", type=float, default=pretrain.get_default("mask_ratio"),
@@ -96,8 +104,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="models without prototypes (VideoMAE pixel): tubes are coloured by k-means with this "
                         "many clusters on the encoder features of all tokens (encoder run without masking)")
     g = p.add_argument_group("run")
-    g.add_argument("--output_dir", default="output/vis")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--output_dir", default="output/vis", help="where the pictures go")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda, cuda:N or cpu (the default is cuda where there is one)")
     g.add_argument("--seed", type=int, default=0, help="reconstruction mask and k-means initialisation")
     return p
 
@@ -359,5 +368,9 @@ if __name__ == "__main__":
         main()
     except VideoError as e:
         sys.exit(f"run_sigma_vis.py: error: cannot read video {e}")
-    except (CheckpointError, AnnotationError, FileNotFoundError, ValueError) as e:
+    except (CheckpointError, AnnotationError, ValueError) as e:
         sys.exit(f"run_sigma_vis.py: error: {e}")
+    except OSError as e:  # an output folder that cannot be written, a file that cannot be read
+        if e.filename is None or not e.strerror:
+            raise
+        sys.exit(f"run_sigma_vis.py: error: {describe(e)}")

@@ -24,7 +24,7 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 import torch.distributed as dist
 
@@ -109,12 +109,30 @@ def exit_code_of(e: SystemExit) -> int:
 
 def describe(e: BaseException) -> str:
     """One line naming an error, its type only where the message alone would not be clear. An
-    error re-raised from a DataLoader worker is named by its original last line."""
+    error re-raised from a DataLoader worker is named by its original last line; an OS error on a
+    file by the path and the reason ("/scratch/out: Permission denied")."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        paths = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
+        return f"{paths}: {e.strerror}"
     lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
     if len(lines) > 1 and lines[0].startswith("Caught ") and "worker" in lines[0]:
         return f"{lines[-1]} (in a data-loader worker)"
     text = lines[0] if len(lines) == 1 else " ".join(lines[:3]) if lines else type(e).__name__
     return text if isinstance(e, RunError) else f"{type(e).__name__}: {text}"
+
+
+def run_tool(main: Callable[[], Optional[int]], prog: str) -> None:
+    """The __main__ of a tool without a run folder (data preparation, conversion, pictures): exits with
+    `main()`'s status; an OS error on a path (a read-only or missing output folder, a full disk) or a
+    RunError ends as one line `prog: error: ...` and status 1 instead of a traceback."""
+    try:
+        code = main()
+    except (OSError, RunError) as e:
+        if isinstance(e, OSError) and (e.filename is None or not e.strerror):
+            raise  # not about a path: the traceback is the information
+        sys.stdout.flush()
+        sys.exit(f"{prog}: error: {describe(e)}")
+    sys.exit(code or 0)
 
 
 def stop_workers(timeout_s: float = 5.0) -> None:
@@ -130,13 +148,48 @@ def stop_workers(timeout_s: float = 5.0) -> None:
         p.join(timeout_s)
 
 
+def _log_files() -> List[str]:
+    """The files the root logger writes to (the run's train.log on rank 0), shortest path first."""
+    return [os.path.relpath(h.baseFilename) if not os.path.relpath(h.baseFilename).startswith("..") else h.baseFilename
+            for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+
+
+def _keep_traceback(e: BaseException) -> Optional[str]:
+    """Write the traceback of `e` to the log files only (the console gets the one-line cause); the
+    file it went to, or None where there is none (then an unexpected error's goes to the console)."""
+    text = "".join(traceback.format_exception(e)).rstrip()
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "%s", (text,), None)
+    for handler in handlers:
+        handler.handle(record)
+    if not handlers and not isinstance(e, RunError) and not (isinstance(e, OSError) and e.filename is not None):
+        logger.error("%s", text)
+    files = _log_files()
+    return files[0] if files else None
+
+
+def _what_was_left(log_file: str, output_dir: Optional[str], fresh: bool) -> str:
+    """'the traceback is in X' and, for an output folder this run created and left holding only its
+    log, that it is the only file left (so that a failed start does not leave a puzzle behind)."""
+    text = f"the traceback is in {log_file}"
+    if fresh and output_dir and os.path.isdir(output_dir):
+        left = sorted(os.listdir(output_dir))
+        if left == [os.path.basename(log_file)]:
+            text += f", the only file this run left in {output_dir}"
+    return text
+
+
 def run_driver(main: Callable[[Any], None], args: Any, grace_s: float = EXIT_GRACE_S) -> None:
     """Run a driver's `main(args)` as a process; never returns (see the module docstring).
 
     `main` must close what it writes (it does: RunLog.close, checkpoints are fsynced); stdout,
-    stderr and the log handlers are flushed here.
+    stderr and the log handlers are flushed here. An error ends with one line on the console naming
+    its cause; its traceback goes to the run's log file (train.log), or to the console where no log
+    file was opened yet and the cause is not self-explanatory.
     """
     cause: Optional[str] = None
+    output_dir = getattr(args, "output_dir", None)
+    fresh = bool(output_dir) and not os.path.exists(output_dir)
     try:
         main(args)
         code = 0
@@ -147,8 +200,11 @@ def run_driver(main: Callable[[Any], None], args: Any, grace_s: float = EXIT_GRA
     except KeyboardInterrupt:
         code, cause = 130, "interrupted"
     except BaseException as e:  # noqa: BLE001 - every cause must end the process
-        if not isinstance(e, RunError):
-            logger.error("%s", "".join(traceback.format_exception(e)).rstrip())
+        if not logging.getLogger().handlers:  # failed before the run set up logging
+            logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        log_file = _keep_traceback(e)
+        if log_file:
+            logger.info("%s", _what_was_left(log_file, output_dir, fresh))
         code, cause = 1, f"run failed: {describe(e)}"
     _watchdog(code, grace_s)
     stop_workers()

@@ -30,6 +30,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from datasets.synthetic import CODECS, DIRECTIONS, SPLITS, _write_lines, write_video
+from flags import ArgumentParser, DocHelpFormatter
+from shutdown import run_tool
 
 logger = logging.getLogger(__name__)
 
@@ -170,15 +172,14 @@ def make_digits_dataset(out_dir: str, num_train: int = 1000, num_val: int = 400,
 
 
 def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser("moving handwritten digits", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--codec", default="h264", choices=sorted(CODECS))
-    p.add_argument("--fps", type=int, default=25)
+    p = ArgumentParser("python -m datasets.digits", __doc__, formatter_class=DocHelpFormatter)
+    p.add_argument("--out", required=True, help="dataset root: one folder per labelling, CSV paths relative to it")
+    p.add_argument("--codec", default="h264", choices=sorted(CODECS), help="h264 writes .mp4, vp9 .webm, mpeg4 .avi")
+    p.add_argument("--fps", type=int, default=25, help="frame rate written in the files")
     g = p.add_argument_group("size")
-    g.add_argument("--num_train", type=int, default=1000)
-    g.add_argument("--num_val", type=int, default=400)
-    g.add_argument("--num_test", type=int, default=200)
+    g.add_argument("--num_train", type=int, default=1000, help="training videos")
+    g.add_argument("--num_val", type=int, default=400, help="validation videos")
+    g.add_argument("--num_test", type=int, default=200, help="test videos")
     g.add_argument("--frames", type=int, default=32, help="frames per video (8 frames at rate 4 fill 32)")
     g.add_argument("--size", type=int, default=48, help="frame side in pixels, even")
     g = p.add_argument_group("content")
@@ -202,4 +203,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main, "python -m datasets.digits")

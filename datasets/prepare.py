@@ -24,11 +24,12 @@ import logging
 import os
 import random
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from datasets.transcode import MUXERS, VIDEO_EXTS, PrepareError, TranscodeStopped, transcode_tree
+from flags import ArgumentParser, DocHelpFormatter as HelpFormatter, Switch
+from shutdown import run_tool
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,9 @@ def csv_from_folders(root: str, val_fraction: float = 0.1, split_dirs: Optional[
 
     Args:
         root: `root/<class>/...` or, with split_dirs, `root/<split dir>/<class>/...`.
-        val_fraction: without split_dirs, the share of each class drawn (by `seed`) into val.
+        val_fraction: without split_dirs, the share of each class drawn (by `seed`) into val, rounded,
+            but at least one video and at most all but one of a class that has two or more (a
+            small class keeps a val video; a one-video class goes to train, with a warning).
         split_dirs: existing split folders, written to train.csv, val.csv, test.csv in this order;
             the first one defines the classes.
         exts: the file extensions listed (case-insensitive); other files are left out.
@@ -172,6 +175,10 @@ def csv_from_folders(root: str, val_fraction: float = 0.1, split_dirs: Optional[
                                             f"class folder {name!r} is not in {split_dirs[0]!r}: videos left out"))
                     continue
                 rows += [(p, ids[name]) for p in by_folder.get(f"{folder}/{name}", [])]
+        for out_name, folder in zip(("train", "val", "test"), split_dirs):
+            _warn_empty(out_name, [name for label, name in enumerate(classes)
+                                   if not any(row_label == label for _, row_label in splits[out_name])],
+                        f"in {os.path.join(root, folder)}")
         return Annotations(splits, classes, problems)
 
     if not 0 <= val_fraction < 1:
@@ -179,6 +186,7 @@ def csv_from_folders(root: str, val_fraction: float = 0.1, split_dirs: Optional[
     by_folder = _group_by_folder(videos, depth=1)
     classes = _class_dirs(root)
     splits = {"train": [], "val": []}
+    no_val = []
     for label, name in enumerate(classes):
         members = list(by_folder.get(name, []))
         if not members:
@@ -186,9 +194,22 @@ def csv_from_folders(root: str, val_fraction: float = 0.1, split_dirs: Optional[
         # One generator per class: a class's split does not change when other classes change.
         random.Random(f"{seed}/{name}").shuffle(members)
         num_val = round(len(members) * val_fraction)
+        if val_fraction > 0 and len(members) >= 2:  # one val video at least, one train video at least
+            num_val = min(max(num_val, 1), len(members) - 1)
+        elif val_fraction > 0 and members:
+            no_val.append(name)
         splits["val"] += [(p, label) for p in sorted(members[:num_val])]
         splits["train"] += [(p, label) for p in sorted(members[num_val:])]
+    _warn_empty("val", no_val, "(one video each, kept for train)")
     return Annotations(splits, classes, problems)
+
+
+def _warn_empty(split: str, names: List[str], where: str) -> None:
+    """A warning naming the classes without a video in `split` (a run scores them on nothing)."""
+    if names:
+        shown = ", ".join(repr(n) for n in names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        logger.warning("%s split: no video of %d class%s %s: %s", split, len(names), "" if len(names) == 1 else "es",
+                       where, shown)
 
 
 def _group_by_folder(paths: Sequence[str], depth: int) -> Dict[str, List[str]]:
@@ -429,10 +450,6 @@ def write_annotations(annotations: Annotations, out_dir: str) -> List[str]:
 # command line
 # ---------------------------------------------------------------------------------------------
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """-h with the default of every flag that has help text, and the module docstring as written."""
-
-
 def _run_transcode(args: argparse.Namespace) -> int:
     try:
         report = transcode_tree(args.src, args.dst, short_side=args.short_side, height=args.height, gop=args.gop,
@@ -472,7 +489,7 @@ def _csv_parser(sub: argparse._SubParsersAction, name: str, help_text: str, vide
 
 
 def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser("python -m datasets.prepare", description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser("python -m datasets.prepare", __doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("transcode", help="re-encode a video tree to H.264 for fast clip decoding",
@@ -480,19 +497,21 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g = p.add_argument_group("files")
     g.add_argument("--src", required=True, help="folder searched recursively for " + " ".join(VIDEO_EXTS))
     g.add_argument("--dst", required=True, help="output folder; the source tree is mirrored")
-    g.add_argument("--ext", default=".mp4", choices=sorted(MUXERS))
+    g.add_argument("--ext", default=".mp4", choices=sorted(MUXERS), help="container of the output files")
     g = p.add_argument_group("size (never upscales; dimensions rounded to even)")
     size = g.add_mutually_exclusive_group()
-    size.add_argument("--short_side", type=int, help="shorter side in pixels (Kinetics: 320)")
-    size.add_argument("--height", type=int, help="height in pixels (SSv2: 240, its original height)")
+    size.add_argument("--short_side", type=int, help="shorter side in pixels (Kinetics: 320; default: the source's)")
+    size.add_argument("--height", type=int,
+                      help="height in pixels (SSv2: 240, its original height; default: the source's)")
     g = p.add_argument_group("encoding")
     g.add_argument("--gop", type=int, help="keyframe interval in frames (default: x264's, 250)")
     g.add_argument("--crf", type=int, default=23, help="x264 constant rate factor")
     g.add_argument("--fastdecode", action="store_true",
                    help="x264 -tune fastdecode: no CABAC, deblocking or weighted prediction; cheaper decoding, "
                         "bigger files (DATASET.md)")
-    g.add_argument("--no_b_pyramid", dest="b_pyramid", action="store_false",
-                   help="no B-frame is a reference frame, so the PyAV reader skips decoding every unwanted one")
+    g.add_argument("--b_pyramid", action=Switch, default=True,
+                   help="B-frames may be reference frames (x264's default); --no_b_pyramid: none is, so the PyAV "
+                        "reader skips decoding every unwanted one")
     g = p.add_argument_group("execution")
     g.add_argument("--workers", type=int, help="parallel ffmpeg processes (default: one per CPU)")
     p.set_defaults(run=_run_transcode)
@@ -501,7 +520,8 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     split = g.add_mutually_exclusive_group()
     split.add_argument("--val_fraction", type=float, default=0.1, help="share of each class drawn into val")
     split.add_argument("--split_dirs", type=lambda s: [d for d in s.split(",") if d],
-                       help="existing split folders under --root, e.g. train,val (-> train.csv, val.csv)")
+                       help="existing split folders under --root, e.g. train,val (-> train.csv, val.csv) "
+                            "(default: none, --val_fraction draws val)")
     g.add_argument("--seed", type=int, default=0, help="seed of the --val_fraction draw")
     g.add_argument("--ext", nargs="+", default=list(VIDEO_EXTS), metavar="EXT",
                    help="file extensions to list (case-insensitive), e.g. --ext .mp4 .webm")
@@ -512,8 +532,8 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--labels", required=True, help="something-something-v2-labels.json")
     g.add_argument("--train", required=True, help="something-something-v2-train.json")
     g.add_argument("--val", required=True, help="something-something-v2-validation.json")
-    g.add_argument("--test", help="something-something-v2-test.json (needs --test_answers)")
-    g.add_argument("--test_answers", help="test-answers.csv, `id;label` lines")
+    g.add_argument("--test", help="something-something-v2-test.json, needs --test_answers (default: no test.csv)")
+    g.add_argument("--test_answers", help="test-answers.csv, `id;label` lines (default: none)")
     p.set_defaults(build=lambda a: csv_from_ssv2(a.labels, a.train, a.val, a.video_dir, test=a.test,
                                                  test_answers=a.test_answers, ext=a.ext))
 
@@ -522,13 +542,13 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                           csv_from_hmdb51)):
         p, g = _csv_parser(sub, name, f"{dataset} CSVs from an official split (val = its test half)")
         g.add_argument("--splits_dir", required=True, help=f"the official split folder ({folder})")
-        g.add_argument("--split", type=int, default=1, choices=(1, 2, 3))
+        g.add_argument("--split", type=int, default=1, choices=(1, 2, 3), help="which official split")
         p.set_defaults(build=lambda a, build=build: build(a.splits_dir, a.video_dir, split=a.split, ext=a.ext))
 
     p, g = _csv_parser(sub, "csv-from-kinetics", "Kinetics CSVs from the official annotation CSVs")
     g.add_argument("--train", required=True, help="train.csv (label,youtube_id,time_start,time_end,split)")
     g.add_argument("--val", required=True, help="validate.csv / val.csv")
-    g.add_argument("--test", help="test.csv")
+    g.add_argument("--test", help="test.csv (default: no test.csv written)")
     p.set_defaults(build=lambda a: csv_from_kinetics(a.train, a.val, a.video_dir, test=a.test, ext=a.ext))
 
     p, g = _csv_parser(sub, "csv-from-diving48", "Diving48 CSVs from the official JSON files (val = test)")
@@ -551,4 +571,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_tool(main, "python -m datasets.prepare")

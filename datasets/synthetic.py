@@ -27,6 +27,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import av
 import numpy as np
 
+from flags import ArgumentParser, DocHelpFormatter
+from shutdown import run_tool
+
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
@@ -276,22 +279,18 @@ def _write_lines(path: str, lines: Sequence[str]) -> str:
     return path
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """-h with the default of every flag that has help text, and the module docstring as written."""
-
-
 def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser("synthetic motion dataset", description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser("python -m datasets.synthetic", __doc__, formatter_class=DocHelpFormatter)
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, help="dataset root; CSV paths are relative to it")
     g.add_argument("--codec", default="h264", choices=sorted(CODECS),
                    help="h264 writes .mp4, vp9 .webm, mpeg4 .avi")
-    g.add_argument("--fps", type=int, default=25)
+    g.add_argument("--fps", type=int, default=25, help="frame rate written in the files")
     g = p.add_argument_group("size")
-    g.add_argument("--num_train", type=int, default=40)
-    g.add_argument("--num_val", type=int, default=10)
-    g.add_argument("--num_test", type=int, default=10)
-    g.add_argument("--frames", type=int, default=48)
+    g.add_argument("--num_train", type=int, default=40, help="training videos (classes take turns)")
+    g.add_argument("--num_val", type=int, default=10, help="validation videos")
+    g.add_argument("--num_test", type=int, default=10, help="test videos")
+    g.add_argument("--frames", type=int, default=48, help="frames per video")
     g.add_argument("--height", type=int, default=128, help="even")
     g.add_argument("--width", type=int, default=160, help="even")
     g = p.add_argument_group("content")
@@ -301,7 +300,7 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="what the class is: the motion (--classes) or the moving object's shape (3 classes)")
     g.add_argument("--distractor_prob", type=float, default=0.5,
                    help="probability that a video also shows an object wobbling in place")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="what every video shows")
     return p.parse_args(argv)
 
 
@@ -318,4 +317,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main, "python -m datasets.synthetic")

@@ -22,7 +22,9 @@ from typing import Dict, List
 
 import numpy as np
 
+from flags import ArgumentParser, DocHelpFormatter
 from segmentation_metrics import palette
+from shutdown import run_tool
 
 logger = logging.getLogger(__name__)
 SHAPES = ("disc", "box")
@@ -130,19 +132,19 @@ def make_vos_dataset(out: str, layout: str, num_videos: int = 4, frames: int = 1
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser("synthetic video object segmentation set",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--layout", choices=("davis", "ytvos"), default="davis")
-    p.add_argument("--videos", type=int, default=8)
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--height", type=int, default=96)
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    p = ArgumentParser("python -m datasets.synthetic_vos", __doc__, formatter_class=DocHelpFormatter)
+    p.add_argument("--out", required=True, help="the data set's root folder (eval_segmentation.py --data_path)")
+    p.add_argument("--layout", choices=("davis", "ytvos"), default="davis",
+                   help="DAVIS-2017 or YouTube-VOS folders and annotation files")
+    p.add_argument("--videos", type=int, default=8, help="videos written")
+    p.add_argument("--frames", type=int, default=16, help="frames per video")
+    p.add_argument("--height", type=int, default=96, help="frame height in pixels")
+    p.add_argument("--width", type=int, default=128, help="frame width in pixels")
+    p.add_argument("--seed", type=int, default=0, help="what every video shows")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     make_vos_dataset(args.out, args.layout, args.videos, args.frames, args.height, args.width, args.seed)
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main, "python -m datasets.synthetic_vos")

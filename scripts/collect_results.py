@@ -15,8 +15,11 @@ attentive), eval_knn.py, eval_probe.py or eval_segmentation.py. The tables:
 A row reads:
 - Method, Extra data and pretraining Epochs from the pretraining run its ``--finetune`` checkpoint
   came from (the checkpoint's folder: config.json's target_type / loss_func, the checkpoint's
-  epoch number): pixel + L2 is VideoMAE, mlp SIGMA-MLP, dino_* SIGMA-DINO. A checkpoint without
-  such a folder (an official release) gives "unknown"; no checkpoint at all, "random init".
+  epoch number): pixel + L2 is VideoMAE, mlp SIGMA-MLP, dino_* SIGMA-DINO. A Hugging Face folder
+  is followed to the checkpoint `hf_weights.py export` recorded in its config.json ("sigma_source"),
+  else named by what it holds (VideoMAE, SIGMA's side file, VideoMAEv2), its Pretraining run "HF
+  <folder>". A checkpoint without such a folder (an official release) gives "unknown"; no
+  checkpoint at all, "random init".
 - An ``--eval`` run tests the weights of its ``--resume`` or ``--finetune`` checkpoint (from its
   config.json, or, for runs that wrote none, the "loaded ... from PATH" line of its train.log):
   when that checkpoint lies in a fine-tuning run's folder, the row follows that run back to its
@@ -25,7 +28,9 @@ A row reads:
   --test_num_crop.
 - Scores from test_results.json (multi-view test; the attentive probe's head chosen on validation,
   "head" of "per_head"), knn_results.json, probe_results.json or segmentation_results.json; a
-  training run without them reports its best validation score in log.txt, marked "(val)".
+  training run without them reports its best validation score in log.txt, marked "(val)". A run
+  without results whose log (train.log, knn.log, ...) ends with an error is marked "failed", its
+  cause printed to stderr.
 """
 import argparse
 import json
@@ -34,7 +39,11 @@ import re
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+from flags import ArgumentParser, DocHelpFormatter  # noqa: E402
+
 RESULT_FILES = ("test_results.json", "knn_results.json", "probe_results.json", "segmentation_results.json")
+LOG_FILES = ("train.log", "knn.log", "probe.log", "segmentation.log")  # each driver's, as runtime.start_run names it
 # run_class_finetuning.py's train.log line for the --finetune weights (modeling_finetune.load_pretrained_weights).
 LOADED_LINE = re.compile(r"loaded \d+ tensors from (.+?); newly initialised")
 BACKBONES = {"small": "ViT-S", "base": "ViT-B", "large": "ViT-L", "huge": "ViT-H"}
@@ -112,6 +121,48 @@ def unknown_source() -> Dict[str, str]:
     return {"Method": "unknown", "Extra data": "?", "Epochs": "?", "Pretraining run": "-", "model": "", "protocol": ""}
 
 
+def method_of(target: str, loss_func: Optional[str]) -> str:
+    if target == "pixel" and loss_func in ("L2", None):
+        return "VideoMAE"
+    if target == "mlp":
+        return "SIGMA-MLP"
+    return "SIGMA-DINO" if target.startswith("dino") else "unknown"
+
+
+def epochs_of(checkpoint: str, folder: str, config: dict) -> str:
+    """checkpoint-{N}.pth: N + 1; else (checkpoint-latest.pth, a renamed file) the epochs its run logged."""
+    match = re.fullmatch(r"checkpoint-(\d+)\.pth", os.path.basename(checkpoint))
+    if match:
+        return str(int(match.group(1)) + 1)
+    logged = [r["epoch"] for r in read_log(os.path.join(folder, "log.txt")) if "epoch" in r]
+    return str(max(logged) + 1 if logged else config.get("epochs", "?"))
+
+
+def hub_source(folder: str, config: dict, hops: int) -> Dict[str, str]:
+    """The source of a Hugging Face folder (a transformers config.json): the checkpoint that
+    hf_weights.py export recorded in it, else what the folder itself shows (a pixel decoder:
+    VideoMAE; SIGMA's side file: SIGMA; a VideoMAEv2 Hub config), named by the folder."""
+    recorded = config.get("sigma_source") if isinstance(config.get("sigma_source"), dict) else {}
+    checkpoint = str(recorded.get("checkpoint", ""))
+    if checkpoint and os.path.exists(checkpoint) and hops < 4:
+        return pretraining(checkpoint, hops + 1)
+    info = unknown_source()
+    if recorded.get("target_type"):
+        method = method_of(recorded["target_type"], recorded.get("loss_func"))
+        info.update({"Extra data": EXTRA_DATA.get(recorded["target_type"], "no"),
+                     "Epochs": epochs_of(checkpoint, os.path.dirname(checkpoint), {})})
+    elif "model_config" in config:
+        method = "VideoMAEv2"
+    elif os.path.isfile(os.path.join(folder, "sigma_extras.safetensors")):
+        method = "SIGMA"
+    else:  # a transformers VideoMAE folder (MCG-NJU's releases, or an export without its record)
+        method = "VideoMAE"
+        info["Extra data"] = "no"
+    info.update({"Method": method, "Pretraining run": f"HF {os.path.basename(folder)}",
+                 "model": str(recorded.get("model", ""))})
+    return info
+
+
 def pretraining(checkpoint: str, hops: int = 0) -> Dict[str, str]:
     """Method, extra data, epochs and run name of the pretraining run that wrote `checkpoint`, and
     ("protocol") how the weights were trained when `checkpoint` came from a fine-tuning run."""
@@ -128,25 +179,14 @@ def pretraining(checkpoint: str, hops: int = 0) -> Dict[str, str]:
         source.update(model=config.get("model") or source["model"],
                       protocol=frozen_protocol(config))
         return source
+    if config and ("model_type" in config or "model_config" in config):  # a Hugging Face folder
+        return hub_source(folder, config, hops)
     if not config or "target_type" not in config:
         return info
     target = config["target_type"]
-    if target == "pixel" and config.get("loss_func") == "L2":
-        method = "VideoMAE"
-    elif target == "mlp":
-        method = "SIGMA-MLP"
-    elif target.startswith("dino"):
-        method = "SIGMA-DINO"
-    else:
-        method = "unknown"
-    match = re.fullmatch(r"checkpoint-(\d+)\.pth", os.path.basename(checkpoint))
-    if match:
-        epochs = int(match.group(1)) + 1
-    else:  # checkpoint-latest.pth or a renamed file: the epochs this run has logged
-        logged = [r["epoch"] for r in read_log(os.path.join(folder, "log.txt")) if "epoch" in r]
-        epochs = max(logged) + 1 if logged else config.get("epochs", "?")
-    info.update({"Method": method, "Extra data": EXTRA_DATA.get(target, "no"), "Epochs": str(epochs),
-                 "Pretraining run": os.path.basename(folder), "model": config.get("model", "")})
+    info.update({"Method": method_of(target, config.get("loss_func", "")), "Extra data": EXTRA_DATA.get(target, "no"),
+                 "Epochs": epochs_of(checkpoint, folder, config), "Pretraining run": os.path.basename(folder),
+                 "model": config.get("model", "")})
     return info
 
 
@@ -309,8 +349,43 @@ def segmentation_row(folder: str, config: dict, results: Optional[dict]) -> Tupl
     return "II", row
 
 
+def failure(folder: str) -> Optional[str]:
+    """The error a run's log ends with (shutdown.run_driver's "run failed: ..." line), or None."""
+    for name in LOG_FILES:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 8192))  # the end is enough: logs of long runs are large
+            lines = [line for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+        if lines and " ERROR " in lines[-1]:
+            return lines[-1].split(" ERROR ", 1)[1].split(": ", 1)[-1]
+    return None
+
+
+def mark_failed(table: str, row: Dict[str, str]) -> None:
+    """A failed run's score columns say so (not "-", which reads as "not measured")."""
+    for column in {"I": ("Top-1",), "II": ("Clustering mIoU", "Overclustering mIoU"), "III": ("Score",)}[table]:
+        if row.get(column, "-").startswith("-"):
+            row[column] = "failed"
+        else:  # the best validation score it reached before failing
+            row[column] = row[column].replace("(val)", "(val, failed)")
+
+
 def rows_of(folder: str) -> List[Tuple[str, Dict[str, str]]]:
-    """(table, row) pairs of one run folder."""
+    """(table, row) pairs of one run folder; a run without results whose log ends with an error is
+    marked failed (its cause printed to stderr)."""
+    rows = _rows_of(folder)
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in RESULT_FILES):
+        cause = failure(folder)
+        if cause:
+            print(f"warning: {folder} failed: {cause}", file=sys.stderr)
+            for table, row in rows:
+                mark_failed(table, row)
+    return rows
+
+
+def _rows_of(folder: str) -> List[Tuple[str, Dict[str, str]]]:
     config = read_json(os.path.join(folder, "config.json")) or {}
     found = {name: read_json(os.path.join(folder, name)) for name in RESULT_FILES}
     if found["segmentation_results.json"] is not None or "overclustering_k" in config:
@@ -342,7 +417,7 @@ def collect(paths: List[str]) -> Dict[str, List[Dict[str, str]]]:
 
 
 def main(argv=None) -> str:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser("scripts/collect_results.py", __doc__, formatter_class=DocHelpFormatter)
     p.add_argument("paths", nargs="+", help="run folders, or folders to search for runs")
     args = p.parse_args(argv)
     tables = collect(args.paths)

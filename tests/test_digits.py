@@ -96,7 +96,7 @@ def test_eval_probe_reports_probe_and_knn_for_every_labelling(tmp_path):
     data = make_digits_dataset(str(tmp_path / "digits"), num_train=40, num_val=12, num_test=0, frames=8, size=32, seed=0)
     out = tmp_path / "probe"
     results = eval_probe.main(eval_probe.get_args([
-        "--model", "vit_tiny_patch16_224", "--random_init", "--data_path", data["digit"]["dir"],
+        "--model", "vit_tiny_patch16_224", "--random_init", "--data_set", "custom", "--data_path", data["digit"]["dir"],
         data["direction"]["dir"], "--data_root", data["root"], "--input_size", "32", "--short_side_size", "32",
         "--num_frames", "4", "--sampling_rate", "2", "--num_workers", "0", "--Cs", "0.1", "1", "--k", "5", "20",
         "--output_dir", str(out)]))

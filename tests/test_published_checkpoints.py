@@ -124,7 +124,8 @@ def test_learnable_positions_resized(tmp_path, frames, size):
 
 def test_wrong_model_size_is_a_clear_error(tmp_path):
     _, path = _pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"blocks\.0\.attn\.qkv\.weight: checkpoint \(1152, 384\) vs model"):
+    with pytest.raises(ValueError, match=r"pretrain.pth: checkpoint is ViT-S \(embed 384, 12 blocks\); --model asks "
+                                         r"for ViT-B \(embed 768, 12 blocks\) \(--model vit_small_patch16_224 fits it\)$"):
         mf.load_pretrained_weights(mf.vit_base_patch16_224(num_classes=5, all_frames=FRAMES, img_size=SIZE), path)
 
 

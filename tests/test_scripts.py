@@ -529,6 +529,59 @@ def test_collect_results_reads_a_real_attentive_result(tmp_path):
         "mAP", "100.0", "random init", "16x10x3")
 
 
+def test_collect_results_names_the_source_of_a_hugging_face_folder(tmp_path):
+    """A fine-tune of an `hf_weights.py export` folder follows the export back to its pretraining run,
+    or, with that run gone, reads what the export recorded; a folder of someone else's is named."""
+    import torch
+    import hf_weights
+    import modeling_pretrain
+
+    run = pretraining_run(tmp_path, "sigma_mlp_vitt", "mlp", "SWAV", "pretrain_videomae_tiny_patch16_224", 10)
+    model = modeling_pretrain.MODELS["pretrain_videomae_tiny_patch16_224"](
+        img_size=32, all_frames=4, decoder_depth=1, target_type="mlp", loss_func="SWAV", num_prototypes=8)
+    config = {"model": "pretrain_videomae_tiny_patch16_224", "target_type": "mlp", "loss_func": "SWAV",
+              "input_size": 32, "num_frames": 4}
+    torch.save({"model": model.state_dict(), "config": config, "epoch": 10, "step": 20}, run / "checkpoint-9.pth")
+    hf_weights.export_hf(str(run / "checkpoint-9.pth"), str(tmp_path / "hf" / "sigma_vitt_hf"))
+    write(tmp_path / "hf" / "mcg_videomae" / "config.json", {"model_type": "videomae",
+                                                            "architectures": ["VideoMAEForPreTraining"]})
+    ft = tmp_path / "finetune"
+    finetune_run(ft, "from_export", tmp_path / "hf" / "sigma_vitt_hf", data_set="UCF101",
+                 model="vit_tiny_patch16_224", test=55.0)
+    finetune_run(ft, "from_hub", tmp_path / "hf" / "mcg_videomae", data_set="UCF101", test=60.0)
+    rows = {os.path.basename(r["Run"]): r for r in table_rows(collect_results.main([str(ft)]))}
+    keys = ("Method", "Extra data", "Epochs", "Pretraining run")
+    assert {k: rows["from_export"][k] for k in keys} == {
+        "Method": "SIGMA-MLP", "Extra data": "no", "Epochs": "10", "Pretraining run": "sigma_mlp_vitt"}
+    assert {k: rows["from_hub"][k] for k in keys} == {
+        "Method": "VideoMAE", "Extra data": "no", "Epochs": "?", "Pretraining run": "HF mcg_videomae"}
+    shutil.rmtree(run)  # the export alone: what it recorded
+    rows = {os.path.basename(r["Run"]): r for r in table_rows(collect_results.main([str(ft)]))}
+    assert {k: rows["from_export"][k] for k in keys} == {
+        "Method": "SIGMA-MLP", "Extra data": "no", "Epochs": "10", "Pretraining run": "HF sigma_vitt_hf"}
+
+
+def test_collect_results_marks_failed_runs(tmp_path, capsys):
+    mlp = pretraining_run(tmp_path, "sigma_mlp_vits_k400", "mlp", "SWAV", "pretrain_videomae_small_patch16_224", 57)
+    # A failed --eval: config.json written, no test_results.json, train.log ending with the cause.
+    write(tmp_path / "eval_failed" / "config.json", {"model": "vit_small_patch16_224", "data_set": "Kinetics-400",
+                                                     "finetune": str(mlp / "checkpoint-56.pth"), "eval": True,
+                                                     "num_frames": 16, "test_num_segment": 5, "test_num_crop": 3})
+    write(tmp_path / "eval_failed" / "train.log",
+          "2026-12-01 10:00:00,000 INFO sigma: single environment (no launcher variables) -> rank 0 of 1\n"
+          "2026-12-01 10:00:02,000 ERROR sigma: run failed: val.csv: no samples\n")
+    # A fine-tune that failed after two epochs: its best validation, marked; one still running: unmarked.
+    finetune_run(tmp_path, "ft_failed", mlp / "checkpoint-56.pth", data_set="Kinetics-400", val=[20.0, 30.0])
+    write(tmp_path / "ft_failed" / "train.log", "x INFO sigma: epoch 1\ny ERROR sigma: run failed: disk full\n")
+    finetune_run(tmp_path, "ft_running", mlp / "checkpoint-56.pth", data_set="Kinetics-400", val=[20.0])
+    write(tmp_path / "ft_running" / "train.log", "x ERROR sigma: run failed: old cause\ny INFO sigma: resumed\n")
+    rows = {os.path.basename(r["Run"]): r for r in table_rows(collect_results.main([str(tmp_path)]))}
+    assert (rows["eval_failed"]["Top-1"], rows["eval_failed"]["Method"]) == ("failed", "SIGMA-MLP")
+    assert rows["ft_failed"]["Top-1"] == "30.0 (val, failed)" and rows["ft_running"]["Top-1"] == "20.0 (val)"
+    err = capsys.readouterr().err
+    assert "eval_failed failed: run failed: val.csv: no samples" in err and "ft_running" not in err
+
+
 @pytest.mark.parametrize("dataset, data_set", [("imagenet", "ImageNet"), ("cifar100", "CIFAR-100")])
 def test_knn_launcher_on_images(dataset, data_set):
     """scripts/eval/knn.sh on the image sets of Table I (sigma_dataset knows their roots)."""

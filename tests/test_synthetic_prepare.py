@@ -277,6 +277,54 @@ def test_csv_from_folders_val_fraction(tmp_path, caplog):
     assert [(r, str(lbl)) for r, lbl in again.splits["val"]] == val and other.splits["val"] != again.splits["val"]
 
 
+def test_csv_from_folders_keeps_a_val_video_of_every_class_with_two_and_warns_about_the_rest(tmp_path, caplog):
+    root = tmp_path / "videos"
+    sizes = {"one": 1, "two": 2, "three": 3, "twelve": 12}
+    _touch_videos(root, [f"{c}/{i}.mp4" for c, n in sizes.items() for i in range(n)])
+    out = tmp_path / "ann"
+    with caplog.at_level(logging.WARNING):
+        rc = main(["csv-from-folders", "--root", str(root), "--out_dir", str(out), "--val_fraction", "0.1"])
+    assert rc == 0  # nothing left out
+    classes = (out / "classes.txt").read_text().splitlines()
+    val = Counter(classes[int(label)] for _, label in _rows(out / "val.csv"))
+    train = Counter(classes[int(label)] for _, label in _rows(out / "train.csv"))
+    assert val == {"two": 1, "three": 1, "twelve": 1}  # round(0.1 x n) would give 0, 0, 0, 1
+    assert train == {"one": 1, "two": 1, "three": 2, "twelve": 11}
+    assert [m for m in _problems(caplog) if "val split" in m] == [
+        "val split: no video of 1 class (one video each, kept for train): 'one'"]
+    # Asking for no val at all is not warned about.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert prepare.csv_from_folders(str(root), val_fraction=0).splits["val"] == []
+    assert not _problems(caplog)
+
+
+def test_csv_from_folders_with_split_dirs_warns_about_a_class_missing_from_a_split(tmp_path, caplog):
+    root = tmp_path / "videos"
+    _touch_videos(root, ["train/a/1.mp4", "train/b/2.mp4", "val/a/3.mp4"])
+    with caplog.at_level(logging.WARNING):
+        ann = prepare.csv_from_folders(str(root), split_dirs=["train", "val"])
+    assert ann.splits["val"] == [("val/a/3.mp4", 0)]
+    assert any(m.startswith("val split: no video of 1 class in ") and m.endswith("'b'") for m in _problems(caplog))
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o027])
+def test_written_csvs_follow_the_umask(tmp_path, umask):
+    """Lists are shared on a cluster: a group-writable umask gives group-writable CSVs, a strict one none."""
+    root = tmp_path / "videos"
+    _touch_videos(root, [f"{c}/{i}.mp4" for c in "ab" for i in range(3)])
+    old = os.umask(umask)
+    try:
+        assert main(["csv-from-folders", "--root", str(root), "--out_dir", str(tmp_path / "ann")]) == 0
+        make_dataset(str(tmp_path / "demo"), num_train=1, num_val=1, num_test=1, frames=4, height=32, width=32)
+    finally:
+        os.umask(old)
+    written = [tmp_path / "ann" / n for n in ("train.csv", "val.csv", "classes.txt")]
+    written += [tmp_path / "demo" / n for n in ("train.csv", "pretrain.csv", "classes.txt")]
+    for path in written:
+        assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask, path
+
+
 def test_csv_from_folders_ext_chooses_the_files(tmp_path):
     root = tmp_path / "videos"
     _touch_videos(root, ["a/1.mp4", "a/2.WEBM", "a/3.avi", "b/4.mp4", "b/5.mkv"])
