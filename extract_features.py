@@ -267,6 +267,16 @@ def write_index(output_dir: str) -> None:
     write_atomic(os.path.join(output_dir, "index.json"), lambda f: f.write(json.dumps(index).encode()))
 
 
+def remove_partial_files(output_dir: str, video_ids: List[str]) -> None:
+    """Temporary files a killed run left for these videos (this rank's: another rank may be writing its own)."""
+    mine = set(video_ids)
+    for folder in (output_dir, os.path.join(output_dir, "records")):
+        for name in os.listdir(folder):
+            stem, tmp, _ = name.rpartition(".tmp-")  # ".<id>.npy.tmp-<pid>"
+            if tmp and stem.startswith(".") and os.path.splitext(stem[1:])[0] in mine:
+                os.remove(os.path.join(folder, name))
+
+
 def main(args: argparse.Namespace) -> None:
     launch = detect_launch(os.environ)
     os.makedirs(os.path.join(args.output_dir, "records"), exist_ok=True)
@@ -281,6 +291,7 @@ def main(args: argparse.Namespace) -> None:
     settings["finetune"] = os.path.abspath(args.finetune)
     settings["precision"] = precision
     mine = shard(list_videos(args.data_path, args.data_root), launch.rank, launch.world_size)
+    remove_partial_files(args.output_dir, [v[0] for v in mine])
     todo = [v for v in mine if not (args.resume and finished(args.output_dir, v[0], settings))]
     logger.info("%d videos for this process, %d already extracted", len(mine), len(mine) - len(todo))
     model = load_backbone(args, device)
@@ -300,7 +311,7 @@ def main(args: argparse.Namespace) -> None:
                 progress.update()
                 continue
             write_atomic(os.path.join(args.output_dir, f"{video_id}.npy"), lambda f: np.save(f, features))
-            record = json.dumps(record_of(video_id, path, features, plan, facts, settings))
+            record = json.dumps(record_of(video_id, path, features, plan, {**facts, "rank": launch.rank}, settings))
             write_atomic(os.path.join(args.output_dir, "records", f"{video_id}.json"), lambda f: f.write(record.encode()))
             windows += len(plan)
             progress.update()
