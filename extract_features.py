@@ -13,7 +13,9 @@ normalised once however many windows share it, and only the frames still needed 
 --batch_size windows go through the model per forward (autocast on CUDA). Under torchrun or Slurm
 (several tasks) each process takes its own share of the videos (largest files spread first) and
 never waits for another. --resume skips videos whose record exists with the same settings. An
-unreadable video is named in the log, listed in OUT/failures_rank<R>.tsv and skipped.
+unreadable video is named in the log, listed in OUT/failures_rank<R>.tsv and skipped. SIGTERM or
+SIGUSR1 (Slurm's preemption warning) ends the process after the video in progress, with exit code
+75 (the launchers then requeue the job, which resumes).
 
 Presets reproduce OpenGVLab/VideoMAEv2's extract_tad_feature.py (commit
 fecbcfe73e03e841904eb81039b28b88c59acead): --preset thumos14 is 16 consecutive frames every 4
@@ -29,6 +31,7 @@ import csv
 import json
 import logging
 import os
+import signal
 import time
 from fractions import Fraction
 from typing import Any, Dict, List, Optional, Tuple
@@ -47,6 +50,7 @@ from hf_weights import backbone_kwargs
 from modeling_finetune import (MODELS, VisionTransformer, load_pretrained_weights, pooling_for_frozen_features,
                                read_pretrained)
 from progress import Progress
+from runtime import REQUEUE_EXIT_CODE
 from shutdown import run_driver
 from training_loop import PRECISIONS
 
@@ -296,11 +300,29 @@ def main(args: argparse.Namespace) -> None:
     logger.info("%d videos for this process, %d already extracted", len(mine), len(mine) - len(todo))
     model = load_backbone(args, device)
     prepare = frame_preparer(args.resize, args.input_size, args.short_side_size, args.normalize, device)
-    failures_path = os.path.join(args.output_dir, f"failures_rank{launch.rank}.tsv")
+    stop: List[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.append(signum))  # finish the video in progress
+                for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        extract_all(todo, model, args, prepare, device, precision, settings, launch.rank, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    write_index(args.output_dir)
+
+
+def extract_all(todo: List[Tuple[str, str]], model: VisionTransformer, args: argparse.Namespace, prepare,
+                device: torch.device, precision: str, settings: Dict[str, Any], rank: int, stop: List[int]) -> None:
+    """Extract and write every (video id, path) of `todo`; unreadable ones go to OUT/failures_rank<rank>.tsv.
+    SystemExit(REQUEUE_EXIT_CODE) before the next video once `stop` holds a signal."""
+    failures_path = os.path.join(args.output_dir, f"failures_rank{rank}.tsv")
     failures: List[Tuple[str, str, str]] = []
     windows = 0
-    with Progress(len(todo), "features", unit="videos", enabled=launch.rank == 0) as progress:
+    with Progress(len(todo), "features", unit="videos", enabled=rank == 0) as progress:
         for video_id, path in todo:
+            if stop:
+                logger.warning("signal %d: stopping before %s; rerun with --resume to go on", stop[0], path)
+                raise SystemExit(REQUEUE_EXIT_CODE)
             try:
                 features, plan, facts = extract_video(path, model, args, prepare, device, precision)
             except VideoError as e:
@@ -311,16 +333,14 @@ def main(args: argparse.Namespace) -> None:
                 progress.update()
                 continue
             write_atomic(os.path.join(args.output_dir, f"{video_id}.npy"), lambda f: np.save(f, features))
-            record = json.dumps(record_of(video_id, path, features, plan, {**facts, "rank": launch.rank}, settings))
+            record = json.dumps(record_of(video_id, path, features, plan, {**facts, "rank": rank}, settings))
             write_atomic(os.path.join(args.output_dir, "records", f"{video_id}.json"), lambda f: f.write(record.encode()))
             windows += len(plan)
             progress.update()
     if not failures and os.path.exists(failures_path):
         os.remove(failures_path)  # a resumed run that read every video: no failure is left
-    write_index(args.output_dir)
     logger.info("%d videos, %d windows written to %s; %d failed%s", len(todo) - len(failures), windows,
                 args.output_dir, len(failures), f" (listed in {failures_path})" if failures else "")
-
 
 if __name__ == "__main__":
     run_driver(main, get_args())

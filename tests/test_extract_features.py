@@ -278,3 +278,26 @@ def test_short_or_broken_videos_are_named(tmp_path, weights):
     (tmp_path / "list.csv").write_text("a/x.mp4 0\nb/x.mp4 1\n")
     with pytest.raises(SystemExit, match="two videos would write x.npy"):
         X.list_videos(str(tmp_path / "list.csv"))
+
+
+def test_a_signal_stops_before_the_next_video_with_the_requeue_code(tmp_path):
+    args = X.get_args(["--data_path", str(tmp_path), "--finetune", "w.pth", "--output_dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as stopped:
+        X.extract_all([("v", str(tmp_path / "v.mp4"))], None, args, None, torch.device("cpu"), "fp32", {}, 0, [15])
+    assert stopped.value.code == 75 and not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("preset,stride", [("thumos14", 4), ("fineaction", 16), ("none", 4)])
+def test_launcher_command_parses(preset, stride):
+    env = {"PATH": os.environ["PATH"], "VIDEO_DIR": "/data/thumos14", "PRETRAINED": "/runs/ft/checkpoint-best.pth",
+           "OUTPUT_ROOT": "/runs", "NPROC_PER_NODE": "8", "SIGMA_DRY_RUN": "1", "PRESET": preset}
+    out = subprocess.run(["bash", os.path.join(ROOT, "scripts", "extract", "extract_features.sh")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    words = out.stdout.split()
+    argv = words[words.index(os.path.join(ROOT, "extract_features.py")) + 1:]
+    args = X.get_args(argv)
+    assert (args.data_path, args.finetune, args.resume, args.stride) == ("/data/thumos14", env["PRETRAINED"], True,
+                                                                         stride)
+    assert args.normalize == ("imagenet" if preset == "none" else "none")
+    assert args.output_dir == f"/runs/features_{preset}/ft-checkpoint-best"
