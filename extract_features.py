@@ -194,6 +194,14 @@ def window_features(model: VisionTransformer, clips: torch.Tensor, kind: str) ->
     return tokens.reshape(B, *grid, -1).mean(1).permute(0, 3, 1, 2)  # [B, C, h, w]
 
 
+def exact_fp32(device: torch.device, precision: str) -> None:
+    """fp32 on CUDA means fp32: no TF32 in convolutions (cuDNN's default) or matmuls, so that features
+    match a CPU run (and each other across batch sizes) to about 1e-5 rather than 1e-3."""
+    if device.type == "cuda" and precision == "fp32":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def extract_video(path: str, model: VisionTransformer, args: argparse.Namespace, prepare,
                   device: torch.device, precision: str) -> Tuple[np.ndarray, WindowPlan, Dict[str, Any]]:
     """(features [W, ...] in --dtype, the window plan, facts for the record) of one video."""
@@ -291,6 +299,7 @@ def main(args: argparse.Namespace) -> None:
     if device.type == "cuda":
         device = torch.device("cuda", launch.local_rank % max(1, torch.cuda.device_count()))
     precision = resolve_precision(args.precision, device)
+    exact_fp32(device, precision)
     settings = {k: (str(v) if isinstance(v, Fraction) else v) for k, v in vars(args).items() if k in SETTINGS}
     settings["finetune"] = os.path.abspath(args.finetune)
     settings["precision"] = precision

@@ -99,6 +99,8 @@ def main() -> None:
     p.add_argument("--height", type=int, default=240)
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--work_dir", default="/tmp/bench_extract")
+    p.add_argument("--check", type=float, default=None,
+                   help="also print a check line, ok when ours is within this of the baseline (exit 1 if not)")
     args = p.parse_args()
     device = torch.device(args.device)
     os.makedirs(args.work_dir, exist_ok=True)
@@ -109,6 +111,8 @@ def main() -> None:
             write_long_video(path, args.seconds, args.fps, args.height, args.width, seed=i)
         paths.append(path)
     torch.manual_seed(0)
+    if args.check is not None:  # compare true fp32 on both sides; timings keep VideoMAEv2's defaults (TF32 convs)
+        X.exact_fp32(device, "fp32")
     model = MODELS[args.model](img_size=args.input_size, all_frames=16, num_classes=0).eval().to(device)
     settings = SimpleNamespace(num_frames=16, sampling_rate=1, stride=args.stride, tail="drop", fps=None,
                                video_backend="pyav", decode_threads=1, batch_size=args.batch_size, features="pooled",
@@ -127,6 +131,11 @@ def main() -> None:
     report("ours", ours, {**extra, "batch_size": args.batch_size, "precision": args.precision,
                           "max_abs_diff_vs_baseline": diff})
     report("videomae_v2_loop", theirs, {**extra, "batch_size": 1, "precision": "fp32"})
+    if args.check is not None:
+        ok = diff <= args.check
+        print(json.dumps({"check": "extract_features_equal", "ok": ok, "device": device.type, "model": args.model,
+                          "precision": args.precision, "max_abs_diff": diff, "tolerance": args.check}))
+        sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":
