@@ -202,9 +202,26 @@ def exact_fp32(device: torch.device, precision: str) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
 
 
-def extract_video(path: str, model: VisionTransformer, args: argparse.Namespace, prepare,
-                  device: torch.device, precision: str) -> Tuple[np.ndarray, WindowPlan, Dict[str, Any]]:
-    """(features [W, ...] in --dtype, the window plan, facts for the record) of one video."""
+def temporary_name(path: str) -> str:
+    """The temporary file beside `path` that is renamed to it once complete (".<name>.tmp-<pid>")."""
+    return f"{os.path.join(os.path.dirname(path), '.' + os.path.basename(path))}.tmp-{os.getpid()}"
+
+
+def write_atomic(path: str, write) -> None:
+    """`write(file)` into a temporary file beside `path`, then rename it to `path`."""
+    tmp = temporary_name(path)
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def extract_video(path: str, model: VisionTransformer, args: argparse.Namespace, prepare, device: torch.device,
+                  precision: str, out: Optional[str] = None) -> Tuple[np.ndarray, WindowPlan, Dict[str, Any]]:
+    """(features [W, ...] in --dtype, the window plan, facts for the record) of one video.
+
+    With `out`, the features are written batch by batch into a memory-mapped temporary .npy beside it,
+    renamed to `out` when complete (memory stays bounded even for all tokens of an hour of video), and
+    returned memory-mapped read-only."""
     start = time.monotonic()
     info = probe(path, args.video_backend)
     plan = plan_windows(info.num_frames, info.fps, window=args.num_frames, sampling_rate=args.sampling_rate,
@@ -213,26 +230,34 @@ def extract_video(path: str, model: VisionTransformer, args: argparse.Namespace,
         span = (args.num_frames - 1) * args.sampling_rate + 1
         raise VideoError(path, f"{plan.timeline_frames} frames, shorter than one window ({span}); "
                                f"--tail pad would give it one")
-    needed = plan.needed()
-    frames = iter_frames(path, needed.__contains__, int(plan.frames.max()), args.video_backend, args.decode_threads)
-    dtype, parts, model_s = PRECISIONS[precision], [], 0.0
-    for _, clips in stream_clips(frames, plan, args.batch_size, prepare):
-        begin = time.monotonic()
-        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            parts.append(window_features(model, clips, args.features).float().cpu())  # .cpu() waits for the GPU
-        model_s += time.monotonic() - begin
-    features = torch.cat(parts).numpy().astype(args.dtype)
+    frames = iter_frames(path, plan.needed().__contains__, int(plan.frames.max()), args.video_backend,
+                         args.decode_threads)
+    dtype, features, model_s, model_cpu_s = PRECISIONS[precision], None, 0.0, 0.0
+    tmp = temporary_name(out) if out else None
+    try:
+        for first, clips in stream_clips(frames, plan, args.batch_size, prepare):
+            begin, begin_cpu = time.monotonic(), time.process_time()
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                batch = window_features(model, clips, args.features).float().cpu().numpy()  # waits for the GPU
+            model_s += time.monotonic() - begin
+            model_cpu_s += time.process_time() - begin_cpu
+            if features is None:
+                shape = (len(plan), *batch.shape[1:])
+                features = (np.lib.format.open_memmap(tmp, mode="w+", dtype=args.dtype, shape=shape) if tmp
+                            else np.empty(shape, dtype=args.dtype))
+            features[first:first + batch.shape[0]] = batch
+        if tmp:
+            features.flush()
+            del features
+            os.replace(tmp, out)
+            features = np.load(out, mmap_mode="r")
+    finally:
+        if tmp and os.path.exists(tmp):
+            os.remove(tmp)  # a video that failed half-way leaves nothing
     facts = {"frames": info.num_frames, "fps": float(info.fps) if info.fps else None, "height": info.height,
-             "width": info.width, "seconds": time.monotonic() - start, "model_seconds": model_s}
+             "width": info.width, "seconds": time.monotonic() - start, "model_seconds": model_s,
+             "model_cpu_seconds": model_cpu_s}
     return features, plan, facts
-
-
-def write_atomic(path: str, write) -> None:
-    """`write(file)` into a temporary file beside `path`, then rename it to `path`."""
-    tmp = f"{os.path.join(os.path.dirname(path), '.' + os.path.basename(path))}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
 
 
 def record_of(video_id: str, path: str, features: np.ndarray, plan: WindowPlan, facts: Dict[str, Any],
@@ -333,7 +358,8 @@ def extract_all(todo: List[Tuple[str, str]], model: VisionTransformer, args: arg
                 logger.warning("signal %d: stopping before %s; rerun with --resume to go on", stop[0], path)
                 raise SystemExit(REQUEUE_EXIT_CODE)
             try:
-                features, plan, facts = extract_video(path, model, args, prepare, device, precision)
+                features, plan, facts = extract_video(path, model, args, prepare, device, precision,
+                                                      out=os.path.join(args.output_dir, f"{video_id}.npy"))
             except VideoError as e:
                 logger.warning("skipping %s: %s", path, e.reason)
                 failures.append((video_id, path, e.reason))
@@ -341,7 +367,6 @@ def extract_all(todo: List[Tuple[str, str]], model: VisionTransformer, args: arg
                 write_atomic(failures_path, lambda f: f.write(rows.encode()))
                 progress.update()
                 continue
-            write_atomic(os.path.join(args.output_dir, f"{video_id}.npy"), lambda f: np.save(f, features))
             record = json.dumps(record_of(video_id, path, features, plan, {**facts, "rank": rank}, settings))
             write_atomic(os.path.join(args.output_dir, "records", f"{video_id}.json"), lambda f: f.write(record.encode()))
             windows += len(plan)

@@ -98,6 +98,30 @@ def test_resampling_needs_a_frame_rate():
         plan_windows(10, None, window=4, sampling_rate=1, stride=1, target_fps=Fraction(5))
 
 
+@pytest.mark.parametrize("length,window,rate,stride,target,batch", [
+    (1000, 16, 1, 4, None, 8), (333, 8, 2, 16, None, 3), (97, 4, 1, 1, Fraction(7), 5), (5, 16, 1, 4, None, 4)])
+def test_stream_clips_reads_ahead_a_bounded_number_of_frames(length, window, rate, stride, target, batch):
+    """Every clip holds its own frames (frame i painted with value i), and no batch is emitted later
+    than a chunk after its last frame arrived: the video is streamed, not read first."""
+    plan = plan_windows(length, Fraction(25), window=window, sampling_rate=rate, stride=stride, target_fps=target)
+    consumed, needed = [], np.unique(plan.frames)
+
+    def frames():
+        for i in range(length):
+            consumed.append(i)
+            yield i, np.full((2, 2, 3), i % 251, dtype=np.uint8)
+
+    seen = 0
+    for first, clips in stream_clips(frames(), plan, batch, lambda x: x.permute(0, 3, 1, 2).float(), chunk=16):
+        assert first == seen and clips.shape[1:3] == (3, window)
+        rows = plan.frames[first:first + clips.shape[0]]
+        assert torch.equal(clips[:, 0, :, 0, 0], torch.from_numpy(rows % 251).float())
+        ahead = np.searchsorted(needed, rows.max()) + 16 + batch * stride * rate  # in frames the plan uses
+        assert consumed[-1] <= needed[min(ahead, len(needed) - 1)]
+        seen += clips.shape[0]
+    assert seen == len(plan)
+
+
 def one_window_at_a_time(path, plan, model, prepare, kind):
     """Each window read with the random-access reader and run alone."""
     reader, out = open_video(path, "pyav"), []
