@@ -81,7 +81,8 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--num_frames", type=int, default=16, help="frames per window")
     g.add_argument("--sampling_rate", type=int, default=1, help="frames between two frames of a window")
     g.add_argument("--stride", type=int, default=4, help="frames between two window starts")
-    g.add_argument("--fps", type=Fraction, default=None, help="resample every video to this rate first (e.g. 30000/1001)")
+    g.add_argument("--fps", type=Fraction, default=None,
+                   help="resample every video to this rate first (e.g. 30000/1001)")
     g.add_argument("--tail", default="pad", choices=TAILS,
                    help="pad: one more window repeating the last frame covers the end; drop: full windows only")
     g = p.add_argument_group("pixels and features")
@@ -120,7 +121,8 @@ def list_videos(data_path: str, data_root: str = "") -> List[Tuple[str, str]]:
     """(video id, path) of every video: the files of a folder with a video extension, or the first
     field of every line of a list file (CSV or space-separated, relative paths under data_root)."""
     if os.path.isdir(data_path):
-        paths = sorted(os.path.join(data_path, n) for n in os.listdir(data_path) if n.lower().endswith(VIDEO_EXTENSIONS))
+        paths = sorted(os.path.join(data_path, n) for n in os.listdir(data_path)
+                       if n.lower().endswith(VIDEO_EXTENSIONS))
     elif os.path.isfile(data_path):
         root = data_root or os.path.dirname(os.path.abspath(data_path))
         with open(data_path) as f:
@@ -368,7 +370,8 @@ def extract_all(todo: List[Tuple[str, str]], model: VisionTransformer, args: arg
                 progress.update()
                 continue
             record = json.dumps(record_of(video_id, path, features, plan, {**facts, "rank": rank}, settings))
-            write_atomic(os.path.join(args.output_dir, "records", f"{video_id}.json"), lambda f: f.write(record.encode()))
+            write_atomic(os.path.join(args.output_dir, "records", f"{video_id}.json"),
+                         lambda f: f.write(record.encode()))
             windows += len(plan)
             progress.update()
     if not failures and os.path.exists(failures_path):

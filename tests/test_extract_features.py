@@ -79,8 +79,9 @@ def test_window_counts_and_times(length, window, rate, stride, tail):
     assert plan.padded == (tail == "pad" and bool(starts) and starts[-1] + span > length)
 
 
-@pytest.mark.parametrize("length,fps,target", [(100, Fraction(25), Fraction(10)), (37, Fraction(30000, 1001), Fraction(8)),
-                                               (10, Fraction(24), Fraction(60)), (3, Fraction(30), Fraction(1))])
+@pytest.mark.parametrize("length,fps,target", [
+    (100, Fraction(25), Fraction(10)), (37, Fraction(30000, 1001), Fraction(8)),
+    (10, Fraction(24), Fraction(60)), (3, Fraction(30), Fraction(1))])
 def test_resampled_windows_take_the_frame_shown_at_each_time(length, fps, target):
     plan = plan_windows(length, fps, window=4, sampling_rate=2, stride=3, tail="pad", target_fps=target)
     shown = [i for i in range(10 * length * 10) if Fraction(i) / target < Fraction(length) / fps]
