@@ -19,8 +19,10 @@ import torch.nn.functional as F
 
 import extract_features as X
 from datasets.decoding import VideoError, open_video
+from datasets.frame_stream import iter_frames
 from feature_windows import plan_windows, stream_clips
 from modeling_finetune import vit_tiny_patch16_224
+from tests.helpers import needs_torchcodec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg")
@@ -177,7 +179,6 @@ def test_presets_equal_videomae_v2_extractor(tmp_path, weights, preset, stride):
     info = X.probe(path)
     plan = plan_windows(info.num_frames, info.fps, window=16, sampling_rate=1, stride=stride, tail="drop")
     prepare = X.frame_preparer("full", 224, 224, "none", torch.device("cpu"))
-    from datasets.frame_stream import iter_frames
     ours = {plan.start_frame[first + b]: clip for first, clips in
             stream_clips(iter_frames(path, plan.needed().__contains__, int(plan.frames.max())), plan, 3, prepare)
             for b, clip in enumerate(clips)}
@@ -326,3 +327,19 @@ def test_launcher_command_parses(preset, stride):
                                                                          stride)
     assert args.normalize == ("imagenet" if preset == "none" else "none")
     assert args.output_dir == f"/runs/features_{preset}/ft-checkpoint-best"
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("backend", ["decord", pytest.param("torchcodec", marks=needs_torchcodec)])
+def test_every_backend_streams_the_same_frames(tmp_path, backend):
+    """The sequential PyAV stream, and decord / torchcodec read in consecutive chunks, give the frames
+    the random-access PyAV reader gives, the stream's end included."""
+    path = make_video(str(tmp_path / "v.mp4"), 75, rate="30")
+    wanted = {0, 1, 2, 9, 10, 33, 34, 35, 36, 37, 70, 74}.__contains__
+    reference = open_video(path, "pyav").get_frames(sorted(i for i in range(75) if wanted(i))).permute(0, 2, 3, 1)
+    for name in ("pyav", backend):
+        got = list(iter_frames(path, wanted, 74, name))
+        assert [i for i, _ in got] == sorted(i for i in range(75) if wanted(i))
+        assert np.array_equal(np.stack([f for _, f in got]), reference.numpy()), name
+    with pytest.raises(VideoError, match="before frame 80"):
+        list(iter_frames(path, wanted, 80, "pyav"))
