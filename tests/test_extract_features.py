@@ -21,8 +21,8 @@ import extract_features as X
 from datasets.decoding import VideoError, open_video
 from datasets.frame_stream import iter_frames
 from feature_windows import plan_windows, stream_clips
-from modeling_finetune import vit_tiny_patch16_224
 from helpers import needs_torchcodec
+from modeling_finetune import vit_tiny_patch16_224
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg")
