@@ -234,23 +234,38 @@ def extract_video(path: str, model: VisionTransformer, args: argparse.Namespace,
                                f"--tail pad would give it one")
     frames = iter_frames(path, plan.needed().__contains__, int(plan.frames.max()), args.video_backend,
                          args.decode_threads)
-    dtype, features, model_s, model_cpu_s = PRECISIONS[precision], None, 0.0, 0.0
+    dtype, model_s, model_cpu_s = PRECISIONS[precision], 0.0, 0.0
+    features: Optional[np.ndarray] = None
     tmp = temporary_name(out) if out else None
+
+    def store(first: int, batch: torch.Tensor) -> None:
+        nonlocal features
+        batch = batch.cpu().numpy()  # waits for that batch on the GPU
+        if features is None:
+            shape = (len(plan), *batch.shape[1:])
+            features = (np.lib.format.open_memmap(tmp, mode="w+", dtype=args.dtype, shape=shape) if tmp
+                        else np.empty(shape, dtype=args.dtype))
+        features[first:first + batch.shape[0]] = batch
+
     try:
+        # A batch is copied back after the next one is launched: on CUDA the decoding of the next
+        # frames (CPU) overlaps the forward in flight.
+        previous = None
         for first, clips in stream_clips(frames, plan, args.batch_size, prepare):
             begin, begin_cpu = time.monotonic(), time.process_time()
             with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                batch = window_features(model, clips, args.features).float().cpu().numpy()  # waits for the GPU
+                launched = (first, window_features(model, clips, args.features).float())
+            if previous is not None:
+                store(*previous)
+            previous = launched
             model_s += time.monotonic() - begin
             model_cpu_s += time.process_time() - begin_cpu
-            if features is None:
-                shape = (len(plan), *batch.shape[1:])
-                features = (np.lib.format.open_memmap(tmp, mode="w+", dtype=args.dtype, shape=shape) if tmp
-                            else np.empty(shape, dtype=args.dtype))
-            features[first:first + batch.shape[0]] = batch
+        begin, begin_cpu = time.monotonic(), time.process_time()
+        store(*previous)
+        model_s += time.monotonic() - begin
+        model_cpu_s += time.process_time() - begin_cpu
         if tmp:
             features.flush()
-            del features
             os.replace(tmp, out)
             features = np.load(out, mmap_mode="r")
     finally:
