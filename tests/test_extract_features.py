@@ -186,6 +186,8 @@ def test_presets_equal_videomae_v2_extractor(tmp_path, weights, preset, stride):
     assert sorted(ours) == sorted(theirs) == list(range(0, 35 - 15, stride))
     for start, clip in theirs.items():
         assert (ours[start] - clip).abs().max() <= 1e-6, start
+    if preset != "thumos14":
+        return  # the features: once, on THUMOS14's windows
     model = X.load_backbone(args, torch.device("cpu"))
     features, _, _ = X.extract_video(path, model, args, prepare, torch.device("cpu"), args.precision)
     with torch.no_grad():  # their model.forward_features, one window per forward
