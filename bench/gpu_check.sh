@@ -18,6 +18,9 @@
 #                      clips/s per core and the fraction of a GPU a 16-core-per-GPU node keeps fed
 #   fed_step           the real pretraining driver, ViT-B SIGMA-MLP bf16 batch 32, fed by 14 workers from
 #                      those videos, with and without --gpu_augment: clips/s, data wait per step, MFU
+#   extract_features   bench/bench_extract.py, ViT-B 16x224 on generated 40 s 320x240 videos: ours (one
+#                      decode, batches of 32 windows) against VideoMAEv2's per-window get_batch + batch-1
+#                      loop; fp32 features within 1e-4 of that loop's, then windows/s and videos/s in bf16
 # Every stage's stdout and stderr go to $OUT/logs/<stage>.log, its JSON lines to $OUT/gpu_check.jsonl;
 # a table for BENCHMARKS.md closes the run ($OUT/table.md). From the repository root:
 #     OUT=/tmp/gpu_check bash bench/gpu_check.sh
@@ -29,7 +32,7 @@ cd "$(dirname "$0")/.." || exit 1
 PY=${PYTHON:-python}
 OUT=${OUT:-$(mktemp -d)}
 DRY=${GPU_CHECK_DRY:-0}
-BUDGET=${GPU_CHECK_SECONDS:-545}  # the stage limits below add up to 540 s
+BUDGET=${GPU_CHECK_SECONDS:-620}  # the stage limits below add up to 615 s
 SCALE=1  # stage limits x SCALE: the CPU dry run is slower than the GPU
 WORK=$OUT/work  # generated videos and run folders (a fresh one per check: no resume from an old run)
 if [[ "$MODE" == main ]]; then rm -rf "$WORK"; fi
@@ -44,6 +47,8 @@ if [[ "$DRY" == 1 ]]; then
     SINKHORN_N=(--n 64 --k 16)
     FED=(--num_train 8 --frames 24 --height 48 --width 64) FED_MODEL=pretrain_videomae_small_patch16_224
     FED_BATCH=2 FED_WORKERS=(1 2) FED_RATE=2
+    EXTRACT=(--device cpu --model vit_tiny_patch16_224 --input_size 32 --num_videos 1 --seconds 2 --height 48
+             --width 64 --batch_size 4) EXTRACT_PRECISION=fp32
 else
     DEVICE=cuda SIZE=224 FRAMES=16 BATCH=4 PROTOS=3000 VIDEO=(--frames 40 --height 240 --width 320)
     STEP=(bench/bench_pretrain_step.py --device cuda --warmup 2 --iters 6)
@@ -51,6 +56,8 @@ else
     # 64 videos of 96 frames at 320x240, x264's default GOP (one keyframe each, as original files)
     FED=(--num_train 64 --frames 96 --height 240 --width 320) FED_MODEL=pretrain_videomae_base_patch16_224
     FED_BATCH=32 FED_WORKERS=(4 14) FED_RATE=4
+    EXTRACT=(--device cuda --model vit_base_patch16_224 --input_size 224 --num_videos 2 --seconds 40
+             --batch_size 32) EXTRACT_PRECISION=bf16
 fi
 NGPU=0
 if [[ "$DEVICE" == cuda ]]; then NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); fi
@@ -228,6 +235,12 @@ sys.exit(0 if ok else 1)
 EOF
 fi
 
+if [[ "$MODE" == __extract ]]; then  # fp32 equality on one video, then the timing at EXTRACT_PRECISION
+    "$PY" bench/bench_extract.py "${EXTRACT[@]}" --work_dir "$WORK/extract" --precision fp32 --num_videos 1 \
+        --check 1e-4 || exit 1
+    exec "$PY" bench/bench_extract.py "${EXTRACT[@]}" --work_dir "$WORK/extract" --precision "$EXTRACT_PRECISION"
+fi
+
 # ---------------------------------------------------------------- the stage runner
 
 # stage NAME SECONDS CMD...: run CMD with a time limit (cut to what is left of BUDGET); all its
@@ -348,6 +361,7 @@ if stage preflight 30 "$PY" -c "$PREFLIGHT" "$DEVICE"; then
     stage deepspeed_srun 45 bash "$0" __deepspeed
     stage gpu_augment 80 bash "$0" __gpu_augment
     stage fed_step 90 bash "$0" __fed
+    stage extract_features 75 bash "$0" __extract
 fi
 
 "$PY" - "$JSONL" <<'EOF' | tee "$OUT/table.md"
