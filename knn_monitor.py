@@ -1,7 +1,12 @@
 """The frozen-feature score pretraining logs every --eval_every epochs: weighted kNN (eval_knn's
 protocol: one centre clip per video, pooled L2-normalised encoder features, k neighbours voting
 with exp(cosine / T)) of a held-out labelled list, so collapse shows and checkpoints can be
-picked without fine-tuning."""
+picked without fine-tuning.
+
+The monitor never costs a checkpoint: its lists are read and probed when the run starts (a list
+whose probed videos all fail to open stops the run before training), the driver runs it after the
+epoch's checkpoint, and a failure while scoring is agreed on by every rank and then skipped with a
+warning (training goes on)."""
 import logging
 import os
 import time
@@ -9,12 +14,18 @@ from typing import Dict, Optional
 
 import torch
 
+import torch.nn.functional as F
+
 from datasets.annotations import read_annotations
+from datasets.decoding import VideoError, open_video
 from datasets.sampler import ShardSampler
 from datasets.video_dataset import ClipConfig, VideoClipDataset, collate_clips
-from distributed import DistEnv
-from eval_knn import frozen_features, knn_votes, topk_accuracy
-from shutdown import WORKER_INIT
+from distributed import DistEnv, broadcast_object, ranks_with
+from engine_for_finetuning import gather_views, merge_views, predict_views
+from eval_knn import knn_votes, topk_accuracy
+from shutdown import WORKER_INIT, describe
+
+PROBED = 32  # videos per list opened at start (spread over the list): a cheap check of the whole list
 
 logger = logging.getLogger("sigma")
 
@@ -33,6 +44,11 @@ class KnnMonitor:
         splits = {split: read_annotations(os.path.join(data_path, f"{split}.csv"), data_root or data_path,
                                           nb_classes=nb_classes) for split in ("train", "val")}
         self.nb_classes = nb_classes or 1 + max(s.label for samples in splits.values() for s in samples)
+        problem = _probe(data_path, splits, video_backend) if env.is_main else None
+        problem = broadcast_object(problem)
+        if problem:
+            raise SystemExit(problem)
+        self.sizes = {split: len(samples) for split, samples in splits.items()}
         self.loaders = {}
         for split, samples in splits.items():
             dataset = VideoClipDataset(samples, "val", clip=clip, video_backend=video_backend)
@@ -42,15 +58,59 @@ class KnnMonitor:
                 worker_init_fn=WORKER_INIT, generator=torch.Generator())  # leaves torch's global RNG alone
 
     @torch.no_grad()
-    def score(self, encoder: torch.nn.Module, precision: str) -> Dict[str, float]:
-        """{"knn_top1", "knn_top5", "knn_time"} of `encoder` (a collective: every rank calls it).
+    def score(self, encoder: torch.nn.Module, precision: str) -> Optional[Dict[str, float]]:
+        """{"knn_top1", "knn_top5", "knn_time", "knn_queries", "knn_bank"} of `encoder` (a collective:
+        every rank calls it), or None when it failed on any rank (logged; the run goes on).
         The encoder is left in eval mode; the next training epoch puts it back in train mode."""
         t0 = time.time()
-        bank, bank_labels = frozen_features(encoder, self.loaders["train"], self.env, precision)
-        queries, labels = frozen_features(encoder, self.loaders["val"], self.env, precision)
-        votes = knn_votes(bank, bank_labels, queries, self.nb_classes, [self.k], self.temperature)[self.k]
+        views, error = {}, None
+        try:  # this rank's own share: the decoding, where a monitor fails, involves no collective
+            for split, loader in self.loaders.items():
+                views[split] = predict_views(lambda v: F.normalize(encoder.forward_features(v).float(), dim=-1),
+                                             encoder, loader, device=self.env.device, precision=precision)
+        except Exception as e:  # noqa: BLE001 - a monitor must never be why a run cannot advance
+            error = describe(e)
+        failed = ranks_with(error is not None)  # every rank skips together, or none does
+        if failed:
+            logger.warning("kNN monitor failed on rank(s) %s and was skipped (training goes on)%s", failed,
+                           f": {error}" if error else "")
+            return None
+        bank, bank_labels = self._merged(views["train"])
+        queries, labels = self._merged(views["val"])
+        k = min(self.k, bank.shape[0])
+        votes = knn_votes(bank, bank_labels, queries, self.nb_classes, [k], self.temperature)[k]
         acc = topk_accuracy(votes, labels)
-        record = {"knn_top1": acc["top1"], "knn_top5": acc["top5"], "knn_time": time.time() - t0}
-        logger.info("kNN k=%d of %d queries against %d: top-1 %.2f top-5 %.2f (%.1f s)", self.k, queries.shape[0],
+        record = {"knn_top1": acc["top1"], "knn_top5": acc["top5"], "knn_time": time.time() - t0,
+                  "knn_queries": int(queries.shape[0]), "knn_bank": int(bank.shape[0])}
+        logger.info("kNN k=%d of %d queries against %d: top-1 %.2f top-5 %.2f (%.1f s)", k, queries.shape[0],
                     bank.shape[0], record["knn_top1"], record["knn_top5"], record["knn_time"])
+        if queries.shape[0] < self.sizes["val"] or bank.shape[0] < self.sizes["train"]:
+            logger.warning("kNN monitor scored %d of %d listed queries against %d of %d bank videos (the others "
+                           "were unreadable)", queries.shape[0], self.sizes["val"], bank.shape[0], self.sizes["train"])
         return record
+
+    def _merged(self, views):
+        videos = merge_views(gather_views(views, self.env))
+        return F.normalize(videos.output, dim=-1), videos.label
+
+
+def _probe(data_path: str, splits: Dict[str, list], backend: str) -> Optional[str]:
+    """Open the headers of up to PROBED videos of each list: a message when none of a list's opens
+    (the run would otherwise train an epoch and fail at the monitor), None otherwise."""
+    for split, samples in splits.items():
+        picked = samples[::max(1, len(samples) // PROBED)][:PROBED]
+        bad = []
+        for sample in picked:
+            try:
+                open_video(sample.path, backend)
+            except VideoError as e:
+                bad.append(f"{sample.path} ({e.reason})")
+            except Exception as e:  # noqa: BLE001 - a decoder's own error: unreadable all the same
+                bad.append(f"{sample.path} ({describe(e)})")
+        if picked and len(bad) == len(picked):
+            return (f"--eval_data_path {os.path.join(data_path, split + '.csv')}: none of the {len(picked)} videos "
+                    f"probed opens, e.g. {'; '.join(bad[:3])}; fix the list or run without --eval_every")
+        if bad:
+            logger.warning("--eval_data_path %s: %d of %d probed videos do not open, e.g. %s (the kNN monitor "
+                           "leaves them out)", os.path.join(data_path, split + ".csv"), len(bad), len(picked), bad[0])
+    return None
