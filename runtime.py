@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 import deepspeed_support
-from checkpointing import (check_finite, checkpoint_path, gather_rng_states, link_checkpoint, load_training_state,
-                           prune_checkpoints, save_checkpoint, save_training_state)
+from checkpointing import (changed_flags, check_finite, checkpoint_path, gather_rng_states, link_checkpoint,
+                           load_training_state, prune_checkpoints, resume_log_offset, save_checkpoint,
+                           save_training_state)
 from datasets.sampler import ResumableSampler
 from datasets.video_dataset import collate_clips
 from distributed import DistEnv, broadcast_object, cleanup_distributed, host_group, setup_distributed, setup_logging, wrap_ddp
