@@ -145,6 +145,7 @@ def main(args: argparse.Namespace) -> None:
     precision = resolve_precision(args.precision, env.device)
     torch.manual_seed(args.seed + env.rank)
     core, objective, teacher, dataset, sampler, loader = build(args, env)
+    monitor = build_monitor(args, env)  # its lists are read and probed at start, like the training list
     schedule = make_schedule(micro_batches=len(loader), accum=args.accum_iter, batch_size=args.batch_size,
                              world_size=env.world_size, num_videos=len(dataset), lr=args.lr, min_lr=args.min_lr,
                              warmup_lr=args.warmup_lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
@@ -176,7 +177,6 @@ def main(args: argparse.Namespace) -> None:
     run_log = RunLog(env, args.output_dir, args.log_dir, schedule.total_steps, config, args.wandb, args.run_name,
                      resume_at=(start_epoch, step) if found else None, step_offset=checkpointer.log_step_offset)
     tracker = BadSampleTracker(args.max_bad_fraction, epoch_size=len(dataset) // env.world_size)
-    monitor = build_monitor(args, env)
     n_parameters = sum(p.numel() for p in core.parameters() if p.requires_grad)
     # --gpu_augment: the batches are cropped, resized and normalised on the device as they arrive.
     train_batches = DeviceAugment(loader, env.device, args.input_size) if args.gpu_augment else loader
