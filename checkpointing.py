@@ -48,6 +48,10 @@ class CheckpointError(RunError):
         self.reason = reason
 
 
+class NonFiniteParameters(RunError, FloatingPointError):
+    """Parameters with NaN or inf at a save: nothing is written."""
+
+
 class DiskFullError(RunError):
     """A checkpoint that did not fit on its disk (the previous files are untouched)."""
 
@@ -371,7 +375,7 @@ def check_finite(model: nn.Module, what: str, last_good: str = "") -> None:
     if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
         bad = sum(1 for p in model.parameters() if not torch.isfinite(p).all())
         kept = f"the last good checkpoint is {last_good}" if last_good else "the files saved before are untouched"
-        raise FloatingPointError(f"parameters are not finite {what} ({bad} tensors); not saving; {kept}")
+        raise NonFiniteParameters(f"parameters are not finite {what} ({bad} tensors); not saving; {kept}")
 
 
 def save_training_state(path: str, env: DistEnv, *, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from distributed import all_reduce_mean, gather_objects, is_distributed, ranks_with
+from shutdown import RunError
 
 logger = logging.getLogger("sigma")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -248,6 +249,10 @@ def train_steps(model: nn.Module, loader: Iterable, update, schedule, loss_fn: L
         update.zero_grad()
 
 
+class NonFiniteError(RunError, FloatingPointError):
+    """A non-finite loss, gradient norm or parameter stopped the run (its message is complete)."""
+
+
 class NonFiniteWatch:
     """Non-finite losses and gradient norms of every step, without a host sync per step.
 
@@ -295,7 +300,7 @@ class NonFiniteWatch:
         """Stop every rank if any met a non-finite step since the last check (a collective).
 
         Raises:
-            FloatingPointError: naming the first such step, its ranks and the last good checkpoint.
+            NonFiniteError: naming the first such step, its ranks and the last good checkpoint.
         """
         if not self.steps:
             return
@@ -307,7 +312,7 @@ class NonFiniteWatch:
         self._reset()
         if not ranks_with(mine is not None):
             return
-        raise FloatingPointError(self._message(gather_objects(mine)))
+        raise NonFiniteError(self._message(gather_objects(mine)))
 
     def _message(self, found: List[Optional[tuple]]) -> str:
         step, epoch = min((f[0], f[1]) for f in found if f)
@@ -330,7 +335,7 @@ class NonFiniteWatch:
         self.skipped += 1
         if self.skipped > self.allowed:
             terms = {k: round(float(v), 4) for k, v in stats.items() if k.startswith("loss")}
-            raise FloatingPointError(
+            raise NonFiniteError(
                 f"non-finite loss at step {step} (epoch {epoch}) on rank(s) {bad_ranks}, {self.skipped} non-finite "
                 f"step(s) in this run with --skip_nonfinite {self.allowed}; this rank's loss terms {terms}; stopping "
                 f"without saving; the last good checkpoint is {self.last_good}")

@@ -37,6 +37,7 @@ from datasets.decoding import DEFAULT_BACKEND, DecodeOptions, VideoError, read_v
 from datasets.frame_indices import dense_indices, linspace_indices, segment_indices
 from distributed import gather_objects, ranks_with
 from masking_generator import MASKS
+from shutdown import RunError
 
 logger = logging.getLogger(__name__)
 
@@ -310,6 +311,10 @@ def _pad_frames(clips: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
     return out, sizes
 
 
+class TooManyBadSamples(RunError):
+    """More unreadable samples than --max_bad_fraction on some rank (raised on every rank)."""
+
+
 class BadSampleTracker:
     """Main-process bookkeeping of unreadable files: logged once each, counted per epoch.
 
@@ -357,4 +362,4 @@ class BadSampleTracker:
         parts = [f"{'' if len(shares) == 1 else f'on rank {r}: '}{shares[r][0]} of {shares[r][1]} samples tried this "
                  f"epoch were unreadable, more than --max_bad_fraction {self.max_bad_fraction}; e.g. "
                  f"{'; '.join(shares[r][2])}" for r in failing]
-        raise RuntimeError(" | ".join(parts))
+        raise TooManyBadSamples(" | ".join(parts))

@@ -14,7 +14,8 @@ would. Faults:
                              sleeps before saving (to signal a process inside a save)
     nan_at:N[,N...][@R]      the loss of the N-th micro-batch (counted from 1 in this process, any
                              driver) is NaN, on rank R only when given
-    unreadable_on_rank:R     every video rank R's data-loader workers open is unreadable
+    unreadable_on_rank:R     rank R's data-loader workers find every video with an even number in its
+                             name unreadable (the others replace them)
     monitor_fails:N          the kNN monitor's feature pass raises on its N-th call and later
 """
 import os
@@ -137,7 +138,8 @@ def unreadable_on_rank(rank: str) -> None:
     real = video_dataset.VideoClipDataset._decode
 
     def _decode(self, path, segment, rng):
-        if os.environ.get("RANK", "0") == rank:
+        digits = "".join(c for c in os.path.splitext(os.path.basename(path))[0] if c.isdigit())
+        if os.environ.get("RANK", "0") == rank and digits and int(digits) % 2 == 0:
             raise VideoError(path, "injected: unreadable on this rank")
         return real(self, path, segment, rng)
 
