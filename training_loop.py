@@ -284,7 +284,7 @@ class NonFiniteWatch:
         """Record one optimizer step (device ops only). step: optimizer steps done before it."""
         kind = loss_bad.long() + (2 * grad_bad.long() if grad_bad is not None else 0)
         if self.first is None:
-            self.names = sorted(k for k in stats if k.startswith("loss"))
+            self.names = sorted(k for k, v in stats.items() if k.startswith("loss") and v.numel() == 1)
             self.first = torch.full((), -1, dtype=torch.long, device=kind.device)
             self.kind = torch.zeros((), dtype=torch.long, device=kind.device)
             self.terms = torch.zeros(len(self.names), device=kind.device)
