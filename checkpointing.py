@@ -449,8 +449,12 @@ def changed_flags(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
     """'name: saved -> current' for every config entry that differs (a key missing on one side
     counts as different)."""
     saved, current = json.loads(json.dumps(saved)), json.loads(json.dumps(current))  # tuples as lists
-    return [f"{k}: {saved.get(k, '(absent)')!r} -> {current.get(k, '(absent)')!r}"
-            for k in sorted(set(saved) | set(current)) if saved.get(k, None) != current.get(k, None)]
+
+    def shown(config: Dict[str, Any], key: str) -> str:
+        return repr(config[key]) if key in config else "(absent)"
+
+    return [f"{k}: {shown(saved, k)} -> {shown(current, k)}" for k in sorted(set(saved) | set(current))
+            if k not in saved or k not in current or saved[k] != current[k]]
 
 
 def _restart_reason(state: Dict[str, Any], steps_per_epoch: int, config: Optional[Dict[str, Any]]) -> str:

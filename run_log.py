@@ -47,10 +47,11 @@ def _drop_records(path: str, drop: Callable[[Dict[str, Any]], bool]) -> None:
 
 def _move_aside(output_dir: str, names=("metrics.jsonl", "log.txt")) -> None:
     """A fresh start in a folder that holds an earlier attempt's records (killed before its first
-    checkpoint, or started with --no_auto_resume): they go to NAME.attempt-N, not mixed into ours."""
+    checkpoint, or started with --no_auto_resume): they go to NAME.attempt-N (tb/: tb.attempt-N),
+    not mixed into ours."""
     for name in names:
         path = os.path.join(output_dir, name)
-        if not os.path.exists(path) or os.path.getsize(path) == 0:
+        if not os.path.exists(path) or (os.path.isfile(path) and os.path.getsize(path) == 0):
             continue
         stem, ext = os.path.splitext(name)
         n = 1
@@ -91,7 +92,7 @@ class RunLog:
             _drop_records(os.path.join(output_dir, "metrics.jsonl"), lambda r: r.get("step", 0) > step + step_offset)
             _drop_records(os.path.join(output_dir, "log.txt"), lambda r: r.get("epoch", -1) >= epoch)
         else:
-            _move_aside(output_dir)
+            _move_aside(output_dir, ("metrics.jsonl", "log.txt") + (() if log_dir else ("tb",)))
         self.metrics_file = open(os.path.join(output_dir, "metrics.jsonl"), "a")
         from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard is heavy to import
 

@@ -444,6 +444,7 @@ def test_fresh_start_moves_the_dead_attempts_logs_aside(data, tmp_path):
     assert _losses(tmp_path) == list(range(1, 9))
     aside = [json.loads(line)["step"] for line in open(tmp_path / "metrics.attempt-1.jsonl")]
     assert aside == [1, 2]
+    assert os.path.isdir(tmp_path / "tb.attempt-1") and os.path.isdir(tmp_path / "tb")
 
 
 def test_resume_with_another_batch_size_keeps_the_logs_and_lists_changed_flags(data, tmp_path, caplog):
