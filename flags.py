@@ -191,7 +191,9 @@ def add_optim_flags(p: argparse.ArgumentParser, *, epochs: int, lr: float, min_l
     g.add_argument("--opt_eps", type=float, default=1e-8)
     g.add_argument("--clip_grad", type=float, default=None)
     add_precision_flag(g)
-    g.add_argument("--skip_nonfinite", type=int, default=0, help="non-finite steps the whole run may skip before stopping (kept across resumes; reads every step's loss on the host)")
+    g.add_argument("--skip_nonfinite", type=int, default=0,
+                   help="non-finite steps the whole run may skip before stopping (kept across resumes; reads "
+                        "every step's loss on the host)")
     return g
 
 
