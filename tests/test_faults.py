@@ -384,7 +384,8 @@ def test_a_second_run_into_a_held_folder_refuses_and_a_stale_lock_is_taken_over(
         code, output, _ = _run(_driver("run_sigma_pretraining.py", argv))
         assert code == 1, output[-3000:]
         line = output.strip().splitlines()[-1]  # before logging starts: the holder's train.log is not touched
-        assert line.startswith("run failed: ") and f"{tmp_path} is in use by another run: pid {first.pid} on host {holder['host']}" in line, line
+        assert line.startswith("run failed: "), line
+        assert f"{tmp_path} is in use by another run: pid {first.pid} on host {holder['host']}" in line, line
         output, _ = first.communicate(timeout=DEADLINE_S)
     finally:
         if first.poll() is None:
