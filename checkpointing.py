@@ -52,6 +52,10 @@ class CheckpointMismatch(CheckpointError, ValueError):
     """Weights that do not fit the model they are loaded into (another size, other tensors)."""
 
 
+class NonFiniteParameters(RunError, FloatingPointError):
+    """Parameters with NaN or inf at a save: nothing is written."""
+
+
 class DiskFullError(RunError):
     """A checkpoint that did not fit on its disk (the previous files are untouched)."""
 
@@ -364,10 +368,18 @@ def gather_rng_states(env: DistEnv) -> list:
     return states
 
 
-def check_finite(model: nn.Module, what: str) -> None:
+def check_finite(model: nn.Module, what: str, last_good: str = "") -> None:
+    """Raise FloatingPointError, before a save, when any parameter holds NaN or inf.
+
+    Args:
+        what: where ("at step S"), for the message.
+        last_good: the last good checkpoint, named in the message when known.
+    """
     # One device-to-host sync for all parameters, not one per tensor.
     if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
-        raise FloatingPointError(f"parameters are not finite {what}; not saving, the last checkpoint is intact")
+        bad = sum(1 for p in model.parameters() if not torch.isfinite(p).all())
+        kept = f"the last good checkpoint is {last_good}" if last_good else "the files saved before are untouched"
+        raise NonFiniteParameters(f"parameters are not finite {what} ({bad} tensors); not saving; {kept}")
 
 
 def save_training_state(path: str, env: DistEnv, *, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -432,23 +444,67 @@ def _try_load(path: str) -> Tuple[Optional[Dict[str, Any]], Optional[CheckpointE
         return None, e
 
 
-def resume_position(state: Dict[str, Any], path: str, steps_per_epoch: int) -> Tuple[int, int, int]:
-    """(start epoch, global step, steps already done in that epoch) of a loaded checkpoint."""
-    step = state["step"]
-    start_epoch, start_in_epoch = divmod(step, steps_per_epoch)
+# Flags that decide which samples a step of an epoch sees, or how many steps an epoch has: a
+# resume that changes one cannot continue inside the saved epoch.
+ORDER_FLAGS = ("batch_size", "accum_iter", "world_size", "num_sample", "seed")
+
+
+def changed_flags(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+    """'name: saved -> current' for every config entry that differs (a key missing on one side
+    counts as different)."""
+    saved, current = json.loads(json.dumps(saved)), json.loads(json.dumps(current))  # tuples as lists
+
+    def shown(config: Dict[str, Any], key: str) -> str:
+        return repr(config[key]) if key in config else "(absent)"
+
+    return [f"{k}: {shown(saved, k)} -> {shown(current, k)}" for k in sorted(set(saved) | set(current))
+            if k not in saved or k not in current or saved[k] != current[k]]
+
+
+def _restart_reason(state: Dict[str, Any], steps_per_epoch: int, config: Optional[Dict[str, Any]]) -> str:
+    """Why a resume of `state` must restart at an epoch boundary ('' when it can continue in place)."""
     saved = state.get("steps_per_epoch", steps_per_epoch)
     if saved != steps_per_epoch:
-        # Another batch size or world size: positions inside an epoch no longer line up.
+        return f"was written with {saved} steps per epoch, this run has {steps_per_epoch}"
+    old = state.get("config") or {}
+    changed = [k for k in ORDER_FLAGS if config is not None and k in old and k in config and old[k] != config[k]]
+    if changed and state["step"] % saved:
+        return f"was written mid-epoch with other {', '.join(changed)}"
+    return ""
+
+
+def resume_position(state: Dict[str, Any], path: str, steps_per_epoch: int,
+                    config: Optional[Dict[str, Any]] = None) -> Tuple[int, int, int]:
+    """(start epoch, global step, steps already done in that epoch) of a loaded checkpoint.
+
+    A checkpoint of another step arithmetic or data order (`ORDER_FLAGS` of `config` against its
+    own) restarts at the next epoch boundary, at that epoch's step in this run's arithmetic."""
+    step = state["step"]
+    start_epoch, start_in_epoch = divmod(step, steps_per_epoch)
+    why = _restart_reason(state, steps_per_epoch, config)
+    if why:
+        saved = state.get("steps_per_epoch", steps_per_epoch)
         start_epoch, start_in_epoch = -(-step // saved), 0
         step = start_epoch * steps_per_epoch
-        logger.warning("%s was written with %d steps per epoch, this run has %d: restarting at the beginning "
-                       "of epoch %d (global step %d)", path, saved, steps_per_epoch, start_epoch, step)
+        logger.warning("%s %s: restarting at the beginning of epoch %d (training step %d); the earlier logs are "
+                       "kept and the new steps numbered after them", path, why, start_epoch, step)
     return start_epoch, step, start_in_epoch
 
 
-def resume_from(state: Dict[str, Any], path: str, steps_per_epoch: int, env: DistEnv) -> Tuple[int, int, int]:
+def resume_log_offset(state: Dict[str, Any], steps_per_epoch: int, config: Optional[Dict[str, Any]] = None) -> int:
+    """The log step offset after resuming from `state`: its own, plus whatever a restart at an epoch
+    boundary in another arithmetic takes off the step count, so that logged steps never repeat."""
+    offset = int(state.get("log_step_offset", 0))
+    if not _restart_reason(state, steps_per_epoch, config):
+        return offset
+    saved = state.get("steps_per_epoch", steps_per_epoch)
+    return offset + state["step"] - (-(-state["step"] // saved)) * steps_per_epoch
+
+
+def resume_from(state: Dict[str, Any], path: str, steps_per_epoch: int, env: DistEnv,
+                config: Optional[Dict[str, Any]] = None) -> Tuple[int, int, int]:
     """Restore this rank's RNG state from a loaded checkpoint; return its `resume_position`."""
-    position = resume_position(state, path, steps_per_epoch)
+    position = resume_position(state, path, steps_per_epoch, config)
     rngs = state.get("rng") or []
     if rngs:
         set_rng_state(rngs[env.rank] if env.rank < len(rngs) else rngs[0])

@@ -183,18 +183,14 @@ def dist_timeout_s(env: Mapping[str, str]) -> int:
     return int(text)
 
 
-def check_master_resolves(launch: Launch, timeout_s: float = RESOLVE_TIMEOUT_S) -> None:
-    """Raise at once when the rendezvous host does not resolve.
-
-    c10d retries a failed name lookup ("gai error -2") until the whole rendezvous timeout has
-    passed; a typo in MASTER_ADDR or a nodelist host that is not in DNS would otherwise hang for
-    minutes. The lookup runs in a thread so that a resolver that never answers cannot hang us.
-    """
+def _resolve_error(addr: str, port: int, timeout_s: float) -> Optional[str]:
+    """Why `addr` does not resolve, or None. The lookup runs in a thread so that a resolver that
+    never answers cannot hang us."""
     result: Dict[str, Any] = {}
 
     def lookup() -> None:
         try:
-            socket.getaddrinfo(launch.master_addr, launch.master_port, type=socket.SOCK_STREAM)
+            socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)
             result["ok"] = True
         except OSError as e:  # socket.gaierror is an OSError
             result["error"] = e
@@ -203,12 +199,50 @@ def check_master_resolves(launch: Launch, timeout_s: float = RESOLVE_TIMEOUT_S) 
     thread.start()
     thread.join(timeout_s)
     if result.get("ok"):
+        return None
+    return (f"{type(result['error']).__name__}: {result['error']}" if "error" in result
+            else f"no answer from the resolver within {timeout_s:g}s")
+
+
+def check_master_resolves(launch: Launch, timeout_s: float = RESOLVE_TIMEOUT_S) -> None:
+    """Raise at once when the rendezvous host does not resolve.
+
+    c10d retries a failed name lookup ("gai error -2") until the whole rendezvous timeout has
+    passed; a typo in MASTER_ADDR or a nodelist host that is not in DNS would otherwise hang for
+    minutes.
+    """
+    why = _resolve_error(launch.master_addr, launch.master_port, timeout_s)
+    if why is None:
         return
-    why = (f"{type(result['error']).__name__}: {result['error']}" if "error" in result
-           else f"no answer from the resolver within {timeout_s:g}s")
     raise RuntimeError(f"distributed setup failed for the {launch.describe()}: the master address "
                        f"{launch.master_addr!r} does not resolve ({why}); set MASTER_ADDR to a host name or IP "
                        f"address that every node can reach")
+
+
+def rendezvous_problem(addr: str, port: str, node_rank: int, timeout_s: float = RESOLVE_TIMEOUT_S) -> str:
+    """What is wrong with a multi-node torchrun rendezvous address, checked before torchrun starts
+    ('' if nothing): torchrun's own rendezvous retries a name that does not resolve for its whole
+    timeout (minutes of c10d "gai error" warnings) before the driver's own check could run.
+
+    Args:
+        port: MASTER_PORT as given (text).
+        node_rank: on node 0 the port must also be free to listen on (torchrun's store binds it).
+    """
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"MASTER_PORT={port!r} is not a TCP port (1-65535)"
+    why = _resolve_error(addr, int(port), timeout_s)
+    if why is not None:
+        return (f"MASTER_ADDR {addr!r} does not resolve ({why}); set it to a host name or IP address of node 0 "
+                f"that every node can reach")
+    if node_rank == 0:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("", int(port)))
+            except OSError as e:
+                return (f"MASTER_PORT {port} cannot be listened on by node 0 ({e.strerror}); another job may hold "
+                        f"it: choose another MASTER_PORT")
+    return ""
 
 
 def setup_distributed(device: str = "cuda", backend: Optional[str] = None,

@@ -31,13 +31,14 @@ def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> to
 def train_one_epoch(model: nn.Module, loader: Iterable, update, schedule, *, device: torch.device, epoch: int,
                     start_step: int, num_classes: int, accum_iter: int = 1, mixup: Optional[Mixup] = None,
                     smoothing: float = 0.0, log_every: int = 20, skip_nonfinite: int = 0,
-                    tracker=None, task=None) -> Iterator[StepDone]:
+                    tracker=None, task=None, nonfinite=None) -> Iterator[StepDone]:
     """One fine-tuning epoch, yielding after every optimiser step (see `training_loop.train_steps`).
 
     Args:
         mixup: mixes each batch and gives its soft targets (they carry the label smoothing).
         smoothing: label smoothing without mixup.
         task: a `tasks.Task` whose loss replaces single-head classification (no mixup, smoothing).
+        nonfinite: the run's `training_loop.NonFiniteWatch` (it reads the loss this returns).
     """
 
     def loss_fn(batch):
@@ -59,7 +60,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, update, schedule, *, dev
         return loss, stats
 
     return train_steps(model, loader, update, schedule, loss_fn, device=device, epoch=epoch, start_step=start_step,
-                       accum_iter=accum_iter, log_every=log_every, skip_nonfinite=skip_nonfinite, tracker=tracker)
+                       accum_iter=accum_iter, log_every=log_every, skip_nonfinite=skip_nonfinite, tracker=tracker,
+                       nonfinite=nonfinite)
 
 
 class Views(NamedTuple):

@@ -302,7 +302,7 @@ def compute_loss(model: nn.Module, objective: Objective, videos: torch.Tensor,
 def train_one_epoch(model: nn.Module, loader: Iterable, update, schedule, objective: Objective, *,
                     device: torch.device, epoch: int, start_step: int, accum_iter: int = 1,
                     teacher: Optional[nn.Module] = None, log_every: int = 20, skip_nonfinite: int = 0,
-                    tracker=None) -> Iterator[StepDone]:
+                    tracker=None, nonfinite=None) -> Iterator[StepDone]:
     """One pretraining epoch, yielding after every optimiser step (see `training_loop.train_steps`)."""
 
     def loss_fn(batch):
@@ -311,7 +311,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, update, schedule, object
 
     return train_steps(model, HostMaskIndex(loader), update, schedule, loss_fn, device=device, epoch=epoch,
                        start_step=start_step, accum_iter=accum_iter, log_every=log_every,
-                       skip_nonfinite=skip_nonfinite, tracker=tracker)
+                       skip_nonfinite=skip_nonfinite, tracker=tracker, nonfinite=nonfinite)
 
 
 class HostMaskIndex:

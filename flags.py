@@ -290,7 +290,9 @@ def add_optim_flags(p: argparse.ArgumentParser, *, epochs: int, lr: float, min_l
     g.add_argument("--opt_eps", type=float, default=1e-8, help="AdamW epsilon")
     g.add_argument("--clip_grad", type=float, default=None, help="max gradient norm (default: no clipping)")
     add_precision_flag(g)
-    g.add_argument("--skip_nonfinite", type=int, default=0, help="non-finite steps to skip before stopping")
+    g.add_argument("--skip_nonfinite", type=int, default=0,
+                   help="non-finite steps the whole run may skip before stopping (kept across resumes; reads "
+                        "every step's loss on the host)")
     return g
 
 

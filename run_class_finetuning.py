@@ -23,7 +23,6 @@ from checkpointing import load_checkpoint, resume_from, state_dict_from
 from datasets.mixup import Mixup
 from datasets.splits import DATA_SETS
 from datasets.video_dataset import BadSampleTracker
-from distributed import cleanup_distributed
 from engine_for_finetuning import evaluate, train_one_epoch, write_test_results
 from eval_knn import add_image_flags
 from finetune_build import (build_datasets, build_model, build_optimizer, deepspeed_config_of, eval_loader,
@@ -33,7 +32,7 @@ from flags import (ArgumentParser, add_augment_flags, add_clip_flags, add_encode
                    check_nb_classes, clip_rules, common_rules, nb_classes_of, resolve_precision, str2bool)
 from modeling_finetune import MODELS, LinearProbe, ModelEma
 from run_log import RunLog, write_config
-from runtime import Checkpointer, start_run, training_loader, wrap_for_training
+from runtime import Checkpointer, end_run, start_run, training_loader, wrap_for_training
 from schedules import make_schedule
 from shutdown import run_driver
 from tasks import TASK_OF_DATA_SET, Task, best_head, evaluate_task, validate, write_task_results
@@ -121,7 +120,7 @@ def get_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> None:
-    env = start_run(args.device, args.output_dir)
+    env = start_run(args.device, args.output_dir, lock=True)
     precision = resolve_precision(args.precision, env.device)
     torch.manual_seed(args.seed + env.rank)
     nb_classes = nb_classes_of(args, DATA_SETS)
@@ -146,7 +145,7 @@ def main(args: argparse.Namespace) -> None:
     else:
         train(args, env, model, data, nb_classes=nb_classes, precision=precision, augment=augment, tracker=tracker,
               config=config, task=task)
-    cleanup_distributed()
+    end_run()
 
 
 def test_only(args, env, model, report, test_set, *, precision: str, tracker, config: dict, task) -> None:
@@ -190,7 +189,7 @@ def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bo
         steps_per_epoch=schedule.steps_per_epoch, every_steps=args.save_ckpt_steps, every_epochs=args.save_ckpt_freq,
         epochs=args.epochs, keep_last=args.keep_last_ckpts, engine=training.engine,
         extra=lambda: {"best": best, "epoch_totals": totals.state(),
-                       **({"model_ema": ema.module.state_dict()} if ema else {})})
+                       **({"model_ema": ema.module.state_dict()} if ema else {})}, skip_nonfinite=args.skip_nonfinite)
     start_epoch, step, start_in_epoch = 0, 0, 0
     found = checkpointer.resume(args.resume, args.auto_resume)
     if found:
@@ -198,11 +197,11 @@ def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bo
         if ema is not None and state.get("model_ema"):
             ema.module.load_state_dict(state["model_ema"])
         best = state.get("best", best)
-        start_epoch, step, start_in_epoch = resume_from(state, path, schedule.steps_per_epoch, env)
+        start_epoch, step, start_in_epoch = resume_from(state, path, schedule.steps_per_epoch, env, config)
         totals = EpochTotals(state.get("epoch_totals") if start_in_epoch else None)
     write_config(args.output_dir, env, config)
     run_log = RunLog(env, args.output_dir, args.log_dir, schedule.total_steps, config, args.wandb, args.run_name,
-                     resume_at=(start_epoch, step) if found else None)
+                     resume_at=(start_epoch, step) if found else None, step_offset=checkpointer.log_step_offset)
     tracker.epoch_size = len(train_set) // env.world_size
     val = eval_loader(data["val"], env, args, args.dist_eval)
     nets = [("", core, training.update.input_dtype)] + ([("_ema", ema.module, None)] if ema else [])
@@ -216,7 +215,7 @@ def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bo
                                     epoch=epoch, start_step=step, num_classes=nb_classes, accum_iter=args.accum_iter,
                                     mixup=mixup, smoothing=args.smoothing if augment else 0.0,
                                     log_every=args.log_every, skip_nonfinite=args.skip_nonfinite, tracker=tracker,
-                                    task=task):
+                                    task=task, nonfinite=checkpointer.nonfinite):
             step = done.step
             if ema is not None:
                 ema.update(core)  # before any checkpoint of this step
@@ -227,6 +226,7 @@ def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bo
                 break
         if checkpointer.stopping:
             checkpointer.exit_for_requeue(step)
+        checkpointer.check()  # before NaN weights are averaged, validated or saved as best
         record = {**{f"train_{k}": v for k, v in totals.global_averages(env.device).items()}, **tracker.end_epoch(),
                   "epoch": epoch}
         if not args.disable_eval_during_finetuning:

@@ -22,7 +22,6 @@ from datasets.annotations import read_annotations
 from datasets.decoding import DecodeOptions
 from datasets.gpu_augment import DeviceAugment
 from datasets.video_dataset import AugmentConfig, BadSampleTracker, ClipConfig, MaskConfig, VideoClipDataset
-from distributed import cleanup_distributed
 from engine_for_pretraining import Objective, train_one_epoch
 from flags import (ArgumentParser, add_clip_flags, add_loader_flags, add_optim_flags, add_output_and_run_flags,
                    check_flags, clip_rules, common_rules, resolve_precision, str2bool)
@@ -31,7 +30,7 @@ from masking_generator import MASKS
 from modeling_pretrain import LOSS_FUNCS, MODELS, TARGET_TYPES, TEACHER_DIMS, build_teacher
 from optim_factory import create_optimizer, param_groups
 from run_log import RunLog, write_config
-from runtime import Checkpointer, start_run, training_loader, wrap_for_training
+from runtime import Checkpointer, end_run, start_run, training_loader, wrap_for_training
 from schedules import make_schedule
 from shutdown import run_driver
 from training_loop import EpochTotals
@@ -154,10 +153,11 @@ def build(args, env):
 
 
 def main(args: argparse.Namespace) -> None:
-    env = start_run(args.device, args.output_dir)
+    env = start_run(args.device, args.output_dir, lock=True)
     precision = resolve_precision(args.precision, env.device)
     torch.manual_seed(args.seed + env.rank)
     core, objective, teacher, dataset, sampler, loader = build(args, env)
+    monitor = build_monitor(args, env)  # its lists are read and probed at start, like the training list
     schedule = make_schedule(micro_batches=len(loader), accum=args.accum_iter, batch_size=args.batch_size,
                              world_size=env.world_size, num_videos=len(dataset), lr=args.lr, min_lr=args.min_lr,
                              warmup_lr=args.warmup_lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
@@ -177,19 +177,18 @@ def main(args: argparse.Namespace) -> None:
                                 config=config, steps_per_epoch=schedule.steps_per_epoch,
                                 every_steps=args.save_ckpt_steps, every_epochs=args.save_ckpt_freq,
                                 epochs=args.epochs, keep_last=args.keep_last_ckpts,
-                                extra=lambda: {"epoch_totals": totals.state()})
+                                extra=lambda: {"epoch_totals": totals.state()}, skip_nonfinite=args.skip_nonfinite)
     start_epoch, step, start_in_epoch = 0, 0, 0
     found = checkpointer.resume(args.resume, args.auto_resume)
     if found:
         path, state = found
-        start_epoch, step, start_in_epoch = resume_from(state, path, schedule.steps_per_epoch, env)
+        start_epoch, step, start_in_epoch = resume_from(state, path, schedule.steps_per_epoch, env, config)
         if start_in_epoch:
             totals = EpochTotals(state.get("epoch_totals"))
     write_config(args.output_dir, env, config)
     run_log = RunLog(env, args.output_dir, args.log_dir, schedule.total_steps, config, args.wandb, args.run_name,
-                     resume_at=(start_epoch, step) if found else None)
+                     resume_at=(start_epoch, step) if found else None, step_offset=checkpointer.log_step_offset)
     tracker = BadSampleTracker(args.max_bad_fraction, epoch_size=len(dataset) // env.world_size)
-    monitor = build_monitor(args, env)
     n_parameters = sum(p.numel() for p in core.parameters() if p.requires_grad)
     # --gpu_augment: the batches are cropped, resized and normalised on the device as they arrive.
     train_batches = DeviceAugment(loader, env.device, args.input_size) if args.gpu_augment else loader
@@ -202,7 +201,7 @@ def main(args: argparse.Namespace) -> None:
         for done in train_one_epoch(training.model, train_batches, training.update, schedule, objective,
                                     device=env.device, epoch=epoch, start_step=step, accum_iter=args.accum_iter,
                                     teacher=teacher, log_every=args.log_every, skip_nonfinite=args.skip_nonfinite,
-                                    tracker=tracker):
+                                    tracker=tracker, nonfinite=checkpointer.nonfinite):
             step = done.step
             totals.add(done.stats)
             if done.log:
@@ -212,21 +211,23 @@ def main(args: argparse.Namespace) -> None:
         if checkpointer.stopping:
             checkpointer.exit_for_requeue(step)
         bad = tracker.end_epoch()  # a collective: every rank stops if any rank's share is too bad
-        scores = {}
-        if monitor and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
-            scores = monitor.score(core.encoder, precision)
-            run_log.eval({"step": step, "epoch": epoch, **scores})
+        checkpointer.check()  # no NaN epoch average is logged
         # Written ahead of the epoch's checkpoint: a kill in between re-runs the epoch on resume,
         # and the resumed run drops this line before writing it again.
-        run_log.epoch({**{f"train_{k}": v for k, v in totals.global_averages(env.device).items()}, **bad, **scores,
+        run_log.epoch({**{f"train_{k}": v for k, v in totals.global_averages(env.device).items()}, **bad,
                        "epoch": epoch, "n_parameters": n_parameters, "epoch_time": time.time() - t0})
         totals.reset()
         checkpointer.after_epoch(epoch, step)
+        # After the checkpoint: the monitor never costs one (a failure is logged and skipped).
+        if monitor and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
+            scores = monitor.score(core.encoder, precision)
+            if scores:
+                run_log.eval({"step": step, "epoch": epoch, **scores})
     checkpointer.preemption.disarm()
     if env.is_main:
         _summary(args.output_dir, run_log.tb_dir)
     run_log.close()
-    cleanup_distributed()
+    end_run()
 
 
 def _summary(output_dir: str, tb_dir: str) -> None:

@@ -6,7 +6,9 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple, Union
@@ -15,31 +17,154 @@ import torch
 from torch import nn
 
 import deepspeed_support
-from checkpointing import (check_finite, checkpoint_path, gather_rng_states, link_checkpoint, load_training_state,
-                           prune_checkpoints, save_checkpoint, save_training_state)
+from checkpointing import (changed_flags, check_finite, checkpoint_path, gather_rng_states, link_checkpoint,
+                           load_training_state, prune_checkpoints, resume_log_offset, save_checkpoint,
+                           save_training_state)
 from datasets.sampler import ResumableSampler
 from datasets.video_dataset import collate_clips
 from distributed import DistEnv, broadcast_object, cleanup_distributed, host_group, setup_distributed, setup_logging, wrap_ddp
-from shutdown import WORKER_INIT
-from training_loop import DeepSpeedUpdate, TorchUpdate
+from shutdown import WORKER_INIT, RunError, at_exit
+from training_loop import DeepSpeedUpdate, NonFiniteWatch, TorchUpdate
 
 logger = logging.getLogger("sigma")
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: preempted, a resumable checkpoint was written; requeue me
 
 
-def start_run(device: str, output_dir: str, log_name: str = "train.log") -> DistEnv:
+def start_run(device: str, output_dir: str, log_name: str = "train.log", lock: bool = False) -> DistEnv:
     """Process group, output_dir (temp files of saves a kill interrupted removed) and logging to
-    output_dir/log_name; the launch itself is logged there too."""
+    output_dir/log_name; the launch itself is logged there too.
+
+    lock: take output_dir's RunLock (training drivers): a second run into the folder stops here,
+    before it touches anything, with one line naming the holder (on every rank).
+    """
     env = setup_distributed(device)
     os.makedirs(output_dir, exist_ok=True)
+    if lock:
+        refusal = None
+        if env.is_main:
+            try:
+                RunLock(output_dir).acquire()
+            except RunLockError as e:
+                refusal = str(e)
+        refusal = broadcast_object(refusal)  # the other ranks share rank 0's lock, or its refusal
+        if refusal:
+            raise RunLockError(refusal)
     if env.is_main:
         for name in os.listdir(output_dir):
             if name.startswith("checkpoint-") and ".tmp-" in name:
                 os.remove(os.path.join(output_dir, name))
     setup_logging(env.rank, os.path.join(output_dir, log_name))
     logger.info("%s", env.description)
+    for message in _LOCK_WARNINGS:
+        logger.warning("%s", message)
+    _LOCK_WARNINGS.clear()
     return env
+
+
+def end_run() -> None:
+    """The normal end of a training driver's main: the run lock released, the process group torn down."""
+    RunLock.release_held()
+    cleanup_distributed()
+
+
+class RunLockError(RunError):
+    """Another run holds the output folder."""
+
+
+_LOCK_WARNINGS = []  # said once logging is set up
+
+
+class RunLock:
+    """One run per output folder: output_dir/run.lock holds the owner's host, pid and Slurm job.
+
+    Taken by rank 0 (its ranks share it) with an exclusive create. A lock of a process that is gone
+    (same host, dead pid) or of the same Slurm job (a requeue, possibly on another node) is taken
+    over with a warning; a lock of another host is considered stale once its heartbeat (the file's
+    mtime, touched every HEARTBEAT_S by the owner) is older than STALE_S. Anything else refuses.
+    """
+
+    NAME, HEARTBEAT_S, STALE_S = "run.lock", 60.0, 600.0
+    _held: Optional["RunLock"] = None
+
+    def __init__(self, output_dir: str):
+        self.path = os.path.join(output_dir, self.NAME)
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "job": os.environ.get("SLURM_JOB_ID", ""),
+                   "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self._stop = threading.Event()
+
+    def acquire(self) -> None:
+        """Raises RunLockError naming the holder when another live run holds the folder."""
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._read()
+                why = self._stale(holder)
+                if why is None:
+                    raise RunLockError(
+                        f"{os.path.dirname(self.path)} is in use by another run: pid {holder.get('pid')} on host "
+                        f"{holder.get('host')}{' (Slurm job ' + holder['job'] + ')' if holder.get('job') else ''}, "
+                        f"started {holder.get('started', '?')} ({self.path}); wait for it, stop it, or give "
+                        f"another --output_dir") from None
+                if why != "this process":
+                    _LOCK_WARNINGS.append(f"taking over the stale run lock {self.path} of pid {holder.get('pid')} "
+                                          f"on host {holder.get('host')}: {why}")
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.me, f)
+            break
+        RunLock._held = self
+        at_exit(RunLock.release_held)
+        threading.Thread(target=self._heartbeat, daemon=True).start()
+
+    def _read(self) -> Dict[str, Any]:
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}  # torn (a kill between create and write) or just removed: stale
+
+    def _stale(self, holder: Dict[str, Any]) -> Optional[str]:
+        """Why `holder` no longer holds the folder, or None if it may still run."""
+        if not holder:
+            return "the lock file is empty or unreadable"
+        if holder.get("host") == self.me["host"] and holder.get("pid") == self.me["pid"]:
+            return "this process"  # an earlier run of this process (in-process callers) ended without releasing
+        if holder.get("job") and holder.get("job") == self.me["job"]:
+            return f"the same Slurm job {holder['job']} (requeued)"
+        if holder.get("host") == self.me["host"]:
+            try:
+                os.kill(int(holder.get("pid", 0)), 0)
+            except ProcessLookupError:
+                return "that process is gone"
+            except (PermissionError, ValueError, OverflowError):
+                pass
+            return None
+        try:
+            age = time.time() - os.stat(self.path).st_mtime
+        except FileNotFoundError:
+            return "the lock was just released"
+        return f"no heartbeat for {age:.0f} s" if age > self.STALE_S else None
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    @classmethod
+    def release_held(cls) -> None:
+        """Remove the lock this process holds (only if it is still ours)."""
+        lock, cls._held = cls._held, None
+        if lock is None:
+            return
+        lock._stop.set()
+        holder = lock._read()
+        if holder.get("pid") == lock.me["pid"] and holder.get("host") == lock.me["host"]:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock.path)
 
 
 class Preemption:
@@ -136,33 +261,53 @@ class Checkpointer:
     so that at an epoch end checkpoint-latest.pth is a hard link of the epoch file; a DeepSpeed
     run keeps its state in output_dir/deepspeed/ and writes plain fp32 weights to the epoch files.
 
+    Nothing is written from non-finite weights: every write first reads the run's `nonfinite`
+    watch (the losses and gradient norms of the steps since its last check) and then checks the
+    parameters; either stops the run naming the last good checkpoint.
+
     Args:
         model: the core module (plain state-dict names, no "module." / "_orig_mod.").
         engine: the DeepSpeed engine training `model`, if any.
         extra: () -> further plain entries saved with the state (epoch totals, best, EMA weights).
+        skip_nonfinite: non-finite steps the whole run may skip (--skip_nonfinite; the count is
+            saved in every checkpoint and resumed).
     """
 
     def __init__(self, env: DistEnv, output_dir: str, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: Optional[torch.amp.GradScaler], config: Dict[str, Any], steps_per_epoch: int,
                  every_steps: int, every_epochs: int, epochs: int, keep_last: int = 0, engine=None,
-                 extra: Callable[[], Dict[str, Any]] = dict):
+                 extra: Callable[[], Dict[str, Any]] = dict, skip_nonfinite: int = 0):
         self.env, self.output_dir, self.model, self.optimizer, self.scaler = env, output_dir, model, optimizer, scaler
         self.config, self.steps_per_epoch, self.engine, self.extra = config, steps_per_epoch, engine, extra
         self.every_steps, self.every_epochs, self.epochs, self.keep_last = every_steps, every_epochs, epochs, keep_last
         self.preemption = Preemption()
         self.stopping = False
+        self.nonfinite = NonFiniteWatch(skip_nonfinite)
+        # metrics.jsonl step number = training step + this: a resume that restarts the step
+        # arithmetic (another batch size, accumulation, world size) numbers its steps after the
+        # earlier ones instead of reusing their numbers.
+        self.log_step_offset = 0
 
     def resume(self, resume: str, auto_resume: bool) -> Optional[Tuple[str, Dict[str, Any]]]:
         """(path, state) restored from `resume`, else (with `auto_resume`) from the newest valid
         checkpoint in output_dir; None for a fresh run."""
         if self.engine is None:
-            return load_training_state(resume, auto_resume, self.output_dir, model=self.model,
-                                       optimizer=self.optimizer, scaler=self.scaler)
-        where = resume or (self.output_dir if auto_resume else "")
-        found = deepspeed_support.load(self.engine, where) if where else None
-        if resume and found is None:
-            raise SystemExit(f"--resume {resume}: no DeepSpeed checkpoint there (expected an output folder, "
-                             f"its deepspeed/ folder or a deepspeed/step-N folder)")
+            found = load_training_state(resume, auto_resume, self.output_dir, model=self.model,
+                                        optimizer=self.optimizer, scaler=self.scaler)
+        else:
+            where = resume or (self.output_dir if auto_resume else "")
+            found = deepspeed_support.load(self.engine, where) if where else None
+            if resume and found is None:
+                raise SystemExit(f"--resume {resume}: no DeepSpeed checkpoint there (expected an output folder, "
+                                 f"its deepspeed/ folder or a deepspeed/step-N folder)")
+        if found:
+            path, state = found
+            self.nonfinite.skipped = int(state.get("nonfinite_skipped", 0))
+            self.nonfinite.last_good = f"{path} (step {state['step']})"
+            changed = changed_flags(state.get("config") or {}, self.config)
+            if changed and self.env.is_main:
+                logger.warning("resuming %s with flags that differ from its run: %s", path, "; ".join(changed))
+            self.log_step_offset = resume_log_offset(state, self.steps_per_epoch, self.config)
         return found
 
     def after_step(self, step: int) -> bool:
@@ -192,6 +337,7 @@ class Checkpointer:
                   ema: Optional[Dict[str, torch.Tensor]] = None) -> None:
         """checkpoint-best.pth: the weights (fp32 masters under DeepSpeed, a collective), `metrics`,
         the config and the EMA weights if any; never resumed from."""
+        self._check(step)
         weights = self._weights()
         if self.env.is_main:
             save_checkpoint(os.path.join(self.output_dir, "checkpoint-best.pth"), {
@@ -210,23 +356,35 @@ class Checkpointer:
     def _config(self) -> Dict[str, Any]:
         return json.loads(json.dumps(self.config))  # primitives only (tuples become lists)
 
+    def check(self) -> None:
+        """Stop every rank if a step since the last check had a non-finite loss or gradient norm
+        (a collective; call before an evaluation, which would score NaN weights)."""
+        self.nonfinite.check()
+
+    def _check(self, step: int) -> None:
+        """Before any write: the steps' losses and gradient norms, then the parameters themselves."""
+        self.nonfinite.check()
+        check_finite(self.model, f"at step {step}", self.nonfinite.last_good)
+
     def _write(self, path: str, step: int) -> None:
         """Save the training state of `step` to `path` (every rank calls this: it is a collective);
         signals arriving meanwhile wait for the save to finish."""
+        self._check(step)
+        extra = {**self.extra(), "nonfinite_skipped": self.nonfinite.skipped, "log_step_offset": self.log_step_offset}
         with self.preemption.saving():
             if self.engine is None:
                 save_training_state(path, self.env, model=self.model, optimizer=self.optimizer, scaler=self.scaler,
                                     step=step, steps_per_epoch=self.steps_per_epoch, config=self.config,
-                                    extra=self.extra())
-                return
-            check_finite(self.model, f"at step {step}")
-            plain = {"epoch": step // self.steps_per_epoch, "step": step, "config": self._config(), **self.extra()}
-            deepspeed_support.save(self.engine, self.output_dir, self.env, {
-                **plain, "steps_per_epoch": self.steps_per_epoch, "rng": gather_rng_states(self.env)})
-            if path != checkpoint_path(self.output_dir):  # epoch files: plain fp32 weights too
-                weights = self._weights()
-                if self.env.is_main:
-                    save_checkpoint(path, {"model": weights, **plain})
+                                    extra=extra)
+            else:
+                plain = {"epoch": step // self.steps_per_epoch, "step": step, "config": self._config(), **extra}
+                deepspeed_support.save(self.engine, self.output_dir, self.env, {
+                    **plain, "steps_per_epoch": self.steps_per_epoch, "rng": gather_rng_states(self.env)})
+                if path != checkpoint_path(self.output_dir):  # epoch files: plain fp32 weights too
+                    weights = self._weights()
+                    if self.env.is_main:
+                        save_checkpoint(path, {"model": weights, **plain})
+        self.nonfinite.last_good = f"{path} (step {step})"
 
 
 @dataclass

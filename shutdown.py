@@ -65,6 +65,22 @@ WORKER_INIT = _WorkerInit()
 multiprocessing.util.Finalize(None, WORKER_INIT.exiting.set, exitpriority=100)
 
 
+_AT_EXIT: list = []  # callables run_driver calls before the process ends (os._exit skips atexit)
+
+
+def at_exit(fn: Callable[[], None]) -> None:
+    """Run `fn` when the driver's process ends, however it ends (a run lock's release)."""
+    _AT_EXIT.append(fn)
+
+
+def _run_at_exit() -> None:
+    while _AT_EXIT:
+        try:
+            _AT_EXIT.pop()()
+        except Exception as e:  # cleanup must not mask the run's own cause
+            logger.warning("exit cleanup failed: %s", e)
+
+
 def release_workers() -> None:
     """From now on a SIGTERM ends every DataLoader worker of this process."""
     WORKER_INIT.exiting.set()
@@ -210,6 +226,7 @@ def run_driver(main: Callable[[Any], None], args: Any, grace_s: float = EXIT_GRA
     stop_workers()
     if code != 0:
         _abort_process_group()
+    _run_at_exit()
     if cause:
         logger.error("%s", cause)
     _flush_logs()

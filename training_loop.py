@@ -13,12 +13,13 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-from distributed import all_reduce_mean, is_distributed, ranks_with
+from distributed import all_reduce_mean, gather_objects, is_distributed, ranks_with
+from shutdown import RunError
 
 logger = logging.getLogger("sigma")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -179,7 +180,7 @@ def to_device(batch: Dict[str, object], device: torch.device, video_dtype: Optio
 
 def train_steps(model: nn.Module, loader: Iterable, update, schedule, loss_fn: LossFn, *, device: torch.device,
                 epoch: int, start_step: int, accum_iter: int = 1, log_every: int = 20, skip_nonfinite: int = 0,
-                tracker=None) -> Iterator[StepDone]:
+                tracker=None, nonfinite: Optional["NonFiniteWatch"] = None) -> Iterator[StepDone]:
     """One pass over `loader`, yielding after every optimiser step.
 
     Micro-batches that cannot complete a step at the end of the loader are not run; a step cut
@@ -191,13 +192,20 @@ def train_steps(model: nn.Module, loader: Iterable, update, schedule, loss_fn: L
         schedule: `schedules.Schedule` (lr_at, wd_at of the global step).
         start_step: global optimizer step at the start.
         log_every: a metrics record every this many steps, and at the first and last step.
-        skip_nonfinite: non-finite steps that may be skipped (on every rank) before stopping.
+        skip_nonfinite: non-finite steps the run may skip (on every rank) before stopping; used
+            when `nonfinite` is not given (the drivers pass the run's watch, whose budget counts
+            every epoch and survives a resume).
         tracker: BadSampleTracker fed with every batch.
+        nonfinite: the run's NonFiniteWatch (its Checkpointer's); every step's loss and grad norm
+            go through it, and it is read at every log step.
     """
     model.train()
-    step, skipped = start_step, 0
+    watch = nonfinite if nonfinite is not None else NonFiniteWatch(skip_nonfinite)
+    step = start_step
     usable = len(loader) // accum_iter * accum_iter if hasattr(loader, "__len__") else None
     window = MetricsWindow(update, schedule, device)
+    # A loss scaler (fp16) meets inf gradients on purpose and skips those steps itself.
+    grads_checked = getattr(update, "scaler", None) is None and update.input_dtype != torch.float16
     t_last = time.perf_counter()
     try:
         for micro, batch in enumerate(loader):
@@ -208,23 +216,22 @@ def train_steps(model: nn.Module, loader: Iterable, update, schedule, loss_fn: L
             window.data_time += time.perf_counter() - t_last
             if micro % accum_iter == 0:
                 set_schedules(update.optimizer, schedule.lr_at(step), schedule.wd_at(step))
+                loss_bad = None  # any micro-batch of this step with a non-finite loss (a device bool)
             window.clips += batch["video"].shape[0]
             batch = to_device(batch, device, update.input_dtype)
             last_micro = (micro + 1) % accum_iter == 0
             with update.context(device, last_micro):
                 loss, stats = loss_fn(batch)
-                # Every rank checks at the same micro-batches and they decide together: a rank that
-                # skipped its backward (or stopped) alone would leave the others in DDP's all-reduce.
-                check_now = skip_nonfinite > 0 or (step + 1) % log_every == 0
-                bad_ranks = ranks_with(not math.isfinite(loss.item())) if check_now else []
-                if bad_ranks:
-                    skipped += 1
-                    _check_skip(skipped, skip_nonfinite, step, epoch, bad_ranks, stats)
+                if watch.allowed > 0 and watch.skip(step, epoch, loss, stats):
                     update.zero_grad()
                     continue
+                bad = ~torch.isfinite(loss.detach())
+                loss_bad = bad if loss_bad is None else loss_bad | bad
                 grad_norm = update.backward(loss, last_micro)
             if grad_norm is None:
                 continue
+            grad_bad = ~torch.isfinite(grad_norm).all() if grads_checked and grad_norm.numel() else None
+            watch.note(step, epoch, loss_bad, grad_bad, stats)
             step += 1
             if grad_norm.numel():  # empty: the engine did not report a norm
                 stats["grad_norm"] = grad_norm
@@ -234,22 +241,107 @@ def train_steps(model: nn.Module, loader: Iterable, update, schedule, loss_fn: L
             # Every log_every steps, and also the first step of an epoch (progress and ETA at once)
             # and its last one (every epoch ends in metrics.jsonl, however short).
             log_now = step % log_every == 0 or step == start_step + 1 or micro + 1 == usable
+            if log_now:
+                watch.check()  # the record below reads the device anyway: no extra sync
             yield StepDone(step, stats, window.record(step, epoch, stats) if log_now else None)
             t_last = time.perf_counter()
     finally:
         update.zero_grad()
 
 
-def _check_skip(skipped: int, allowed: int, step: int, epoch: int, bad_ranks, stats) -> None:
-    """Raise once more non-finite steps than `allowed` were met; else warn that this one is skipped."""
-    if skipped > allowed:
-        terms = {k: round(float(v), 4) for k, v in stats.items() if k.startswith("loss")}
-        raise FloatingPointError(
-            f"non-finite loss at step {step} (epoch {epoch}) on rank(s) {bad_ranks}, {skipped} non-finite "
-            f"step(s) with --skip_nonfinite {allowed}; this rank's loss terms {terms}; stopping without saving, "
-            f"the last checkpoint is intact")
-    logger.warning("non-finite loss at step %d on rank(s) %s: skipping the step on every rank (%d of "
-                   "--skip_nonfinite %d)", step, bad_ranks, skipped, allowed)
+class NonFiniteError(RunError, FloatingPointError):
+    """A non-finite loss, gradient norm or parameter stopped the run (its message is complete)."""
+
+
+class NonFiniteWatch:
+    """Non-finite losses and gradient norms of every step, without a host sync per step.
+
+    `note` keeps, on the device, which of the steps since the last `check` first had a non-finite
+    loss (bit 1) or gradient norm (bit 2) on this rank, and its loss terms. `check` reads that
+    (one host read, where the caller reads the device anyway: a log step, before a save or an
+    evaluation) and, when any rank met one, stops every rank naming the first such step, the ranks
+    it occurred on, their loss terms and the last good checkpoint. Every rank calls `check` at the
+    same steps (it is a collective). Under DDP a rank's NaN reaches the others' gradients in the
+    all-reduce: the ranks whose own loss was non-finite are the cause, the others are named apart.
+
+    With `allowed` > 0 (--skip_nonfinite) the loss is instead read at every micro-batch (`skip`, a
+    host sync: the skip must be decided before the backward), and up to `allowed` such steps of
+    the whole run are skipped on every rank; `skipped` is saved in checkpoints and resumed.
+    """
+
+    def __init__(self, allowed: int = 0, skipped: int = 0):
+        self.allowed, self.skipped = allowed, skipped
+        self.last_good = "none (nothing saved yet)"  # the Checkpointer's description of its last good file
+        self._reset()
+
+    def _reset(self) -> None:
+        self.steps: List[Tuple[int, int]] = []  # (step, epoch) of each noted step since the last check
+        self.first = self.kind = self.terms = None  # device scalars / [T] loss terms of the first bad step
+        self.names: List[str] = []
+
+    def note(self, step: int, epoch: int, loss_bad: torch.Tensor, grad_bad: Optional[torch.Tensor],
+             stats: Dict[str, torch.Tensor]) -> None:
+        """Record one optimizer step (device ops only). step: optimizer steps done before it."""
+        kind = loss_bad.long() + (2 * grad_bad.long() if grad_bad is not None else 0)
+        if self.first is None:
+            self.names = sorted(k for k, v in stats.items() if k.startswith("loss") and v.numel() == 1)
+            self.first = torch.full((), -1, dtype=torch.long, device=kind.device)
+            self.kind = torch.zeros((), dtype=torch.long, device=kind.device)
+            self.terms = torch.zeros(len(self.names), device=kind.device)
+        new = (self.first < 0) & (kind > 0)
+        self.first = torch.where(new, len(self.steps), self.first)
+        self.kind = torch.where(new, kind, self.kind)
+        if self.names and all(k in stats for k in self.names):
+            terms = torch.stack([stats[k].detach().float().reshape(()) for k in self.names])  # [T]
+            self.terms = torch.where(new, terms, self.terms)
+        self.steps.append((step, epoch))
+
+    def check(self) -> None:
+        """Stop every rank if any met a non-finite step since the last check (a collective).
+
+        Raises:
+            NonFiniteError: naming the first such step, its ranks and the last good checkpoint.
+        """
+        if not self.steps:
+            return
+        first = int(self.first)  # the one host read
+        mine = None
+        if first >= 0:
+            (step, epoch), kind = self.steps[first], int(self.kind)
+            mine = (step, epoch, kind, {k: round(v, 4) for k, v in zip(self.names, self.terms.tolist())})
+        self._reset()
+        if not ranks_with(mine is not None):
+            return
+        raise NonFiniteError(self._message(gather_objects(mine)))
+
+    def _message(self, found: List[Optional[tuple]]) -> str:
+        step, epoch = min((f[0], f[1]) for f in found if f)
+        at = [r for r, f in enumerate(found) if f and f[0] == step]
+        loss_ranks = [r for r in at if found[r][2] & 1]
+        ranks = loss_ranks or at
+        what = "loss" if loss_ranks else "gradient norm (finite loss)"
+        others = [r for r, f in enumerate(found) if f and r not in ranks]
+        also = f"; other ranks' gradients or losses became non-finite after it: {others}" if others else ""
+        return (f"non-finite {what} at step {step} (epoch {epoch}) on rank(s) {ranks}{also}; loss terms of rank "
+                f"{ranks[0]}: {found[ranks[0]][3]}; stopping without saving; the last good checkpoint is "
+                f"{self.last_good}")
+
+    def skip(self, step: int, epoch: int, loss: torch.Tensor, stats: Dict[str, torch.Tensor]) -> bool:
+        """--skip_nonfinite: whether every rank skips this micro-batch's step (a host read and a
+        collective per micro-batch); raises once the run's budget is spent."""
+        bad_ranks = ranks_with(not math.isfinite(loss.item()))
+        if not bad_ranks:
+            return False
+        self.skipped += 1
+        if self.skipped > self.allowed:
+            terms = {k: round(float(v), 4) for k, v in stats.items() if k.startswith("loss")}
+            raise NonFiniteError(
+                f"non-finite loss at step {step} (epoch {epoch}) on rank(s) {bad_ranks}, {self.skipped} non-finite "
+                f"step(s) in this run with --skip_nonfinite {self.allowed}; this rank's loss terms {terms}; stopping "
+                f"without saving; the last good checkpoint is {self.last_good}")
+        logger.warning("non-finite loss at step %d (epoch %d) on rank(s) %s: skipping the step on every rank (%d of "
+                       "--skip_nonfinite %d in this run)", step, epoch, bad_ranks, self.skipped, self.allowed)
+        return True
 
 
 class MetricsWindow:

@@ -35,8 +35,9 @@ from datasets import transforms as T
 from datasets.annotations import Sample
 from datasets.decoding import DEFAULT_BACKEND, DecodeOptions, VideoError, read_video
 from datasets.frame_indices import dense_indices, linspace_indices, segment_indices
-from distributed import any_rank
+from distributed import gather_objects, ranks_with
 from masking_generator import MASKS
+from shutdown import RunError
 
 logger = logging.getLogger(__name__)
 
@@ -310,6 +311,10 @@ def _pad_frames(clips: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
     return out, sizes
 
 
+class TooManyBadSamples(RunError):
+    """More unreadable samples than --max_bad_fraction on some rank (raised on every rank)."""
+
+
 class BadSampleTracker:
     """Main-process bookkeeping of unreadable files: logged once each, counted per epoch.
 
@@ -338,17 +343,23 @@ class BadSampleTracker:
         self.bad += len(batch["bad"])
         self.good += batch["num_items"]
         if collective and self.epoch_size:
-            if any_rank(self.bad > self.max_bad_fraction * (self.epoch_size + self.bad)):
-                self._fail()
+            failing = ranks_with(self.bad > self.max_bad_fraction * (self.epoch_size + self.bad))
+            if failing:
+                self._fail(failing)
 
     def end_epoch(self) -> Dict[str, float]:
         """Epoch statistics; raises on every rank if too many samples were bad on any (a collective)."""
         tried = self.bad + self.good
-        if any_rank(tried > 0 and self.bad / tried > self.max_bad_fraction):
-            self._fail()
+        failing = ranks_with(tried > 0 and self.bad / tried > self.max_bad_fraction)
+        if failing:
+            self._fail(failing)
         return {"bad_samples": self.bad, "bad_fraction": self.bad / tried if tried else 0.0}
 
-    def _fail(self) -> None:
-        tried = self.bad + self.good
-        raise RuntimeError(f"{self.bad} of {tried} samples tried this epoch were unreadable, more than "
-                           f"--max_bad_fraction {self.max_bad_fraction}; e.g. {'; '.join(self.examples)}")
+    def _fail(self, failing: List[int]) -> None:
+        """Raise on every rank the same message, naming the rank(s) whose share failed and their
+        files (a collective: every rank gathers every rank's counts and examples)."""
+        shares = gather_objects((self.bad, self.bad + self.good, self.examples[:3]))
+        parts = [f"{'' if len(shares) == 1 else f'on rank {r}: '}{shares[r][0]} of {shares[r][1]} samples tried this "
+                 f"epoch were unreadable, more than --max_bad_fraction {self.max_bad_fraction}; e.g. "
+                 f"{'; '.join(shares[r][2])}" for r in failing]
+        raise TooManyBadSamples(" | ".join(parts))

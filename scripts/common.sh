@@ -222,6 +222,7 @@ sigma_torchrun() {
         sigma_require MASTER_ADDR "address of the node with NODE_RANK=0 (multi-node torchrun)"
         sigma_require MASTER_PORT "a free TCP port on that node (multi-node torchrun)"
         layout=(--nnodes "$NNODES" --node_rank "${NODE_RANK:-0}" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
+        [[ "${SIGMA_DRY_RUN:-0}" == 1 ]] || sigma_check_master
     else
         layout=(--standalone --nnodes 1)
     fi
@@ -254,6 +255,16 @@ sigma_torchrun() {
     fi
     rm -f "$SIGMA_SIGNAL_STAMP"
     exit "$rc"
+}
+
+# Before torchrun starts: MASTER_ADDR must resolve (within 10 s) and MASTER_PORT be a port (free on
+# node 0). torchrun's own rendezvous would retry a bad address for its whole timeout on every node.
+sigma_check_master() {
+    local why
+    why=$(cd "$SIGMA_ROOT" && "$PYTHON" -c 'import sys, distributed
+print(distributed.rendezvous_problem(sys.argv[1], sys.argv[2], int(sys.argv[3])))' \
+        "$MASTER_ADDR" "$MASTER_PORT" "${NODE_RANK:-0}" 2>&1) || sigma_die "cannot check MASTER_ADDR: $why"
+    [[ -z "$why" ]] || sigma_die "node ${NODE_RANK:-0}: $why"
 }
 
 # sigma_saved_since FILE: whether a resumable checkpoint in OUTPUT_DIR is newer than FILE.

@@ -12,6 +12,11 @@ would. Faults:
     kill_rank1_at_step:S     rank 1 SIGKILLs itself at global step S (its peer must not hang)
     slow_save:SECONDS        every checkpoint save writes `save_started` in the output dir, then
                              sleeps before saving (to signal a process inside a save)
+    nan_at:N[,N...][@R]      the loss of the N-th micro-batch (counted from 1 in this process, any
+                             driver) is NaN, on rank R only when given
+    unreadable_on_rank:R     rank R's data-loader workers find every video with an even number in its
+                             name unreadable (the others replace them)
+    monitor_fails:N          the kNN monitor's feature pass raises on its N-th call and later
 """
 import os
 import runpy
@@ -22,9 +27,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import engine_for_finetuning  # noqa: E402
 import engine_for_pretraining  # noqa: E402
+import knn_monitor  # noqa: E402
 import runtime  # noqa: E402
 import training_loop  # noqa: E402
+from datasets import video_dataset  # noqa: E402
+from datasets.decoding import VideoError  # noqa: E402
 
 
 def _kill_self() -> None:
@@ -104,14 +113,60 @@ def slow_save(seconds: int) -> None:
     runtime.save_training_state = save_training_state
 
 
+def nan_at(spec: str) -> None:
+    calls, _, rank = spec.partition("@")
+    poisoned = {int(c) for c in calls.split(",")}
+    counter = [0]
+
+    def wrap(train_steps):
+        def patched(model, loader, update, schedule, loss_fn, **kwargs):
+            def poisoning(batch):
+                loss, stats = loss_fn(batch)
+                counter[0] += 1
+                if counter[0] in poisoned and (not rank or os.environ.get("RANK", "0") == rank):
+                    loss = loss * float("nan")
+                    stats = {**stats, "loss": loss.detach()}
+                return loss, stats
+            return train_steps(model, loader, update, schedule, poisoning, **kwargs)
+        return patched
+
+    engine_for_pretraining.train_steps = wrap(engine_for_pretraining.train_steps)
+    engine_for_finetuning.train_steps = wrap(engine_for_finetuning.train_steps)
+
+
+def unreadable_on_rank(rank: str) -> None:
+    real = video_dataset.VideoClipDataset._decode
+
+    def _decode(self, path, segment, rng):
+        digits = "".join(c for c in os.path.splitext(os.path.basename(path))[0] if c.isdigit())
+        if os.environ.get("RANK", "0") == rank and digits and int(digits) % 2 == 0:
+            raise VideoError(path, "injected: unreadable on this rank")
+        return real(self, path, segment, rng)
+
+    video_dataset.VideoClipDataset._decode = _decode
+
+
+def monitor_fails(n: str) -> None:
+    real, calls = knn_monitor.predict_views, []
+
+    def predict_views(*args, **kwargs):
+        calls.append(1)
+        if len(calls) >= int(n):
+            raise RuntimeError("injected monitor failure")
+        return real(*args, **kwargs)
+
+    knn_monitor.predict_views = predict_views
+
+
 FAULTS = {f.__name__: f for f in (nan_loss, nan_params, kill_after_epoch_log, kill_after_step, kill_rank1_at_step,
-                                  slow_save)}
+                                  slow_save, nan_at, unreadable_on_rank, monitor_fails)}
+TEXT_VALUED = (nan_at, unreadable_on_rank, monitor_fails)
 
 
 def main() -> None:
     fault, driver, *argv = sys.argv[1:]
     name, _, value = fault.partition(":")
-    FAULTS[name](int(value))
+    FAULTS[name](value if FAULTS[name] in TEXT_VALUED else int(value))
     sys.argv = [driver, *argv]
     runpy.run_path(driver, run_name="__main__")
 

@@ -53,11 +53,11 @@ def _finetune_argv(data, out, *extra):
             "--output_dir", str(out), *extra]
 
 
-def _run(cmd, timeout=DEADLINE_S, **kwargs):
+def _run(cmd, timeout=DEADLINE_S, env=None, **kwargs):
     """(exit code, output, seconds) of a process (and its process group), killed at `timeout`."""
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs)
+                            start_new_session=True, env={**(env or os.environ), "OMP_NUM_THREADS": "1"}, **kwargs)
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -276,3 +276,185 @@ def test_finetuning_flags_outside_their_range_are_refused(data, tmp_path, capsys
     with pytest.raises(SystemExit) as info:
         ft.get_args(_finetune_argv(data, tmp_path, *flags))
     assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+# --- issue 26: non-finite steps, run lock, kNN monitor, clusters, resumes --------------------------
+
+def _finite_checkpoints(out):
+    """{file name: every tensor finite} of every checkpoint in `out`."""
+    found = {}
+    for name in sorted(os.listdir(out)):
+        if name.startswith("checkpoint-") and name.endswith(".pth"):
+            state = torch.load(os.path.join(out, name), map_location="cpu", weights_only=True)
+            found[name] = all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    return found
+
+
+@pytest.mark.parametrize("nan_call,workers,last_good", [("2", "2", "none (nothing saved yet)"),
+                                                        ("6", "1", "checkpoint-0.pth (step 4)")])
+def test_nan_in_an_epoch_shorter_than_log_every_writes_no_checkpoint(data, tmp_path, nan_call, workers, last_good):
+    # 4 steps per epoch, --log_every 20: today's log-step check never ran and checkpoint-best.pth
+    # was written from NaN weights. Now every step is noted and read before validation and saves.
+    argv = _finetune_argv(data, tmp_path, "--data_root", data, "--epochs", "2", "--num_workers", workers,
+                          "--log_every", "20", "--save_ckpt_freq", "1", "--model", "vit_tiny_patch16_224")
+    code, output, seconds = _run(_driver("run_class_finetuning.py", argv, f"nan_at:{nan_call}"))
+    assert code == 1, output[-3000:]
+    step, epoch = int(nan_call) - 1, (int(nan_call) - 1) // 4
+    line = _last_error(output)
+    assert f"non-finite loss at step {step} (epoch {epoch}) on rank(s) [0]" in line, line
+    assert line.endswith(f"the last good checkpoint is {tmp_path / last_good if epoch else last_good}"), line
+    files = _finite_checkpoints(tmp_path)
+    assert all(files.values()), files
+    assert ("checkpoint-best.pth" in files) == (epoch > 0), files
+    assert seconds < DEADLINE_S
+
+
+def test_nan_at_a_step_that_is_not_logged_is_named_at_the_next_save(data, tmp_path):
+    # --log_every 20 and a rolling save every 3 steps: the save reads the watch and names step 1.
+    argv = _pretrain_argv(data, tmp_path, "--num_workers", "1", "--log_every", "20", "--save_ckpt_steps", "3")
+    code, output, _ = _run(_driver("run_sigma_pretraining.py", argv, "nan_at:2"))
+    assert code == 1, output[-3000:]
+    line = _last_error(output)
+    assert "non-finite loss at step 1 (epoch 0) on rank(s) [0]; loss terms of rank 0: {'loss': nan" in line, line
+    assert line.endswith("stopping without saving; the last good checkpoint is none (nothing saved yet)"), line
+    assert _finite_checkpoints(tmp_path) == {}
+
+
+def test_skip_nonfinite_is_a_budget_of_the_whole_run(data, tmp_path):
+    # One NaN in epoch 0 and one in epoch 1 with --skip_nonfinite 1: the second is over the budget.
+    argv = _pretrain_argv(data, tmp_path, "--num_workers", "2", "--skip_nonfinite", "1")
+    code, output, _ = _run(_driver("run_sigma_pretraining.py", argv, "nan_at:2,7"))
+    assert code == 1, output[-3000:]
+    assert "(1 of --skip_nonfinite 1 in this run)" in output
+    line = _last_error(output)
+    assert "2 non-finite step(s) in this run with --skip_nonfinite 1" in line, line
+    assert f"the last good checkpoint is {tmp_path / 'checkpoint-0.pth'} (step 3)" in line, line
+    # The budget is kept in the checkpoints: a resume does not start it afresh.
+    state = torch.load(tmp_path / "checkpoint-0.pth", map_location="cpu", weights_only=True)
+    assert state["nonfinite_skipped"] == 1
+
+
+def _torchrun(argv_driver, fault, nproc=2):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), LAUNCHER,
+            fault, *argv_driver]
+
+
+def test_nan_on_rank1_at_a_step_that_is_not_logged_names_the_step_and_the_rank(data, tmp_path):
+    # Default --log_every: the NaN reaches rank 0's weights through DDP's all-reduce; the message
+    # still names the first step and rank 1 as the cause, on both ranks.
+    argv = [os.path.join(ROOT, "run_sigma_pretraining.py"),
+            *_pretrain_argv(data, tmp_path, "--batch_size", "1", "--num_workers", "1", "--log_every", "20",
+                            "--epochs", "1")]
+    code, output, seconds = _run(_torchrun(argv, "nan_at:2@1"), timeout=DEADLINE_S)
+    assert code != 0, output[-3000:]
+    errors = [line for line in output.splitlines() if "run failed:" in line]
+    assert len(errors) == 2, output[-3000:]
+    for line in errors:
+        assert "non-finite loss at step 1 (epoch 0) on rank(s) [1]" in line, line
+    last = open(tmp_path / "train.log").read().strip().splitlines()[-1]
+    assert "run failed: non-finite loss at step 1 (epoch 0) on rank(s) [1]" in last, last
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("checkpoint-")]
+    assert seconds < DEADLINE_S
+
+
+def test_unreadable_share_of_rank1_names_the_rank_and_files_on_every_rank(data, tmp_path):
+    argv = [os.path.join(ROOT, "run_sigma_pretraining.py"),
+            *_pretrain_argv(data, tmp_path, "--batch_size", "1", "--num_workers", "1", "--epochs", "1")]
+    code, output, _ = _run(_torchrun(argv, "unreadable_on_rank:1"), timeout=DEADLINE_S)
+    assert code != 0, output[-3000:]
+    errors = [line for line in output.splitlines() if "run failed:" in line]
+    assert len(errors) == 2, output[-3000:]
+    for line in errors:
+        assert "on rank 1: " in line and "more than --max_bad_fraction" in line and ".mp4 (injected" in line, line
+        assert "on rank 0" not in line, line
+    last = open(tmp_path / "train.log").read().strip().splitlines()[-1]
+    assert "run failed: on rank 1: " in last, last
+
+
+def test_a_second_run_into_a_held_folder_refuses_and_a_stale_lock_is_taken_over(data, tmp_path):
+    argv = _pretrain_argv(data, tmp_path, "--num_workers", "1", "--save_ckpt_steps", "1")
+    first = subprocess.Popen(_driver("run_sigma_pretraining.py", argv, "slow_save:3"), cwd=ROOT, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + DEADLINE_S
+        while time.time() < deadline and not (tmp_path / "save_started").exists():
+            time.sleep(0.1)
+        holder = json.loads((tmp_path / "run.lock").read_text())
+        assert holder["pid"] == first.pid
+        code, output, _ = _run(_driver("run_sigma_pretraining.py", argv))
+        assert code == 1, output[-3000:]
+        line = output.strip().splitlines()[-1]  # before logging starts: the holder's train.log is not touched
+        assert line.startswith("run failed: "), line
+        assert f"{tmp_path} is in use by another run: pid {first.pid} on host {holder['host']}" in line, line
+        output, _ = first.communicate(timeout=DEADLINE_S)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert first.returncode == 0, output[-3000:]  # the refused run touched nothing of it
+    assert _losses(tmp_path) == list(range(1, 13)) and not (tmp_path / "run.lock").exists()
+    # A lock left by a process that is gone (kill -9) is taken over with a warning.
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (stale / "run.lock").write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": dead.pid}))
+    code, output, _ = _run(_driver("run_sigma_pretraining.py", _pretrain_argv(data, stale, "--epochs", "1")))
+    assert code == 0, output[-3000:]
+    assert f"taking over the stale run lock {stale / 'run.lock'} of pid {dead.pid}" in output
+
+
+def test_knn_monitor_list_unreadable_stops_at_start(data, tmp_path):
+    monitor = tmp_path / "monitor"
+    monitor.mkdir()
+    for split in ("train", "val"):
+        (monitor / f"{split}.csv").write_text("".join(f"{data}/broken{i}.mp4 {i % 4}\n" for i in range(4)))
+    argv = _pretrain_argv(data, tmp_path / "out", "--eval_every", "1", "--eval_data_path", str(monitor))
+    code, output, seconds = _run(_driver("run_sigma_pretraining.py", argv))
+    assert code == 1, output[-3000:]
+    assert "none of the 4 videos probed opens" in output.strip().splitlines()[-1], output[-2000:]
+    assert not os.path.exists(tmp_path / "out" / "metrics.jsonl")  # nothing trained
+
+
+def test_knn_monitor_failure_is_skipped_after_the_checkpoint(data, tmp_path):
+    argv = _pretrain_argv(data, tmp_path, "--num_workers", "1", "--epochs", "2", "--eval_every", "1",
+                          "--eval_data_path", data, "--eval_k", "2")
+    code, output, _ = _run(_driver("run_sigma_pretraining.py", argv, "monitor_fails:3"))
+    assert code == 0, output[-3000:]
+    assert "kNN monitor failed on rank(s) [0] and was skipped (training goes on): RuntimeError: injected" in output
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["epoch"] for r in records if "knn_top1" in r] == [0]  # epoch 1's monitor (calls 3, 4) failed
+    assert {"checkpoint-0.pth", "checkpoint-1.pth"} <= set(os.listdir(tmp_path))
+
+
+def test_multinode_launcher_with_a_bad_master_addr_stops_in_seconds(tmp_path):
+    env = {**os.environ, "NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "no-such-host.invalid",
+           "MASTER_PORT": "29500", "SIGMA_DEVICE": "cpu", "OUTPUT_ROOT": str(tmp_path), "SSV2_ROOT": str(tmp_path)}
+    code, output, seconds = _run(["bash", os.path.join(ROOT, "scripts", "pretrain", "videomae_vits_ssv2.sh")],
+                                 timeout=60, env=env)
+    assert code == 2, output
+    assert "node 1: MASTER_ADDR 'no-such-host.invalid' does not resolve" in output, output
+    assert "torch.distributed.run" not in output and "gai error" not in output
+
+
+def test_fresh_start_moves_the_dead_attempts_logs_aside(data, tmp_path):
+    argv = _pretrain_argv(data, tmp_path, "--save_ckpt_freq", "100", "--epochs", "2")
+    code, output, _ = _run(_driver("run_sigma_pretraining.py", argv, "kill_after_step:2"))
+    assert code == -signal.SIGKILL, output[-2000:]
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("checkpoint-")]
+    run.main(run.get_args(argv))
+    assert _losses(tmp_path) == list(range(1, 9))
+    aside = [json.loads(line)["step"] for line in open(tmp_path / "metrics.attempt-1.jsonl")]
+    assert aside == [1, 2]
+    assert os.path.isdir(tmp_path / "tb.attempt-1") and os.path.isdir(tmp_path / "tb")
+
+
+def test_resume_with_another_batch_size_keeps_the_logs_and_lists_changed_flags(data, tmp_path, caplog):
+    run.main(run.get_args(_pretrain_argv(data, tmp_path, "--epochs", "1")))  # 4 steps of 2 clips
+    assert _losses(tmp_path) == [1, 2, 3, 4]
+    run.main(run.get_args(_pretrain_argv(data, tmp_path, "--epochs", "2", "--batch_size", "1", "--lr", "0.1")))
+    assert _losses(tmp_path) == list(range(1, 13))  # epoch 1's 8 steps numbered after epoch 0's 4
+    warnings = [r.getMessage() for r in caplog.records if "differ from its run" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    for change in ("batch_size: 2 -> 1", "lr: 0.05 -> 0.1", "epochs: 1 -> 2"):
+        assert change in warnings[0], warnings[0]
+    assert [e["epoch"] for e in _epochs(tmp_path)] == [0, 1]

@@ -96,3 +96,59 @@ def test_cuda_step_raises_on_no_sync():
         loss.backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def _linear_steps(device: torch.device, nan_call: int):
+    """(watch, train_steps generator) of a Linear model, SGD, 6 steps, log_every 100 (logs at steps 1
+    and 6 only), whose loss is NaN at forward `nan_call`."""
+    from schedules import make_schedule
+    from training_loop import NonFiniteWatch, TorchUpdate, train_steps
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = [{"video": torch.randn(2, 4, device=device)} for _ in range(6)]
+    schedule = make_schedule(micro_batches=6, accum=1, batch_size=256, world_size=1, num_videos=6, lr=0.1, min_lr=0.1,
+                             warmup_lr=0.1, epochs=1, warmup_epochs=0, warmup_steps=-1, weight_decay=0.0,
+                             weight_decay_end=None)
+
+    calls = []
+
+    def loss_fn(batch):
+        calls.append(1)
+        loss = model(batch["video"]).pow(2).mean()
+        if len(calls) == nan_call:
+            loss = loss * float("nan")
+        return loss, {"loss": loss.detach()}
+
+    watch = NonFiniteWatch()
+    return watch, train_steps(model, loader, TorchUpdate(model, optimizer), schedule, loss_fn, device=device,
+                              epoch=0, start_step=0, log_every=100, nonfinite=watch)
+
+
+def test_train_steps_reads_the_device_only_at_log_steps():
+    """The non-finite watch notes every step on the device: a step that is not a log step reads
+    nothing back (SGD: AdamW's CPU step counter would be read by the optimizer itself)."""
+    _, steps = _linear_steps(torch.device("cpu"), nan_call=3)  # the third step (2 done before it)
+    assert next(steps).log is not None  # the first step logs (and reads the watch)
+    with SyncCounter() as counter:
+        for _ in range(4):  # steps 2-5: no log, no read, even with the NaN at step 3 noted
+            assert next(steps).log is None
+    assert counter.ops == [], counter.ops
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 2 \(epoch 0\) on rank\(s\) \[0\]"):
+        next(steps)  # the epoch's last step logs: the watch is read and names the first bad step
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the sync debug mode needs CUDA")
+def test_cuda_train_steps_without_a_sync_between_log_steps():
+    _, steps = _linear_steps(torch.device("cuda"), nan_call=3)
+    assert next(steps).log is not None
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(4):
+            assert next(steps).log is None
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 2 \(epoch 0\)"):
+        next(steps)
