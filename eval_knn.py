@@ -143,23 +143,24 @@ def eval_dataset(data, args, mode: str, sampling: str, views: Tuple[int, int] = 
                             decode=DecodeOptions(short_side=args.decode_short_side))
 
 
-def frozen_features(model, loader, env, precision: str):
+def frozen_features(model, loader, env, precision: str, desc: str = "features"):
     """(pooled L2-normalised features [V, D], labels [V]) of every video `loader` yields (this
-    rank's shard), gathered from every rank and merged per video (a collective)."""
+    rank's shard), gathered from every rank and merged per video (a collective); `desc` names the
+    step in the progress lines."""
     views = predict_views(lambda v: F.normalize(model.forward_features(v).float(), dim=-1), model, loader,
-                          device=env.device, precision=precision)
+                          device=env.device, precision=precision, desc=desc)
     videos = merge_views(gather_views(views, env))
     return F.normalize(videos.output, dim=-1), videos.label
 
 
-def features(model, samples: Sequence, args, env, sampling: str, precision: str):
+def features(model, samples: Sequence, args, env, sampling: str, precision: str, desc: str = "features"):
     """(pooled L2-normalised features [V, D], labels [V]) of every video (or image), one centre clip each."""
     dataset = eval_dataset(samples, args, "val", sampling)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, sampler=ShardSampler(len(dataset), env.world_size, env.rank),
         num_workers=args.num_workers, collate_fn=collate_clips, pin_memory=env.device.type == "cuda",
         worker_init_fn=WORKER_INIT)
-    feats, labels = frozen_features(model, loader, env, precision)
+    feats, labels = frozen_features(model, loader, env, precision, desc)
     if feats.shape[0] != len(samples):
         logger.warning("%d of %d videos were unreadable and left out", len(samples) - feats.shape[0], len(samples))
     return feats, labels
@@ -175,7 +176,8 @@ def official_features(model, samples: Sequence, args, env, sampling: str, precis
         dataset, batch_size=items, sampler=ShardSampler(len(dataset), env.world_size, env.rank),
         num_workers=args.num_workers, collate_fn=collate_clips, pin_memory=env.device.type == "cuda",
         worker_init_fn=WORKER_INIT)
-    views = predict_views(lambda v: model(v).float(), model, loader, device=env.device, precision=precision)
+    views = predict_views(lambda v: model(v).float(), model, loader, device=env.device, precision=precision,
+                          desc="test-view features")
     views = gather_views(views, env)  # on the device: the kNN runs there
     keys = torch.stack([views.index, views.segment, views.crop], 1)  # [M, 3]
     _, inverse = torch.unique(keys, dim=0, return_inverse=True)  # drop the sampler's padding repeats
@@ -219,8 +221,8 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
         queries, labels = bank, bank_labels
     else:
         splits = {s: read_split(args, args.data_path, s, nb_classes)[0] for s in ("train", "val")}
-        bank, bank_labels = features(model, splits["train"], args, env, sampling, precision)
-        queries, labels = features(model, splits["val"], args, env, sampling, precision)
+        bank, bank_labels = features(model, splits["train"], args, env, sampling, precision, "kNN features (train)")
+        queries, labels = features(model, splits["val"], args, env, sampling, precision, "kNN features (val)")
     results = None
     if env.is_main:  # every rank holds the gathered features; one computes the kNN, on the device
         results = {"per_k": {}, "temperature": args.temperature, "num_train": int(bank.shape[0]),

@@ -122,7 +122,7 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
         for split, (data, labels) in splits.items():
             key = (data_path, split) if sampling == "repeat" else tuple(s.path for s in data)
             if key not in cache:
-                cache[key] = features(model, data, args, env, sampling, precision)
+                cache[key] = features(model, data, args, env, sampling, precision, f"probe features ({split})")
             x, _ = cache[key]
             # Labels of this labelling, by the video index features() keeps in order.
             feats[split] = (x, torch.tensor(labels))

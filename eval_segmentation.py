@@ -38,6 +38,7 @@ from datasets.vos import DATA_SETS, YTVOS_LABELS, read_clip, sample_indices, vos
 from eval_knn import load_encoder
 from kmeans import kmeans
 from modeling_finetune import MODELS
+from progress import Progress
 from flags import HelpFormatter, add_encoder_flags, add_run_flags, check_flags, resolve_precision
 from run_log import write_config
 from runtime import start_run
@@ -175,6 +176,7 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
     logger.info("%d %s %s videos, clips of %d frames at %d px, protocols %s", len(videos), args.data_set, split,
                 num_frames, args.input_size, protocols)
     pool, pending, records, start = make_pool(args.workers), [], [], time.perf_counter()
+    progress = Progress(len(videos), "segmentation (encode and cluster)", unit="clips")
     try:
         for i, video in enumerate(videos):
             indices = sample_indices(len(video.frames), num_frames, random.Random(f"{args.seed}/{video.name}"))
@@ -194,10 +196,10 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
             waiting = [f for f in pending if not f.done()] if pool else []
             if len(waiting) > 2 * args.workers:  # bound the clips held in memory for the pool
                 concurrent.futures.wait(waiting, return_when=concurrent.futures.FIRST_COMPLETED)
-            if (i + 1) % 10 == 0 or i + 1 == len(videos):
-                logger.info("encoded and clustered %d / %d clips", i + 1, len(videos))
+            progress.update()
         records = [r.result() if pool else r for r in pending]
     finally:
+        progress.close()
         if pool:
             pool.shutdown(cancel_futures=True)
     results = {"data_set": args.data_set, "split": split, "num_frames": num_frames, "input_size": args.input_size,

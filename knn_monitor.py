@@ -46,8 +46,8 @@ class KnnMonitor:
         """{"knn_top1", "knn_top5", "knn_time"} of `encoder` (a collective: every rank calls it).
         The encoder is left in eval mode; the next training epoch puts it back in train mode."""
         t0 = time.time()
-        bank, bank_labels = frozen_features(encoder, self.loaders["train"], self.env, precision)
-        queries, labels = frozen_features(encoder, self.loaders["val"], self.env, precision)
+        bank, bank_labels = frozen_features(encoder, self.loaders["train"], self.env, precision, "kNN monitor (train)")
+        queries, labels = frozen_features(encoder, self.loaders["val"], self.env, precision, "kNN monitor (val)")
         votes = knn_votes(bank, bank_labels, queries, self.nb_classes, [self.k], self.temperature)[self.k]
         acc = topk_accuracy(votes, labels)
         record = {"knn_top1": acc["top1"], "knn_top5": acc["top5"], "knn_time": time.time() - t0}

@@ -8,10 +8,11 @@ import logging
 import os
 import shutil
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
+
+from progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -138,22 +139,6 @@ def _transcode_one(settings: EncodeSettings, src: str, dst: str) -> Optional[str
     return None
 
 
-def _progress(items: Iterable, total: int, desc: str) -> Iterator:
-    """tqdm when installed, else an INFO line every 5%."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    if tqdm is not None:
-        yield from tqdm(items, total=total, desc=desc, unit="video")
-        return
-    step, start = max(1, total // 20), time.time()
-    for i, item in enumerate(items, start=1):
-        yield item
-        if i % step == 0 or i == total:
-            logger.info("%s: %d/%d (%.0f s)", desc, i, total, time.time() - start)
-
-
 def transcode_tree(src: str, dst: str, short_side: Optional[int] = None, height: Optional[int] = None,
                    gop: Optional[int] = None, crf: int = 23, workers: Optional[int] = None, ext: str = ".mp4",
                    ffmpeg: Optional[str] = None, fastdecode: bool = False, b_pyramid: bool = True) -> TranscodeReport:
@@ -189,7 +174,7 @@ def transcode_tree(src: str, dst: str, short_side: Optional[int] = None, height:
     executor = ThreadPoolExecutor(max_workers=workers)  # threads suffice: the work is in subprocesses
     try:
         futures = {executor.submit(_transcode_one, settings, s, d): s for s, d in jobs}
-        for future in _progress(as_completed(futures), len(futures), "transcode"):
+        for future in track(as_completed(futures), total=len(futures), desc="transcode", unit="videos"):
             source, reason = futures[future], future.result()
             if reason is None:
                 report.done.append(source)

@@ -1,0 +1,312 @@
+"""Docs are tests: every ```bash block of the user docs runs, or parses, as written.
+
+Each block of DOCS must be preceded (on the line just above its fence; blank lines may lie between)
+by exactly one marker:
+
+- `<!-- doc-test: run -->`: run on the CPU in a scratch copy of the repository root, in document
+  order (README first), on the generated demo data: `data/demo` and `output/demo` come from the
+  README's Quick start, which runs first. The output each doc claims is checked (CLAIMS below).
+- `<!-- doc-test: parse -->`: cluster-only; every `python X.py ...` / `python -m M ...` command is
+  parsed by its driver's own argument parser (nothing runs), every `bash` / `sbatch` launcher path
+  must exist.
+- `<!-- doc-test: skip: <reason> -->`: neither (installs, shell snippets, synopses).
+
+What a `run` block is changed before it runs (paths only, nothing else):
+- `python`, `python3` and `.venv/bin/python` become this interpreter (sys.executable);
+- in `a && b && c` chains, `python3 -m venv ...` and `... pip install ...` steps are left out (the
+  test runs in the installed environment), and so is `... -m pytest ...` (the suite that runs this).
+Backslash continuations are joined and `#` comments dropped, as bash does.
+"""
+import dataclasses
+import json
+import os
+import re
+import runpy
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = ("README.md", "PRETRAIN.md", "FINETUNE.md", "EVALUATION.md", "DATASET.md")
+MARKER = re.compile(r"^<!--\s*doc-test:\s*(run|parse|skip)\s*(?::\s*(\S.*?))?\s*-->$")
+FENCE = re.compile(r"^```bash\s*\n(.*?)^```", re.S | re.M)
+PYTHONS = {"python", "python3", ".venv/bin/python", ".venv/bin/python3"}
+COMMAND_TIMEOUT_S = 900
+
+pytestmark = pytest.mark.slow
+
+
+@dataclasses.dataclass
+class Block:
+    doc: str
+    line: int  # of the opening fence, 1-based
+    kind: Optional[str]  # run / parse / skip; None: no (or more than one) marker
+    reason: str
+    text: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.doc}:{self.line}"
+
+
+def read_blocks() -> List[Block]:
+    """Every ```bash block of DOCS with the marker above it."""
+    blocks = []
+    for doc in DOCS:
+        text = open(os.path.join(ROOT, doc)).read()
+        for m in FENCE.finditer(text):
+            before = [line.strip() for line in text[:m.start()].splitlines() if line.strip()]
+            kind, reason = None, ""
+            found = MARKER.match(before[-1]) if before else None
+            # exactly one marker: the one just above, and no second one right above it
+            if found and not (len(before) > 1 and MARKER.match(before[-2])):
+                kind, reason = found.group(1), found.group(2) or ""
+            blocks.append(Block(doc, text[:m.start()].count("\n") + 1, kind, reason, m.group(1)))
+    return blocks
+
+
+BLOCKS = read_blocks()
+
+
+def commands(text: str) -> List[List[str]]:
+    """The block's commands as argv lists: continuations joined, comments dropped, `&&` chains split."""
+    joined = re.sub(r"\\\n", " ", text)
+    out = []
+    for line in joined.splitlines():
+        words = shlex.split(line, comments=True)
+        current: List[str] = []
+        for word in words + ["&&"]:
+            if word == "&&":
+                if current:
+                    out.append(current)
+                current = []
+            else:
+                current.append(word)
+    return out
+
+
+def split_env(argv: List[str]) -> Tuple[Dict[str, str], List[str]]:
+    """(leading VAR=value assignments, the rest)."""
+    env = {}
+    while argv and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", argv[0]):
+        key, value = argv[0].split("=", 1)
+        env[key] = value
+        argv = argv[1:]
+    return env, argv
+
+
+def left_out(argv: List[str]) -> bool:
+    """Steps a run block keeps out: venv creation, pip installs, the test suite itself."""
+    return (argv[:3] == ["python3", "-m", "venv"] or (argv[0].endswith("pip") and argv[1:2] == ["install"])
+            or "pytest" in argv[1:3])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Markers
+
+
+def test_every_bash_block_has_one_marker():
+    missing = [b.id for b in BLOCKS if b.kind is None]
+    assert not missing, ("these ```bash blocks need exactly one <!-- doc-test: run|parse|skip: reason --> "
+                         f"on the line above: {missing}")
+    assert all(b.reason for b in BLOCKS if b.kind == "skip"), "a skip marker gives its reason"
+    assert len([b for b in BLOCKS if b.kind == "run"]) >= 6
+
+
+def test_markers_are_read():
+    """The extraction itself: a block without a marker, with two, and each kind."""
+    import textwrap
+    sample = textwrap.dedent("""\
+        text
+        ```bash
+        a
+        ```
+        <!-- doc-test: skip: an install -->
+
+        ```bash
+        b
+        ```
+        <!-- doc-test: run -->
+        <!-- doc-test: parse -->
+        ```bash
+        c
+        ```
+        """)
+    kinds = []
+    for m in FENCE.finditer(sample):
+        before = [line.strip() for line in sample[:m.start()].splitlines() if line.strip()]
+        found = MARKER.match(before[-1])
+        kinds.append(found.group(1) if found and not MARKER.match(before[-2]) else None)
+    assert kinds == [None, "skip", None]
+    assert commands("x \\\n  --a 1 # note\ny && z") == [["x", "--a", "1"], ["y"], ["z"]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# parse blocks
+
+
+class _Parsed(Exception):
+    pass
+
+
+def parse_with_driver(target: str, module: bool, argv: List[str]):
+    """Parse `argv` with the argument parser of the script `target` (or the module): its
+    get_args(argv) where it has one (range checks included), else its parser factory, else the first
+    parse_args call of running it as __main__ (stopped there)."""
+    import argparse
+    import importlib
+    import importlib.util
+
+    if module:
+        mod = importlib.import_module(target)
+    else:
+        spec = importlib.util.spec_from_file_location(f"_doc_{os.path.basename(target)[:-3]}", target)
+        mod = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, os.path.dirname(target))
+        try:
+            spec.loader.exec_module(mod)
+        finally:
+            sys.path.remove(os.path.dirname(target))
+    if hasattr(mod, "get_args"):
+        return mod.get_args(argv)
+    for name in ("get_args_parser", "get_parser", "build_parser"):
+        if hasattr(mod, name):
+            return getattr(mod, name)().parse_args(argv)
+    original = argparse.ArgumentParser.parse_args
+
+    def stop(self, args=None, namespace=None):
+        raise _Parsed(original(self, args, namespace))
+
+    argparse.ArgumentParser.parse_args = stop
+    old_argv = sys.argv
+    sys.argv = [target] + argv
+    try:
+        runpy.run_path(target, run_name="__main__") if not module else runpy.run_module(target, run_name="__main__")
+    except _Parsed as parsed:
+        return parsed.args[0]
+    finally:
+        argparse.ArgumentParser.parse_args = original
+        sys.argv = old_argv
+    raise AssertionError(f"{target} never parsed its arguments")
+
+
+def python_target(argv: List[str]) -> Tuple[str, bool, List[str]]:
+    """(script path or module name, is a module, its arguments) of a `python ...` command;
+    torch.distributed.run's options are skipped up to the script."""
+    rest = argv[1:]
+    if rest[:2] == ["-m", "torch.distributed.run"] or argv[0] == "torchrun":
+        rest = rest[2:] if argv[0] != "torchrun" else argv[1:]
+        script = next(i for i, w in enumerate(rest) if w.endswith(".py"))
+        return os.path.join(ROOT, rest[script]), False, rest[script + 1:]
+    if rest[0] == "-m":
+        return rest[1], True, rest[2:]
+    return os.path.join(ROOT, rest[0]), False, rest[1:]
+
+
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.kind == "parse"], ids=lambda b: b.id)
+def test_parse_block(block, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    checked = 0
+    for argv in commands(block.text):
+        _, argv = split_env(argv)
+        if not argv or argv[0] in ("export", "cp", "cd", "mkdir"):
+            continue
+        if argv[0] in PYTHONS or argv[0] == "torchrun":
+            target, module, args = python_target(argv)
+            if not module:
+                assert os.path.isfile(target), f"{block.id}: no script {os.path.relpath(target, ROOT)}"
+            try:
+                parse_with_driver(target, module, args)
+            except SystemExit as e:
+                raise AssertionError(f"{block.id}: {shlex.join(argv)} does not parse (exit {e.code})") from None
+        elif argv[0] in ("bash", "sbatch"):
+            script = next(w for w in argv[1:] if w.endswith((".sh", ".sbatch")))
+            assert os.path.isfile(os.path.join(ROOT, script)), f"{block.id}: no launcher {script}"
+        else:
+            raise AssertionError(f"{block.id}: no rule to check {argv[0]!r}; mark the block skip with a reason")
+        checked += 1
+    assert checked, f"{block.id} has nothing to parse"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# run blocks
+
+
+@dataclasses.dataclass
+class Outcome:
+    returncode: int
+    output: str
+    seconds: float
+    command: str
+
+
+def run_command(argv: List[str], cwd: str) -> Outcome:
+    env_extra, argv = split_env(argv)
+    argv = [sys.executable if w in PYTHONS and i == 0 else w for i, w in enumerate(argv)]
+    env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1"}
+    start = time.time()
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    return Outcome(proc.returncode, proc.stdout + proc.stderr, time.time() - start, shlex.join(argv))
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory) -> Dict[str, List[Outcome]]:
+    """Every run block, in document order, in one scratch copy of the repository root: {block id:
+    outcome of each command}. The first failing command of a block stops that block."""
+    root = str(tmp_path_factory.mktemp("docs") / "repo")
+    shutil.copytree(ROOT, root, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "data", "output", "outputs", "runs", "__pycache__", ".pytest_cache", "tests"))
+    results: Dict[str, List[Outcome]] = {"root": root}  # type: ignore[dict-item]
+    for block in (b for b in BLOCKS if b.kind == "run"):
+        outcomes = []
+        for argv in commands(block.text):
+            if left_out(argv):
+                continue
+            outcomes.append(run_command(argv, root))
+            if outcomes[-1].returncode != 0:
+                break
+        results[block.id] = outcomes
+    return results
+
+
+def read_json_lines(path: str) -> List[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# The claims the docs make beside their run blocks: (doc, a string of the block) -> check(root, output).
+def claim_pretraining_loss_falls(root: str, output: str) -> None:
+    """README: the demo pretraining ends with a summary; its loss falls."""
+    log = read_json_lines(os.path.join(root, "output/demo/log.txt"))
+    first, last = log[0]["train_loss"], log[-1]["train_loss"]
+    assert last < first - 0.05 * abs(first), f"demo pretraining loss {first:.4f} -> {last:.4f} did not fall"
+    assert "done: train_loss" in output and os.path.isfile(os.path.join(root, "output/demo/checkpoint-latest.pth"))
+
+
+CLAIMS: Dict[Tuple[str, str], Callable[[str, str], None]] = {
+    ("README.md", "run_sigma_pretraining.py"): claim_pretraining_loss_falls,
+}
+
+
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.kind == "run"], ids=lambda b: b.id)
+def test_run_block(block, ran):
+    root = ran["root"]
+    outcomes = ran[block.id]
+    assert outcomes, f"{block.id} has nothing to run"
+    for outcome in outcomes:
+        assert outcome.returncode == 0, (f"{block.id}: `{outcome.command}` exited {outcome.returncode}:\n"
+                                         f"{outcome.output[-4000:]}")
+    output = "\n".join(o.output for o in outcomes)
+    for (doc, needle), check in CLAIMS.items():
+        if doc == block.doc and needle in block.text:
+            check(root, output)
+
+
+def test_every_claim_has_its_block():
+    for doc, needle in CLAIMS:
+        assert any(b.doc == doc and b.kind == "run" and needle in b.text for b in BLOCKS), (doc, needle)
