@@ -8,6 +8,7 @@ writes to --output_dir:
                                 coloured by its prototype (bottom row); prototype i always has the same colour;
                                 a legend lists the clip's prototype ids by tubes, large tubes carry their id
     {video}_tubes.gif           the overlay over time, original | overlay
+    {video}_tubes.json          the same ids as numbers: "ids" [T/tubelet][H/patch][W/patch], "frame_indices"
     {video}_reconstruction.png  pixel models: masked input / reconstruction / original
     prototype_usage.png, .json  --csv: tubes per prototype over the listed videos, sorted, on a log axis
     vis_config.json             the resolved settings
@@ -252,7 +253,10 @@ def visualise_video(model: PretrainVisionTransformer, teacher: Optional[nn.Modul
     save_png(figure(title, [("frames", big_original), (label, upscale(overlay[cols]))], captions,
                     legend_entries(ids), name, cell_ids=(1, cell_ids)), f"{stem}_tubes.png", title)
     save_gif(original, overlay, indices, f"{stem}_tubes.gif")
-    written = [f"{stem}_tubes.png", f"{stem}_tubes.gif"]
+    with open(f"{stem}_tubes.json", "w") as f:  # the picture as numbers, for scripts and the docs test
+        json.dump({"video": path, "frame_indices": [int(i) for i in indices], "tubelet": t, "patch": p,
+                   "grid": list(grid), "how": how, "ids": ids.reshape(grid).tolist()}, f)
+    written = [f"{stem}_tubes.png", f"{stem}_tubes.gif", f"{stem}_tubes.json"]
     if model.target_type == "pixel":
         mask = tube_mask(1, grid, mask_ratio, generator=generator).to(device)  # [1, N]
         hidden, rec, loss = reconstruct(model, videos, mask, objective.normalize_target)

@@ -288,8 +288,104 @@ def claim_pretraining_loss_falls(root: str, output: str) -> None:
     assert "done: train_loss" in output and os.path.isfile(os.path.join(root, "output/demo/checkpoint-latest.pth"))
 
 
+def object_tubes(tubes: dict, video_seed: int, split: str, index: int, label: int, frame_size: Tuple[int, int],
+                 input_size: int) -> "np.ndarray":
+    """[T/t, H/p, W/p] bool: tubes whose patch centre lies within OBJECT_RADIUS of the moving object's
+    centre at the tube's first frame, for the synthetic video drawn as `datasets.synthetic` draws it
+    (short side resized to input_size, centre crop, as run_sigma_vis.py reads it)."""
+    import numpy as np
+
+    from datasets.synthetic import _split_rng, render_clip
+
+    height, width = frame_size
+    _, centres = render_clip(_split_rng(video_seed, split, index), label, height=height, width=width)  # [T, 2]
+    scale = input_size / min(height, width)
+    offset = np.array([(width * scale - input_size) / 2, (height * scale - input_size) / 2])
+    T, H, W = tubes["grid"]
+    t, p = tubes["tubelet"], tubes["patch"]
+    ys, xs = np.mgrid[0:H, 0:W] * p + p / 2  # patch centres [H, W]
+    mask = np.zeros((T, H, W), bool)
+    for k in range(T):
+        cx, cy = centres[tubes["frame_indices"][k * t]] * scale - offset
+        mask[k] = (xs - cx) ** 2 + (ys - cy) ** 2 <= OBJECT_RADIUS ** 2
+    return mask
+
+
+OBJECT_RADIUS = 12  # px at the model's input: the smallest object's radius (0.1 x 128 px x 112 / 128 = 11.2)
+
+
+def claim_picture_shows_structure(root: str, output: str) -> None:
+    """README / PRETRAIN.md: the demo picture shows several prototypes, and the moving object's
+    tubes take prototypes the background rarely takes (the regions follow the object)."""
+    import numpy as np
+
+    with open(os.path.join(root, "output/demo/vis/00000_tubes.json")) as f:
+        tubes = json.load(f)
+    ids = np.array(tubes["ids"])  # [T/t, H/p, W/p]
+    assert len(np.unique(ids)) >= 3, f"the demo picture shows {len(np.unique(ids))} prototype(s): {tubes['how']}"
+    on_object = object_tubes(tubes, 0, "val", 0, 0, (128, 160), 112)
+    background = np.bincount(ids[~on_object], minlength=ids.max() + 1) / (~on_object).sum()
+    apart = float(np.mean(background[ids[on_object]] < RARE_IN_BACKGROUND))
+    assert apart >= OBJECT_APART, (f"only {apart:.0%} of the object's {on_object.sum()} tubes take a prototype "
+                                   f"rarer than {RARE_IN_BACKGROUND:.0%} in the background")
+
+
+RARE_IN_BACKGROUND, OBJECT_APART = 0.1, 0.5
+CHANCE = 25.0  # the demo's 4 directions
+FINETUNE_MARGIN = 25.0  # FINETUNE.md: the demo fine-tune reaches at least chance + 25 on val and test
+
+
+def claim_finetune_beats_chance(root: str, output: str) -> None:
+    """FINETUNE.md: the demo fine-tune is well above chance on val (best epoch) and test (2x3 views);
+    its training did not flip (the demo declares its labels flip-sensitive) and printed its lr rule."""
+    log = read_json_lines(os.path.join(root, "output/demo_ft/log.txt"))
+    best = max(r["val_acc1"] for r in log)
+    with open(os.path.join(root, "output/demo_ft/test_results.json")) as f:
+        test = json.load(f)["top1"]
+    assert best >= CHANCE + FINETUNE_MARGIN and test >= CHANCE + FINETUNE_MARGIN, (best, test)
+    with open(os.path.join(root, "output/demo_ft/config.json")) as f:
+        assert json.load(f)["flip"] is False
+    assert re.search(r"lr \S+ = base lr \S+ x batch 8 x accum 1 x 1 process / 256", output)
+
+
+def claim_eval_beats_chance(root: str, output: str) -> None:
+    """FINETUNE.md: the 5x3-view test of the demo fine-tune's best checkpoint is above chance."""
+    with open(os.path.join(root, "output/demo_test/test_results.json")) as f:
+        test = json.load(f)
+    assert test["top1"] >= CHANCE + FINETUNE_MARGIN and test["views"] == "5x3", test
+
+
+def claim_export_loads_in_transformers(root: str, output: str) -> None:
+    """FINETUNE.md: the exported folder loads in transformers with every weight, and gives our features."""
+    import torch
+    from transformers import VideoMAEModel
+
+    model, info = VideoMAEModel.from_pretrained(os.path.join(root, "output/demo_hf"), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    out = model(pixel_values=torch.randn(1, 8, 3, 112, 112)).last_hidden_state
+    assert out.shape == (1, 196, model.config.hidden_size) and torch.isfinite(out).all()
+
+
+def claim_synthetic_sets(root: str, output: str) -> None:
+    """DATASET.md: the three synthetic sets, and which of them declares flip-sensitive labels."""
+    def info(name):
+        with open(os.path.join(root, "data", name, "dataset.json")) as f:
+            return json.load(f)["hflip_changes_label"]
+
+    assert info("demo") is True and info("demo8") is True and info("shapes") is False
+    assert len(os.listdir(os.path.join(root, "data/demo8/train"))) == 8
+    assert open(os.path.join(root, "data/shapes/classes.txt")).read().split() == ["disc", "square", "diamond"]
+    assert all(p.endswith(".webm") for d in os.listdir(os.path.join(root, "data/demo8/val"))
+               for p in os.listdir(os.path.join(root, "data/demo8/val", d)))
+
+
 CLAIMS: Dict[Tuple[str, str], Callable[[str, str], None]] = {
     ("README.md", "run_sigma_pretraining.py"): claim_pretraining_loss_falls,
+    ("README.md", "run_sigma_vis.py"): claim_picture_shows_structure,
+    ("FINETUNE.md", "--output_dir output/demo_ft"): claim_finetune_beats_chance,
+    ("FINETUNE.md", "--output_dir output/demo_test"): claim_eval_beats_chance,
+    ("FINETUNE.md", "hf_weights.py export"): claim_export_loads_in_transformers,
+    ("DATASET.md", "--out data/shapes"): claim_synthetic_sets,
 }
 
 
