@@ -86,11 +86,13 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask_ratio", type=float, default=pretrain.get_default("mask_ratio"),
                    help="tube mask of the reconstruction figure")
     g = p.add_argument_group("assignment")
-    g.add_argument("--assign", default="argmax", choices=["argmax", "sinkhorn"],
+    g.add_argument("--assign", default="centred", choices=["centred", "argmax", "sinkhorn"],
                    help="models with prototypes: a tube's prototype is the argmax of the cosines between its "
                         "projection (MLP head or DINO teacher, all tubes, no masking) and the L2-normalised "
-                        "prototypes, or of the clip's balanced Sinkhorn codes; the usage histogram always "
-                        "uses argmax (balanced codes would hide a collapse)")
+                        "prototypes, each prototype's cosines centred on their mean over the clip (centred: "
+                        "what sets a tube apart from the rest of its clip), taken as they are (argmax), or of "
+                        "the clip's balanced Sinkhorn codes (sinkhorn); the usage histogram always uses the "
+                        "raw argmax (anything balanced would hide a collapse)")
     g.add_argument("--clusters", type=int, default=8,
                    help="models without prototypes (VideoMAE pixel): tubes are coloured by k-means with this "
                         "many clusters on the encoder features of all tokens (encoder run without masking)")
@@ -173,8 +175,17 @@ def prototype_scores(model: PretrainVisionTransformer, objective: Objective, vid
 
 
 def assign_prototypes(scores: torch.Tensor, method: str, objective: Objective) -> torch.Tensor:
-    """[N, K] cosines of one clip -> [N] prototype ids: argmax, or argmax of the clip's Sinkhorn codes."""
-    if method == "sinkhorn":
+    """[N, K] cosines of one clip -> [N] prototype ids: argmax of the cosines centred per prototype
+    over the clip, of the raw cosines, or of the clip's Sinkhorn codes.
+
+    Centring subtracts each prototype's mean cosine over the clip's tubes (in log space, the
+    prototype-marginal step Sinkhorn starts with, without forcing equal use): a prototype that every
+    tube scores high on (early in training, the one the raw argmax paints everywhere) no longer
+    wins everywhere, and a tube takes the prototype it prefers more than the rest of the clip does.
+    """
+    if method == "centred":
+        scores = scores - scores.mean(0, keepdim=True)  # [N, K]
+    elif method == "sinkhorn":
         scores = objective.codes(scores / objective.temperature)
     return scores.argmax(-1)
 
@@ -227,7 +238,8 @@ def visualise_video(model: PretrainVisionTransformer, teacher: Optional[nn.Modul
         scores = prototype_scores(model, objective, videos, teacher)[0]  # [N, K]
         ids = assign_prototypes(scores, assign, objective)  # [N]
         label, name = "prototypes", "prototype"
-        source = "the clip's balanced Sinkhorn codes" if assign == "sinkhorn" else "the raw cosines"
+        source = {"sinkhorn": "the clip's balanced Sinkhorn codes", "argmax": "the raw cosines",
+                  "centred": "the cosines centred per prototype over the clip"}[assign]
         how = (f"tube colour = prototype, argmax of {source}; "
                f"{ids.unique().numel()} of {scores.shape[-1]} prototypes in this clip")
     else:

@@ -331,6 +331,14 @@ def claim_picture_shows_structure(root: str, output: str) -> None:
 
 
 RARE_IN_BACKGROUND, OBJECT_APART = 0.1, 0.5
+def claim_usage_histogram(root: str, output: str) -> None:
+    """PRETRAIN.md: the usage histogram of the demo's val videos, with more than one prototype used."""
+    with open(os.path.join(root, "output/demo/vis/prototype_usage.json")) as f:
+        usage = json.load(f)
+    assert usage["videos"] == 10 and usage["used"] >= 2 and sum(usage["counts"]) == usage["tubes"], usage
+    assert os.path.isfile(os.path.join(root, "output/demo/vis/prototype_usage.png"))
+
+
 CHANCE = 25.0  # the demo's 4 directions
 FINETUNE_MARGIN = 25.0  # FINETUNE.md: the demo fine-tune reaches at least chance + 25 on val and test
 
@@ -382,6 +390,7 @@ def claim_synthetic_sets(root: str, output: str) -> None:
 CLAIMS: Dict[Tuple[str, str], Callable[[str, str], None]] = {
     ("README.md", "run_sigma_pretraining.py"): claim_pretraining_loss_falls,
     ("README.md", "run_sigma_vis.py"): claim_picture_shows_structure,
+    ("PRETRAIN.md", "--csv data/demo/val.csv"): claim_usage_histogram,
     ("FINETUNE.md", "--output_dir output/demo_ft"): claim_finetune_beats_chance,
     ("FINETUNE.md", "--output_dir output/demo_test"): claim_eval_beats_chance,
     ("FINETUNE.md", "hf_weights.py export"): claim_export_loads_in_transformers,
