@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from datasets.mixup import Mixup, smooth_one_hot
 from distributed import DistEnv
+from progress import track
 from training_loop import PRECISIONS, StepDone, to_device, train_steps
 
 logger = logging.getLogger("sigma")
@@ -89,12 +90,13 @@ def softmax_outputs(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 @torch.no_grad()
 def predict_views(output_fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, loader: Iterable, *,
                   device: torch.device, precision: str = "fp32", input_dtype: Optional[torch.dtype] = None,
-                  tracker=None) -> Views:
-    """`output_fn(videos)` of every view the loader yields (model in eval mode), kept on `device`."""
+                  tracker=None, desc: str = "evaluation") -> Views:
+    """`output_fn(videos)` of every view the loader yields (model in eval mode), kept on `device`;
+    progress (`desc`, in batches) on rank 0: a bar on a terminal, else an INFO line every 30 s."""
     model.eval()
     dtype = PRECISIONS[precision] if input_dtype is None else None
     parts = {k: [] for k in Views._fields}
-    for batch in loader:
+    for batch in track(loader, desc=desc, unit="batches"):
         if tracker is not None:
             tracker.update(batch, collective=False)  # shards may differ by a batch: no collective here
         batch = to_device(batch, device, input_dtype)
@@ -164,14 +166,16 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> Dict[st
 
 
 def evaluate(model: nn.Module, loader: Iterable, env: DistEnv, *, sharded: bool, precision: str = "fp32",
-             input_dtype: Optional[torch.dtype] = None, tracker=None) -> Tuple[Dict[str, float], Videos]:
+             input_dtype: Optional[torch.dtype] = None, tracker=None,
+             desc: str = "evaluation") -> Tuple[Dict[str, float], Videos]:
     """Classification metrics over all views of `loader`, merged per video.
 
     Args:
         sharded: the loader yields this rank's share (gathered here); else every rank saw everything.
+        desc: the step's name in progress lines, e.g. "validation (epoch 3)".
     """
     views = predict_views(softmax_outputs(model), model, loader, device=env.device, precision=precision,
-                          input_dtype=input_dtype, tracker=tracker)
+                          input_dtype=input_dtype, tracker=tracker, desc=desc)
     videos = merge_views(gather_views(views, env) if sharded else views)
     videos = Videos(*(f.cpu() for f in videos))  # [V, K] probabilities: metrics and the CSV on the host
     return classification_metrics(videos.output, videos.label), videos

@@ -204,18 +204,19 @@ def eval_dataset(data, args, mode: str, sampling: str, views: Tuple[int, int] = 
                             decode=DecodeOptions(short_side=args.decode_short_side))
 
 
-def frozen_features(model, loader, env, precision: str, left_out: Optional[LeftOut] = None):
+def frozen_features(model, loader, env, precision: str, left_out: Optional[LeftOut] = None,
+                    desc: str = "features"):
     """(pooled L2-normalised features [V, D], labels [V], video indices [V]) of every video `loader`
     yields (this rank's shard), gathered from every rank and merged per video (a collective); the
-    reasons for unreadable files go to `left_out`."""
+    reasons for unreadable files go to `left_out`; `desc` names the step in the progress lines."""
     views = predict_views(lambda v: F.normalize(model.forward_features(v).float(), dim=-1), model, loader,
-                          device=env.device, precision=precision, tracker=left_out)
+                          device=env.device, precision=precision, tracker=left_out, desc=desc)
     videos = merge_views(gather_views(views, env))
     return F.normalize(videos.output, dim=-1), videos.label, videos.index
 
 
 def scored_features(model, samples: Sequence, args, env, sampling: str, precision: str, *, what: str = "videos",
-                    max_bad_fraction: float = MAX_BAD_FRACTION):
+                    max_bad_fraction: float = MAX_BAD_FRACTION, desc: str = "features"):
     """(pooled L2-normalised features [V, D], labels [V], indices into `samples` [V]) of every video (or
     image) that could be read, one centre clip each; the others are counted and named (account_scored)."""
     dataset = eval_dataset(samples, args, "val", sampling)
@@ -224,16 +225,16 @@ def scored_features(model, samples: Sequence, args, env, sampling: str, precisio
         num_workers=args.num_workers, collate_fn=collate_clips, pin_memory=env.device.type == "cuda",
         worker_init_fn=WORKER_INIT)
     left_out = LeftOut()
-    feats, labels, index = frozen_features(model, loader, env, precision, left_out)
+    feats, labels, index = frozen_features(model, loader, env, precision, left_out, desc=desc)
     account_scored(item_names(samples), index.cpu(), what, max_bad_fraction, left_out.reasons)
     return feats, labels, index
 
 
 def features(model, samples: Sequence, args, env, sampling: str, precision: str, *, what: str = "videos",
-             max_bad_fraction: float = MAX_BAD_FRACTION):
+             max_bad_fraction: float = MAX_BAD_FRACTION, desc: str = "features"):
     """(pooled L2-normalised features [V, D], labels [V]) of the videos `scored_features` could read."""
     feats, labels, _ = scored_features(model, samples, args, env, sampling, precision, what=what,
-                                       max_bad_fraction=max_bad_fraction)
+                                       max_bad_fraction=max_bad_fraction, desc=desc)
     return feats, labels
 
 
@@ -249,7 +250,7 @@ def official_features(model, samples: Sequence, args, env, sampling: str, precis
         worker_init_fn=WORKER_INIT)
     left_out = LeftOut()
     views = predict_views(lambda v: model(v).float(), model, loader, device=env.device, precision=precision,
-                          tracker=left_out)
+                          tracker=left_out, desc="test-view features")
     views = gather_views(views, env)  # on the device: the kNN runs there
     account_scored(item_names(samples), torch.unique(views.index).cpu(), "test views", args.max_bad_fraction,
                    left_out.reasons)
@@ -299,7 +300,8 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
         for split in ("train", "val"):
             feats, split_labels, index = scored_features(model, splits[split], args, env, sampling, precision,
                                                          what=f"{split} ({'bank' if split == 'train' else 'queries'})",
-                                                         max_bad_fraction=args.max_bad_fraction)
+                                                         max_bad_fraction=args.max_bad_fraction,
+                                                         desc=f"kNN features ({split})")
             scoring[split] = {"listed": len(splits[split]), "scored": int(index.numel())}
             if split == "train":
                 bank, bank_labels = feats, split_labels

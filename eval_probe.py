@@ -128,7 +128,8 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
             if key not in cache:
                 # Unreadable videos are left out (named; above --max_bad_fraction an error).
                 x, _, index = scored_features(model, data, args, env, sampling, precision,
-                                              what=f"{data_path} {split}", max_bad_fraction=args.max_bad_fraction)
+                                              what=f"{data_path} {split}", max_bad_fraction=args.max_bad_fraction,
+                                              desc=f"probe features ({split})")
                 cache[key] = x, index.cpu()
             x, index = cache[key]
             # Labels of this labelling, for the videos that were scored (features come in index order).

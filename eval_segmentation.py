@@ -38,6 +38,7 @@ from datasets.vos import DATA_SETS, VOID, YTVOS_LABELS, UnreadableFrame, read_cl
 from eval_knn import account_scored, add_scoring_flags, load_encoder
 from kmeans import kmeans
 from modeling_finetune import MODELS
+from progress import Progress
 from flags import ArgumentParser, add_encoder_flags, add_run_flags, check_flags, resolve_precision
 from run_log import write_config
 from runtime import start_run
@@ -178,6 +179,7 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
                 num_frames, args.input_size, protocols)
     pool, pending, records, start = make_pool(args.workers), [], [], time.perf_counter()
     unreadable: Dict[str, str] = {}  # video name -> the file that did not decode, and why
+    progress = Progress(len(videos), "segmentation (encode and cluster)", unit="clips")
     try:
         for i, video in enumerate(videos):
             indices = sample_indices(len(video.frames), num_frames, random.Random(f"{args.seed}/{video.name}"))
@@ -203,10 +205,10 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
             waiting = [f for f in pending if not f.done()] if pool else []
             if len(waiting) > 2 * args.workers:  # bound the clips held in memory for the pool
                 concurrent.futures.wait(waiting, return_when=concurrent.futures.FIRST_COMPLETED)
-            if (i + 1) % 10 == 0 or i + 1 == len(videos):
-                logger.info("encoded and clustered %d / %d clips", i + 1, len(videos))
+            progress.update()
         records = [r.result() if pool else r for r in pending]
     finally:
+        progress.close()
         if pool:
             pool.shutdown(cancel_futures=True)
     scored_names = {r["video"] for r in records}

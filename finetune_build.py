@@ -24,6 +24,40 @@ from shutdown import WORKER_INIT
 logger = logging.getLogger("sigma")
 
 
+# A data set may declare in <data_path>/dataset.json that a horizontal flip changes its labels
+# (datasets.synthetic writes it for its direction labels): {"hflip_changes_label": true, "why": "..."}.
+DATASET_INFO = "dataset.json"
+
+
+def training_flip(data_set: str, data_path: str, flip: Optional[bool], default_flip: bool, *,
+                  log: bool = True) -> bool:
+    """Whether training clips are flipped horizontally: --flip / --no_flip (`flip`), else what
+    <data_path>/dataset.json declares, else the data set's `default_flip`. A custom set that
+    declares nothing and is flipped gets a warning naming --no_flip: a flip swaps the labels of
+    left / right motion, and nothing else would tell."""
+    if flip is not None:
+        return flip
+    path = os.path.join(data_path, DATASET_INFO)
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                info = json.load(f)
+            changes = info["hflip_changes_label"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"{path}: cannot read 'hflip_changes_label' ({type(e).__name__}: {e})") from None
+        if not isinstance(changes, bool):
+            raise SystemExit(f"{path}: 'hflip_changes_label' must be true or false, got {changes!r}")
+        if log:
+            logger.info("%s: hflip_changes_label %s (%s): training flips %s (--flip / --no_flip override)", path,
+                        str(changes).lower(), info.get("why", "no reason given"), "off" if changes else "on")
+        return not changes
+    if log and default_flip and data_set == "custom":
+        logger.warning("training clips are flipped horizontally (the default of --data_set custom): if a label "
+                       "names a direction (left / right, 'pushing something from left to right') pass --no_flip, "
+                       "or declare it in %s: {\"hflip_changes_label\": true}", path)
+    return default_flip
+
+
 def build_datasets(args, nb_classes: int, sampling: str, default_flip: bool, augment: bool):
     """{split: dataset} of train / val / test (`.samples` lists the videos or images, `.targets`
     the multi-hot labels or counts of SEVERE's sets). Training flips follow --flip / --no_flip,

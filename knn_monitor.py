@@ -73,7 +73,7 @@ class KnnMonitor:
                 left_out = LeftOut()
                 views[split] = predict_views(lambda v: F.normalize(encoder.forward_features(v).float(), dim=-1),
                                              encoder, loader, device=self.env.device, precision=precision,
-                                             tracker=left_out)
+                                             tracker=left_out, desc=f"kNN monitor ({split})")
                 reasons[split] = left_out.reasons
         except Exception as e:  # noqa: BLE001 - a monitor must never be why a run cannot advance
             error = describe(e)

@@ -26,14 +26,14 @@ from datasets.video_dataset import BadSampleTracker
 from engine_for_finetuning import evaluate, train_one_epoch, write_test_results
 from eval_knn import add_image_flags
 from finetune_build import (build_datasets, build_model, build_optimizer, deepspeed_config_of, eval_loader,
-                            probe_of)
+                            probe_of, training_flip)
 from flags import (ArgumentParser, add_augment_flags, add_clip_flags, add_encoder_flags, add_labelled_data_flags,
                    add_loader_flags, add_optim_flags, add_output_and_run_flags, add_probe_flags, check_flags,
                    check_nb_classes, clip_rules, common_rules, nb_classes_of, resolve_precision, str2bool)
 from modeling_finetune import MODELS, LinearProbe, ModelEma
 from run_log import RunLog, write_config
 from runtime import Checkpointer, end_run, start_run, training_loader, wrap_for_training
-from schedules import make_schedule
+from schedules import lr_rule, make_schedule
 from shutdown import run_driver
 from tasks import TASK_OF_DATA_SET, Task, best_head, evaluate_task, validate, write_task_results
 from training_loop import EpochTotals
@@ -125,6 +125,7 @@ def main(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed + env.rank)
     nb_classes = nb_classes_of(args, DATA_SETS)
     _, sampling, default_flip = DATA_SETS[args.data_set]
+    flip = training_flip(args.data_set, args.data_path, args.flip, default_flip, log=env.is_main and not args.eval)
     probe = probe_of(args)
     augment = not probe or args.lp_augment
     if not augment:
@@ -133,12 +134,12 @@ def main(args: argparse.Namespace) -> None:
     kind = TASK_OF_DATA_SET.get(args.data_set, "classification")
     heads = len(args.probe_lr_scales) * len(args.probe_weight_decays) if probe == "attentive" else 1
     task = Task(kind, heads) if (kind, heads) != ("classification", 1) else None  # None: the plain classifier
-    data = build_datasets(args, nb_classes, sampling, default_flip, augment)
+    data = build_datasets(args, nb_classes, sampling, flip, augment)
     model, report = build_model(args, nb_classes)
     model.to(env.device)
     tracker = BadSampleTracker(args.max_bad_fraction)
     config = {**vars(args), "precision": precision, "world_size": env.world_size, "nb_classes": nb_classes,
-              "task": kind, "flip": default_flip if args.flip is None else args.flip}
+              "task": kind, "flip": flip}
     if args.eval:
         test_only(args, env, model, report, data["test"], precision=precision, tracker=tracker, config=config,
                   task=task)
@@ -171,6 +172,9 @@ def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bo
                              warmup_lr=args.warmup_lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
                              warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
                              weight_decay_end=args.weight_decay_end)
+    if env.is_main:
+        logger.info("%s", lr_rule(lr=args.lr, batch_size=args.batch_size, accum=args.accum_iter,
+                                  world_size=env.world_size))
     mixup = None
     if task is None and augment and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax):
         mixup = Mixup(nb_classes, args.mixup, args.cutmix, args.cutmix_minmax, args.mixup_prob,
@@ -276,12 +280,13 @@ def final_test(args, env, nets, test_set, *, precision: str, tracker, task=None,
     for name, net, dtype in nets:
         if task is None:
             metrics, videos = evaluate(net, test, env, sharded=args.dist_eval, precision=precision,
-                                       input_dtype=dtype, tracker=tracker)
+                                       input_dtype=dtype, tracker=tracker, desc=f"test{name} ({views} views)")
             if env.is_main:
                 write_test_results(args.output_dir, name, metrics, videos, test_set.samples, views)
         else:
             per_head, videos = evaluate_task(net, test, env, task, test_set.targets, sharded=args.dist_eval,
-                                             precision=precision, input_dtype=dtype, tracker=tracker)
+                                             precision=precision, input_dtype=dtype, tracker=tracker,
+                                             desc=f"test{name} ({views} views)")
             metrics = best_head(task, per_head, head)
             if env.is_main:
                 write_task_results(args.output_dir, name, task, metrics, per_head, videos, test_set.samples,

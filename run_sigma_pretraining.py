@@ -31,7 +31,7 @@ from modeling_pretrain import LOSS_FUNCS, MODELS, TARGET_TYPES, TEACHER_DIMS, bu
 from optim_factory import create_optimizer, param_groups
 from run_log import RunLog, write_config
 from runtime import Checkpointer, end_run, start_run, training_loader, wrap_for_training
-from schedules import make_schedule
+from schedules import lr_rule, make_schedule
 from shutdown import run_driver
 from training_loop import EpochTotals
 
@@ -163,6 +163,9 @@ def main(args: argparse.Namespace) -> None:
                              warmup_lr=args.warmup_lr, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
                              warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
                              weight_decay_end=args.weight_decay_end)
+    if env.is_main:
+        logger.info("%s", lr_rule(lr=args.lr, batch_size=args.batch_size, accum=args.accum_iter,
+                                  world_size=env.world_size))
     optimizer = create_optimizer(param_groups(core, args.weight_decay), lr=schedule.lr, betas=tuple(args.opt_betas),
                                  eps=args.opt_eps)
     training = wrap_for_training(core, optimizer, env, precision=precision, accum_iter=args.accum_iter,

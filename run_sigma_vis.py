@@ -8,6 +8,7 @@ writes to --output_dir:
                                 coloured by its prototype (bottom row); prototype i always has the same colour;
                                 a legend lists the clip's prototype ids by tubes, large tubes carry their id
     {video}_tubes.gif           the overlay over time, original | overlay
+    {video}_tubes.json          the same ids as numbers: "ids" [T/tubelet][H/patch][W/patch], "frame_indices"
     {video}_reconstruction.png  pixel models: masked input / reconstruction / original
     prototype_usage.png, .json  --csv: tubes per prototype over the listed videos, sorted, on a log axis
     vis_config.json             the resolved settings
@@ -95,11 +96,13 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask_ratio", type=float, default=pretrain.get_default("mask_ratio"),
                    help="tube mask of the reconstruction figure")
     g = p.add_argument_group("assignment")
-    g.add_argument("--assign", default="argmax", choices=["argmax", "sinkhorn"],
+    g.add_argument("--assign", default="centred", choices=["centred", "argmax", "sinkhorn"],
                    help="models with prototypes: a tube's prototype is the argmax of the cosines between its "
                         "projection (MLP head or DINO teacher, all tubes, no masking) and the L2-normalised "
-                        "prototypes, or of the clip's balanced Sinkhorn codes; the usage histogram always "
-                        "uses argmax (balanced codes would hide a collapse)")
+                        "prototypes, each prototype's cosines centred on their mean over the clip (centred: "
+                        "what sets a tube apart from the rest of its clip), taken as they are (argmax), or of "
+                        "the clip's balanced Sinkhorn codes (sinkhorn); the usage histogram always uses the "
+                        "raw argmax (anything balanced would hide a collapse)")
     g.add_argument("--clusters", type=int, default=8,
                    help="models without prototypes (VideoMAE pixel): tubes are coloured by k-means with this "
                         "many clusters on the encoder features of all tokens (encoder run without masking)")
@@ -183,8 +186,17 @@ def prototype_scores(model: PretrainVisionTransformer, objective: Objective, vid
 
 
 def assign_prototypes(scores: torch.Tensor, method: str, objective: Objective) -> torch.Tensor:
-    """[N, K] cosines of one clip -> [N] prototype ids: argmax, or argmax of the clip's Sinkhorn codes."""
-    if method == "sinkhorn":
+    """[N, K] cosines of one clip -> [N] prototype ids: argmax of the cosines centred per prototype
+    over the clip, of the raw cosines, or of the clip's Sinkhorn codes.
+
+    Centring subtracts each prototype's mean cosine over the clip's tubes (in log space, the
+    prototype-marginal step Sinkhorn starts with, without forcing equal use): a prototype that every
+    tube scores high on (early in training, the one the raw argmax paints everywhere) no longer
+    wins everywhere, and a tube takes the prototype it prefers more than the rest of the clip does.
+    """
+    if method == "centred":
+        scores = scores - scores.mean(0, keepdim=True)  # [N, K]
+    elif method == "sinkhorn":
         scores = objective.codes(scores / objective.temperature)
     return scores.argmax(-1)
 
@@ -237,7 +249,8 @@ def visualise_video(model: PretrainVisionTransformer, teacher: Optional[nn.Modul
         scores = prototype_scores(model, objective, videos, teacher)[0]  # [N, K]
         ids = assign_prototypes(scores, assign, objective)  # [N]
         label, name = "prototypes", "prototype"
-        source = "the clip's balanced Sinkhorn codes" if assign == "sinkhorn" else "the raw cosines"
+        source = {"sinkhorn": "the clip's balanced Sinkhorn codes", "argmax": "the raw cosines",
+                  "centred": "the cosines centred per prototype over the clip"}[assign]
         how = (f"tube colour = prototype, argmax of {source}; "
                f"{ids.unique().numel()} of {scores.shape[-1]} prototypes in this clip")
     else:
@@ -263,7 +276,10 @@ def visualise_video(model: PretrainVisionTransformer, teacher: Optional[nn.Modul
     save_png(figure(title, [("frames", big_original), (label, upscale(overlay[cols]))], captions,
                     legend_entries(ids), name, cell_ids=(1, cell_ids)), f"{stem}_tubes.png", title)
     save_gif(original, overlay, indices, f"{stem}_tubes.gif")
-    written = [f"{stem}_tubes.png", f"{stem}_tubes.gif"]
+    with open(f"{stem}_tubes.json", "w") as f:  # the picture as numbers, for scripts and the docs test
+        json.dump({"video": path, "frame_indices": [int(i) for i in indices], "tubelet": t, "patch": p,
+                   "grid": list(grid), "how": how, "ids": ids.reshape(grid).tolist()}, f)
+    written = [f"{stem}_tubes.png", f"{stem}_tubes.gif", f"{stem}_tubes.json"]
     if model.target_type == "pixel":
         mask = tube_mask(1, grid, mask_ratio, generator=generator).to(device)  # [1, N]
         hidden, rec, loss = reconstruct(model, videos, mask, objective.normalize_target)

@@ -65,6 +65,15 @@ class Schedule:
         return cosine_schedule(step, self.weight_decay, self.weight_decay_end, self.total_steps)
 
 
+def lr_rule(*, lr: float, batch_size: int, accum: int, world_size: int) -> str:
+    """The actual peak lr and the rule that made it, for the run's first lines, e.g.
+    'lr 1.56e-05 = base lr 0.001 x batch 4 x accum 1 x 1 process / 256 (--lr is the base lr)'."""
+    actual = lr * batch_size * accum * world_size / 256
+    processes = f"{world_size} process{'' if world_size == 1 else 'es'}"
+    return (f"lr {actual:.3g} = base lr {lr:g} x batch {batch_size} x accum {accum} x {processes} / 256 "
+            f"(--lr is the base lr)")
+
+
 class ScheduleError(RunError, ValueError):
     """Flags whose schedule cannot be run (no full step, warmup longer than training)."""
 

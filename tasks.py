@@ -104,10 +104,11 @@ class Task:
 
 def evaluate_task(model: torch.nn.Module, loader: Iterable, env: DistEnv, task: Task,
                   targets: Optional[torch.Tensor], *, sharded: bool, precision: str = "fp32",
-                  input_dtype: Optional[torch.dtype] = None, tracker=None) -> Tuple[List[Dict[str, float]], Videos]:
+                  input_dtype: Optional[torch.dtype] = None, tracker=None,
+                  desc: str = "evaluation") -> Tuple[List[Dict[str, float]], Videos]:
     """Every head's metrics over all views of `loader`, merged per video (see `Task.merge`)."""
     views = predict_views(lambda v: task.view_outputs(model(v)), model, loader, device=env.device,
-                          precision=precision, input_dtype=input_dtype, tracker=tracker)
+                          precision=precision, input_dtype=input_dtype, tracker=tracker, desc=desc)
     videos = task.merge(gather_views(views, env) if sharded else views)
     videos = Videos(*(f.cpu() for f in videos))
     if videos.index.numel() == 0:
@@ -145,10 +146,11 @@ def validate(nets, val, env, *, sharded: bool, precision: str, task, targets) ->
     record = {}
     for name, net, dtype in nets:
         if task is None:
-            metrics, _ = evaluate(net, val, env, sharded=sharded, precision=precision, input_dtype=dtype)
+            metrics, _ = evaluate(net, val, env, sharded=sharded, precision=precision, input_dtype=dtype,
+                                  desc=f"validation{name}")
         else:
             per_head, _ = evaluate_task(net, val, env, task, targets, sharded=sharded, precision=precision,
-                                        input_dtype=dtype)
+                                        input_dtype=dtype, desc=f"validation{name}")
             metrics = best_head(task, per_head) if task.heads > 1 else per_head[0]
             if task.heads > 1:
                 metrics.update({f"head{h}_{task.primary}": m[task.primary] for h, m in enumerate(per_head)})

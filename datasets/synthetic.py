@@ -14,10 +14,13 @@ writes, under --out:
     train.csv val.csv test.csv                   `relative/path label`, space-separated, no header
     pretrain.csv                                 every training video as `relative/path 0`
     classes.txt                                  class names, line i = label i
+    dataset.json                                 {"hflip_changes_label": ...}: true for the motion labels,
+                                                 whose left/right a flip swaps (fine-tuning reads it)
 Everything is a function of --seed: each video draws from its own generator seeded by
 (seed, split, index), so the same seed gives the same CSVs and the same decoded frames.
 """
 import argparse
+import json
 import logging
 import math
 import os
@@ -214,7 +217,7 @@ def make_dataset(out_dir: str, num_train: int = 40, num_val: int = 10, num_test:
     balanced as its size allows.
 
     Returns:
-        {"root", "train", "val", "test", "pretrain", "classes_file": paths; "classes": names;
+        {"root", "train", "val", "test", "pretrain", "classes_file", "info_file": paths; "classes": names;
          "counts": videos per split}.
     """
     if seed < 0:
@@ -241,6 +244,12 @@ def make_dataset(out_dir: str, num_train: int = 40, num_val: int = 10, num_test:
             pretrain = [f"{line.rsplit(' ', 1)[0]} 0\n" for line in lines]
             result["pretrain"] = _write_lines(os.path.join(out_dir, "pretrain.csv"), pretrain)
     result["classes_file"] = _write_lines(os.path.join(out_dir, "classes.txt"), [f"{n}\n" for n in names])
+    # A horizontal flip turns left_to_right into right_to_left: fine-tuning must not flip these.
+    motion = label_kind == "motion"
+    info = {"hflip_changes_label": motion,
+            "why": "the labels are directions of motion: a horizontal flip swaps left and right" if motion
+            else "the labels are shapes, which a horizontal flip keeps"}
+    result["info_file"] = _write_lines(os.path.join(out_dir, "dataset.json"), [json.dumps(info, indent=2) + "\n"])
     return result
 
 

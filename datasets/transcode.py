@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
+from progress import track
+
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTS = (".mp4", ".webm", ".avi", ".mkv", ".mov")
@@ -378,22 +380,6 @@ def _plan_transcode(src_root: str, dst_root: str, ext: str, manifest: _Manifest,
     return jobs
 
 
-def _progress(items: Iterable, total: int, desc: str) -> Iterator:
-    """tqdm when installed, else an INFO line every 5%."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    if tqdm is not None:
-        yield from tqdm(items, total=total, desc=desc, unit="video")
-        return
-    step, start = max(1, total // 20), time.time()
-    for i, item in enumerate(items, start=1):
-        yield item
-        if i % step == 0 or i == total:
-            logger.info("%s: %d/%d (%.0f s)", desc, i, total, time.time() - start)
-
-
 @contextlib.contextmanager
 def _signals_stop_the_run() -> Iterator[None]:
     """SIGTERM and SIGHUP (and SIGINT, as KeyboardInterrupt) raise TranscodeStopped in the main thread, whose
@@ -458,7 +444,7 @@ def transcode_tree(src: str, dst: str, short_side: Optional[int] = None, height:
     try:
         with _signals_stop_the_run():
             futures = {executor.submit(_transcode_one, settings, s, d, manifest): s for s, d in jobs}
-            for future in _progress(as_completed(futures), len(futures), "transcode"):
+            for future in track(as_completed(futures), total=len(futures), desc="transcode", unit="videos"):
                 source, (status, reason) = futures[future], future.result()
                 if status == "failed":
                     logger.warning("failed: %s: %s", source, reason)

@@ -1,6 +1,7 @@
 """Fine-tuning, multi-view testing, linear probing, kNN and DeepSpeed end to end on generated videos."""
 import csv
 import json
+import logging
 import os
 import re
 import shutil
@@ -287,3 +288,42 @@ def test_decode_short_side_is_refused_at_parse_time_where_it_cannot_work(data, t
         ft.get_args(_argv(data, tmp_path, *argv))
     err = capsys.readouterr().err
     assert "--decode_short_side" in err and "--video_backend one of pyav, decord, torchcodec" in err
+
+
+def test_flips_follow_dataset_json_and_an_undeclared_custom_set_warns(tmp_path, caplog):
+    """datasets.synthetic declares its direction labels flip-sensitive: no flips, logged with the
+    reason; an undeclared custom set flips and warns naming --no_flip; the flags override both."""
+    import finetune_build
+    from datasets.synthetic import make_dataset
+
+    motion, shapes, plain = tmp_path / "motion", tmp_path / "shapes", tmp_path / "plain"
+    make_dataset(str(motion), num_train=1, num_val=0, num_test=0, frames=2, height=16, width=16)
+    make_dataset(str(shapes), num_train=1, num_val=0, num_test=0, frames=2, height=16, width=16, label_kind="shape")
+    plain.mkdir()
+    with caplog.at_level(logging.INFO, logger="sigma"):
+        assert finetune_build.training_flip("custom", str(motion), None, True) is False
+        assert "hflip_changes_label true" in caplog.text and "training flips off" in caplog.text
+        assert finetune_build.training_flip("custom", str(shapes), None, True) is True
+        caplog.clear()
+        assert finetune_build.training_flip("custom", str(plain), None, True) is True
+        assert [r.levelname for r in caplog.records] == ["WARNING"] and "--no_flip" in caplog.text
+        caplog.clear()
+        assert finetune_build.training_flip("custom", str(motion), True, True) is True  # --flip wins
+        assert finetune_build.training_flip("custom", str(plain), False, True) is False
+        assert finetune_build.training_flip("SSV2", str(plain), None, False) is False
+        assert not caplog.records
+    (plain / "dataset.json").write_text('{"hflip_changes_label": "yes"}')
+    with pytest.raises(SystemExit, match="dataset.json: 'hflip_changes_label' must be true or false"):
+        finetune_build.training_flip("custom", str(plain), None, True)
+
+
+def test_lr_rule_names_the_actual_lr_and_its_factors():
+    from schedules import lr_rule, make_schedule
+
+    text = lr_rule(lr=1e-3, batch_size=4, accum=1, world_size=1)
+    assert text.startswith("lr 1.56e-05 = base lr 0.001 x batch 4 x accum 1 x 1 process / 256")
+    schedule = make_schedule(micro_batches=10, accum=2, batch_size=8, world_size=4, num_videos=320, lr=0.05,
+                             min_lr=0, warmup_lr=0, epochs=1, warmup_epochs=0, warmup_steps=0, weight_decay=0,
+                             weight_decay_end=None)
+    assert lr_rule(lr=0.05, batch_size=8, accum=2, world_size=4) == (
+        f"lr {schedule.lr:.3g} = base lr 0.05 x batch 8 x accum 2 x 4 processes / 256 (--lr is the base lr)")

@@ -116,7 +116,7 @@ def test_prototype_figures_use_the_checkpoint_config(data, tmp_path):
         assert im.n_frames == 2
 
 
-@pytest.mark.parametrize("assign", ["argmax", "sinkhorn"])
+@pytest.mark.parametrize("assign", ["centred", "argmax", "sinkhorn"])
 def test_static_scene_keeps_its_colours(static_video, tmp_path, assign):
     model, ckpt = _checkpoint(tmp_path, size=64, num_prototypes=16)
     out = tmp_path / "out"
@@ -137,8 +137,9 @@ def test_static_scene_keeps_its_colours(static_video, tmp_path, assign):
     with torch.no_grad():
         proj = model.head(pixel_targets(tubes, torch.ones(1, 32, dtype=torch.bool), True))[0]  # [32, D]
     cos = F.normalize(proj, dim=-1) @ F.normalize(model.prototypes, dim=1).t()  # [32, 16]
-    if assign == "argmax":
-        expected = vis_drawing.palette(16)[cos.argmax(-1).numpy()].reshape(2, 4, 4, 3).repeat(2, axis=0)  # [T, 4, 4, 3]
+    if assign != "sinkhorn":
+        score = cos - cos.mean(0, keepdim=True) if assign == "centred" else cos  # centred: per prototype
+        expected = vis_drawing.palette(16)[score.argmax(-1).numpy()].reshape(2, 4, 4, 3).repeat(2, axis=0)  # [T, 4, 4, 3]
         assert np.abs(per_tube - expected).max() <= 2.5
     assert len(np.unique(per_tube[0].reshape(-1, 3).round(), axis=0)) > 1  # not one colour everywhere
     gif = [np.asarray(f.convert("RGB"))[:192, 192 + vis_drawing.GAP:] for f in ImageSequence.Iterator(Image.open(
