@@ -405,6 +405,18 @@ def claim_synthetic_sets(root: str, output: str) -> None:
                for p in os.listdir(os.path.join(root, "data/demo8/val", d)))
 
 
+def claim_features_as_documented(root: str, output: str) -> None:
+    """EVALUATION.md: ten demo val videos give ten [11, 192] arrays and an index of them."""
+    import numpy as np
+
+    out = os.path.join(root, "output/demo_features")
+    arrays = sorted(f for f in os.listdir(out) if f.endswith(".npy"))
+    assert len(arrays) == 10, arrays
+    assert all(np.load(os.path.join(out, f)).shape == (11, 192) for f in arrays)
+    with open(os.path.join(out, "index.json")) as f:
+        assert len(json.load(f)["videos"]) == 10
+
+
 CLAIMS: Dict[Tuple[str, str], Callable[[str, str], None]] = {
     ("README.md", "run_sigma_pretraining.py"): claim_pretraining_loss_falls,
     ("README.md", "run_sigma_vis.py"): claim_picture_shows_structure,
@@ -413,6 +425,7 @@ CLAIMS: Dict[Tuple[str, str], Callable[[str, str], None]] = {
     ("FINETUNE.md", "--output_dir output/demo_test"): claim_eval_as_documented,
     ("FINETUNE.md", "hf_weights.py export"): claim_export_loads_in_transformers,
     ("DATASET.md", "--out data/shapes"): claim_synthetic_sets,
+    ("EVALUATION.md", "--output_dir output/demo_features"): claim_features_as_documented,
 }
 
 
