@@ -6,6 +6,9 @@ prints one JSON line; a summary line per measurement and config closes the outpu
 
     OMP_NUM_THREADS=1 python bench/margins.py --seeds 0 1 2 3 [--measure digit motion] [--configs ...]
 
+digit: the digit-probe gain of 400 SIGMA steps and the loss ratio (last 50 steps / first 50);
+digit_loss: the loss ratio only (no probe: about half the time); motion: the supervised accuracy.
+
 The measurements are the tests' own functions (tests/test_learning_signal.py), on the tests' data.
 Run serially: on a shared 2-core machine a second process at once changes nothing but the time.
 """
@@ -49,9 +52,11 @@ def worker(measure: str, seed: int, data: str) -> dict:
     module = _test_module()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     t0 = time.time()
-    if measure == "digit":
-        before, after = module.digit_probe_gain(data, seed)
-        out = {"before": before, "after": after, "gain": after - before}
+    if measure in ("digit", "digit_loss"):
+        out = module.digit_probe_gain(data, seed, probe=measure == "digit")
+        out["loss_ratio"] = out["loss_last"] / out["loss_first"]
+        if measure == "digit":
+            out["gain"] = out["after"] - out["before"]
     else:
         out = {"accuracy": module.motion_accuracy(data, seed)}
     return {**out, "capability": torch.backends.cpu.get_cpu_capability(), "seconds": round(time.time() - t0, 1)}
@@ -59,7 +64,7 @@ def worker(measure: str, seed: int, data: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--measure", nargs="+", default=["digit", "motion"], choices=["digit", "motion"])
+    p.add_argument("--measure", nargs="+", default=["digit", "motion"], choices=["digit", "digit_loss", "motion"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--data", default=None, help="the tests' digit videos (made here if absent)")
@@ -83,10 +88,12 @@ def main() -> None:
                 row = {"measure": measure, "config": config, "seed": seed,
                        **json.loads(run.stdout.strip().splitlines()[-1])}
                 print(json.dumps(row), flush=True)
-                results.setdefault((measure, config), []).append(row["gain" if measure == "digit" else "accuracy"])
-    for (measure, config), values in results.items():
-        print(json.dumps({"summary": measure, "config": config, "min": min(values), "max": max(values),
-                          "values": values}))
+                for key in ("gain", "loss_ratio", "accuracy"):
+                    if key in row:
+                        results.setdefault((measure, key, config), []).append(row[key])
+    for (measure, key, config), values in results.items():
+        print(json.dumps({"summary": measure, "value": key, "config": config, "min": min(values),
+                          "max": max(values), "values": values}))
 
 
 if __name__ == "__main__":
