@@ -23,7 +23,9 @@ loss (which stays finite while any head is alive) and gets NaN gradients; the tr
 each head's gradients on their own (`training_loop.clip_per_head`), so one head's NaN norm cannot
 scale the others', and retires a head whose gradient norm is not finite: its parameter groups are
 flagged "dead" (kept in the optimizer's state, so a resume remembers), its gradients are dropped
-before every later step (its weights stay as they were, finite), and `select_best` never picks it.
+before every later step (its weights stay as they were, finite); the driver copies the flag into
+the grid's `alive` buffer (saved with the weights), after which the head answers NaN, its loss is
+left out of the sum and of the logged mean, and `select_best` never picks it.
 """
 import math
 from typing import Callable, Dict, List, Sequence, Tuple
@@ -146,18 +148,24 @@ class AttentiveProbeGrid(nn.Module):
         self.heads = nn.ModuleList(AttentiveClassifier(dim, num_classes, num_heads, depth) for _ in self.grid)
         # False for a head retired in training (diverged); saved with the weights, read by --eval.
         self.register_buffer("alive", torch.ones(len(self.grid), dtype=torch.bool))
+        self._retired: set = set()  # heads already written to `alive` by `retire`
 
     def dead_heads(self) -> List[int]:
         return [h for h, alive in enumerate(self.alive.tolist()) if not alive]
 
     def retire(self, heads: Sequence[int]) -> None:
-        """Mark `heads` as diverged (from the optimizer's "dead" groups, see `retired_heads`)."""
+        """Mark `heads` as diverged (from the optimizer's "dead" groups, see `retired_heads`); no host sync."""
         for h in heads:
-            self.alive[h] = False
+            if h not in self._retired:
+                self.alive[h] = False
+                self._retired.add(h)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B, N, D] (frozen: detached by the caller or produced under no_grad) -> [H, B, K]."""
-        return torch.stack([head(tokens) for head in self.heads])
+        """tokens [B, N, D] (frozen: detached by the caller or produced under no_grad) -> [H, B, K];
+        a retired head answers NaN (left out of `grid_loss`, scored as diverged; still computed, so
+        that DDP sees the same graph on every step)."""
+        logits = torch.stack([head(tokens) for head in self.heads])  # [H, B, K]
+        return torch.where(self.alive[:, None, None], logits, torch.full_like(logits, math.nan))
 
     def param_groups(self, no_decay_1d: bool = False) -> List[dict]:
         """AdamW groups: one per head ("head" index, "lr_scale", "wd_value" = its fixed weight decay).

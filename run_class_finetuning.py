@@ -221,6 +221,8 @@ def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bo
                                     log_every=args.log_every, skip_nonfinite=args.skip_nonfinite, tracker=tracker,
                                     task=task):
             step = done.step
+            if isinstance(core, AttentiveProbe):  # heads the step retired answer NaN from now on
+                core.grid.retire(retired_heads(optimizer.param_groups))
             if ema is not None:
                 ema.update(core)  # before any checkpoint of this step
             totals.add(done.stats)
@@ -231,8 +233,6 @@ def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bo
         if checkpointer.stopping:
             checkpointer.exit_for_requeue(step)
         dead = retired_heads(optimizer.param_groups)
-        if isinstance(core, AttentiveProbe):
-            core.grid.retire(dead)  # saved with the weights: --eval of this checkpoint skips them too
         record = {**{f"train_{k}": v for k, v in totals.global_averages(env.device).items()}, **tracker.end_epoch(),
                   "epoch": epoch}
         if not args.disable_eval_during_finetuning:

@@ -55,12 +55,14 @@ class Task:
 
     def loss(self, outputs: torch.Tensor, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """(loss to backpropagate, stats) of outputs [B, K] or, with heads > 1, [H, B, K]: the sum
-        of the heads' losses (each head gets exactly its own gradient); "loss" logs their mean."""
+        of the live heads' losses (each head gets exactly its own gradient); "loss" logs their mean."""
         if self.heads == 1:
             loss = self._head_loss(outputs, batch)
             return loss, {"loss": loss.detach()}
         total, per_head = grid_loss(outputs, batch, self._head_loss)
-        return total, {"loss": per_head.mean(), "loss_best_head": per_head.min()}
+        live = torch.isfinite(per_head)  # retired (NaN) and diverging heads are not averaged
+        mean = torch.where(live, per_head, 0.0).sum() / live.sum()  # NaN when no head is live
+        return total, {"loss": mean, "loss_best_head": torch.where(live, per_head, math.inf).min()}
 
     def view_outputs(self, outputs: torch.Tensor) -> torch.Tensor:
         """What a test view contributes: class probabilities, label probabilities or the count;
@@ -190,7 +192,8 @@ def write_task_results(output_dir: str, name: str, task: Task, metrics: Dict[str
                 w.writerow([i, samples[i].path, int(videos.label[row]), int(top5.indices[row, 0]),
                             f"{float(top5.values[row, 0]):.6f}", " ".join(map(str, top5.indices[row].tolist())),
                             int(videos.num_views[row])]
-                           + (outputs[row].argmax(-1).tolist() if every else []))
+                           + ([int(c) if not per_head[h].get("diverged") else "" for h, c in
+                               enumerate(outputs[row].argmax(-1).tolist())] if every else []))
     missing = result["missing_videos"]
     diverged = [h for h, m in enumerate(per_head) if m.get("diverged")]
     head = (f", head {metrics['head']} of {task.heads} chosen on {chosen_on}"
