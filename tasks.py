@@ -88,7 +88,8 @@ class Task:
         out.scatter_reduce_(0, row[:, None].expand(-1, out.shape[1]), views.output[first], reduce="amax")
         return Videos(mean.index, mean.label, out, mean.num_views)
 
-    def metrics(self, videos: Videos, targets: Optional[torch.Tensor], dead: Sequence[int] = ()) -> List[Dict[str, float]]:
+    def metrics(self, videos: Videos, targets: Optional[torch.Tensor],
+                dead: Sequence[int] = ()) -> List[Dict[str, float]]:
         """Per head: top-1 / top-5 / mean class accuracy, mAP, or counting errors.
 
         Args:
@@ -181,8 +182,8 @@ def write_task_results(output_dir: str, name: str, task: Task, metrics: Dict[str
             top5 = reported.topk(min(5, reported.shape[1]), dim=1)
             w.writerow(["index", "path", "labels", "top5", "top5_prob", "num_views"])
             for row, i in enumerate(videos.index.tolist()):
-                truth = targets[i].nonzero().flatten().tolist()
-                w.writerow([i, samples[i].path, " ".join(map(str, truth)), " ".join(map(str, top5.indices[row].tolist())),
+                truth = " ".join(map(str, targets[i].nonzero().flatten().tolist()))
+                w.writerow([i, samples[i].path, truth, " ".join(map(str, top5.indices[row].tolist())),
                             " ".join(f"{v:.4f}" for v in top5.values[row].tolist()), int(videos.num_views[row])])
         else:  # as engine_for_finetuning.write_test_results, plus each head's top-1 class
             top5 = reported.topk(min(5, reported.shape[1]), dim=1)

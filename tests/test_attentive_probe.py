@@ -11,6 +11,9 @@ from attentive_probe import (VJEPA2_GRID, AttentiveClassifier, AttentivePooler, 
 from optim_factory import create_optimizer
 from training_loop import clip_per_head, set_schedules
 
+# Lower bound on the planted-token accuracies (see the test's docstring).
+PLANTED_FLOOR = 95.0
+
 
 def planted_tokens(n: int, num_classes: int, dim: int = 32, tokens: int = 16, planted: int = 4, strength: float = 4.0,
                    seed: int = 0):
@@ -101,8 +104,10 @@ def _train(model, x, y, steps: int, lr: float, forward):
         opt.step()
 
 
-def test_attentive_probe_learns_planted_directions_like_a_mean_pooled_linear_probe():
-    torch.manual_seed(0)
+def planted_accuracies(seed: int = 0) -> dict:
+    """Val top-1 (%) on planted tokens after 150 steps: of a two-head grid (lr scale 1 and 0.01),
+    "grid", and of a linear probe on the mean token, "linear"."""
+    torch.manual_seed(seed)
     (x, y), (xv, yv) = planted_tokens(2000, 4, seed=0), planted_tokens(500, 4, seed=1)
     grid = AttentiveProbeGrid(num_classes=4, dim=32, grid=[(1.0, 0.0), (0.01, 0.0)], num_heads=4)
     lr = 3e-3
@@ -114,15 +119,21 @@ def test_attentive_probe_learns_planted_directions_like_a_mean_pooled_linear_pro
         opt.zero_grad()
         grid_loss(grid(x[batch]), y[batch])[0].backward()
         opt.step()
-    with torch.no_grad():
-        top1 = grid_top1(grid(xv), yv)
-    best, metrics = select_best([{"top1": v} for v in top1.tolist()])
-    assert best == 0 and metrics["top1"] > 95, top1  # the tiny-lr head has barely moved
-    assert top1[1] < top1[0]
     linear = torch.nn.Linear(32, 4)
     _train(linear, x, y, 150, 3e-2, lambda xb, yb: F.cross_entropy(linear(xb.mean(1)), yb))
     with torch.no_grad():
-        assert (linear(xv.mean(1)).argmax(1) == yv).float().mean() > 0.95
+        return {"grid": grid_top1(grid(xv), yv).tolist(),
+                "linear": 100.0 * (linear(xv.mean(1)).argmax(1) == yv).float().mean().item()}
+
+
+def test_attentive_probe_learns_planted_directions_like_a_mean_pooled_linear_probe():
+    """MEASURED"""
+    acc = planted_accuracies()
+    top1 = acc["grid"]
+    best, metrics = select_best([{"top1": v} for v in top1])
+    assert best == 0 and metrics["top1"] > PLANTED_FLOOR, top1
+    assert top1[1] < top1[0]  # the tiny-lr head has barely moved
+    assert acc["linear"] > PLANTED_FLOOR, acc
 
 
 def test_select_best():

@@ -13,6 +13,8 @@ from masking_generator import tube_mask
 from modeling_finetune import patchify
 from sinkhorn import sinkhorn_knopp
 
+# Upper bounds on last / first loss of test_tiny_model_overfits_fixed_batch (see its docstring).
+OVERFIT_RATIO = {"pixel": 0.7, "mlp": 0.7, "dino_v1": 0.7}
 OBJECTIVES = [("pixel", "L2"), ("mlp", "SWAV"), ("dino_v1", "SWAV"), ("dino_v2", "SWAV"),
               ("dino_v1", "L2"), ("dino_v2", "L2")]
 
@@ -127,8 +129,9 @@ def test_bf16_autocast_close_to_fp32():
     assert abs(loss16.item() - loss32.item()) < 0.05 * loss32.item()
 
 
-@pytest.mark.parametrize("target_type,loss_func", [("pixel", "L2"), ("mlp", "SWAV"), ("dino_v1", "SWAV")])
-def test_tiny_model_overfits_fixed_batch(target_type, loss_func):
+def overfit_ratio(target_type: str, loss_func: str, seed: int = 0) -> float:
+    """Mean loss of the last 3 of 40 AdamW steps on one fixed batch over that of the first 3."""
+    torch.manual_seed(seed)
     model = tiny_pretrain(target_type, loss_func).train()
     teacher = _teacher_for(target_type)
     videos, mask = clips(4), tube_mask(4, GRID, 0.5)
@@ -140,8 +143,14 @@ def test_tiny_model_overfits_fixed_batch(target_type, loss_func):
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-    assert last < 0.7 * first, f"loss did not fall: {losses[:3]} -> {losses[-3:]}"
+    return (sum(losses[-3:]) / 3) / (sum(losses[:3]) / 3)
+
+
+@pytest.mark.parametrize("target_type,loss_func", [("pixel", "L2"), ("mlp", "SWAV"), ("dino_v1", "SWAV")])
+def test_tiny_model_overfits_fixed_batch(target_type, loss_func):
+    """MEASURED"""
+    ratio = overfit_ratio(target_type, loss_func)
+    assert ratio < OVERFIT_RATIO[target_type], f"loss did not fall: last / first = {ratio:.3f}"
 
 
 @pytest.mark.parametrize("soft", [False, True])
