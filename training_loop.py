@@ -139,8 +139,9 @@ class TorchUpdate:
 def clip_per_head(groups, max_norm: Optional[float]) -> torch.Tensor:
     """Clip the gradients of each attentive-probe head (the groups sharing a "head" index) on their
     own, and retire a head whose gradient norm is not finite: its groups are flagged "dead" (logged
-    once) and its gradients dropped now and at every later step, so the optimizer leaves its weights
-    as they are; the other heads train on untouched. One host read of the [H] norms per step.
+    once), any non-finite weight of it zeroed, and its gradients dropped now and at every later step,
+    so the optimizer leaves its weights as they are; the other heads train on untouched. One host
+    read of the [H] norms per step.
 
     Returns:
         The norm of all live heads' gradients together (before clipping).
@@ -159,6 +160,9 @@ def clip_per_head(groups, max_norm: Optional[float]) -> torch.Tensor:
         if dead and not gs[0].get("dead"):
             logger.warning("attentive-probe head %d diverged (gradient norm not finite): retired, its weights kept "
                            "as they were, the other heads train on", h)
+            with torch.no_grad():  # a step before may have overflowed them: checkpoints need finite weights
+                for p in (p for g in gs for p in g["params"]):
+                    p.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         for g in gs:
             g["dead"] = dead
             if dead:

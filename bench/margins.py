@@ -38,6 +38,7 @@ CONFIGS = {
     "onednn_sse41": {"ONEDNN_MAX_CPU_ISA": "SSE41"},
     "mkl_avx": {"MKL_ENABLE_INSTRUCTIONS": "AVX"},
     "mkl_sse42": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
+    "mkl_cbwr": {"MKL_CBWR": "COMPATIBLE"},  # MKL's conditional-reproducibility code path (SSE2 kernels)
     "threads2": {"OMP_NUM_THREADS": "2"},
 }
 
