@@ -182,7 +182,7 @@ def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bo
     ema = ModelEma(core, args.model_ema_decay) if args.model_ema else None
     config = {**config, "clips_per_gpu": args.batch_size * args.num_sample, "global_batch": schedule.global_batch,
               "actual_lr": schedule.lr}
-    key = task.primary if task else "acc1"  # what checkpoint-best.pth (and the reported head) is chosen by
+    key = task.primary if task else "acc1"  # chooses checkpoint-best.pth and each validation's best head
     totals, best = EpochTotals(), {key: None if task else -1.0, "epoch": -1}
     # The attentive probe reports the head best on the final epoch's validation, tested with the final
     # weights (V-JEPA 2's protocol): that validation's choice per net ("" and "_ema"), kept in checkpoints.
