@@ -127,7 +127,15 @@ def planted_accuracies(seed: int = 0) -> dict:
 
 
 def test_attentive_probe_learns_planted_directions_like_a_mean_pooled_linear_probe():
-    """MEASURED"""
+    """The grid's best head and a mean-pooled linear probe both learn the planted directions, and the
+    tiny-lr head lags.
+
+    Measured (bench/margins.py --measure planted, seeds 0-3, a 2-core AMD EPYC with AVX2, 1 thread;
+    as is, ATEN_CPU_CAPABILITY=default, ONEDNN_MAX_CPU_ISA=SSE41, MKL_CBWR=COMPATIBLE: the same
+    numbers to 0.1 point in every config): best head 100.0 / 99.4 / 99.8 / 99.4, linear probe 98.4 /
+    98.6 / 98.6 / 98.6, the tiny-lr head 38.6 / 72.2 / 79.0 / 58.6 (at least 20 points behind).
+    PLANTED_FLOOR 95 sits 3.4 points under the worst.
+    """
     acc = planted_accuracies()
     top1 = acc["grid"]
     best, metrics = select_best([{"top1": v} for v in top1])
