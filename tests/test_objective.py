@@ -154,7 +154,7 @@ def test_tiny_model_overfits_fixed_batch(target_type, loss_func):
     2-core AMD EPYC with AVX2, 1 thread; kernel configs: as is, ATEN_CPU_CAPABILITY=default,
     ONEDNN_MAX_CPU_ISA=SSE41, MKL_CBWR=COMPATIBLE, MKL_ENABLE_INSTRUCTIONS=AVX and SSE4_2, and 2
     threads for pixel): pixel L2 0.665 / 0.678 / 0.669 / 0.665 by seed, mlp SWAV 0.009 / 0.014 /
-    0.018 / 0.077, dino_v1 SWAV 0.19 / 0.12 / 0.10 / 0.16 (as is). The kernel choices moved a ratio
+    0.018 / 0.077, dino_v1 SWAV 0.19 / 0.12 / 0.10 / 0.16. The kernel choices moved a ratio
     by under 1e-6 (this trajectory is short and its batch fixed); the seeds move it by up to 0.014
     (pixel). Bounds: pixel 0.72 (three times the seed spread above the worst), SWAV 0.5.
     """
