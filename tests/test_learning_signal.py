@@ -120,7 +120,8 @@ def test_short_sigma_pretraining_learns_its_objective_on_moving_digits(digits, s
     """400 SIGMA-MLP steps bring the loss to under half its start (last 50 steps over first 50).
 
     Loss ratio measured (bench/margins.py --measure digit_loss, 2-core AMD EPYC, AVX2, 1 thread),
-    seed 0: 0.234 as is (2.58 -> 0.60), 0.217 with ATEN_CPU_CAPABILITY=default (2.60 -> 0.56).
+    seed 0: 0.234 as is (2.58 -> 0.60), 0.217 with ATEN_CPU_CAPABILITY=default (2.60 -> 0.56),
+    0.253 with MKL_CBWR=COMPATIBLE (2.58 -> 0.65).
     The bound 0.5 sits twice above the worst of them; the probe-free test also costs half the time.
 
     Not asserted: the digit probe's gain over the same encoder at random init. Seed 0 gave +10
