@@ -17,6 +17,15 @@ V-JEPA 2 trains one such classifier per (lr, weight decay) pair on the same froz
 decay, every classifier parameter decayed) and reports the best head. `AttentiveProbeGrid` holds
 the H heads; `param_groups` gives one AdamW group per head, so one optimizer trains them all, and
 `grid_loss` sums the heads' losses, so each head gets exactly the gradient of its own loss.
+
+Heads are isolated from one another: a head whose loss is not finite is left out of the summed
+loss (which stays finite while any head is alive) and gets NaN gradients; the training loop clips
+each head's gradients on their own (`training_loop.clip_per_head`), so one head's NaN norm cannot
+scale the others', and retires a head whose gradient norm is not finite: its parameter groups are
+flagged "dead" (kept in the optimizer's state, so a resume remembers), its gradients are dropped
+before every later step (its weights stay as they were, finite); the driver copies the flag into
+the grid's `alive` buffer (saved with the weights), after which the head answers NaN, its loss is
+left out of the sum and of the logged mean, and `select_best` never picks it.
 """
 import math
 from typing import Callable, Dict, List, Sequence, Tuple
@@ -137,10 +146,26 @@ class AttentiveProbeGrid(nn.Module):
             raise ValueError(f"grid entries must be (lr_scale > 0, weight_decay >= 0), got {bad}")
         self.grid = [(float(lr), float(wd)) for lr, wd in grid]
         self.heads = nn.ModuleList(AttentiveClassifier(dim, num_classes, num_heads, depth) for _ in self.grid)
+        # False for a head retired in training (diverged); saved with the weights, read by --eval.
+        self.register_buffer("alive", torch.ones(len(self.grid), dtype=torch.bool))
+        self._retired: set = set()  # heads already written to `alive` by `retire`
+
+    def dead_heads(self) -> List[int]:
+        return [h for h, alive in enumerate(self.alive.tolist()) if not alive]
+
+    def retire(self, heads: Sequence[int]) -> None:
+        """Mark `heads` as diverged (from the optimizer's "dead" groups, see `retired_heads`); no host sync."""
+        for h in heads:
+            if h not in self._retired:
+                self.alive[h] = False
+                self._retired.add(h)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B, N, D] (frozen: detached by the caller or produced under no_grad) -> [H, B, K]."""
-        return torch.stack([head(tokens) for head in self.heads])
+        """tokens [B, N, D] (frozen: detached by the caller or produced under no_grad) -> [H, B, K];
+        a retired head answers NaN (left out of `grid_loss`, scored as diverged; still computed, so
+        that DDP sees the same graph on every step)."""
+        logits = torch.stack([head(tokens) for head in self.heads])  # [H, B, K]
+        return torch.where(self.alive[:, None, None], logits, torch.full_like(logits, math.nan))
 
     def param_groups(self, no_decay_1d: bool = False) -> List[dict]:
         """AdamW groups: one per head ("head" index, "lr_scale", "wd_value" = its fixed weight decay).
@@ -169,10 +194,34 @@ class AttentiveProbeGrid(nn.Module):
         return groups
 
 
+class _LiveSum(torch.autograd.Function):
+    """Sum of the finite entries of x [H]; NaN if none is finite. Backward: the incoming gradient
+    for the finite entries, NaN for the others, so that a diverged head's gradients are NaN
+    whatever its loss function (a zero would pass through some losses as a finite zero and hide
+    it), and the per-head clipping retires it. No host sync."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        live = torch.isfinite(x)
+        ctx.save_for_backward(live)
+        total = torch.where(live, x, torch.zeros_like(x)).sum()
+        return torch.where(live.any(), total, torch.full_like(total, float("nan")))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (live,) = ctx.saved_tensors
+        return torch.where(live, grad.expand(live.shape), torch.full(live.shape, float("nan"), dtype=grad.dtype,
+                                                                     device=grad.device))
+
+
 def grid_loss(logits: torch.Tensor, target: torch.Tensor,
               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
               ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Sum over heads of each head's loss, so head h's parameters get exactly d loss_h.
+
+    A head whose loss is not finite is left out of the sum (its gradients come back NaN, see
+    `_LiveSum`), so one diverged head neither poisons the loss the run checks nor the other heads;
+    the sum is NaN only when no head is finite.
 
     Args:
         logits: [H, B, K] from AttentiveProbeGrid.
@@ -182,7 +231,12 @@ def grid_loss(logits: torch.Tensor, target: torch.Tensor,
         (the summed loss to backpropagate, the per-head losses [H], detached).
     """
     per_head = torch.stack([loss_fn(head_logits, target) for head_logits in logits])  # [H]
-    return per_head.sum(), per_head.detach()
+    return _LiveSum.apply(per_head), per_head.detach()
+
+
+def retired_heads(param_groups: Sequence[dict]) -> List[int]:
+    """The heads whose optimizer groups the training loop flagged "dead" (diverged), ascending."""
+    return sorted({g["head"] for g in param_groups if g.get("dead")})
 
 
 def grid_top1(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -193,6 +247,7 @@ def grid_top1(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def select_best(per_head_metrics: Sequence[Dict[str, float]], key: str = "top1",
                 higher_is_better: bool = True) -> Tuple[int, Dict[str, float]]:
     """(index, metrics) of the best head by `key`; ties go to the first (lowest index) head.
+    Heads marked "diverged" are never picked.
 
     Args:
         per_head_metrics: one dict per head, e.g. [{"top1": 71.2, "top5": 90.1}, ...].
@@ -200,13 +255,16 @@ def select_best(per_head_metrics: Sequence[Dict[str, float]], key: str = "top1",
     """
     if not per_head_metrics:
         raise ValueError("select_best needs the metrics of at least one head")
-    missing = [i for i, m in enumerate(per_head_metrics) if key not in m]
+    candidates = [i for i, m in enumerate(per_head_metrics) if not m.get("diverged")]
+    if not candidates:
+        raise ValueError(f"every one of the {len(per_head_metrics)} heads diverged: there is no head to report")
+    missing = [i for i in candidates if key not in per_head_metrics[i]]
     if missing:
         raise KeyError(f"metric {key!r} missing for heads {missing}")
-    values = [float(m[key]) for m in per_head_metrics]
-    if any(math.isnan(v) for v in values):
-        raise ValueError(f"metric {key!r} is NaN for heads {[i for i, v in enumerate(values) if math.isnan(v)]}")
-    best = (max if higher_is_better else min)(range(len(values)), key=lambda i: values[i])
+    values = {i: float(per_head_metrics[i][key]) for i in candidates}
+    if any(math.isnan(v) for v in values.values()):
+        raise ValueError(f"metric {key!r} is NaN for heads {[i for i, v in values.items() if math.isnan(v)]}")
+    best = (max if higher_is_better else min)(candidates, key=lambda i: values[i])
     return best, dict(per_head_metrics[best])
 
 

@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from attentive_probe import AttentiveProbe
+from attentive_probe import AttentiveProbe, retired_heads
 from checkpointing import load_checkpoint, resume_from, state_dict_from
 from datasets.mixup import Mixup
 from datasets.splits import DATA_SETS
@@ -157,7 +157,8 @@ def test_only(args, env, model, report, test_set, *, precision: str, tracker, co
     elif isinstance(model, (LinearProbe, AttentiveProbe)) or "head.weight" not in report["loaded"]:
         raise SystemExit(f"{args.finetune} has no classifier head for {config['nb_classes']} classes: "
                          f"--eval needs a fine-tuned checkpoint (or --resume)")
-    final_test(args, env, [("", model, None)], test_set, precision=precision, tracker=tracker, task=task)
+    final_test(args, env, [("", model, None)], test_set, precision=precision, tracker=tracker, task=task,
+               dead=model.grid.dead_heads() if isinstance(model, AttentiveProbe) else ())
     if env.is_main:
         logger.info("done: wrote test_results.json, predictions.csv and config.json in %s", args.output_dir)
 
@@ -186,13 +187,16 @@ def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bo
     ema = ModelEma(core, args.model_ema_decay) if args.model_ema else None
     config = {**config, "clips_per_gpu": args.batch_size * args.num_sample, "global_batch": schedule.global_batch,
               "actual_lr": schedule.lr}
-    key = task.primary if task else "acc1"  # what checkpoint-best.pth (and the reported head) is chosen by
+    key = task.primary if task else "acc1"  # chooses checkpoint-best.pth and each validation's best head
     totals, best = EpochTotals(), {key: None if task else -1.0, "epoch": -1}
+    # The attentive probe reports the head best on the final epoch's validation, tested with the final
+    # weights (V-JEPA 2's protocol): that validation's choice per net ("" and "_ema"), kept in checkpoints.
+    last_val: dict = {}
     checkpointer = Checkpointer(
         env, args.output_dir, model=core, optimizer=optimizer, scaler=training.scaler, config=config,
         steps_per_epoch=schedule.steps_per_epoch, every_steps=args.save_ckpt_steps, every_epochs=args.save_ckpt_freq,
         epochs=args.epochs, keep_last=args.keep_last_ckpts, engine=training.engine,
-        extra=lambda: {"best": best, "epoch_totals": totals.state(),
+        extra=lambda: {"best": best, "epoch_totals": totals.state(), "last_val": last_val,
                        **({"model_ema": ema.module.state_dict()} if ema else {})}, skip_nonfinite=args.skip_nonfinite)
     start_epoch, step, start_in_epoch = 0, 0, 0
     found = checkpointer.resume(args.resume, args.auto_resume)
@@ -201,6 +205,7 @@ def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bo
         if ema is not None and state.get("model_ema"):
             ema.module.load_state_dict(state["model_ema"])
         best = state.get("best", best)
+        last_val = state.get("last_val", last_val)
         start_epoch, step, start_in_epoch = resume_from(state, path, schedule.steps_per_epoch, env, config)
         totals = EpochTotals(state.get("epoch_totals") if start_in_epoch else None)
     write_config(args.output_dir, env, config)
@@ -221,6 +226,8 @@ def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bo
                                     log_every=args.log_every, skip_nonfinite=args.skip_nonfinite, tracker=tracker,
                                     task=task, nonfinite=checkpointer.nonfinite):
             step = done.step
+            if isinstance(core, AttentiveProbe):  # heads the step retired answer NaN from now on
+                core.grid.retire(retired_heads(optimizer.param_groups))
             if ema is not None:
                 ema.update(core)  # before any checkpoint of this step
             totals.add(done.stats)
@@ -231,11 +238,14 @@ def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bo
         if checkpointer.stopping:
             checkpointer.exit_for_requeue(step)
         checkpointer.check()  # before NaN weights are averaged, validated or saved as best
+        dead = retired_heads(optimizer.param_groups)
         record = {**{f"train_{k}": v for k, v in totals.global_averages(env.device).items()}, **tracker.end_epoch(),
                   "epoch": epoch}
         if not args.disable_eval_during_finetuning:
             record.update(validate(nets, val, env, sharded=args.dist_eval, precision=precision, task=task,
-                                   targets=data["val"].targets))
+                                   targets=data["val"].targets, dead=dead))
+            last_val = {"epoch": epoch, **{name: record[f"val{name}_head"] for name, _, _ in nets
+                                           if f"val{name}_head" in record}}
             if _improves(record, best, key, task):  # the same on every rank (gathered views)
                 best = {key: record[f"val_{key}"], "epoch": epoch,
                         **({"head": record["val_head"]} if "val_head" in record else {})}
@@ -249,7 +259,7 @@ def train(args, env, core, data, *, nb_classes: int, precision: str, augment: bo
         checkpointer.after_epoch(epoch, step)
     checkpointer.preemption.disarm()  # a signal during the test exits for requeue: the test is re-run
     results = final_test(args, env, nets, data["test"], precision=precision, tracker=tracker, task=task,
-                         head=best.get("head"))
+                         last_val=last_val, dead=retired_heads(optimizer.param_groups))
     if env.is_main:
         _summary(args.output_dir, best, results, run_log.tb_dir)
     run_log.close()
@@ -271,11 +281,15 @@ def _log_validation(epoch: int, record: dict, best: dict, key: str) -> None:
         logger.info("epoch %d: val %s %.4g (best %.4g at epoch %d)", epoch, key, value, best[key], best["epoch"])
 
 
-def final_test(args, env, nets, test_set, *, precision: str, tracker, task=None, head: Optional[int] = None) -> dict:
+def final_test(args, env, nets, test_set, *, precision: str, tracker, task=None, last_val: Optional[dict] = None,
+               dead=()) -> dict:
     """The multi-view test of every net (the model and its EMA): test_results*.json, predictions*.csv.
-    With several heads the reported one is `head` (the best on validation), else the best here."""
+    With several heads the reported one is the best on the final epoch's validation (`last_val`:
+    {"epoch": e, net name: head}), tested with these (final) weights as V-JEPA 2 does; without a
+    validation the best on the test itself. `dead`: heads retired in training, never reported."""
     test = eval_loader(test_set, env, args, args.dist_eval)
     views = f"{args.test_num_segment}x{args.test_num_crop}"
+    last_val = last_val or {}
     results = {}
     for name, net, dtype in nets:
         if task is None:
@@ -286,13 +300,13 @@ def final_test(args, env, nets, test_set, *, precision: str, tracker, task=None,
         else:
             per_head, videos = evaluate_task(net, test, env, task, test_set.targets, sharded=args.dist_eval,
                                              precision=precision, input_dtype=dtype, tracker=tracker,
-                                             desc=f"test{name} ({views} views)")
+                                             desc=f"test{name} ({views} views)", dead=dead)
+            head = last_val.get(name)
             metrics = best_head(task, per_head, head)
+            chosen_on = f"the validation of epoch {last_val['epoch']}" if head is not None else "the test itself"
             if env.is_main:
                 write_task_results(args.output_dir, name, task, metrics, per_head, videos, test_set.samples,
-                                   test_set.targets, views)
-                logger.info("test%s (%s views, head %d): %s", name, views, metrics["head"],
-                            {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
+                                   test_set.targets, views, chosen_on=chosen_on)
         results[name] = metrics
     return results
 

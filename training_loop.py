@@ -117,8 +117,11 @@ class TorchUpdate:
             return None
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad if self.clip_grad else float("inf"))
+        if self.scaler is None and any("head" in g for g in self.optimizer.param_groups):
+            grad_norm = clip_per_head(self.optimizer.param_groups, self.clip_grad)  # the attentive-probe grid
+        else:
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad if self.clip_grad else float("inf"))
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -132,6 +135,50 @@ class TorchUpdate:
 
     def loss_scale(self) -> float:
         return self.scaler.get_scale() if self.scaler else 1.0
+
+
+def clip_per_head(groups, max_norm: Optional[float]) -> torch.Tensor:
+    """Clip the gradients of each attentive-probe head (the groups sharing a "head" index) on their
+    own, and retire a head whose gradient norm is not finite: its groups are flagged "dead" (logged
+    once), any non-finite weight of it zeroed, and its gradients dropped now and at every later step,
+    so the optimizer leaves its weights as they are; the other heads train on untouched. One host
+    read of the [H] norms per step.
+
+    Returns:
+        The norm of all live heads' gradients together (before clipping).
+    Raises:
+        FloatingPointError: every head is dead.
+    """
+    heads: Dict[int, list] = {}
+    for g in groups:
+        heads.setdefault(g["head"], []).append(g)
+    norms = torch.stack([torch.linalg.vector_norm(torch.stack(
+        [torch.linalg.vector_norm(p.grad.detach().float()) for g in gs for p in g["params"] if p.grad is not None]
+        or [torch.zeros(())])) for gs in heads.values()])  # [H]
+    finite = torch.isfinite(norms).tolist()
+    for (h, gs), ok in zip(heads.items(), finite):
+        dead = bool(gs[0].get("dead")) or not ok
+        if dead and not gs[0].get("dead"):
+            logger.warning("attentive-probe head %d diverged (gradient norm not finite): retired, its weights kept "
+                           "as they were, the other heads train on", h)
+            with torch.no_grad():  # a step before may have overflowed them: checkpoints need finite weights
+                for p in (p for g in gs for p in g["params"]):
+                    p.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        for g in gs:
+            g["dead"] = dead
+            if dead:
+                for p in g["params"]:
+                    p.grad = None
+    live = torch.tensor([not g[0]["dead"] for g in heads.values()], device=norms.device)
+    if not live.any():
+        raise FloatingPointError(f"every one of the {len(heads)} attentive-probe heads diverged")
+    live_norms = torch.where(live, norms, torch.zeros_like(norms))
+    if max_norm:
+        coef = (max_norm / (live_norms + 1e-6)).clamp(max=1.0)  # [H], as clip_grad_norm_ per head
+        for (h, gs), c in zip(heads.items(), coef):
+            for p in (p for g in gs for p in g["params"] if p.grad is not None):
+                p.grad.mul_(c.to(p.grad.dtype))
+    return torch.linalg.vector_norm(live_norms)
 
 
 class DeepSpeedUpdate:

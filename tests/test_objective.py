@@ -13,6 +13,8 @@ from masking_generator import tube_mask
 from modeling_finetune import patchify
 from sinkhorn import sinkhorn_knopp
 
+# Upper bounds on last / first loss of test_tiny_model_overfits_fixed_batch (see its docstring).
+OVERFIT_RATIO = {"pixel": 0.72, "mlp": 0.5, "dino_v1": 0.5}
 OBJECTIVES = [("pixel", "L2"), ("mlp", "SWAV"), ("dino_v1", "SWAV"), ("dino_v2", "SWAV"),
               ("dino_v1", "L2"), ("dino_v2", "L2")]
 
@@ -127,8 +129,9 @@ def test_bf16_autocast_close_to_fp32():
     assert abs(loss16.item() - loss32.item()) < 0.05 * loss32.item()
 
 
-@pytest.mark.parametrize("target_type,loss_func", [("pixel", "L2"), ("mlp", "SWAV"), ("dino_v1", "SWAV")])
-def test_tiny_model_overfits_fixed_batch(target_type, loss_func):
+def overfit_ratio(target_type: str, loss_func: str, seed: int = 0) -> float:
+    """Mean loss of the last 3 of 40 AdamW steps on one fixed batch over that of the first 3."""
+    torch.manual_seed(seed)
     model = tiny_pretrain(target_type, loss_func).train()
     teacher = _teacher_for(target_type)
     videos, mask = clips(4), tube_mask(4, GRID, 0.5)
@@ -140,8 +143,23 @@ def test_tiny_model_overfits_fixed_batch(target_type, loss_func):
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-    assert last < 0.7 * first, f"loss did not fall: {losses[:3]} -> {losses[-3:]}"
+    return (sum(losses[-3:]) / 3) / (sum(losses[:3]) / 3)
+
+
+@pytest.mark.parametrize("target_type,loss_func", [("pixel", "L2"), ("mlp", "SWAV"), ("dino_v1", "SWAV")])
+def test_tiny_model_overfits_fixed_batch(target_type, loss_func):
+    """40 AdamW steps on one fixed batch: the mean loss of the last 3 under a share of the first 3's.
+
+    Measured (bench/margins.py --measure overfit_pixel overfit_mlp overfit_dino, seeds 0-3, a
+    2-core AMD EPYC with AVX2, 1 thread; kernel configs: as is, ATEN_CPU_CAPABILITY=default,
+    ONEDNN_MAX_CPU_ISA=SSE41, MKL_CBWR=COMPATIBLE, MKL_ENABLE_INSTRUCTIONS=AVX and SSE4_2, and 2
+    threads for pixel): pixel L2 0.665 / 0.678 / 0.669 / 0.665 by seed, mlp SWAV 0.009 / 0.014 /
+    0.018 / 0.077, dino_v1 SWAV 0.19 / 0.12 / 0.10 / 0.16. The kernel choices moved a ratio
+    by under 1e-6 (this trajectory is short and its batch fixed); the seeds move it by up to 0.014
+    (pixel). Bounds: pixel 0.72 (three times the seed spread above the worst), SWAV 0.5.
+    """
+    ratio = overfit_ratio(target_type, loss_func)
+    assert ratio < OVERFIT_RATIO[target_type], f"loss did not fall: last / first = {ratio:.3f}"
 
 
 @pytest.mark.parametrize("soft", [False, True])

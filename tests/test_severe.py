@@ -134,16 +134,46 @@ def test_charades_map_skips_classes_without_positives_and_matches_sklearn():
         charades_map(scores, torch.zeros_like(labels))
 
 
+def test_ordered_charades_map_ranks_videos_without_actions_last_as_the_official_script():
+    # Class 0: A positive (0.3), B has no annotated action at all (0.9), C negative with another
+    # action (0.5), D positive (0.1). The official evaluation puts B at -inf in every class:
+    # order C, A, D, B, positives at ranks 2 and 3: (1/2 + 2/3) / 2 = 7/12. Kept as a scored
+    # negative (grouped, as SEVERE's get_map): B, C, A, D, ranks 3 and 4: (1/3 + 2/4) / 2 = 5/12.
+    # Class 1: its one positive C is ranked 2nd behind B (0.8) unless B is moved: 1 vs 1/2.
+    scores = torch.tensor([[0.3, 0.1], [0.9, 0.8], [0.5, 0.6], [0.1, 0.2]])
+    labels = torch.tensor([[1, 0], [0, 0], [0, 1], [1, 0]])
+    ordered, grouped = charades_map(scores, labels, "ordered"), charades_map(scores, labels, "grouped")
+    assert ordered["ap"] == pytest.approx([100 * 7 / 12, 100.0])
+    assert grouped["ap"] == pytest.approx([100 * 5 / 12, 50.0])
+    assert ordered["mAP"] == pytest.approx(100 * (7 / 12 + 1) / 2)
+    # Without unannotated videos the two modes agree (no ties here).
+    assert charades_map(scores[[0, 2, 3]], labels[[0, 2, 3]], "ordered")["mAP"] == pytest.approx(
+        charades_map(scores[[0, 2, 3]], labels[[0, 2, 3]], "grouped")["mAP"])
+
+
 def test_counting_metrics_by_hand():
-    m = counting_metrics(torch.tensor([4.0, 6.5, 8.0]), torch.tensor([4, 5, 10]))
-    # |p - t| = 0, 1.5, 2; normalised 0, 0.3, 0.2.
-    assert m["mae"] == pytest.approx(0.5 / 3) and m["abs_error"] == pytest.approx(3.5 / 3)
-    assert m["obo"] == pytest.approx(1 / 3)
-    assert m["mae_over"] == pytest.approx(0.3) and m["mae_under"] == pytest.approx(0.2)
-    assert m["mae_std"] == pytest.approx(np.std([0.0, 0.3, 0.2])) and m["num_videos"] == 3
+    m = counting_metrics(torch.tensor([4.4, 6.5, 7.5, 2.5]), torch.tensor([4, 5, 10, 4]))
+    # Rounded half to even first (SEVERE's val_epoch: Python round()): 4, 6, 8, 2. |p - t| = 0, 1, 2, 2;
+    # normalised 0, 0.2, 0.2, 0.5. Unrounded, 6.5 against 5 would be off by 1.5 (not within one).
+    assert m["mae"] == pytest.approx(0.9 / 4) and m["abs_error"] == pytest.approx(5 / 4)
+    assert m["obo"] == pytest.approx(2 / 4)
+    assert m["mae_over"] == pytest.approx(0.2) and m["mae_under"] == pytest.approx((0.2 + 0.5) / 2)
+    assert m["mae_std"] == pytest.approx(np.std([0.0, 0.2, 0.2, 0.5])) and m["num_videos"] == 4
     assert counting_metrics(torch.tensor([3.0]), torch.tensor([2.0]))["obo"] == 1.0  # off by exactly one counts
+    # 2.5 rounds to 2 (half to even): off by one; 3.5 rounds to 4: off by two.
+    assert counting_metrics(torch.tensor([2.5]), torch.tensor([1.0]))["obo"] == 1.0
+    assert counting_metrics(torch.tensor([3.5]), torch.tensor([2.0]))["obo"] == 0.0
     with pytest.raises(ValueError, match="must be > 0"):
         counting_metrics(torch.tensor([1.0]), torch.tensor([0.0]))
+
+
+def test_counting_without_over_or_under_counted_videos_reports_zero_as_severe():
+    # SEVERE's AverageMeter starts at avg 0: MAEP / MAEN are 0 where no video is over / under-counted.
+    exact = counting_metrics(torch.tensor([3.2, 7.0]), torch.tensor([3, 7]))
+    assert exact["mae"] == exact["mae_over"] == exact["mae_under"] == exact["mae_std"] == 0.0
+    assert exact["obo"] == 1.0
+    under = counting_metrics(torch.tensor([2.0, 4.0]), torch.tensor([4, 8]))  # both under by half
+    assert under["mae_over"] == 0.0 and under["mae_under"] == pytest.approx(0.5)
 
 
 def test_max_over_views():
