@@ -64,6 +64,10 @@ FFMPEG_HELP = ("torchcodec needs FFmpeg's shared libraries (major version 4 to 9
                "libswscale and libswresample packages), with conda `conda install ffmpeg`")
 
 
+# How a VideoError's reason starts when the file is fine and only the chosen backend cannot read it.
+READER_PROBLEM = "reader problem: "
+
+
 class VideoError(Exception):
     """`decoder_failed`: a decoder rejected the file (not missing, empty or too short), so
     another backend may still read it."""
@@ -572,16 +576,32 @@ def read_video(path: str, backend: str, read: Callable[..., T], num_threads: int
                options: DecodeOptions = DecodeOptions()) -> T:
     """`read(reader)` of `path` opened with `backend`. decord rejects some files FFmpeg proper reads
     (odd containers, broken indexes): such a file is read again with PyAV, and when that fails too
-    the VideoError names both reasons."""
+    the VideoError names both reasons. A file another backend's decoder rejects but decord reads is
+    a reader problem, not a broken file: its reason starts with READER_PROBLEM and names decord."""
     try:
         return read(open_video(path, backend, num_threads, options))
     except VideoError as e:
-        if backend != "decord" or not e.decoder_failed:
+        if not e.decoder_failed:
+            raise
+        if backend != "decord":
+            if _decord_reads(path):
+                raise VideoError(path, f"{READER_PROBLEM}the {backend} reader fails ({e.reason}) but decord reads "
+                                       f"the file: use --video_backend decord") from None
             raise
         try:
             return read(open_video(path, "pyav", num_threads, options))
         except VideoError as fallback:
             raise VideoError(path, f"{e.reason}; PyAV: {fallback.reason}") from None
+
+
+def _decord_reads(path: str) -> bool:
+    """Whether decord (where installed) opens `path` and decodes its first and last frames."""
+    try:
+        reader = open_video(path, "decord")
+        reader.get_frames([0, reader.num_frames - 1])
+        return True
+    except (ImportError, VideoError):
+        return False
 
 
 def _first_line(e: Exception) -> str:
