@@ -70,6 +70,14 @@ def encoders(ffmpeg: str) -> str:
     return subprocess.run([ffmpeg, "-hide_banner", "-encoders"], capture_output=True, text=True).stdout
 
 
+def _with_420(args: List[str]) -> List[str]:
+    """testsrc is RGB, from which x264/x265/libvpx/libaom would pick 4:4:4: real files are 4:2:0."""
+    encoder = args[args.index("-c:v") + 1]
+    if encoder.startswith(("libx26", "libvpx", "libaom")) and "-pix_fmt" not in args:
+        return [*args, "-pix_fmt", "yuv420p"]
+    return args
+
+
 def _run(ffmpeg: str, args: List[str]) -> None:
     subprocess.run([ffmpeg, "-v", "error", "-y", *args], check=True, stdin=subprocess.DEVNULL)
 
@@ -81,11 +89,11 @@ def make_file(ffmpeg: str, name: str, out_dir: str) -> str:
     source = ["-f", "lavfi", "-i", SRC.format(size=size), "-t", str(seconds)]
     if name == "h264_edit_list_mp4":
         whole = path + ".whole.mp4"
-        _run(ffmpeg, [*source, "-c:v", "libx264", "-g", "25", whole])
+        _run(ffmpeg, [*source, "-c:v", "libx264", "-g", "25", "-pix_fmt", "yuv420p", whole])
         _run(ffmpeg, ["-ss", "0.5", "-i", whole, "-c", "copy", path])  # cut inside a GOP: an edit list
         os.remove(whole)
         return path
-    _run(ffmpeg, [*source, *args, path])
+    _run(ffmpeg, [*source, *_with_420(args), path])
     if name == "avi_without_index":  # the idx1 chunk renamed to JUNK: readers must scan the movi list
         with open(path, "r+b") as f:
             data = f.read()
