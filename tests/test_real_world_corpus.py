@@ -83,7 +83,8 @@ def _assert_same_frames(frames, reference, all_frames, indices, name):
     if name in TEN_BIT:
         assert diff.float().mean() <= 6, (name, indices)
         # The nearest frame of the whole decode is the one asked for: the right frame, other rounding.
-        distance = (frames.float()[:, None] - all_frames.float()[None]).abs().mean((2, 3, 4))  # [T, N]
+        sub = (..., slice(None, None, 4), slice(None, None, 4))  # every 4th pixel is enough to tell frames apart
+        distance = (frames[sub].float()[:, None] - all_frames[sub].float()[None]).abs().mean((2, 3, 4))  # [T, N]
         assert distance.argmin(1).tolist() == list(indices), name
     else:
         assert diff.max() <= 3, (name, indices, diff.max())
