@@ -126,7 +126,8 @@ def _read(reader, report: FileReport) -> List[torch.Tensor]:
     report.header_frames = getattr(reader, "header_frames", 0) or 0
     stream = getattr(reader, "_stream", None)
     if stream is not None:  # PyAV: the stream's description, and the keyframes' spacing from the packets
-        report.codec, report.pix_fmt = stream.codec_context.name, str(stream.codec_context.pix_fmt or "")
+        report.codec = stream.codec_context.codec.canonical_name  # "av1", not the decoder "libdav1d"
+        report.pix_fmt = str(stream.codec_context.pix_fmt or "")
         report.width, report.height = stream.width, stream.height
         report.rate = float(stream.average_rate or 0)
         keyframes = reader._timeline.keyframes + [reader.num_frames]
