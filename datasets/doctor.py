@@ -3,7 +3,7 @@ counted and decoded before a long job, each classified, a clean CSV and a JSON /
 
 Per file (in parallel worker processes): opens it with the chosen backend (PyAV by default), the
 container header's frame count against the counted one (packets, no decoding), duration, rate,
-codec and size; decodes sampled clips (the frames of a val clip and of a random train clip) and,
+codec and size; decodes sampled clips (a val-style clip around the middle, the last frames) and,
 where decord is installed, compares them with decord's. Classes, worst first:
     unreadable         no backend reads it (missing, empty, not a video, truncated before any frame)
     reader_problem     the chosen backend cannot read it but decord can (use --video_backend decord)
@@ -84,8 +84,10 @@ def inputs(source: str, data_root: str = "") -> List[Tuple[str, str]]:
 
 
 def _clips(n: int) -> List[List[int]]:
-    """Frame indices of the sampled clips: 16 frames spread over the video, and the last 8."""
-    return [sorted({round(i * (n - 1) / 15) for i in range(16)}), list(range(max(0, n - 8), n))]
+    """Frame indices of the sampled clips: a val-style clip (16 frames, every 2nd, around the middle)
+    and the last 8 frames (where a cut-off download fails)."""
+    start = max(0, n // 2 - 16)
+    return [sorted({min(n - 1, start + 2 * i) for i in range(16)}), list(range(max(0, n - 8), n))]
 
 
 def check_file(path: str, line: str, backend: str = DEFAULT_BACKEND, min_frames: int = 4,
