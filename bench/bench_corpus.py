@@ -60,10 +60,10 @@ def main() -> None:
     common = sorted(set.intersection(*(set(s) for s in seconds.values())))
     for backend, by_file in seconds.items():
         for group, names in (("all", common), ("readable", sorted(by_file))):
-            cpu = sum(by_file[n] for n in names)
-            print(json.dumps({"backend": backend, "files": group, "num_files": len(names),
-                              "clips": len(names) * args.clips, "cpu_ms_per_clip": round(1e3 * cpu / (len(names) * args.clips), 2),
-                              "clips_per_s_per_core": round(len(names) * args.clips / cpu, 1)}), flush=True)
+            cpu, clips = sum(by_file[n] for n in names), len(names) * args.clips
+            print(json.dumps({"backend": backend, "files": group, "num_files": len(names), "clips": clips,
+                              "cpu_ms_per_clip": round(1e3 * cpu / clips, 2),
+                              "clips_per_s_per_core": round(clips / cpu, 1)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ where decord is installed, compares them with decord's. Classes, worst first:
     ok
 The clean CSV keeps every line whose file is not unreadable, too short or a reader problem.
 """
-import csv
 import json
 import logging
 import os
@@ -132,8 +131,8 @@ def _read(reader, report: FileReport) -> List[torch.Tensor]:
         report.pix_fmt = str(stream.codec_context.pix_fmt or "")
         report.width, report.height = stream.width, stream.height
         report.rate = float(stream.average_rate or 0)
-        keyframes = reader._timeline.keyframes + [reader.num_frames]
-        report.max_gop = max(b - a for a, b in zip(keyframes, keyframes[1:])) if len(keyframes) > 1 else reader.num_frames
+        keyframes = [0] + reader._timeline.keyframes + [reader.num_frames]  # where decoding can start
+        report.max_gop = max(b - a for a, b in zip(keyframes, keyframes[1:]))
         report.duration_s = report.frames / report.rate if report.rate else 0.0
     return [reader.get_frames(indices) for indices in _clips(reader.num_frames)]
 

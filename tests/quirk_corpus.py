@@ -37,8 +37,8 @@ RECIPES: Dict[str, tuple] = {
     "hevc_mp4": ("hevc.mp4", "160x120", 2, ["-c:v", "libx265", "-preset", "ultrafast", "-tag:v", "hvc1",
                                             "-x265-params", "log-level=none:keyint=15"]),
     "h264_bpyramid_open_gop_mp4": ("h264_open_gop.mp4", "160x120", 3,
-                                   ["-c:v", "libx264", "-x264-params",
-                                    "keyint=12:min-keyint=12:scenecut=0:open-gop=1:bframes=3:b-pyramid=normal:b-adapt=0"]),
+                                   ["-c:v", "libx264", "-x264-params", "keyint=12:min-keyint=12:scenecut=0:"
+                                    "open-gop=1:bframes=3:b-pyramid=normal:b-adapt=0"]),
     "h264_edit_list_mp4": ("edit_list.mp4", "160x120", 3, None),  # stream copy from a non-keyframe: elst
     "rotated_phone_mp4": ("rotated.mp4", "176x144", 2, ["-c:v", "libx264", "-metadata:s:v:0", "rotate=90"]),
     "vfr_mp4": ("vfr.mp4", "160x120", 4, ["-vf", "select='not(mod(n\\,7))+gt(mod(n\\,5)\\,2)'", "-fps_mode",

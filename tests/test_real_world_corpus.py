@@ -21,7 +21,7 @@ from datasets.annotations import Sample
 from datasets.decoding import VideoError, open_video
 from datasets.video_dataset import AugmentConfig, ClipConfig, VideoClipDataset
 from helpers import needs_torchcodec
-from quirk_corpus import ENCODERS, RECIPES, encoders, find_ffmpeg, make_corpus
+from quirk_corpus import ENCODERS, RECIPES, find_ffmpeg, make_corpus
 
 pytestmark = pytest.mark.skipif(find_ffmpeg() is None, reason="the quirk corpus needs ffmpeg (apt-get install ffmpeg)")
 
