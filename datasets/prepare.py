@@ -10,12 +10,15 @@ the annotation CSVs (`path label`, space-separated, no header) from each dataset
     python -m datasets.prepare csv-from-kinetics --train train.csv --val validate.csv --video_dir VIDEOS --out_dir ANN
     python -m datasets.prepare csv-from-diving48 --vocab Diving48_vocab.json --train Diving48_V2_train.json \\
         --val Diving48_V2_test.json --video_dir VIDEOS --out_dir ANN
+    python -m datasets.prepare check --source ANN/train.csv --data_root VIDEOS --out_dir CHECK   # the doctor
 
 CSV paths are relative to the video folder (--root or --video_dir): pass that folder as --data_path
 when training. A line that cannot be used (missing video, unknown label, malformed line) is logged
 as `file:line: problem` and left out; the CSVs are still written and the exit status is 1.
 A failed file in `transcode` is handled the same way. Exit status 2: nothing could be done (a
-missing split file, unreadable JSON, no ffmpeg). DATASET.md walks through each dataset.
+missing split file, unreadable JSON, no ffmpeg). `check` (datasets/doctor.py) reads every video of a
+CSV or folder as training will and writes a clean CSV and a report; exit 1 when it left files out.
+DATASET.md walks through each dataset.
 """
 import argparse
 import csv
