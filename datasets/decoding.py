@@ -52,9 +52,6 @@ DECORD_MIN_SCALED_WIDTH = 80  # every width from 73 up copied out correctly (Dec
 # too: DATASET.md "Backends"), less decode CPU per clip on every file measured (BENCHMARKS.md,
 # "Video backends"), FFmpeg bundled in its wheel on every platform, maintained.
 DEFAULT_BACKEND = "pyav"
-# MP4/MOV edit lists: decord reads every packet's frame (the pre-roll an edit cuts away included), so
-# the PyAV reader does too; other demuxers ignore the option.
-PYAV_OPEN_OPTIONS = {"ignore_editlist": "1"}
 # swscale's filter when DecodeOptions.short_side scales in the decoder (BENCHMARKS.md "Decoding less").
 SCALE_INTERPOLATION = "BILINEAR"
 _CUDA_UNUSABLE = None  # why this process cannot decode "torchcodec_cuda" on CUDA, once known
@@ -182,10 +179,11 @@ class _Timeline:
 
 def _packet_timeline(container, stream) -> _Timeline:
     """Demux every packet of `stream` (reading, not decoding) into a _Timeline. Empty packets (the
-    demuxer's end-of-stream flush) carry no frame and are not counted."""
+    demuxer's end-of-stream flush) carry no frame, and packets an MP4 edit list hides (the pre-roll
+    of a clip cut without re-encoding) are decoded but never shown: neither is counted."""
     stamps, keys = [], []  # in decode order
     for packet in container.demux(stream):
-        if packet.size:
+        if packet.size and not packet.is_discard:
             stamps.append(packet.pts)
             keys.append(packet.is_keyframe)
     if not stamps or None in stamps or len(set(stamps)) < len(stamps):
@@ -233,7 +231,7 @@ class PyAVReader:
 
         self.path, self.options, self._threads = path, options, num_threads
         try:
-            self._container = av.open(path, options=PYAV_OPEN_OPTIONS)
+            self._container = av.open(path)
             self._stream = self._container.streams.video[0]
             self._stream.thread_type, self._stream.thread_count = "AUTO", num_threads
             self.header_frames = self._stream.frames
@@ -257,7 +255,7 @@ class PyAVReader:
             self._container.seek(0, backward=True, stream=self._stream)
         except av.error.FFmpegError:
             self._container.close()
-            self._container = av.open(self.path, options=PYAV_OPEN_OPTIONS)
+            self._container = av.open(self.path)
             self._stream = self._container.streams.video[0]
             self._stream.thread_type, self._stream.thread_count = "AUTO", self._threads
 
@@ -321,14 +319,16 @@ class PyAVReader:
             if not packet.size:  # the end-of-stream flush: drains the frames the decoder holds
                 self._take(packet, wanted_set, found)
                 return None
+            if packet.is_discard:  # an edit list's hidden pre-roll: a reference, shown never
+                self._take(packet, wanted_set, found)
+                continue
             index = self._rank.get(packet.pts)
             if index is None:
                 raise _Recount
-            if fed < 0 and not (index <= start and index in self._closed):  # the seek landed elsewhere
-                if start > 0:  # decode from the first packet, here and from now on
-                    self._seeks = False
+            if fed < 0 and start > 0 and index != start:  # the seek landed elsewhere: no more seeks here
+                self._seeks = False
+                if index > start or index not in self._closed:  # past it, or not a start: from the first packet
                     return 0
-                raise _Recount
             if options.keyframe_seek and self._seeks and fed >= 0:
                 keyframe = self._keyframe_before(wanted[pending])
                 # Every wanted frame before it is found (none was fed but not yet output), and

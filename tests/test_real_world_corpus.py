@@ -4,7 +4,7 @@ decoded in presentation order, the count is the number of frames the stream hold
 The corpus (tests/quirk_corpus.py) is encoded once per session by the system's ffmpeg (Debian's in CI):
 the containers and codecs of the paper's data sets and of typical downloads. The truth for each file
 is FFmpeg's command-line decode of every frame (`-fps_mode passthrough`: no frame dropped or
-repeated; edit lists ignored, as decord ignores them). Counts and chosen frames must be equal; pixels
+repeated; an edit list's hidden pre-roll not shown). Counts and chosen frames must be equal; pixels
 may differ by colour-conversion rounding only: at most 3 levels on 8-bit sources; 10-bit sources go
 through a different swscale path in each backend (mean difference <= 6 levels, the right frame
 nonetheless). A backend's known failure is an xfail(strict): it must still fail, so a fix is noticed.
@@ -31,9 +31,9 @@ KNOWN = {
     ("decord", "mpeg4_xvid_bframes_avi"): "decord seeks to a keyframe's decode-order position (B-frames)",
     ("decord", "mpeg4_dx50_bframes_avi"): "decord seeks to a keyframe's decode-order position (B-frames)",
     ("decord", "h264_bpyramid_open_gop_mp4"): "decord's open-GOP seek: frames 3 later after a seek",
-    ("decord", "h264_edit_list_mp4"): "decord reads the edit list's pre-roll in another order",
-    ("decord", "h264_mpegts"): "decord returns other frames than a full decode in MPEG-TS",
-    ("decord", "mpeg2_mpegts"): "decord returns other frames than a full decode in MPEG-TS",
+    ("decord", "h264_edit_list_mp4"): "decord counts the pre-roll an edit list hides (75, not 62 frames shown)",
+    ("decord", "h264_mpegts"): "decord's first seek skips the first GOP of an MPEG-TS stream",
+    ("decord", "mpeg2_mpegts"): "decord's first seek skips the first GOP of an MPEG-TS stream",
     ("decord", "hevc_10bit_mp4"): "decord's 10-bit HEVC frames differ from a full decode",
     ("decord", "hevc_mp4"): "decord's bundled (older) HEVC decoder differs by up to 53 levels on some frames",
     ("decord", "av1_mp4"): "decord 0.6 cannot open AV1",
@@ -41,7 +41,6 @@ KNOWN = {
     ("torchcodec", "mpeg4_xvid_bframes_avi"): "torchcodec places MPEG-4 AVI B-frames one or two frames off",
     ("torchcodec", "mpeg4_dx50_bframes_avi"): "torchcodec fails on batches of MPEG-4 AVI B-frames",
     ("torchcodec", "h264_bpyramid_open_gop_mp4"): "torchcodec fails on batches of open-GOP frames",
-    ("torchcodec", "h264_edit_list_mp4"): "torchcodec applies the edit list (62 of the 75 frames decord reads)",
     ("torchcodec", "h264_mpegts"): "torchcodec fails on batches of MPEG-TS frames",
     ("torchcodec", "mpeg2_mpegts"): "torchcodec fails on batches of MPEG-TS frames",
     ("torchcodec", "truncated_tail_mp4"): "torchcodec fails on the cut-off packet",
@@ -64,8 +63,7 @@ def truth(path: str) -> torch.Tensor:
     """Every frame of `path` from FFmpeg's command line: uint8 [N, C, H, W]."""
     with av.open(path) as container:
         height, width = container.streams.video[0].height, container.streams.video[0].width
-    options = ["-ignore_editlist", "1"] if path.endswith((".mp4", ".3gp")) else []
-    raw = subprocess.run([find_ffmpeg(), "-v", "quiet", *options, "-i", path, "-map", "0:v:0", "-fps_mode",
+    raw = subprocess.run([find_ffmpeg(), "-v", "quiet", "-i", path, "-map", "0:v:0", "-fps_mode",
                           "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True).stdout
     n = len(raw) // (height * width * 3)
     frames = np.frombuffer(raw[:n * height * width * 3], np.uint8).reshape(n, height, width, 3)
