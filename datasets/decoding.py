@@ -4,10 +4,17 @@ A reader exposes `num_frames` and `get_frames(indices) -> uint8 [T, C, H, W]` on
 failure (missing, empty, undecodable or truncated file, no frames) raises `VideoError(path, reason)`,
 which the dataset turns into a counted, reported, replaced sample.
 
+Frame i means what the official reader (decord) means by it: the i-th frame decoded, in presentation
+order, counted from the first; the frame count is the number of frames the stream's packets hold,
+never the container header's (an AVI header counts dropped frames). Every backend agrees on the
+real-world quirk corpus (tests/test_real_world_corpus.py) except where DATASET.md names a backend's
+known failure.
+
 How much each backend decodes for a list of frame indices (BENCHMARKS.md "Decoding less"):
-- PyAV (PyAVReader, `DecodeOptions`): one pass over the sorted, distinct indices; unwanted
-  non-reference frames are not decoded, keyframes the container index shows are sought to across
-  gaps, only wanted frames are converted to RGB, optionally scaled in the same swscale pass.
+- PyAV (PyAVReader, `DecodeOptions`): opening demuxes every packet (no decoding) for the frames'
+  timestamps; one pass over the sorted, distinct indices; unwanted non-reference frames are not
+  decoded, keyframes that start a closed GOP are sought to across gaps, only wanted frames are
+  converted to RGB, optionally scaled in the same swscale pass.
 - decord 0.6 (its src/video/video_reader.cc): opening demuxes every packet to learn the pts and
   the keyframes' positions in decode order. get_batch takes the indices in the order given (an
   unsorted list seeks back) and decodes each distinct one: in the current GOP and ahead, it
@@ -23,6 +30,7 @@ How much each backend decodes for a list of frame indices (BENCHMARKS.md "Decodi
 """
 import bisect
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -40,8 +48,9 @@ BACKENDS = ("decord", "pyav", "torchcodec", "torchcodec_cuda")
 # The backends that take DecodeOptions.short_side (scaling in the decoder).
 SCALING_BACKENDS = ("pyav", "decord", "torchcodec")
 DECORD_MIN_SCALED_WIDTH = 80  # every width from 73 up copied out correctly (DecordReader)
-# PyAV: the same frames as decord (tested), less decode CPU per clip on every file measured
-# (BENCHMARKS.md, "Video backends"), FFmpeg bundled in its wheel on every platform, maintained.
+# PyAV: the frames of a full decode on every file of the quirk corpus (where decord's seeks go wrong
+# too: DATASET.md "Backends"), less decode CPU per clip on every file measured (BENCHMARKS.md,
+# "Video backends"), FFmpeg bundled in its wheel on every platform, maintained.
 DEFAULT_BACKEND = "pyav"
 # swscale's filter when DecodeOptions.short_side scales in the decoder (BENCHMARKS.md "Decoding less").
 SCALE_INTERPOLATION = "BILINEAR"
@@ -50,6 +59,10 @@ _FALLBACK_LOGGED = False  # the one CPU-fallback warning of this process was log
 FFMPEG_HELP = ("torchcodec needs FFmpeg's shared libraries (major version 4 to 9): on Debian/Ubuntu "
                "`apt-get install ffmpeg` (or the libavcodec, libavformat, libavutil, libavdevice, libavfilter, "
                "libswscale and libswresample packages), with conda `conda install ffmpeg`")
+
+
+# How a VideoError's reason starts when the file is fine and only the chosen backend cannot read it.
+READER_PROBLEM = "reader problem: "
 
 
 class VideoError(Exception):
@@ -138,180 +151,162 @@ def scaled_size(height: int, width: int, short_side: Optional[int]) -> Tuple[int
     return int(short_side * height / width), short_side
 
 
-class _FromStart(Exception):
-    """The stream cannot be read by timestamps (frames without pts, a raw stream that cannot seek):
-    frame indices are known only by counting from the start."""
+class _Recount(Exception):
+    """A pass met something the packet timeline did not foresee: frame i is then found by counting the
+    decoded frames from the first one, as decord numbers them. `for_good`: the timestamps proved
+    unable to place frames in this file (a frame or packet at a pts no packet had, a landing
+    nowhere else to go), not only a wanted frame the decoder never output (a truncated tail)."""
+
+    def __init__(self, for_good: bool = True):
+        super().__init__()
+        self.for_good = for_good
 
 
-class _Irregular(Exception):
-    """Timestamps off the frame-rate grid, two packets on one frame index, or an index no packet
-    has (variable frame rate, dropped frames): frame i is then the i-th frame, counted."""
+@dataclass
+class _Timeline:
+    """What the packets say, demuxed once at opening (no decoding).
+
+    pts: the timestamps of the stream's packets sorted: frame i is shown at pts[i]. An empty list
+        when the packets cannot place their frames (a packet without pts, two with the same pts):
+        frames are then only counted.
+    keyframes: frame indices of the keyframes that start a closed GOP (no packet after one in decode
+        order is shown before it), where decoding can start; sorted.
+    """
+    count: int
+    pts: List[int]
+    keyframes: List[int]
+
+
+def _packet_timeline(container, stream) -> _Timeline:
+    """Demux every packet of `stream` (reading, not decoding) into a _Timeline. Empty packets (the
+    demuxer's end-of-stream flush) carry no frame, and packets an MP4 edit list hides (the pre-roll
+    of a clip cut without re-encoding) are decoded but never shown: neither is counted."""
+    stamps, keys = [], []  # in decode order
+    for packet in container.demux(stream):
+        if packet.size and not packet.is_discard:
+            stamps.append(packet.pts)
+            keys.append(packet.is_keyframe)
+    if not stamps or None in stamps or len(set(stamps)) < len(stamps):
+        return _Timeline(len(stamps), [], [])
+    order = sorted(stamps)
+    rank = {pts: i for i, pts in enumerate(order)}
+    keyframes, shown_later = [], math.inf  # the least pts of the packets after position d
+    for d in range(len(stamps) - 1, -1, -1):
+        if keys[d] and stamps[d] < shown_later:  # nothing decoded after it is shown before it
+            keyframes.append(rank[stamps[d]])
+        shown_later = min(shown_later, stamps[d])
+    return _Timeline(len(stamps), order, sorted(keyframes))
+
+
+def _decoded(packet) -> list:
+    """The frames `packet` completes. A packet the decoder rejects (damaged data, a download cut off
+    inside it) gives none, as FFmpeg's command line and decord skip it; its frame is then missing."""
+    import av
+
+    try:
+        return packet.decode()
+    except av.error.InvalidDataError:
+        return []
 
 
 class PyAVReader:
-    """PyAV (FFmpeg) decoding: more forgiving of odd files than decord, and it decodes less.
+    """PyAV (FFmpeg) decoding, numbering frames as decord does: frame i is the i-th frame in
+    presentation order, the count is the number of frames the packets hold.
 
-    The frame count comes from the container, or from counting packets (no decoding) when the
-    container does not store it. Frame index = (pts - start) x frame rate. Reading seeks
-    to the keyframe before the first wanted frame and walks the packets in decode order; a
-    packet's frame index is known from its pts before it is decoded, which lets `DecodeOptions`
-    save work: unwanted non-reference frames are not decoded (skip_nonref), a keyframe between two
-    wanted frames is sought to instead of decoded up to (keyframe_seek), and only the wanted frames
-    are converted to RGB. Streams without timestamps, or that cannot seek, are decoded from the start.
+    Opening demuxes every packet (no decoding, as decord and torchcodec's exact mode do) and never
+    trusts the container header's count (an AVI header counts dropped frames, an MPEG-4 Part 2 AVI
+    with B-frames starts at pts 1). The sorted packet timestamps are the frames' timestamps: a
+    decoded frame's index is its pts's rank, known before decoding from its packet's pts. That lets
+    `DecodeOptions` save work: unwanted non-reference frames are not decoded (skip_nonref), a
+    keyframe that starts a closed GOP between two wanted frames is sought to instead of decoded up to
+    (keyframe_seek), and only the wanted frames are converted to RGB. Where the timestamps cannot
+    place frames (missing or repeated pts), or a pass meets a frame the timeline did not foresee,
+    the frames are counted from the first one, every frame decoded: the definition itself.
 
-    Keyframe positions come from the container's index, without reading the file: in an index of
-    every packet (mp4, avi) a keyframe's frame index is its position in decode order, which holds
-    for closed GOPs (every frame decoded before the keyframe is shown before it); Matroska cues
-    give the keyframes' pts. Each such seek checks the keyframe it lands on; a position that proves
-    wrong turns keyframe seeking off for the file (decoding then runs through, as without it).
-    Where the index has neither, decoding runs through from the first seek. Timestamps off the
-    frame-rate grid, or with gaps or repeats (variable frame rate), fall back to counting frames
-    from the keyframe before the first wanted one (placed by its pts), every frame decoded.
+    `header_frames` keeps the container's own count (0 where it has none) for the dataset doctor.
     """
 
     def __init__(self, path: str, num_threads: int = 1, options: DecodeOptions = DecodeOptions()):
         import av
 
-        self.path, self.options = path, options
+        self.path, self.options, self._threads = path, options, num_threads
         try:
             self._container = av.open(path)
             self._stream = self._container.streams.video[0]
-            self._stream.thread_type = "AUTO"
-            self._stream.thread_count = num_threads
-            self.num_frames = self._stream.frames or self._count_packets()
+            self._stream.thread_type, self._stream.thread_count = "AUTO", num_threads
+            self.header_frames = self._stream.frames
+            self._timeline = _packet_timeline(self._container, self._stream)
+            self._rewind()
         except Exception as e:
             raise VideoError(path, f"cannot open ({_first_line(e)})", decoder_failed=True) from None
-        rate, start = self._stream.average_rate, self._stream.start_time
-        self._pts_per_frame = (1 / (rate * self._stream.time_base)) if rate and self._stream.time_base else None
-        # Per packet and frame: a float, not the Fraction (Fraction arithmetic cost ~1 ms per clip).
-        self._frames_per_pts = float(1 / self._pts_per_frame) if self._pts_per_frame else None
-        self._start_pts = start or 0
+        self.num_frames = self._timeline.count
+        self._rank = {pts: i for i, pts in enumerate(self._timeline.pts)}
         self._height, self._width = scaled_size(self._stream.height, self._stream.width, options.short_side)
-        self._keyframes: Optional[List[int]] = None  # frame indices of the keyframes, read when first needed
         self._reformatter = av.video.reformatter.VideoReformatter()  # one swscale context for every frame
-        self._threads = num_threads
+        self._closed = set(self._timeline.keyframes)
+        self._seeks = bool(self._timeline.pts)  # off once a seek lands somewhere unforeseen
         self.frames_decoded = 0  # frames the decoder returned since opening (what the levers save)
 
-    def _count_packets(self) -> int:
-        count = sum(1 for packet in self._container.demux(self._stream) if packet.size)
-        self._rewind()
-        return count
-
     def _rewind(self) -> None:
-        """Back to the first packet; a stream that cannot seek (raw H.264) is opened again."""
+        """Back to the first packet, decoder flushed; a stream that cannot seek (raw H.264) is opened again."""
         import av
 
         try:
-            self._container.seek(0)
+            self._container.seek(0, backward=True, stream=self._stream)
         except av.error.FFmpegError:
-            threads = self._stream.thread_count
             self._container.close()
             self._container = av.open(self.path)
             self._stream = self._container.streams.video[0]
-            self._stream.thread_type, self._stream.thread_count = "AUTO", threads
-
-    def _index(self, pts: Optional[int]) -> Optional[int]:
-        if pts is None or self._frames_per_pts is None:
-            return None
-        return round((pts - self._start_pts) * self._frames_per_pts)
-
-    def _packet_index(self, pts: Optional[int], seen: set) -> Optional[int]:
-        """A packet's frame index, added to `seen`; _Irregular if its pts lies off the frame-rate
-        grid (by more than a quarter frame) or another packet in `seen` had that index."""
-        if pts is None:
-            return None
-        position = (pts - self._start_pts) * self._frames_per_pts
-        index = round(position)
-        if abs(position - index) > 0.25 or index in seen:
-            raise _Irregular
-        seen.add(index)
-        return index
+            self._stream.thread_type, self._stream.thread_count = "AUTO", self._threads
 
     def _keyframe_before(self, index: int) -> int:
-        """The last keyframe at or before frame `index` that the container index shows, else -1."""
-        if self._keyframes is None:
-            entries = self._stream.index_entries
-            if len(entries) == self.num_frames:  # every packet, in decode order
-                self._keyframes = [i for i, entry in enumerate(entries) if entry.is_keyframe]
-            elif len(entries) and all(entry.is_keyframe for entry in entries):  # keyframe pts (cues)
-                self._keyframes = sorted(self._index(entry.timestamp) for entry in entries)
-            else:
-                self._keyframes = []
-        position = bisect.bisect_right(self._keyframes, index) - 1
-        return self._keyframes[position] if position >= 0 else -1
+        """The last closed-GOP keyframe at or before frame `index`, else -1."""
+        keyframes = self._timeline.keyframes
+        position = bisect.bisect_right(keyframes, index) - 1
+        return keyframes[position] if position >= 0 else -1
 
-    def _seek(self, index: int) -> None:
-        """To the keyframe at or before frame `index` (the demuxer's choice); flushes the decoder."""
-        import av
-
-        if index <= 0:
+    def _seek_to(self, keyframe: int) -> None:
+        """To keyframe `keyframe` (0: the first packet); flushes the decoder."""
+        if keyframe <= 0:
             self._rewind()
-            return
-        try:
-            self._container.seek(self._start_pts + int(index * self._pts_per_frame), backward=True,
-                                 any_frame=False, stream=self._stream)
-        except av.error.FFmpegError:
-            raise _FromStart from None
+        else:
+            self._container.seek(self._timeline.pts[keyframe], backward=True, any_frame=False, stream=self._stream)
 
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
-        wanted = sorted(set(indices))
+        wanted = sorted(set(int(i) for i in indices))
+        past_end = [i for i in wanted if i < 0 or i >= self.num_frames]
+        if past_end:
+            raise VideoError(self.path, f"stream ends before frame {past_end[0]} of {self.num_frames}",
+                             decoder_failed=True)
         try:
-            if self._pts_per_frame is None:
-                raise _FromStart
             try:
+                if not self._timeline.pts:
+                    raise _Recount
                 found = self._decode_by_timestamps(wanted)
-            except _Irregular:
+            except _Recount as recount:
+                if recount.for_good:
+                    self._timeline.pts.clear()
+                    self._rank = {}
                 found = self._decode_counting(wanted)
-        except _FromStart:
-            self._rewind()
-            return self._decode_from_start(indices)
         except Exception as e:
             raise VideoError(self.path, f"decoding frames {wanted[0]}-{wanted[-1]} failed ({_first_line(e)})",
                              decoder_failed=True) from None
         return self._stack(found, indices)
 
     def _decode_by_timestamps(self, wanted: List[int]) -> Dict[int, np.ndarray]:
-        """The wanted frames (sorted, unique), each packet placed by its pts: one pass per seek."""
+        """The wanted frames (sorted, unique), each placed by its pts: one pass per seek."""
         found: Dict[int, np.ndarray] = {}
-        target, aimed, last_seen = wanted[0], None, [-1]
+        target = max(0, self._keyframe_before(wanted[0])) if self._seeks and self.options.keyframe_seek else 0
         while target is not None:
-            self._seek(target)
-            target = self._decode_pass(wanted, found, aimed, target > 0, last_seen)
-            aimed = target
-        missing = [i for i in wanted if i not in found]
-        if missing and last_seen[0] > missing[0]:  # the stream went past an index no packet had
-            raise _Irregular
+            self._seek_to(target)
+            target = self._decode_pass(wanted, found, target)
+        if len(found) < len(wanted):  # a frame the packets promised was never output
+            raise _Recount(for_good=False)
         return found
 
-    def _decode_counting(self, wanted: List[int]) -> Dict[int, np.ndarray]:
-        """Irregular timestamps: from the keyframe before the first wanted frame (placed by its pts),
-        every frame decoded and counted, none skipped."""
-        self._stream.codec_context.skip_frame = "DEFAULT"
-        self._seek(wanted[0])
-        wanted_set, found, position = set(wanted), {}, None  # position: index of the next frame
-        for frame in self._container.decode(self._stream):
-            self.frames_decoded += 1
-            index = self._index(frame.pts) if position is None else position
-            if index is None:
-                raise _FromStart
-            if index in wanted_set:
-                found[index] = self._rgb(frame)
-            if index >= wanted[-1]:
-                break
-            position = index + 1
-        return found
-
-    def _decode_pass(self, wanted: List[int], found: Dict[int, np.ndarray], aimed: Optional[int],
-                     check_landing: bool, last_seen: List[int]) -> Optional[int]:
-        """Decode forward from the position a seek left, adding wanted frames (sorted, unique) to
-        `found`. Returns the frame to seek to next (a keyframe; 0: start over), or None when done or
-        at the end of the stream. `aimed`: the keyframe this pass's seek aimed at, if any;
-        `last_seen[0]`: the highest packet index met so far, updated.
-
-        check_landing: the demuxer seeks by timestamps, and in some files (open GOPs, where frames
-        decoded after a keyframe are shown before it) it lands on a keyframe shown after the frame
-        asked for. Decoding from there would miss that frame or return a broken one, so the pass
-        starts over from the first frame instead."""
+    def _decode_pass(self, wanted: List[int], found: Dict[int, np.ndarray], start: int) -> Optional[int]:
+        """Decode forward from keyframe `start` (just sought to), adding wanted frames to `found`.
+        Returns the keyframe to seek to next, or None when done or at the end of the stream."""
         context, options = self._stream.codec_context, self.options
         skip = "DEFAULT"
         context.skip_frame = skip
@@ -320,42 +315,64 @@ class PyAVReader:
         while pending < len(wanted) and wanted[pending] in found:
             pending += 1
         fed = -1  # highest frame index fed to the decoder in this pass
-        indices_fed = set()
         for packet in self._container.demux(self._stream):
-            index = self._packet_index(packet.pts, indices_fed)
-            if check_landing and packet.size:
-                check_landing = False
-                if aimed is not None and index != aimed:
-                    self._keyframes = []  # the container index misled us: no more keyframe seeks here
-                if index is None or index > wanted[pending] or not packet.is_keyframe:
+            if not packet.size:  # the end-of-stream flush: drains the frames the decoder holds
+                self._take(packet, wanted_set, found)
+                return None
+            if packet.is_discard:  # an edit list's hidden pre-roll: a reference, shown never
+                self._take(packet, wanted_set, found)
+                continue
+            index = self._rank.get(packet.pts)
+            if index is None:
+                raise _Recount
+            if fed < 0 and start > 0 and index != start:  # the seek landed elsewhere: no more seeks here
+                self._seeks = False
+                if index > start or index not in self._closed:  # past it, or not a start: from the first packet
                     return 0
-            if options.keyframe_seek and index is not None and fed >= 0:
+            if options.keyframe_seek and self._seeks and fed >= 0:
                 keyframe = self._keyframe_before(wanted[pending])
                 # Every wanted frame before it is found (none was fed but not yet output), and
                 # decoding up to it would decode frames nobody needs.
                 if keyframe > max(fed, index):
                     return keyframe
-            needed = index is None or (index in wanted_set and index not in found)
+            needed = index in wanted_set and index not in found
             want = "DEFAULT" if needed or not options.skip_nonref else "NONREF"
             if want != skip:
                 context.skip_frame = skip = want
-            for frame in packet.decode():
-                self.frames_decoded += 1
-                frame_index = self._index(frame.pts)
-                if frame_index is None:
-                    raise _FromStart
-                if frame_index in wanted_set and frame_index not in found:
-                    found[frame_index] = self._rgb(frame)
-                elif options.convert_every_frame:
-                    self._rgb(frame)
-            if index is not None:
-                fed = max(fed, index)
-                last_seen[0] = max(last_seen[0], index)
+            self._take(packet, wanted_set, found)
+            fed = max(fed, index)
             while pending < len(wanted) and wanted[pending] in found:
                 pending += 1
             if pending == len(wanted):
                 return None
         return None
+
+    def _take(self, packet, wanted_set: set, found: Dict[int, np.ndarray]) -> None:
+        """Decode `packet`; the frames it completes that are wanted go to `found`, placed by pts."""
+        for frame in _decoded(packet):
+            self.frames_decoded += 1
+            frame_index = self._rank.get(frame.pts)
+            if frame_index is None:
+                raise _Recount
+            if frame_index in wanted_set and frame_index not in found:
+                found[frame_index] = self._rgb(frame)
+            elif self.options.convert_every_frame:
+                self._rgb(frame)
+
+    def _decode_counting(self, wanted: List[int]) -> Dict[int, np.ndarray]:
+        """Frame i = the i-th frame the decoder outputs from the first packet, every frame decoded."""
+        self._rewind()
+        self._stream.codec_context.skip_frame = "DEFAULT"
+        wanted_set, found, index = set(wanted), {}, 0
+        for packet in self._container.demux(self._stream):
+            for frame in _decoded(packet):
+                self.frames_decoded += 1
+                if index in wanted_set:
+                    found[index] = self._rgb(frame)
+                if index >= wanted[-1]:
+                    return found
+                index += 1
+        return found
 
     def _rgb(self, frame) -> np.ndarray:
         """uint8 [H, W, 3]; scaled in the same swscale pass when options.short_side asks for it.
@@ -367,19 +384,6 @@ class PyAVReader:
         size = {} if (self._height, self._width) == (frame.height, frame.width) else {
             "width": self._width, "height": self._height, "interpolation": SCALE_INTERPOLATION}
         return self._reformatter.reformat(frame, format="rgb24", threads=self._threads, **size).to_ndarray()
-
-    def _decode_from_start(self, indices: Sequence[int]) -> torch.Tensor:
-        wanted, last, found = set(indices), max(indices), {}
-        try:
-            for index, frame in enumerate(self._container.decode(self._stream)):
-                self.frames_decoded += 1
-                if index in wanted:
-                    found[index] = self._rgb(frame)
-                if index >= last:
-                    break
-        except Exception as e:
-            raise VideoError(self.path, f"decoding failed ({_first_line(e)})", decoder_failed=True) from None
-        return self._stack(found, indices)
 
     def _stack(self, found: dict, indices: Sequence[int]) -> torch.Tensor:
         missing = sorted(set(indices) - set(found))
@@ -572,16 +576,32 @@ def read_video(path: str, backend: str, read: Callable[..., T], num_threads: int
                options: DecodeOptions = DecodeOptions()) -> T:
     """`read(reader)` of `path` opened with `backend`. decord rejects some files FFmpeg proper reads
     (odd containers, broken indexes): such a file is read again with PyAV, and when that fails too
-    the VideoError names both reasons."""
+    the VideoError names both reasons. A file another backend's decoder rejects but decord reads is
+    a reader problem, not a broken file: its reason starts with READER_PROBLEM and names decord."""
     try:
         return read(open_video(path, backend, num_threads, options))
     except VideoError as e:
-        if backend != "decord" or not e.decoder_failed:
+        if not e.decoder_failed:
+            raise
+        if backend != "decord":
+            if _decord_reads(path):
+                raise VideoError(path, f"{READER_PROBLEM}the {backend} reader fails ({e.reason}) but decord reads "
+                                       f"the file: use --video_backend decord") from None
             raise
         try:
             return read(open_video(path, "pyav", num_threads, options))
         except VideoError as fallback:
             raise VideoError(path, f"{e.reason}; PyAV: {fallback.reason}") from None
+
+
+def _decord_reads(path: str) -> bool:
+    """Whether decord (where installed) opens `path` and decodes its first and last frames."""
+    try:
+        reader = open_video(path, "decord")
+        reader.get_frames([0, reader.num_frames - 1])
+        return True
+    except (ImportError, VideoError):
+        return False
 
 
 def _first_line(e: Exception) -> str:

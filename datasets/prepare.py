@@ -10,12 +10,15 @@ the annotation CSVs (`path label`, space-separated, no header) from each dataset
     python -m datasets.prepare csv-from-kinetics --train train.csv --val validate.csv --video_dir VIDEOS --out_dir ANN
     python -m datasets.prepare csv-from-diving48 --vocab Diving48_vocab.json --train Diving48_V2_train.json \\
         --val Diving48_V2_test.json --video_dir VIDEOS --out_dir ANN
+    python -m datasets.prepare check --source ANN/train.csv --data_root VIDEOS --out_dir CHECK   # the doctor
 
 CSV paths are relative to the video folder (--root or --video_dir): pass that folder as --data_path
 when training. A line that cannot be used (missing video, unknown label, malformed line) is logged
 as `file:line: problem` and left out; the CSVs are still written and the exit status is 1.
 A failed file in `transcode` is handled the same way. Exit status 2: nothing could be done (a
-missing split file, unreadable JSON, no ffmpeg). DATASET.md walks through each dataset.
+missing split file, unreadable JSON, no ffmpeg). `check` (datasets/doctor.py) reads every video of a
+CSV or folder as training will and writes a clean CSV and a report; exit 1 when it left files out.
+DATASET.md walks through each dataset.
 """
 import argparse
 import csv
@@ -474,6 +477,37 @@ def _run_csv(args: argparse.Namespace) -> int:
     return 1 if annotations.problems else 0
 
 
+def _run_check(args: argparse.Namespace) -> int:
+    from datasets.doctor import LEFT_OUT, run_check
+
+    reports = run_check(args.source, args.out_dir, data_root=args.data_root, backend=args.video_backend,
+                        workers=args.workers, min_frames=args.min_frames, max_gop=args.max_gop)
+    if not reports:
+        raise PrepareError(f"{args.source}: no videos found")
+    return 1 if any(r.status in LEFT_OUT for r in reports) else 0
+
+
+def _check_parser(sub: argparse._SubParsersAction) -> None:
+    """`check`: the dataset doctor (datasets/doctor.py)."""
+    from datasets.decoding import BACKENDS, DEFAULT_BACKEND
+
+    help_text = ("the dataset doctor: open, count and decode every video of a CSV or folder; write a clean CSV "
+                 "and a JSON / Markdown report (exit 1 when a file is left out)")
+    p = sub.add_parser("check", help=help_text, description=help_text, formatter_class=HelpFormatter)
+    g = p.add_argument_group("input")
+    g.add_argument("--source", required=True, help="an annotation CSV (`path [label]` lines) or a folder tree")
+    g.add_argument("--data_root", default="", help="folder the CSV's relative paths start from")
+    g.add_argument("--video_backend", default=DEFAULT_BACKEND, choices=[b for b in BACKENDS if b != "torchcodec_cuda"],
+                   help="the backend training will use; decord's frames are compared with it where installed")
+    g = p.add_argument_group("checks")
+    g.add_argument("--min_frames", type=int, default=4, help="fewer frames: too_short (left out)")
+    g.add_argument("--max_gop", type=int, default=300, help="keyframes further apart: slow_long_gop")
+    g = p.add_argument_group("output")
+    g.add_argument("--out_dir", required=True, help="where clean.csv, check.json and check.md go")
+    g.add_argument("--workers", type=int, help="parallel processes (default: one per CPU)")
+    p.set_defaults(run=_run_check)
+
+
 def _csv_parser(sub: argparse._SubParsersAction, name: str, help_text: str, video_flag: str = "--video_dir",
                 ext: bool = True) -> Tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     """A CSV subcommand with its output flags; returns the parser and its input group."""
@@ -556,6 +590,8 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--train", required=True, help="Diving48_V2_train.json")
     g.add_argument("--val", required=True, help="Diving48_V2_test.json")
     p.set_defaults(build=lambda a: csv_from_diving48(a.vocab, a.train, a.val, a.video_dir, ext=a.ext))
+
+    _check_parser(sub)
     return parser.parse_args(argv)
 
 

@@ -19,8 +19,9 @@ so a resumed run sees the same clips and masks whatever the number of workers.
 
 Files decord cannot decode are retried with PyAV. Unreadable videos (missing, empty,
 undecodable, truncated, shorter than `min_video_frames`) are replaced by another video drawn from the same generator, and reported in `bad`;
-`BadSampleTracker` logs each file once, counts them per epoch and stops the run when they
-exceed `max_bad_fraction`.
+`BadSampleTracker` logs each file once, counts each once per epoch and stops the run when they
+exceed `max_bad_fraction`; a file decord reads but the chosen backend cannot is reported as a reader
+problem naming decord. `BadSampleTracker.left_out()` lists the files a run left out.
 """
 import logging
 import math
@@ -33,7 +34,7 @@ import torch
 
 from datasets import transforms as T
 from datasets.annotations import Sample
-from datasets.decoding import DEFAULT_BACKEND, DecodeOptions, VideoError, read_video
+from datasets.decoding import DEFAULT_BACKEND, READER_PROBLEM, DecodeOptions, VideoError, read_video
 from datasets.frame_indices import dense_indices, linspace_indices, segment_indices
 from distributed import gather_objects, ranks_with
 from masking_generator import MASKS
@@ -316,10 +317,13 @@ class TooManyBadSamples(RunError):
 
 
 class BadSampleTracker:
-    """Main-process bookkeeping of unreadable files: logged once each, counted per epoch.
+    """Main-process bookkeeping of unreadable files: logged once each, counted once per epoch.
 
-    Raises RuntimeError naming examples when the bad fraction of the samples tried in an epoch
-    exceeds `max_bad_fraction` (checked as soon as it is certain, and at the end of the epoch).
+    A file counts once per epoch toward `max_bad_fraction` however many items' retries met it; the
+    fraction is bad files over the samples of the epoch. Raises RuntimeError naming examples when it
+    exceeds `max_bad_fraction` (checked as soon as it is certain, and at the end of the epoch). A file
+    only the chosen backend cannot read (reason starting with READER_PROBLEM) is logged as such.
+    `left_out()` lists every file left out so far in the run, for a driver's report.
     """
 
     def __init__(self, max_bad_fraction: float = 0.2, epoch_size: Optional[int] = None):
@@ -329,36 +333,47 @@ class BadSampleTracker:
 
     def start_epoch(self) -> None:
         self.bad, self.good, self.examples = 0, 0, []
+        self._bad_paths: set = set()
 
     def update(self, batch: Dict[str, object], collective: bool = True) -> None:
-        """Count `batch`'s bad and good samples. With `collective` (every rank calls this in step,
-        as in training) the early stop is decided by all ranks together; without (evaluation
-        shards differ in length) only counted, the check is left to `end_epoch`."""
+        """Count `batch`'s bad files (each once per epoch) and its items. With `collective` (every
+        rank calls this in step, as in training) the early stop is decided by all ranks together;
+        without (evaluation shards differ in length) only counted, the check is left to `end_epoch`."""
         for path, reason in batch["bad"]:
             if path not in self.reported:
                 self.reported[path] = reason
-                logger.warning("unreadable video %s: %s (replaced by another sample)", path, reason)
-            if len(self.examples) < 5:
-                self.examples.append(f"{path} ({reason})")
-        self.bad += len(batch["bad"])
+                if reason.startswith(READER_PROBLEM):
+                    logger.warning("video %s: %s (replaced by another sample)", path, reason[len(READER_PROBLEM):])
+                else:
+                    logger.warning("unreadable video %s: %s (replaced by another sample)", path, reason)
+            if path not in self._bad_paths:
+                self._bad_paths.add(path)
+                if len(self.examples) < 5:
+                    self.examples.append(f"{path} ({reason})")
+        self.bad = len(self._bad_paths)
         self.good += batch["num_items"]
         if collective and self.epoch_size:
-            failing = ranks_with(self.bad > self.max_bad_fraction * (self.epoch_size + self.bad))
+            failing = ranks_with(self.bad > self.max_bad_fraction * self.epoch_size)
             if failing:
                 self._fail(failing)
 
     def end_epoch(self) -> Dict[str, float]:
         """Epoch statistics; raises on every rank if too many samples were bad on any (a collective)."""
-        tried = self.bad + self.good
+        tried = max(self.good, self.bad)
         failing = ranks_with(tried > 0 and self.bad / tried > self.max_bad_fraction)
         if failing:
             self._fail(failing)
         return {"bad_samples": self.bad, "bad_fraction": self.bad / tried if tried else 0.0}
 
+    def left_out(self) -> Dict[str, str]:
+        """Every file met unreadable so far in the run: path -> reason (the first one seen), sorted by path."""
+        return dict(sorted(self.reported.items()))
+
     def _fail(self, failing: List[int]) -> None:
         """Raise on every rank the same message, naming the rank(s) whose share failed and their
         files (a collective: every rank gathers every rank's counts and examples)."""
-        shares = gather_objects((self.bad, self.bad + self.good, self.examples[:3]))
+        tried = max(self.good, self.bad, self.epoch_size or 0)
+        shares = gather_objects((self.bad, tried, self.examples[:3]))
         parts = [f"{'' if len(shares) == 1 else f'on rank {r}: '}{shares[r][0]} of {shares[r][1]} samples tried this "
                  f"epoch were unreadable, more than --max_bad_fraction {self.max_bad_fraction}; e.g. "
                  f"{'; '.join(shares[r][2])}" for r in failing]

@@ -143,7 +143,7 @@ def _bad_samples(env: DistEnv) -> dict:
     batches = 0
     try:
         for _ in range(5):  # rank 1 has 1 bad file per batch; rank 0 none
-            tracker.update({"bad": [("x.mp4", "missing")] if index == 1 else [], "num_items": 2})
+            tracker.update({"bad": [(f"x{batches}.mp4", "missing")] if index == 1 else [], "num_items": 2})
             batches += 1
         record = {"batches": batches}
     except RuntimeError as e:
@@ -158,7 +158,7 @@ def _bad_samples(env: DistEnv) -> dict:
 
 def test_bad_samples_on_one_rank_stop_both_at_the_same_batch(scenarios):
     ranks = scenarios["bad_samples"]
-    # 3 bad > 0.2 * (10 + 3) on rank 1 at its third batch: both ranks stop there, and both fail the epoch.
+    # 3 bad files > 0.2 * 10 on rank 1 at its third batch: both ranks stop there, and both fail the epoch.
     assert [r["batches"] for r in ranks] == [2, 2] and all("error" in r for r in ranks), ranks
     assert [r["end_epoch"] for r in ranks] == ["raised", "raised"]
 

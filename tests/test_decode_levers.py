@@ -101,15 +101,19 @@ def test_each_lever_decodes_fewer_frames(tmp_path):
     assert counts["both"][1] < min(counts["skip"][1], counts["seek"][1])
 
 
-def test_a_misleading_index_turns_keyframe_seeks_off(tmp_path):
-    """Open GOPs: a keyframe's position in decode order is not its frame index. The seek lands
-    elsewhere, the reader notices and decodes through, and the frames stay right."""
+def test_open_gop_keyframes_are_not_seek_targets(tmp_path):
+    """Open GOPs: frames decoded after such a keyframe are shown before it, so decoding cannot start
+    there. The packet timeline marks only keyframes that start a closed GOP as places to seek to
+    (here the first one), and the frames stay right."""
     path = str(tmp_path / "v.mp4")
     _encode(path, ENCODINGS["open_gop12"])
     reader = open_video(path, "pyav")
     frames = reader.get_frames([5, 60, 119])
     assert _bar_positions(frames) == [5, 60, 119 % 64]
-    assert reader._keyframes == []
+    assert reader._timeline.keyframes == [0]
+    _encode(str(tmp_path / "c.mp4"), ENCODINGS["pyramid_gop12"])
+    closed = open_video(str(tmp_path / "c.mp4"), "pyav")
+    assert closed._timeline.keyframes == list(range(0, 120, 12))
 
 
 @pytest.mark.parametrize("kind", ["no_timestamps", "vp9_webm", "mpeg4_avi"])
@@ -150,23 +154,18 @@ def _write_irregular(path, pts_of_frame, clip):
 @pytest.mark.parametrize("kind", ["dropped_frame", "jitter"])
 def test_irregular_timestamps(tmp_path, kind):
     """Variable frame rate: no frame in the slot of frame 50 (frames 50-89 shown one slot later), or
-    odd frames 5/8 of a frame late (on the slot of the next). Where a read meets the irregularity
-    (off-grid or repeated slots, a slot no packet has) the reader counts frames from the keyframe
-    before the first wanted one: frame i is the i-th frame, as a full decode and decord number
-    them. A read wholly past a gap places frames by time, frame i shown at i / fps, as the PyAV
-    reader always did; decord counts (frame i - 1 there)."""
+    odd frames 5/8 of a frame late. Frame i is the i-th frame shown, wherever the read starts (also
+    wholly past the gap, where a reader placing frames by time x rate would be one frame off), as a
+    full decode and decord number them."""
     clip = _moving_bar(90)
     pts = {"dropped_frame": lambda t: 40 * (t + (t >= 50)), "jitter": lambda t: 40 * t + 25 * (t % 2)}[kind]
     path = str(tmp_path / "v.mkv")
     _write_irregular(path, pts, clip)
     for indices in ([40, 48, 50, 52, 60], [0, 4, 8], [70, 75, 89]):
         frames, _ = _frames(path, indices)
-        by_time = kind == "dropped_frame" and indices[0] > 60  # the keyframe before 70 lies past the gap
-        shown = [i - 1 for i in indices] if by_time else indices
-        assert torch.equal(frames, _full_decode(path, shown)), indices
-        assert _bar_positions(frames) == [i % 64 for i in shown]
-        if not by_time:
-            assert torch.equal(frames, _frames(path, indices, backend="decord")[0])
+        assert torch.equal(frames, _full_decode(path, indices)), indices
+        assert _bar_positions(frames) == [i % 64 for i in indices]
+        assert torch.equal(frames, _frames(path, indices, backend="decord")[0])
 
 
 SCALING = ["pyav", "decord", pytest.param("torchcodec", marks=needs_torchcodec)]

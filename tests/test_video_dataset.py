@@ -135,21 +135,66 @@ def test_tracker_logs_once_counts_and_stops(demo, broken, caplog):
     ds = VideoClipDataset(samples, "val", CLIP)
     tracker = BadSampleTracker(max_bad_fraction=0.2)
     with caplog.at_level(logging.WARNING):
-        for _ in range(2):  # the same bad file twice: one warning, two counts
+        for _ in range(2):  # the same bad file twice in one epoch: one warning, one count
             tracker.update(collate_clips([ds[0], ds[1]]))
     assert sum("unreadable video" in r.message for r in caplog.records) == 1
-    with pytest.raises(RuntimeError, match=r"2 of 6 samples .* --max_bad_fraction 0.2; e.g. .*garbage"):
+    with pytest.raises(RuntimeError, match=r"1 of 4 samples .* --max_bad_fraction 0.2; e.g. .*garbage"):
         tracker.end_epoch()
     tracker = BadSampleTracker(max_bad_fraction=0.5)
     tracker.update(collate_clips([ds[0], ds[1]]))
-    assert tracker.end_epoch() == {"bad_samples": 1, "bad_fraction": pytest.approx(1 / 3)}
+    assert tracker.end_epoch() == {"bad_samples": 1, "bad_fraction": pytest.approx(1 / 2)}
+    tracker.start_epoch()  # a new epoch counts it again
+    tracker.update(collate_clips([ds[0], ds[1], ds[2]]))
+    assert tracker.end_epoch()["bad_samples"] == 1 and list(tracker.left_out()) == [samples[0].path]
+
+
+def test_one_bad_file_of_four_is_one_of_four_with_workers(demo, broken):
+    """However many items' retries draw the bad file (here every item that misses draws again from
+    four files), it counts once: 1 of 4, with DataLoader workers (persistent ones too)."""
+    good = read_annotations(f"{demo}/train.csv", demo)[:3]
+    samples = [Sample(f"{demo}/{broken['garbage']}", 0)] + good
+    ds = VideoClipDataset(samples, "train", CLIP, AugmentConfig(auto_augment=None, reprob=0))
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, persistent_workers=True,
+                                         collate_fn=collate_clips)
+    tracker = BadSampleTracker(max_bad_fraction=0.25, epoch_size=len(ds))
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        tracker.start_epoch()
+        met = 0
+        for _ in range(3):  # epochs over the same file list: the bad file is met by several retries
+            for batch in loader:
+                met += len(batch["bad"])
+                tracker.update(batch)
+        assert met >= 3
+        assert tracker.end_epoch() == {"bad_samples": 1, "bad_fraction": pytest.approx(1 / 12)}
 
 
 def test_tracker_fails_early_when_certain():
     tracker = BadSampleTracker(max_bad_fraction=0.1, epoch_size=10)
-    with pytest.raises(RuntimeError, match="unreadable"):
-        for _ in range(3):
-            tracker.update({"bad": [("x.mp4", "missing")], "num_items": 1})
+    tracker.update({"bad": [("x.mp4", "missing")] * 3, "num_items": 1})  # one file, three retries: 1 of 10
+    with pytest.raises(RuntimeError, match="2 of 10 samples"):
+        tracker.update({"bad": [("y.mp4", "missing")], "num_items": 1})
+
+
+def test_a_file_only_decord_reads_is_a_reader_problem(demo, monkeypatch, caplog):
+    import datasets.decoding as decoding
+
+    def refuse(self, indices):
+        raise decoding.VideoError(self.path, "decoding failed (PyAV says no)", decoder_failed=True)
+
+    monkeypatch.setattr(decoding.PyAVReader, "get_frames", refuse)
+    samples = read_annotations(f"{demo}/val.csv", demo)
+    item = VideoClipDataset(samples, "val", CLIP, video_backend="pyav", max_retries=1)
+    with pytest.raises(RuntimeError, match="use --video_backend decord"):
+        item[0]
+    bad = {"bad": [(samples[0].path, f"{decoding.READER_PROBLEM}the pyav reader fails (x) but decord reads the "
+                                     f"file: use --video_backend decord")], "num_items": 1}
+    tracker = BadSampleTracker(max_bad_fraction=1.0)
+    with caplog.at_level(logging.WARNING):
+        tracker.update(bad)
+    assert "unreadable" not in caplog.text and "use --video_backend decord" in caplog.text
+    with pytest.raises(decoding.VideoError, match="pyav reader fails .*PyAV says no.* decord reads"):
+        decoding.read_video(samples[0].path, "pyav", lambda reader: reader.get_frames([0]))
 
 
 def test_no_readable_video_is_an_error(demo, broken):
