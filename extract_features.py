@@ -45,7 +45,7 @@ from datasets.frame_stream import iter_frames, probe
 from distributed import detect_launch, setup_logging
 from feature_store import finished, record_of, remove_partial_files, temporary_name, write_atomic, write_index
 from feature_windows import TAILS, WindowPlan, plan_windows, stream_clips
-from flags import HelpFormatter, add_encoder_flags, add_run_flags, check_flags, resolve_precision
+from flags import ArgumentParser, add_encoder_flags, add_run_flags, check_flags, resolve_precision
 from hf_weights import backbone_kwargs
 from modeling_finetune import (MODELS, VisionTransformer, load_pretrained_weights, pooling_for_frozen_features,
                                read_pretrained)
@@ -67,30 +67,30 @@ SETTINGS = ("model", "finetune", "model_key", "model_prefix", "num_frames", "sam
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser("Sliding-window features of whole videos", formatter_class=HelpFormatter)
+    p = ArgumentParser("extract_features.py", "sliding-window features of whole videos")
     g = p.add_argument_group("data")
     g.add_argument("--data_path", required=True, help="folder of videos, or a file whose lines start with a video path")
     g.add_argument("--data_root", default="", help="prefix of relative paths in a list file (default: its folder)")
     g = p.add_argument_group("model")
     add_encoder_flags(g, MODELS, default="vit_base_patch16_224",
                       finetune_help="weights: ours, official SIGMA / VideoMAE, transformers VideoMAE or VideoMAEv2 "
-                                    "(folder, .pth, .bin or .safetensors), with or without a classifier")
+                                    "(folder, .pth, .bin or .safetensors), with or without a classifier (default: none: random weights)")
     g = p.add_argument_group("windows")
     g.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="VideoMAEv2's extract_tad_feature.py settings (module docstring)")
+                   help="VideoMAEv2's extract_tad_feature.py settings (module docstring) (default: none, the flags as given)")
     g.add_argument("--num_frames", type=int, default=16, help="frames per window")
     g.add_argument("--sampling_rate", type=int, default=1, help="frames between two frames of a window")
     g.add_argument("--stride", type=int, default=4, help="frames between two window starts")
     g.add_argument("--fps", type=Fraction, default=None,
-                   help="resample every video to this rate first (e.g. 30000/1001)")
+                   help="resample every video to this rate first (e.g. 30000/1001) (default: none, every frame at its own rate)")
     g.add_argument("--tail", default="pad", choices=TAILS,
                    help="pad: one more window repeating the last frame covers the end; drop: full windows only")
     g = p.add_argument_group("pixels and features")
     g.add_argument("--resize", default="full", choices=("full", "short_side"),
                    help="full: the whole frame to input_size x input_size (float bilinear, as VideoMAEv2); "
                         "short_side: short side to --short_side_size, then a centre crop (our validation resize)")
-    g.add_argument("--input_size", type=int, default=224)
-    g.add_argument("--short_side_size", type=int, default=224)
+    g.add_argument("--input_size", type=int, default=224, help="side of the square frames the model sees")
+    g.add_argument("--short_side_size", type=int, default=224, help="short side before the centre crop (--resize short_side)")
     g.add_argument("--normalize", default="imagenet", choices=("imagenet", "none"),
                    help="imagenet: our models' mean / std; none: only / 255 (VideoMAEv2's extractor)")
     g.add_argument("--features", default="pooled", choices=("pooled", "tokens", "map"),
@@ -99,8 +99,8 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="storage type of the arrays")
     g = p.add_argument_group("run")
     g.add_argument("--batch_size", type=int, default=32, help="windows per forward")
-    g.add_argument("--video_backend", default=DEFAULT_BACKEND, choices=BACKENDS[:3])
-    g.add_argument("--decode_threads", type=int, default=1)
+    g.add_argument("--video_backend", default=DEFAULT_BACKEND, choices=BACKENDS[:3], help="video decoder (DATASET.md)")
+    g.add_argument("--decode_threads", type=int, default=1, help="decoder threads per video")
     g.add_argument("--resume", action="store_true", help="skip videos already extracted with the same settings")
     add_run_flags(p, output_dir="output/features", precision=True)
     args = p.parse_args(argv)

@@ -496,7 +496,7 @@ def _check_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help=help_text, description=help_text, formatter_class=HelpFormatter)
     g = p.add_argument_group("input")
     g.add_argument("--source", required=True, help="an annotation CSV (`path [label]` lines) or a folder tree")
-    g.add_argument("--data_root", default="", help="folder the CSV's relative paths start from")
+    g.add_argument("--data_root", default="", help="folder the CSV's relative paths start from (default: none: as written, from the current folder)")
     g.add_argument("--video_backend", default=DEFAULT_BACKEND, choices=[b for b in BACKENDS if b != "torchcodec_cuda"],
                    help="the backend training will use; decord's frames are compared with it where installed")
     g = p.add_argument_group("checks")

@@ -416,10 +416,14 @@ def collect(paths: List[str]) -> Dict[str, List[Dict[str, str]]]:
     return {t: sorted(tables[t], key=keys[t]) for t in TABLES if t in tables}
 
 
-def main(argv=None) -> str:
+def get_parser() -> argparse.ArgumentParser:
     p = ArgumentParser("scripts/collect_results.py", __doc__, formatter_class=DocHelpFormatter)
     p.add_argument("paths", nargs="+", help="run folders, or folders to search for runs")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> str:
+    args = get_parser().parse_args(argv)
     tables = collect(args.paths)
     if not tables:
         raise SystemExit(f"error: no evaluation runs (fine-tuning, linear / attentive probe, kNN, eval_probe, "

@@ -136,6 +136,7 @@ def _parser_of(entry, argv=("-h",)):
 def _drivers():
     import eval_probe
     import eval_segmentation
+    import extract_features
     import hf_weights
     from datasets import digits, synthetic_vos
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -147,7 +148,7 @@ def _drivers():
             "hf_weights.py": lambda argv: hf_weights.get_args_parser().parse_args(argv),
             "datasets.prepare": prepare.get_args, "datasets.synthetic": synthetic.get_args,
             "datasets.synthetic_vos": synthetic_vos.main, "datasets.digits": digits.get_args,
-            "scripts/collect_results.py": collect_results.main}
+            "scripts/collect_results.py": collect_results.main, "extract_features.py": extract_features.get_args}
 
 
 def _all_parsers():
