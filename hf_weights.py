@@ -21,6 +21,7 @@ transformers itself is never imported (config.json is plain JSON); safetensors i
 import argparse
 import hashlib
 import json
+import errno
 import logging
 import os
 import re
@@ -35,7 +36,7 @@ import torch.nn as nn
 
 from checkpointing import CheckpointError, read_torch_file
 from flags import ArgumentParser, DocHelpFormatter
-from shutdown import run_tool
+from shutdown import describe, run_tool
 
 logger = logging.getLogger(__name__)
 
@@ -607,6 +608,14 @@ def _check_target(out_dir: str, overwrite: bool) -> None:
                          "only replaces an export folder; remove them yourself or choose another folder")
 
 
+def _ancestors(path: str) -> List[str]:
+    """`path` and every folder above it."""
+    out = [path]
+    while os.path.dirname(out[-1]) != out[-1]:
+        out.append(os.path.dirname(out[-1]))
+    return out
+
+
 def _write_folder_atomically(out_dir: str, write: Callable[[str], None], overwrite: bool) -> None:
     """Run write(temp) into a new folder beside `out_dir`, then rename it into place: a reader sees the whole
     new export, the whole old one, or (only for a moment, with overwrite) none; never a mix. Temp folders
@@ -614,6 +623,9 @@ def _write_folder_atomically(out_dir: str, write: Callable[[str], None], overwri
     out_dir = os.path.abspath(out_dir)
     _check_target(out_dir, overwrite)
     parent, name = os.path.split(out_dir)
+    blocker = next((p for p in _ancestors(parent) if os.path.exists(p) and not os.path.isdir(p)), None)
+    if blocker is not None:  # name the folder the user asked for, as every driver does
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), out_dir)
     os.makedirs(parent, exist_ok=True)
     for stale in os.listdir(parent):
         m = re.fullmatch(rf"\.{re.escape(name)}\.(?:export|old)-(\d+)-[0-9a-f]+", stale)
@@ -776,7 +788,11 @@ def main(argv: Optional[List[str]] = None) -> None:
                       overwrite=args.overwrite)
         else:
             convert(args.source, args.out, args.model_key)
-    except (ValueError, OSError, CheckpointError) as e:  # bad input: one line, nothing written
+    except OSError as e:
+        if e.filename is None or not e.strerror:
+            raise
+        raise SystemExit(f"hf_weights.py: error: {describe(e)}") from None  # a path: one line, as every tool
+    except (ValueError, CheckpointError) as e:  # bad input: one line, nothing written
         logger.error("%s", e)
         raise SystemExit(1) from None
 

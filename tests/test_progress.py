@@ -78,7 +78,7 @@ def test_long_steps_log_progress_lines_off_a_terminal(caplog, slow_clock, tmp_pa
     caplog.set_level(logging.INFO, logger="progress")
     env = DistEnv(0, 1, 0, torch.device("cpu"))
     evaluate(_TinyClassifier(), _batches(3), env, sharded=False, desc="test (2x3 views)")
-    frozen_features(_TinyClassifier(), _batches(3), env, "fp32", "kNN features (val)")
+    frozen_features(_TinyClassifier(), _batches(3), env, "fp32", desc="kNN features (val)")
     src = tmp_path / "src"
     src.mkdir()
     for i in range(2):
