@@ -189,7 +189,8 @@ def _what_was_left(log_file: str, output_dir: Optional[str], fresh: bool) -> str
     log, that it is the only file left (so that a failed start does not leave a puzzle behind)."""
     text = f"the traceback is in {log_file}"
     if fresh and output_dir and os.path.isdir(output_dir):
-        left = sorted(os.listdir(output_dir))
+        # The run lock is released as the process ends (runtime.RunLock): it is not left behind.
+        left = sorted(f for f in os.listdir(output_dir) if f != "run.lock")
         if left == [os.path.basename(log_file)]:
             text += f", the only file this run left in {output_dir}"
     return text
