@@ -383,8 +383,8 @@ def test_a_second_run_into_a_held_folder_refuses_and_a_stale_lock_is_taken_over(
         assert holder["pid"] == first.pid
         code, output, _ = _run(_driver("run_sigma_pretraining.py", argv))
         assert code == 1, output[-3000:]
-        line = output.strip().splitlines()[-1]  # before logging starts: the holder's train.log is not touched
-        assert line.startswith("run failed: "), line
+        line = output.strip().splitlines()[-1]  # before logging to a file starts: the holder's train.log is not touched
+        assert "run failed: " in line and "in use by another run" not in (tmp_path / "train.log").read_text(), line
         assert f"{tmp_path} is in use by another run: pid {first.pid} on host {holder['host']}" in line, line
         output, _ = first.communicate(timeout=DEADLINE_S)
     finally:
