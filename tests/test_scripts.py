@@ -13,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -518,10 +519,12 @@ def test_collect_results_reads_a_real_attentive_result(tmp_path):
 
     task = Task("multilabel")
     videos = Videos(torch.arange(2), torch.zeros(2).long(), torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.ones(2))
-    metrics = {**task.metrics(videos, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))[0], "head": 0}
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    metrics = {**task.metrics(videos, targets)[0], "head": 0}
     out = tmp_path / "charades"
     out.mkdir()
-    write_task_results(str(out), "", task, metrics, [metrics], videos, [None, None], None, "10x3")
+    samples = [types.SimpleNamespace(path=f"v{i}.mp4") for i in range(2)]
+    write_task_results(str(out), "", task, metrics, [metrics], videos, samples, targets, "10x3")
     write(out / "config.json", {"model": "vit_base_patch16_224", "data_set": "Charades", "finetune": "",
                                 "num_frames": 16, "test_num_segment": 10, "test_num_crop": 3, "task": "multilabel"})
     [r] = tables(collect_results.main([str(out)]))["III"]
