@@ -9,7 +9,6 @@ The command line is `python -m datasets.prepare transcode` (datasets/prepare.py)
 is logged and collected in the report; a problem that stops the whole run raises PrepareError.
 """
 import contextlib
-import ctypes
 import logging
 import os
 import secrets
@@ -118,37 +117,22 @@ class TranscodeReport:
 
 # ----------------------------------------------------------------------------- child processes
 # Every ffmpeg this module starts is registered here, so that an exception or a signal in the
-# main thread ends them all; PR_SET_PDEATHSIG ends them when the parent dies even by SIGKILL,
-# which no handler can see.
+# main thread ends them all; PR_SET_PDEATHSIG (through setpriv) ends them when the parent dies
+# even by SIGKILL, which no handler can see.
 
-_PR_SET_PDEATHSIG = 1
 _children: Set[subprocess.Popen] = set()
 _children_lock = threading.Lock()
 _stopping = threading.Event()
+# util-linux's setpriv sets PR_SET_PDEATHSIG in the child and then execs ffmpeg. A Python preexec_fn
+# cannot do it safely: this module starts children from several threads, and a child forked while
+# another thread holds a lock (malloc's, the import lock) can deadlock before its exec (seen here).
+_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 
 
-def _load_prctl() -> Optional[Callable[..., int]]:
-    """libc's prctl on Linux (looked up once, before any fork), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_prctl = _load_prctl()
-
-
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    """preexec_fn for a child: SIGKILL it when the thread that started it dies (the parent's death
-    included, kill -9 too); exit at once if the parent already died between fork and prctl."""
-    def preexec() -> None:
-        if _prctl is not None:
-            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
-    return preexec
+def _dying_with_parent(cmd: List[str]) -> List[str]:
+    """`cmd`, SIGKILLed when the thread that started it dies (the parent's kill -9 too), where
+    setpriv is installed; as it is elsewhere (then its closed stdout pipe ends it a little later)."""
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", *cmd] if _SETPRIV else cmd
 
 
 def _run(cmd: List[str]) -> subprocess.CompletedProcess:
@@ -156,8 +140,8 @@ def _run(cmd: List[str]) -> subprocess.CompletedProcess:
     with _children_lock:
         if _stopping.is_set():
             raise TranscodeStopped(0)
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, errors="replace", preexec_fn=_die_with_parent(os.getpid()))
+        proc = subprocess.Popen(_dying_with_parent(cmd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, errors="replace")
         _children.add(proc)
     try:
         out, err = proc.communicate()
