@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from checkpointing import CheckpointError, read_torch_file
 from flags import ArgumentParser, DocHelpFormatter
-from shutdown import describe, run_tool
+from shutdown import describe, pid_alive, run_tool
 
 logger = logging.getLogger(__name__)
 
@@ -629,7 +629,7 @@ def _write_folder_atomically(out_dir: str, write: Callable[[str], None], overwri
     os.makedirs(parent, exist_ok=True)
     for stale in os.listdir(parent):
         m = re.fullmatch(rf"\.{re.escape(name)}\.(?:export|old)-(\d+)-[0-9a-f]+", stale)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
     tag = f"{os.getpid()}-{secrets.token_hex(4)}"
     tmp, old = os.path.join(parent, f".{name}.export-{tag}"), os.path.join(parent, f".{name}.old-{tag}")
@@ -646,16 +646,6 @@ def _write_folder_atomically(out_dir: str, write: Callable[[str], None], overwri
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def export_hf(checkpoint: str, out_dir: str, *, model_key: str = "model|module", num_heads: Optional[int] = None,

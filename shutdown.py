@@ -137,6 +137,17 @@ def describe(e: BaseException) -> str:
     return text if isinstance(e, RunError) else f"{type(e).__name__}: {text}"
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists on this host (someone else's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def run_tool(main: Callable[[], Optional[int]], prog: str) -> None:
     """The __main__ of a tool without a run folder (data preparation, conversion, pictures): exits with
     `main()`'s status; an OS error on a path (a read-only or missing output folder, a full disk) or a

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from progress import track
+from shutdown import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -180,16 +181,6 @@ def _partial_name(dst: str) -> str:
     return f"{dst}.{host}.{os.getpid()}.{secrets.token_hex(4)}{PARTIAL}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
 def _remove_stale_partials(dst_root: str) -> int:
     """Remove the partial files of runs that are dead (this host, pid gone; or the old `NAME.partial`
     form of earlier versions). Partials of live runs, here or on other hosts, are left alone."""
@@ -201,7 +192,7 @@ def _remove_stale_partials(dst_root: str) -> int:
                 continue
             parts = name[:-len(PARTIAL)].rsplit(".", 3)
             if len(parts) == 4 and parts[2].isdigit():
-                if parts[1] != host or _pid_alive(int(parts[2])):
+                if parts[1] != host or pid_alive(int(parts[2])):
                     continue
             try:
                 os.remove(os.path.join(dirpath, name))
