@@ -14,15 +14,11 @@ Target building, Sinkhorn codes and the loss live in engine_for_pretraining (its
 from functools import partial
 from typing import Callable, Dict, NamedTuple, Optional, Union
 
-import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
-from timm.models.vision_transformer import checkpoint_filter_fn
 
-from checkpointing import state_dict_from
-from hf_weights import read_weights
 from modeling_finetune import (VIT_SIZES, Block, MaskIndex, VisionTransformer, run_blocks, sincos_position_table,
                                take_tokens)
 
@@ -317,26 +313,13 @@ TEACHER_ARCHS = {
 TEACHER_DIMS = {"dino_s": 384, "dino_b": 768, "dino_l": 1024}
 
 
-def build_teacher(target_type: str, teacher: str, img_size: int, checkpoint: str, patch_size: int = 16) -> DinoTeacher:
-    """A frozen DINO teacher from a local weights file (never downloaded).
+def teacher_arch(target_type: str, teacher: str) -> str:
+    """The timm architecture of the published weights of --distillation_teacher `teacher`.
 
-    Accepts the published formats: DINO v1 backbone state dicts (also full DINO training
-    checkpoints, whose ``teacher`` entry is used) and DINOv2 state dicts with register tokens,
-    converted to timm's layout by timm's own filter (which also resizes positions to img_size).
+    Raises ValueError naming the teachers published for `target_type` when there is none.
     """
     arch = TEACHER_ARCHS.get((target_type, teacher))
     if arch is None:
         raise ValueError(f"no published {target_type} weights for --distillation_teacher {teacher}; "
                          f"choose from {sorted(t for v, t in TEACHER_ARCHS if v == target_type)}")
-    if not checkpoint:
-        raise ValueError(f"target_type {target_type} needs --teacher_ckpt: a local file with the {arch} weights")
-    vit = timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size)
-    state = state_dict_from(read_weights(checkpoint), checkpoint, "teacher|model|state_dict")  # .pth or .safetensors
-    for prefix in ("module.", "backbone."):
-        state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
-    state = checkpoint_filter_fn({k: v for k, v in state.items() if not k.startswith("head")}, vit)
-    missing, unexpected = vit.load_state_dict(state, strict=False)
-    if missing:
-        raise ValueError(f"{checkpoint} is not a {arch} checkpoint: missing {missing[:6]} "
-                         f"({len(missing)} keys), unexpected {unexpected[:6]}")
-    return DinoTeacher(vit, grid=(img_size // patch_size, img_size // patch_size))
+    return arch

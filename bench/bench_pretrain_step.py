@@ -154,7 +154,7 @@ def objective_of(args: argparse.Namespace, model) -> Objective:
 
 
 def random_teacher(target_type: str, teacher: str, img_size: int, patch_size: int = 16) -> DinoTeacher:
-    """`modeling_pretrain.build_teacher`'s architecture, randomly initialised (nothing downloaded)."""
+    """`weights.build_teacher`'s architecture, randomly initialised (nothing downloaded)."""
     vit = timm.create_model(TEACHER_ARCHS[(target_type, teacher)], pretrained=False, num_classes=0, img_size=img_size)
     return DinoTeacher(vit, grid=(img_size // patch_size, img_size // patch_size))
 

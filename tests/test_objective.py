@@ -245,7 +245,7 @@ def test_small_eps_uses_stable_sinkhorn():
 def test_build_teacher_reads_dinov2_release_format(tmp_path):
     import timm
 
-    from modeling_pretrain import build_teacher
+    from weights import build_teacher
 
     ref = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0, img_size=518)
     # The released DINOv2 layout: `register_tokens`, a class position in pos_embed, a mask token.
