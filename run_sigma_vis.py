@@ -181,7 +181,7 @@ def prototype_scores(model: PretrainVisionTransformer, objective: Objective, vid
         raise ValueError(f"target_type {objective.target_type} needs its teacher: give --teacher_ckpt")
     targets = objective.targets(videos, tubes, every, teacher)  # [B, N, D_t]
     with torch.no_grad():
-        scores = model.prototype_logits(model.head(targets).flatten(0, 1), temperature=1.0)  # [B*N, K]
+        scores = model.prototype_logits(model.project(targets).flatten(0, 1), temperature=1.0)  # [B*N, K]
     return scores.reshape(tubes.shape[0], tubes.shape[1], -1)
 
 
