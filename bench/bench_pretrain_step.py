@@ -256,7 +256,7 @@ def make_step(model, objective, teacher, optimizer, scaler, videos, mask, precis
     """One training step on one batch as the loop takes it; `step(timeline)` marks its stages."""
     update = TorchUpdate(model, optimizer, precision, scaler)
     sums: Dict[str, torch.Tensor] = {}
-    index = MaskIndex.of(mask.cpu()).to(videos.device)  # built on the host, as engine_for_pretraining.HostMaskIndex
+    index = MaskIndex.of(mask.cpu()).to(videos.device)  # built on the host, as objective_kernels.HostMaskIndex
 
     def step(timeline: Optional[Timeline] = None) -> torch.Tensor:
         set_schedules(optimizer, 1e-4, 0.05)
