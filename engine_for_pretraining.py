@@ -4,13 +4,13 @@
       └──encoder(visible)──> decoder(mask tokens) ──> pred ─────────────────────────> logits_pred
     Sinkhorn codes of each side; each side's scores predict the other side's codes.
 
-The stages, in the order `compute_loss` runs them:
-    1. targets          `pixel_targets` / `teacher_targets` (`Objective.targets`)  [B, N_mask, D_t]
-    2. prediction       the model's decoder on the mask tokens                     [B, N_mask, D]
-    3. projection and   the model's `project` and `prototype_logits` (SWAV: one   [B*N_mask, K] each
-       prototype scores forward call, as DDP needs)
-    4. Sinkhorn codes   `Objective.codes`                                          [B*N_mask, K]
-    5. the loss         `swapped_prediction` (SWAV) or `l2_loss` (L2)              scalar
+The stages, in the order `compute_loss` runs them (M = B * N_mask masked tubes, K prototypes):
+    1. targets            `Objective.targets`: `pixel_targets` / `teacher_targets`    [B, N_mask, D_t]
+    2. prediction         the model's decoder on the mask tokens                      [B, N_mask, D]
+    3. projection,        the model's `project` and `prototype_logits`, both inside    [M, K] per side
+       prototype scores   its one forward call (as DDP needs; SWAV only)
+    4. Sinkhorn codes     `Objective.codes`, hard codes by `row_argmax`                [M, K], [M]
+    5. the loss           `swapped_prediction` (SWAV) or `l2_loss` (L2)                scalar
 
 `Objective` holds the loss and its settings (built once by the driver); `train_one_epoch` yields
 after every optimiser step (training_loop.train_steps). The fused cross-entropy, kept [M, K] buffers
