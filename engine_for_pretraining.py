@@ -4,8 +4,17 @@
       └──encoder(visible)──> decoder(mask tokens) ──> pred ─────────────────────────> logits_pred
     Sinkhorn codes of each side; each side's scores predict the other side's codes.
 
+The stages, in the order `compute_loss` runs them (M = B * N_mask masked tubes, K prototypes):
+    1. targets            `Objective.targets`: `pixel_targets` / `teacher_targets`    [B, N_mask, D_t]
+    2. prediction         the model's decoder on the mask tokens                      [B, N_mask, D]
+    3. projection,        the model's `project` and `prototype_logits`, both inside    [M, K] per side
+       prototype scores   its one forward call (as DDP needs; SWAV only)
+    4. Sinkhorn codes     `Objective.codes`, hard codes by `row_argmax`                [M, K], [M]
+    5. the loss           `swapped_prediction` (SWAV) or `l2_loss` (L2)                scalar
+
 `Objective` holds the loss and its settings (built once by the driver); `train_one_epoch` yields
-after every optimiser step (training_loop.train_steps).
+after every optimiser step (training_loop.train_steps). The fused cross-entropy, kept [M, K] buffers
+and the host-side mask index that make this fast on the CPU live in objective_kernels.py.
 """
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, Optional, Tuple, Union
@@ -16,38 +25,25 @@ import torch.nn.functional as F
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from modeling_finetune import MaskIndex, patchify, take_tokens
+from objective_kernels import HostMaskIndex, centred_std, cross_entropy, kept_buffer
 from sinkhorn import needs_log_domain, sinkhorn_knopp
 from training_loop import StepDone, train_steps
 
 
-def _centred_std(x: torch.Tensor, dim: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x - mean, mean, unbiased std) along `dim`, on a copy of `x` with `dim` moved innermost.
-
-    Two passes (the mean, then the centred sum of squares) over contiguous rows: the values of
-    x.mean and x.var(unbiased=True).sqrt() to float rounding, and 4x faster on the CPU than
-    torch.var's Welford loop when `dim` is not innermost ([2, 1411, 512, 3] pixel tubes, dim -2:
-    12 ms against 53 for the whole normalisation).
-    Returns: centred [..., n] (`dim` last), mean [..., 1], std [..., 1].
-    """
-    centred = x.movedim(dim, -1).clone(memory_format=torch.contiguous_format)  # [..., n], a copy
-    mean = centred.mean(dim=-1, keepdim=True)  # [..., 1]
-    centred.sub_(mean)
-    std = torch.linalg.vecdot(centred, centred).div_(x.shape[dim] - 1).sqrt_().unsqueeze(-1)  # [..., 1]
-    return centred, mean, std
-
+# ── 1. Targets ───────────────────────────────────────────────────────────────────────────────────
 
 def normalize_per_group(x: torch.Tensor, dim: int) -> torch.Tensor:
     """(x - mean) / (unbiased std + 1e-6) along `dim`, the official target normalisation.
 
     Returns x's shape (a strided view: `dim` is innermost in memory)."""
-    centred, _, std = _centred_std(x, dim)
+    centred, _, std = centred_std(x, dim)
     return centred.div_(std.add_(1e-6)).movedim(-1, dim)
 
 
 def denormalize_like(x: torch.Tensor, reference: torch.Tensor, dim: int) -> torch.Tensor:
     """The inverse of `normalize_per_group` with the statistics of `reference` (e.g. a pixel
     prediction mapped back with its tube's true mean and std, as VideoMAE's visualisation)."""
-    _, mean, std = _centred_std(reference, dim)
+    _, mean, std = centred_std(reference, dim)
     return x * (std.add_(1e-6).movedim(-1, dim)) + mean.movedim(-1, dim)
 
 
@@ -89,6 +85,8 @@ def teacher_targets(teacher: nn.Module, videos: torch.Tensor, bool_masked_pos: t
     return take_tokens(feats, MaskIndex.of(bool_masked_pos).masked)
 
 
+# ── The objective's settings, its targets (1) and its Sinkhorn codes (4) ─────────────────────────
+
 @dataclass(frozen=True)
 class Objective:
     """The pretraining loss and its settings, built once by the driver with `Objective.of(model, ...)`.
@@ -106,10 +104,9 @@ class Objective:
     temperature: float = 0.1
     normalize_target: bool = True
     soft_codes: bool = False
-    # Code matrices kept from step to step (`codes(..., reuse=name)`): a fresh [M, K] fp32 buffer
-    # is 34 MB at ViT-S batch 2, above glibc's 32 MB mmap threshold, and faulting its pages in
-    # costs ~10 ms per step each on the CPU. A step still holding one for its backward when the
-    # next forward rewrites it fails loudly (autograd's version check on the saved softmax).
+    # Code matrices kept from step to step (`codes(..., reuse=name)`; why: objective_kernels). A step
+    # still holding one for its backward when the next forward rewrites it fails loudly (autograd's
+    # version check on the saved softmax).
     _buffers: Dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
@@ -124,23 +121,26 @@ class Objective:
         return needs_log_domain(self.sinkhorn_eps)
 
     def codes(self, logits: torch.Tensor, reuse: Optional[str] = None) -> torch.Tensor:
-        """[M, K] Sinkhorn codes of logits = cosines / temperature (epsilon rescaled to match).
+        """Sinkhorn codes: [M, K] logits = cosines / temperature -> [M, K] fp32 codes, each row a
+        distribution over prototypes, every prototype used equally over the M tokens (epsilon
+        rescaled to the logits' scale).
 
-        reuse: write them into this objective's buffer of that name (made, or remade when the
-        shape or device changes), which the previous step's codes of that name occupied.
+        reuse: write them into this objective's kept buffer of that name (objective_kernels.kept_buffer),
+        which the previous step's codes of that name occupied.
         """
-        out = None
-        if reuse is not None:
-            out = self._buffers.get(reuse)
-            if out is None or out.shape != logits.shape or out.device != logits.device:
-                out = self._buffers[reuse] = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+        out = None if reuse is None else kept_buffer(self._buffers, reuse, logits.shape, torch.float32, logits.device)
         return sinkhorn_knopp(logits, self.sinkhorn_eps / self.temperature, self.sinkhorn_iterations,
                               log_domain=self.log_domain, out=out)
 
     @torch.no_grad()
     def targets(self, videos: torch.Tensor, tubes: torch.Tensor, index: MaskIndex,
                 teacher: Optional[nn.Module] = None) -> torch.Tensor:
-        """[B, N_mask, D_t] targets of the masked tubes: pixels (pixel, mlp) or teacher features (dino_*)."""
+        """[B, N_mask, D_t] targets of the masked tubes: pixels (pixel, mlp; D_t = P*C) or teacher
+        features (dino_*; D_t = C_teacher).
+
+        Args:
+            videos: [B, 3, T, H, W]; tubes: their `patchify`, [B, N, P, C]; index: the batch's mask.
+        """
         if self.target_type in ("pixel", "mlp"):
             return pixel_targets(tubes, index, self.normalize_target)  # [B, N_mask, P*C]
         if teacher is None:
@@ -148,57 +148,18 @@ class Objective:
         return teacher_targets(teacher, videos, index, self.tubelet_size, self.normalize_target)
 
 
-class _CrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of logits [M, K] against hard labels [M] or soft codes [M, K].
+# ── 4.-5. Sinkhorn codes and the loss ────────────────────────────────────────────────────────────
 
-    The value of F.cross_entropy (the log-sum-exp computed as torch.logsumexp computes it) and its
-    gradient, softmax - target, with exp(logits - row max) as the only [M, K] buffer: forward
-    writes it into `scratch` when given (a finished code matrix: no fresh [M, K] buffer, whose
-    pages the CPU would fault in at ~10 ms per 34 MB) and saves it in place of the logits;
-    backward scales it by grad / (M * row sum) into the gradient, in place (autograd then refuses
-    a second backward through it), or, without `scratch`, on a copy (retain_graph works).
-    """
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, scratch: Optional[torch.Tensor]) -> torch.Tensor:
-        top = logits.amax(dim=1, keepdim=True)  # [M, 1]
-        top.masked_fill_(top.abs() == float("inf"), 0.0)  # as torch.logsumexp: rows of +-inf stay finite
-        weights = torch.sub(logits, top, out=scratch).exp_()  # [M, K] exp(logit - row max)
-        total = weights.sum(dim=1, keepdim=True)  # [M, 1]
-        lse = total.log().add_(top).squeeze(1)  # [M]
-        if target.dtype == torch.long:
-            picked = logits.gather(1, target.unsqueeze(1)).squeeze(1)  # [M]
-        else:
-            picked = torch.linalg.vecdot(target, logits)  # [M]; codes sum to 1 per row
-        ctx.save_for_backward(weights, total, target)
-        ctx.in_place = scratch is not None
-        return (lse - picked).mean()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        weights, total, target = ctx.saved_tensors
-        scale = grad / weights.shape[0]  # d(mean)/d(row loss)
-        g = weights if ctx.in_place else weights.clone()  # [M, K]
-        g.mul_(scale / total)  # softmax * scale
-        if target.dtype == torch.long:
-            g[torch.arange(g.shape[0], device=g.device), target] -= scale
-        else:
-            g.addcmul_(target, -scale)  # - target * scale, without an [M, K] temporary
-        return g, None, None
+def l2_loss(pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """VideoMAE's loss: mean squared error of the decoder's prediction [B, N_mask, D_t] (in fp32)
+    against the targets [B, N_mask, D_t]."""
+    return F.mse_loss(pred.float(), targets)
 
 
-def cross_entropy(logits: torch.Tensor, target: torch.Tensor, scratch: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Mean cross-entropy of [M, K] logits (computed in at least fp32) against [M] labels or [M, K] codes.
-
-    scratch: an [M, K] buffer of the computation's dtype whose contents may be overwritten (the
-    softmax, then the gradient); backward then runs once per forward.
-    """
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    if scratch is not None and (scratch.shape != logits.shape or scratch.dtype != logits.dtype
-                                or scratch.device != logits.device or scratch.requires_grad):
-        raise ValueError(f"scratch must be a {tuple(logits.shape)} {logits.dtype} tensor on {logits.device} "
-                         f"without grad, got {tuple(scratch.shape)} {scratch.dtype} on {scratch.device}")
-    return _CrossEntropy.apply(logits, target, scratch)
+def row_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """Hard codes: [M, K] -> [M] index of each row's first maximum, `scores.argmax(-1)`, which
+    max(-1) finds in about half the time on the CPU ([2816, 3000] fp32: 10 ms against 21 ms)."""
+    return scores.max(dim=-1).indices
 
 
 def swapped_prediction(logits_target: torch.Tensor, logits_pred: torch.Tensor, objective: Objective,
@@ -228,11 +189,7 @@ def swapped_prediction(logits_target: torch.Tensor, logits_pred: torch.Tensor, o
     return loss_target + loss_pred, stats
 
 
-def row_argmax(scores: torch.Tensor) -> torch.Tensor:
-    """[M] index of each row's first maximum: `scores.argmax(-1)`, which max(-1) finds in about half
-    the time on the CPU ([2816, 3000] fp32: 10 ms against 21 ms)."""
-    return scores.max(dim=-1).indices
-
+# ── Collapse monitors (logged, not trained on) ───────────────────────────────────────────────────
 
 def _score_stats(logits: torch.Tensor, side: str) -> Dict[str, torch.Tensor]:
     """What the model itself prefers, before Sinkhorn rebalances it: prototypes hit by the argmax of
@@ -289,15 +246,20 @@ def compute_loss(model: nn.Module, objective: Objective, videos: torch.Tensor,
     if not isinstance(bool_masked_pos, MaskIndex):
         bool_masked_pos = MaskIndex.of(bool_masked_pos.flatten(1).to(torch.bool))  # once for the whole batch
     tubes = patchify(videos, objective.tubelet_size, objective.patch_size)  # [B, N, P, C]
-    targets = objective.targets(videos, tubes, bool_masked_pos, teacher)
+    # 1. targets of the masked tubes
+    targets = objective.targets(videos, tubes, bool_masked_pos, teacher)  # [B, N_mask, D_t]
+    # 2.-3. the decoder's prediction; SWAV: the projection of the targets and both sides' prototype scores
     out = model(videos, bool_masked_pos, targets, tubes, temperature=objective.temperature)
     if objective.loss_func == "L2":
-        loss = F.mse_loss(out.pred.float(), targets)
+        loss = l2_loss(out.pred, targets)  # 5. pred [B, N_mask, D_t] against the targets
         return loss, {"loss": loss.detach()}
+    # 4.-5. Sinkhorn codes of each side's scores [B*N_mask, K]; each side predicts the other's
     loss, stats = swapped_prediction(out.logits_target, out.logits_pred, objective)
     stats["loss"] = loss.detach()
     return loss, stats
 
+
+# ── One epoch ────────────────────────────────────────────────────────────────────────────────────
 
 def train_one_epoch(model: nn.Module, loader: Iterable, update, schedule, objective: Objective, *,
                     device: torch.device, epoch: int, start_step: int, accum_iter: int = 1,
@@ -312,19 +274,3 @@ def train_one_epoch(model: nn.Module, loader: Iterable, update, schedule, object
     return train_steps(model, HostMaskIndex(loader), update, schedule, loss_fn, device=device, epoch=epoch,
                        start_step=start_step, accum_iter=accum_iter, log_every=log_every,
                        skip_nonfinite=skip_nonfinite, tracker=tracker, nonfinite=nonfinite)
-
-
-class HostMaskIndex:
-    """`loader` whose batches also carry their mask's `MaskIndex` ("visible_index", "masked_index"),
-    built on the host before the batch moves to the device, where counting the mask would sync."""
-
-    def __init__(self, loader: Iterable):
-        self.loader = loader
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        for batch in self.loader:
-            index = MaskIndex.of(batch["mask"].flatten(1).to(torch.bool))
-            yield {**batch, "visible_index": index.visible, "masked_index": index.masked}

@@ -40,10 +40,11 @@ from distributed import broadcast_object, cleanup_distributed
 from engine_for_finetuning import gather_views, merge_views, predict_views
 from flags import (ArgumentParser, add_clip_flags, add_encoder_flags, add_labelled_data_flags, add_loader_flags,
                    add_run_flags, check_flags, check_nb_classes, clip_rules, nb_classes_of, resolve_precision)
-from modeling_finetune import MODELS, load_pretrained_weights, pooling_for_frozen_features
+from modeling_finetune import MODELS
 from run_log import write_config
 from runtime import start_run
 from shutdown import WORKER_INIT, run_driver
+from weights import load_pretrained_weights, pooling_for_frozen_features
 
 logger = logging.getLogger("sigma")
 

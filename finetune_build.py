@@ -16,10 +16,10 @@ from datasets.sampler import ShardSampler
 from datasets.splits import read_split
 from datasets.subset import class_balanced_subset
 from datasets.video_dataset import AugmentConfig, ClipConfig, VideoClipDataset, collate_clips
-from modeling_finetune import (MODELS, LinearProbe, load_pretrained_weights, pooling_for_frozen_features,
-                               read_pretrained)
+from modeling_finetune import MODELS, LinearProbe
 from optim_factory import create_optimizer, param_groups
 from shutdown import WORKER_INIT
+from weights import load_pretrained_weights, pooling_for_frozen_features, read_pretrained
 
 logger = logging.getLogger("sigma")
 

@@ -36,6 +36,8 @@ import torch.nn as nn
 
 from checkpointing import CheckpointError, read_torch_file
 from flags import ArgumentParser, DocHelpFormatter
+from modeling_finetune import VIT_SIZES
+from modeling_pretrain import DECODER_SIZES
 from shutdown import describe, pid_alive, run_tool
 
 logger = logging.getLogger(__name__)
@@ -526,7 +528,6 @@ def _state_and_config(checkpoint: str, model_key: str) -> Tuple[Tensors, Dict[st
 
 def _num_heads(embed: int, depth: int, config: Dict[str, Any], given: Optional[int], what: str) -> int:
     """Heads from --num_heads, the saved --model name, or the published size of this width and depth."""
-    from modeling_finetune import VIT_SIZES
     if given:
         return given
     size = next((s for s in VIT_SIZES if f"_{s}_" in str(config.get("model", ""))), None)
@@ -538,7 +539,6 @@ def _num_heads(embed: int, depth: int, config: Dict[str, Any], given: Optional[i
 
 
 def _decoder_heads(width: int, given: Optional[int]) -> Optional[int]:
-    from modeling_pretrain import DECODER_SIZES
     return given or next((h for d, h in DECODER_SIZES.values() if d == width), None)
 
 

@@ -14,17 +14,14 @@ Target building, Sinkhorn codes and the loss live in engine_for_pretraining (its
 from functools import partial
 from typing import Callable, Dict, NamedTuple, Optional, Union
 
-import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
-from timm.models.vision_transformer import checkpoint_filter_fn
 
-from checkpointing import state_dict_from
-from hf_weights import read_weights
 from modeling_finetune import (VIT_SIZES, Block, MaskIndex, VisionTransformer, run_blocks, sincos_position_table,
                                take_tokens)
+from objective_kernels import ScoresInto
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {}
 
@@ -96,33 +93,6 @@ class PretrainDecoder(nn.Module):
         return self.head(self.norm(x[:, -num_predicted:]))  # [B, N_mask, num_classes]
 
 
-class _ScoresInto(torch.autograd.Function):
-    """features [M, D] @ prototypes [K, D]^T -> [M, K], written into `buffers[name]`, kept from call
-    to call (made, or remade when the shape or device changes).
-
-    A fresh [M, K] fp32 matrix is 34 MB at ViT-S batch 2, above glibc's 32 MB mmap threshold: its
-    pages are faulted in on every step (~15 ms of the 41 ms this product takes on one CPU core).
-    The output aliases the buffer, so it is valid until the next call; nothing saves it for
-    backward (the cross-entropy keeps its own softmax), whose products are those of torch.mm's.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, buffers: Dict[str, torch.Tensor], name: str) -> torch.Tensor:
-        shape = (x.shape[0], w.shape[0])
-        out = buffers.get(name)
-        if out is None or out.shape != shape or out.device != x.device or out.dtype != x.dtype:
-            out = buffers[name] = torch.empty(shape, dtype=x.dtype, device=x.device)
-        ctx.save_for_backward(x, w)
-        return torch.mm(x, w.t(), out=out).detach()  # a new tensor on the buffer's memory
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, w = ctx.saved_tensors
-        grad_x = grad.mm(w) if ctx.needs_input_grad[0] else None  # [M, D]
-        grad_w = x.t().mm(grad).t() if ctx.needs_input_grad[1] else None  # [K, D], as mm's backward
-        return grad_x, grad_w, None, None
-
-
 class PretrainVisionTransformer(nn.Module):
     def __init__(self, img_size: int = 224, patch_size: int = 16, encoder_embed_dim: int = 768,
                  encoder_depth: int = 12, encoder_num_heads: int = 12, decoder_num_classes: Optional[int] = None,
@@ -163,7 +133,7 @@ class PretrainVisionTransformer(nn.Module):
             self.head = nn.Identity()  # SIGMA-DINO: the frozen teacher is the projection
         if loss_func == "SWAV":
             self.prototypes = nn.Parameter(torch.randn(num_prototypes, decoder_num_classes))
-        self._score_buffers: Dict[str, torch.Tensor] = {}  # see _ScoresInto; not model state
+        self._score_buffers: Dict[str, torch.Tensor] = {}  # see objective_kernels.ScoresInto; not model state
 
     def no_weight_decay(self) -> set:
         return {"mask_token", "pos_embed"}
@@ -190,6 +160,12 @@ class PretrainVisionTransformer(nn.Module):
         x = torch.cat([x_vis + pos_vis, self.mask_token.to(x_vis.dtype) + pos_mask], dim=1)  # [B, N, C_d]
         return self.decoder(x, pos_mask.shape[1])
 
+    def project(self, targets: torch.Tensor) -> torch.Tensor:
+        """The projection of the targets into the decoder's feature space: [B, N_mask, D_t] ->
+        [B, N_mask, D] (SIGMA-MLP: the trained MLP on pixel tubes; SIGMA-DINO: the identity, the
+        frozen teacher having projected already)."""
+        return self.head(targets)
+
     def prototype_logits(self, x: torch.Tensor, temperature: float, detach: bool = False,
                          side: Optional[str] = None) -> torch.Tensor:
         """[M, D] features -> [M, K] fp32 cosines with the (unit) prototypes / `temperature`.
@@ -198,7 +174,7 @@ class PretrainVisionTransformer(nn.Module):
         over the [M, K] score matrix. fp32 outside autocast: with K = 3000, bf16 scores change ~1.6%
         of the Sinkhorn argmax codes against fp32 (the official scores are fp16/fp32).
         `detach`: scores that do not train the prototypes (the decoder side). `side`: write them
-        into the model's kept buffer of that name (`_ScoresInto`; valid until that side's next
+        into the model's kept buffer of that name (`ScoresInto`; valid until that side's next
         scores) rather than a fresh tensor.
         """
         with torch.autocast(x.device.type, enabled=False):
@@ -208,7 +184,7 @@ class PretrainVisionTransformer(nn.Module):
             features = F.normalize(x.float(), dim=-1)  # [M, D]
             if side is None or torch.compiler.is_compiling():  # compiled graphs plan their own memory
                 return features @ prototypes.t()
-            return _ScoresInto.apply(features, prototypes, self._score_buffers, side)  # [M, K]
+            return ScoresInto.apply(features, prototypes, self._score_buffers, side)  # [M, K]
 
     def forward(self, videos: torch.Tensor, bool_masked_pos: Union[torch.Tensor, MaskIndex],
                 targets: Optional[torch.Tensor] = None, tubes: Optional[torch.Tensor] = None,
@@ -228,7 +204,7 @@ class PretrainVisionTransformer(nn.Module):
             return PretrainOutput(pred, None, None)
         if targets is None:
             raise ValueError("the SWAV objective needs the masked-tube targets")
-        proj = self.head(targets)  # [B, N_mask, D]
+        proj = self.project(targets)  # [B, N_mask, D]
         self.normalize_prototypes()
         # Only the target side trains the prototypes.
         logits_target = self.prototype_logits(proj.flatten(0, 1), temperature, side="target")  # [B*N_mask, K]
@@ -317,26 +293,13 @@ TEACHER_ARCHS = {
 TEACHER_DIMS = {"dino_s": 384, "dino_b": 768, "dino_l": 1024}
 
 
-def build_teacher(target_type: str, teacher: str, img_size: int, checkpoint: str, patch_size: int = 16) -> DinoTeacher:
-    """A frozen DINO teacher from a local weights file (never downloaded).
+def teacher_arch(target_type: str, teacher: str) -> str:
+    """The timm architecture of the published weights of --distillation_teacher `teacher`.
 
-    Accepts the published formats: DINO v1 backbone state dicts (also full DINO training
-    checkpoints, whose ``teacher`` entry is used) and DINOv2 state dicts with register tokens,
-    converted to timm's layout by timm's own filter (which also resizes positions to img_size).
+    Raises ValueError naming the teachers published for `target_type` when there is none.
     """
     arch = TEACHER_ARCHS.get((target_type, teacher))
     if arch is None:
         raise ValueError(f"no published {target_type} weights for --distillation_teacher {teacher}; "
                          f"choose from {sorted(t for v, t in TEACHER_ARCHS if v == target_type)}")
-    if not checkpoint:
-        raise ValueError(f"target_type {target_type} needs --teacher_ckpt: a local file with the {arch} weights")
-    vit = timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size)
-    state = state_dict_from(read_weights(checkpoint), checkpoint, "teacher|model|state_dict")  # .pth or .safetensors
-    for prefix in ("module.", "backbone."):
-        state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
-    state = checkpoint_filter_fn({k: v for k, v in state.items() if not k.startswith("head")}, vit)
-    missing, unexpected = vit.load_state_dict(state, strict=False)
-    if missing:
-        raise ValueError(f"{checkpoint} is not a {arch} checkpoint: missing {missing[:6]} "
-                         f"({len(missing)} keys), unexpected {unexpected[:6]}")
-    return DinoTeacher(vit, grid=(img_size // patch_size, img_size // patch_size))
+    return arch

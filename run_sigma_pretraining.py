@@ -27,13 +27,14 @@ from flags import (ArgumentParser, add_clip_flags, add_loader_flags, add_optim_f
                    check_flags, clip_rules, common_rules, resolve_precision, str2bool)
 from knn_monitor import KnnMonitor
 from masking_generator import MASKS
-from modeling_pretrain import LOSS_FUNCS, MODELS, TARGET_TYPES, TEACHER_DIMS, build_teacher
+from modeling_pretrain import LOSS_FUNCS, MODELS, TARGET_TYPES, TEACHER_DIMS
 from optim_factory import create_optimizer, param_groups
 from run_log import RunLog, write_config
 from runtime import Checkpointer, end_run, start_run, training_loader, wrap_for_training
 from schedules import lr_rule, make_schedule
 from shutdown import run_driver
 from training_loop import EpochTotals
+from weights import build_teacher
 
 logger = logging.getLogger("sigma")
 

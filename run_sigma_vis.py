@@ -39,15 +39,15 @@ from distributed import setup_logging
 from eval_knn import account_scored, add_scoring_flags
 from engine_for_pretraining import Objective, denormalize_like, pixel_targets
 from flags import ArgumentParser, DocHelpFormatter, str2bool
-import hf_weights
 from kmeans import kmeans
 from masking_generator import tube_mask
 from modeling_finetune import MaskIndex, patchify
-from modeling_pretrain import MODELS, TARGET_TYPES, TEACHER_DIMS, PretrainVisionTransformer, build_teacher
+from modeling_pretrain import MODELS, TARGET_TYPES, TEACHER_DIMS, PretrainVisionTransformer
 from run_sigma_pretraining import build_parser as build_pretrain_parser
 from shutdown import describe
 from vis_drawing import (MASK_GREY, OVERLAY_ALPHA, figure, legend_entries, save_gif, save_png, shown_frames, to_uint8,
                          tube_colours, upscale, usage_plot)
+from weights import build_teacher, read_pretrained
 
 logger = logging.getLogger("sigma.vis")
 
@@ -118,7 +118,7 @@ def read_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any],
     """(state dict, saved run config or {}, "name, after E epochs (step S)" for titles) of a checkpoint;
     never unpickles code (weights_only). E is the saved "epoch": epochs completed (checkpoint-{E-1}.pth
     is written at the end of epoch E-1, counted from 0 as log.txt counts them)."""
-    state, _ = hf_weights.read_checkpoint(path)  # also transformers / exported SIGMA folders, in our names
+    state = read_pretrained(path).checkpoint  # also transformers / exported SIGMA folders, in our names
     if not isinstance(state, dict):
         raise CheckpointError(path, f"expected a dict, got {type(state).__name__}")
     weights = state_dict_from(state, path, "model|module")
@@ -181,7 +181,7 @@ def prototype_scores(model: PretrainVisionTransformer, objective: Objective, vid
         raise ValueError(f"target_type {objective.target_type} needs its teacher: give --teacher_ckpt")
     targets = objective.targets(videos, tubes, every, teacher)  # [B, N, D_t]
     with torch.no_grad():
-        scores = model.prototype_logits(model.head(targets).flatten(0, 1), temperature=1.0)  # [B*N, K]
+        scores = model.prototype_logits(model.project(targets).flatten(0, 1), temperature=1.0)  # [B*N, K]
     return scores.reshape(tubes.shape[0], tubes.shape[1], -1)
 
 

@@ -154,7 +154,7 @@ def objective_of(args: argparse.Namespace, model) -> Objective:
 
 
 def random_teacher(target_type: str, teacher: str, img_size: int, patch_size: int = 16) -> DinoTeacher:
-    """`modeling_pretrain.build_teacher`'s architecture, randomly initialised (nothing downloaded)."""
+    """`weights.build_teacher`'s architecture, randomly initialised (nothing downloaded)."""
     vit = timm.create_model(TEACHER_ARCHS[(target_type, teacher)], pretrained=False, num_classes=0, img_size=img_size)
     return DinoTeacher(vit, grid=(img_size // patch_size, img_size // patch_size))
 
@@ -256,7 +256,7 @@ def make_step(model, objective, teacher, optimizer, scaler, videos, mask, precis
     """One training step on one batch as the loop takes it; `step(timeline)` marks its stages."""
     update = TorchUpdate(model, optimizer, precision, scaler)
     sums: Dict[str, torch.Tensor] = {}
-    index = MaskIndex.of(mask.cpu()).to(videos.device)  # built on the host, as engine_for_pretraining.HostMaskIndex
+    index = MaskIndex.of(mask.cpu()).to(videos.device)  # built on the host, as objective_kernels.HostMaskIndex
 
     def step(timeline: Optional[Timeline] = None) -> torch.Tensor:
         set_schedules(optimizer, 1e-4, 0.05)

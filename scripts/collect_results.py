@@ -44,7 +44,7 @@ from flags import ArgumentParser, DocHelpFormatter  # noqa: E402
 
 RESULT_FILES = ("test_results.json", "knn_results.json", "probe_results.json", "segmentation_results.json")
 LOG_FILES = ("train.log", "knn.log", "probe.log", "segmentation.log")  # each driver's, as runtime.start_run names it
-# run_class_finetuning.py's train.log line for the --finetune weights (modeling_finetune.load_pretrained_weights).
+# run_class_finetuning.py's train.log line for the --finetune weights (weights.load_pretrained_weights).
 LOADED_LINE = re.compile(r"loaded \d+ tensors from (.+?); newly initialised")
 BACKBONES = {"small": "ViT-S", "base": "ViT-B", "large": "ViT-L", "huge": "ViT-H"}
 DATA_NAMES = {"SSV2": "SSv2", "Kinetics-400": "K400", "UCF101": "UCF101", "HMDB51": "HMDB51",

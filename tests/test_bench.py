@@ -172,3 +172,19 @@ def test_bench_transforms_times_both_randaugment_orders(capsys):
     bench_transforms.main(["--shape", "2", "3", "40", "48", "--size", "32", "--clips", "1", "--warmup", "0"])
     chains = [json.loads(line)["chain"] for line in capsys.readouterr().out.splitlines()]
     assert chains == ["official", "crop_first", "multi_scale_crop"]
+
+
+def test_loss_trace_repeats_to_the_bit_and_sees_another_seed(tmp_path):
+    import loss_trace
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the script: one order of every reduction
+    try:
+        first = loss_trace.trace("mlp", "SWAV", steps=2, seed=0, folder=str(tmp_path))
+        again = loss_trace.trace("mlp", "SWAV", steps=2, seed=0, folder=str(tmp_path))
+        other = loss_trace.trace("mlp", "SWAV", steps=2, seed=1, folder=str(tmp_path))
+    finally:
+        torch.set_num_threads(threads)
+    assert first == again
+    assert len(first["losses"]) == 2 and all(float(x) > 0 for x in first["losses"])
+    assert other["losses"] != first["losses"] and other["weights_sha256"] != first["weights_sha256"]

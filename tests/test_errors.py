@@ -13,6 +13,7 @@ import torch
 
 import modeling_finetune
 import modeling_pretrain
+import weights
 from datasets.synthetic import make_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,7 +93,7 @@ def test_a_checkpoint_with_other_tensors_is_named_in_a_short_line(vit_tiny, tmp_
     model = modeling_finetune.vit_tiny_patch16_224(img_size=32, all_frames=4, num_classes=0)
     with pytest.raises(ValueError, match=r"does not match the model: blocks\.0\.mlp\.fc1\.weight.*\(12 tensors in all\)"
                        ) as error:
-        modeling_finetune.load_pretrained_weights(model, str(path))
+        weights.load_pretrained_weights(model, str(path))
     assert len(str(error.value)) < 500
 
 

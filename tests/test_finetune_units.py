@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import modeling_finetune as mf
+import weights
 from datasets.mixup import Mixup, cutmix_box, smooth_one_hot
 from engine_for_finetuning import Views, classification_metrics, merge_views, soft_target_cross_entropy
 from eval_knn import knn_classify, topk_accuracy
@@ -158,11 +159,11 @@ def test_load_pretrained_weights_strips_model_prefix(tmp_path):
     path = str(tmp_path / "prefixed.pth")
     torch.save({"model": {f"student.{k}": v for k, v in src.state_dict().items()} | {"other.x": torch.ones(1)}}, path)
     dst = _tiny_vit(num_classes=3)
-    report = mf.load_pretrained_weights(dst, path, model_prefix="student.")
+    report = weights.load_pretrained_weights(dst, path, model_prefix="student.")
     assert "other.x" in report["dropped"] and not report["initialised"]
     assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
     with pytest.raises(ValueError, match="model_prefix"):
-        mf.load_pretrained_weights(dst, path, model_prefix="teacher.")
+        weights.load_pretrained_weights(dst, path, model_prefix="teacher.")
 
 
 def test_knn_weighted_votes_known_answer():

@@ -7,7 +7,7 @@ import torch
 
 import hf_weights
 import modeling_finetune as mf
-import modeling_pretrain as mp
+import weights
 from helpers import FRAMES, SIZE, tiny_pretrain
 
 transformers = pytest.importorskip("transformers")
@@ -51,9 +51,9 @@ def _hf_input(x: torch.Tensor) -> torch.Tensor:
 def test_load_transformers_classifier(tmp_path, mean_pooling):
     hf, path = _hf(transformers.VideoMAEForVideoClassification, tmp_path, "cls", num_labels=5,
                    use_mean_pooling=mean_pooling)
-    assert mf.pooling_for_frozen_features(path) is mean_pooling
+    assert weights.pooling_for_frozen_features(path) is mean_pooling
     model = _ours(use_mean_pooling=mean_pooling)
-    report = mf.load_pretrained_weights(model, path)
+    report = weights.load_pretrained_weights(model, path)
     assert report["initialised"] == [] and report["dropped"] == []
     x = _clips()
     with torch.no_grad():
@@ -69,8 +69,8 @@ def test_load_transformers_encoder_and_pretraining(tmp_path, mean_pooling):
     for cls in (transformers.VideoMAEModel, transformers.VideoMAEForPreTraining):
         hf, path = _hf(cls, tmp_path, cls.__name__, use_mean_pooling=mean_pooling)
         encoder = hf if cls is transformers.VideoMAEModel else hf.videomae
-        model = _ours(num_classes=0, use_mean_pooling=mf.pooling_for_frozen_features(path))
-        report = mf.load_pretrained_weights(model, path)
+        model = _ours(num_classes=0, use_mean_pooling=weights.pooling_for_frozen_features(path))
+        report = weights.load_pretrained_weights(model, path)
         assert all(k.startswith("fc_norm.") for k in report["initialised"])
         assert any(k.startswith("decoder.") for k in report["dropped"]) == (cls is transformers.VideoMAEForPreTraining)
         with torch.no_grad():
@@ -125,7 +125,7 @@ def test_export_classifier(tmp_path):
         model.fc_norm.eps = hf_weights.HF_FC_NORM_EPS
         torch.testing.assert_close(hf.eval()(_hf_input(x)).logits, model(x), atol=1e-5, rtol=1e-5)
     back = _ours()
-    mf.load_pretrained_weights(back, out)
+    weights.load_pretrained_weights(back, out)
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))
 
 
@@ -173,13 +173,13 @@ def test_unsupported_config_refused(tmp_path, change, message):
     _, path = _hf(transformers.VideoMAEModel, tmp_path, "enc")
     _edit_config(path, **change)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        mf.load_pretrained_weights(_ours(num_classes=0), path)
+        weights.load_pretrained_weights(_ours(num_classes=0), path)
 
 
 def test_wrong_size_refused(tmp_path):
     _, path = _hf(transformers.VideoMAEModel, tmp_path, "enc", hidden_size=64, intermediate_size=128)
     with pytest.raises(ValueError, match=r"hidden_size=64 \(the model has embed_dim 32\)"):
-        mf.load_pretrained_weights(_ours(num_classes=0), path)
+        weights.load_pretrained_weights(_ours(num_classes=0), path)
 
 
 def test_export_refuses_mean_of_normed_tokens_head(tmp_path):
@@ -217,7 +217,7 @@ def test_videomae_v2_encoder(tmp_path, mean_pooling):
     kwargs = hf_weights.backbone_kwargs(path)
     model = mf.VisionTransformer(**kwargs).eval()
     assert model.blocks[0].mlp.fc1.out_features == 192 and kwargs["use_mean_pooling"] is mean_pooling
-    report = mf.load_pretrained_weights(model, path)
+    report = weights.load_pretrained_weights(model, path)
     assert report["initialised"] == [] and report["dropped"] == []
     x = _clips()
     with torch.no_grad():
@@ -230,11 +230,11 @@ def test_videomae_v2_unsupported_refused(tmp_path):
     source = _ours(embed_dim=44, patch_size=8, mlp_ratio=48 / 11, num_classes=0)
     path = _videomae_v2(tmp_path, source, init_values=0.1)
     with pytest.raises(ValueError, match=r"model_config.init_values=0.1 .*layer scale"):
-        mf.load_pretrained_weights(_ours(embed_dim=44, patch_size=8, mlp_ratio=48 / 11, num_classes=0), path)
+        weights.load_pretrained_weights(_ours(embed_dim=44, patch_size=8, mlp_ratio=48 / 11, num_classes=0), path)
     with pytest.raises(ValueError, match=r"model_config.embed_dim=44 \(the model has embed_dim 32\)"):
         _edit_config(path, model_config={**json.load(open(os.path.join(path, "config.json")))["model_config"],
                                          "init_values": 0.0})
-        mf.load_pretrained_weights(_ours(num_classes=0), path)
+        weights.load_pretrained_weights(_ours(num_classes=0), path)
 
 
 def test_safetensors_weights(tmp_path):
@@ -244,8 +244,8 @@ def test_safetensors_weights(tmp_path):
     assert hf_weights.convert(ckpt, out) == len(model.state_dict())
     assert set(hf_weights.read_weights(out)) == set(model.state_dict())
     back = _ours()
-    report = mf.load_pretrained_weights(back, out)
-    assert report["initialised"] == [] and mf.pooling_for_frozen_features(out)
+    report = weights.load_pretrained_weights(back, out)
+    assert report["initialised"] == [] and weights.pooling_for_frozen_features(out)
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(Exception, match="bad.safetensors"):
@@ -258,7 +258,7 @@ def test_dinov2_teacher_from_safetensors(tmp_path):
     vit = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0, img_size=28)
     path = str(tmp_path / "model.safetensors")
     hf_weights.write_safetensors(vit.state_dict(), path)
-    teacher = mp.build_teacher("dino_v2", "dino_s", img_size=28, checkpoint=path, patch_size=14)
+    teacher = weights.build_teacher("dino_v2", "dino_s", img_size=28, checkpoint=path, patch_size=14)
     assert torch.equal(teacher.vit.blocks[3].attn.qkv.weight, vit.blocks[3].attn.qkv.weight)
     assert torch.equal(teacher.vit.reg_token, vit.reg_token)
 
@@ -275,7 +275,7 @@ def test_sharded_and_configless_files(tmp_path):
     bare.mkdir()
     os.replace(os.path.join(path, "model.safetensors"), bare / "weights.safetensors")  # no config.json beside it
     model = _ours()
-    assert mf.load_pretrained_weights(model, str(bare / "weights.safetensors"))["initialised"] == []
+    assert weights.load_pretrained_weights(model, str(bare / "weights.safetensors"))["initialised"] == []
     x = _clips()
     with torch.no_grad():
         torch.testing.assert_close(model(x), hf(_hf_input(x)).logits, atol=1e-4, rtol=1e-4)  # eps: the model's

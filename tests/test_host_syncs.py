@@ -8,10 +8,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import engine_for_pretraining
-from engine_for_pretraining import HostMaskIndex, compute_loss, prototype_counts
+from engine_for_pretraining import compute_loss, prototype_counts
 from helpers import GRID, clips, tiny_objective, tiny_pretrain, tiny_teacher
 from masking_generator import tube_mask
 from modeling_finetune import MaskIndex, take_tokens
+from objective_kernels import HostMaskIndex
 
 aten = torch.ops.aten
 # Ops whose output size or value the host must read from the device.

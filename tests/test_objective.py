@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine_for_pretraining import (compute_loss, cross_entropy, denormalize_like, normalize_per_group,
-                                    pixel_targets, row_argmax, swapped_prediction)
+from engine_for_pretraining import (compute_loss, denormalize_like, normalize_per_group, pixel_targets, row_argmax,
+                                    swapped_prediction)
 from engine_for_pretraining import Objective
 from helpers import GRID, clips, tiny_objective, tiny_pretrain, tiny_teacher
 from masking_generator import tube_mask
@@ -162,46 +162,6 @@ def test_tiny_model_overfits_fixed_batch(target_type, loss_func):
     assert ratio < OVERFIT_RATIO[target_type], f"loss did not fall: last / first = {ratio:.3f}"
 
 
-@pytest.mark.parametrize("soft", [False, True])
-def test_cross_entropy_equals_torch(soft):
-    logits = (torch.randn(50, 7) * 5).requires_grad_()
-    target = torch.softmax(torch.randn(50, 7), 1) if soft else torch.randint(0, 7, (50,))
-    ours = cross_entropy(logits, target)
-    (g_ours,) = torch.autograd.grad(ours * 3.0, logits)
-    ref = F.cross_entropy(logits, target)
-    (g_ref,) = torch.autograd.grad(ref * 3.0, logits)
-    torch.testing.assert_close(ours, ref)
-    torch.testing.assert_close(g_ours, g_ref)
-
-
-def test_cross_entropy_gradcheck():
-    logits = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
-    target = torch.randint(0, 5, (6,))
-    assert torch.autograd.gradcheck(lambda x: cross_entropy(x, target), (logits,))
-
-
-@pytest.mark.parametrize("soft", [False, True])
-def test_cross_entropy_in_a_scratch_buffer_equals_torch_and_refuses_a_second_backward(soft):
-    logits = (torch.randn(50, 7) * 5).requires_grad_()
-    target = torch.softmax(torch.randn(50, 7), 1) if soft else torch.randint(0, 7, (50,))
-    scratch = torch.full((50, 7), float("nan"))  # whatever it held must not matter
-    ours = cross_entropy(logits, target, scratch=scratch)
-    ref = F.cross_entropy(logits, target)
-    torch.testing.assert_close(ours, ref)
-    assert torch.isfinite(scratch).all()  # the buffer was written
-    (g_ours,) = torch.autograd.grad(ours * 3.0, logits, retain_graph=True)
-    (g_ref,) = torch.autograd.grad(ref * 3.0, logits)
-    torch.testing.assert_close(g_ours, g_ref)
-    # The gradient was written over the saved softmax: autograd must refuse to reuse it.
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-        torch.autograd.grad(ours, logits)
-
-
-def test_cross_entropy_refuses_a_scratch_of_another_shape():
-    with pytest.raises(ValueError, match="scratch must be a \\(50, 7\\)"):
-        cross_entropy(torch.randn(50, 7), torch.randint(0, 7, (50,)), scratch=torch.empty(50, 8))
-
-
 def test_row_argmax_is_argmax_first_maximum_on_ties():
     scores = torch.randint(0, 3, (200, 9)).float()  # many tied maxima per row
     assert torch.equal(row_argmax(scores), scores.argmax(-1))
@@ -245,7 +205,7 @@ def test_small_eps_uses_stable_sinkhorn():
 def test_build_teacher_reads_dinov2_release_format(tmp_path):
     import timm
 
-    from modeling_pretrain import build_teacher
+    from weights import build_teacher
 
     ref = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0, img_size=518)
     # The released DINOv2 layout: `register_tokens`, a class position in pos_embed, a mask token.

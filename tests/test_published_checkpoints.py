@@ -7,6 +7,7 @@ import torch
 
 import modeling_finetune as mf
 import modeling_pretrain as mp
+import weights
 from checkpointing import CheckpointError
 from helpers import FRAMES, SIZE, clips
 
@@ -71,7 +72,7 @@ def _finetune(**kwargs):
 def test_loaded_backbone_reproduces_encoder(tmp_path):
     pre, path = _pretrained(tmp_path)
     model = _finetune(use_mean_pooling=False).eval()
-    report = mf.load_pretrained_weights(model, path)
+    report = weights.load_pretrained_weights(model, path)
     assert report["initialised"] == ["head.bias", "head.weight"]
     assert "prototypes" in report["dropped"] and "head.0.weight" in report["dropped"]
     assert any(k.startswith("decoder.") for k in report["dropped"])
@@ -91,7 +92,7 @@ def test_loaded_backbone_reproduces_encoder(tmp_path):
 def test_checkpoint_layouts(tmp_path, wrap):
     pre, path = _pretrained(tmp_path, wrap)
     model = _finetune()
-    report = mf.load_pretrained_weights(model, path)
+    report = weights.load_pretrained_weights(model, path)
     assert "blocks.0.attn.qkv.weight" in report["loaded"]
     torch.testing.assert_close(model.blocks[1].mlp.fc2.weight, pre.encoder.blocks[1].mlp.fc2.weight)
 
@@ -101,10 +102,10 @@ def test_head_kept_when_shapes_match_dropped_otherwise(tmp_path):
     path = str(tmp_path / "finetuned.pth")
     torch.save({"model": finetuned.state_dict()}, path)
     same = _finetune()
-    assert "head.weight" in mf.load_pretrained_weights(same, path)["loaded"]
+    assert "head.weight" in weights.load_pretrained_weights(same, path)["loaded"]
     torch.testing.assert_close(same.head.weight, finetuned.head.weight)
     other = _finetune(num_classes=9)
-    report = mf.load_pretrained_weights(other, path)
+    report = weights.load_pretrained_weights(other, path)
     assert "head.weight" in report["dropped"] and "head.weight" in report["initialised"]
 
 
@@ -116,7 +117,7 @@ def test_learnable_positions_resized(tmp_path, frames, size):
     path = str(tmp_path / "learnable.pth")
     torch.save({"model": src.state_dict()}, path)
     dst = _finetune(use_learnable_pos_emb=True, all_frames=frames, img_size=size)
-    mf.load_pretrained_weights(dst, path)
+    weights.load_pretrained_weights(dst, path)
     assert dst.pos_embed.shape[1] == (frames // 2) * (size // 16) ** 2
     torch.testing.assert_close(dst.pos_embed, torch.linspace(-1, 1, dst.embed_dim).expand_as(dst.pos_embed),
                                rtol=1e-4, atol=1e-4)
@@ -126,7 +127,7 @@ def test_wrong_model_size_is_a_clear_error(tmp_path):
     _, path = _pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"pretrain.pth: checkpoint is ViT-S \(embed 384, 12 blocks\); --model asks "
                                          r"for ViT-B \(embed 768, 12 blocks\) \(--model vit_small_patch16_224 fits it\)$"):
-        mf.load_pretrained_weights(mf.vit_base_patch16_224(num_classes=5, all_frames=FRAMES, img_size=SIZE), path)
+        weights.load_pretrained_weights(mf.vit_base_patch16_224(num_classes=5, all_frames=FRAMES, img_size=SIZE), path)
 
 
 def test_missing_backbone_weights_is_an_error(tmp_path):
@@ -134,20 +135,20 @@ def test_missing_backbone_weights_is_an_error(tmp_path):
     sd = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.blocks.11.")}
     torch.save({"model": sd}, path)
     with pytest.raises(ValueError, match=r"lacks backbone weights \['blocks\.11\."):
-        mf.load_pretrained_weights(_finetune(), path)
+        weights.load_pretrained_weights(_finetune(), path)
 
 
 def test_unreadable_files(tmp_path):
     with pytest.raises(CheckpointError, match="nowhere.pth: no such file"):
-        mf.load_pretrained_weights(_finetune(), str(tmp_path / "nowhere.pth"))
+        weights.load_pretrained_weights(_finetune(), str(tmp_path / "nowhere.pth"))
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt.pth is not a PyTorch checkpoint"):
-        mf.load_pretrained_weights(_finetune(), str(corrupt))
+        weights.load_pretrained_weights(_finetune(), str(corrupt))
     pickled = tmp_path / "object.pth"
     torch.save({"model": _Unsafe()}, pickled)  # arbitrary objects are refused (weights_only)
     with pytest.raises(CheckpointError, match=r"object.pth holds pickled code or objects \(.*_Unsafe\)") as info:
-        mf.load_pretrained_weights(_finetune(), str(pickled))
+        weights.load_pretrained_weights(_finetune(), str(pickled))
     assert "weights_only" not in str(info.value)  # never suggest turning the guard off
 
 

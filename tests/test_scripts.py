@@ -408,7 +408,7 @@ def test_collect_results_eval_runs(tmp_path):
     write(tmp_path / "eval_log" / "test_results.json", results)
     write(tmp_path / "eval_log" / "train.log",
           "2026-12-01 10:00:00,000 INFO sigma: single environment (no launcher variables) -> rank 0 of 1\n"
-          f"2026-12-01 10:00:01,000 INFO modeling_finetune: loaded 152 tensors from {weights}; "
+          f"2026-12-01 10:00:01,000 INFO weights: loaded 152 tensors from {weights}; "
           "newly initialised: []; dropped from checkpoint: []\n")
     # An --eval --resume run that did not log what it loaded: unknown, not random init.
     write(tmp_path / "eval_bare" / "test_results.json", results)

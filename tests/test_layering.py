@@ -1,0 +1,193 @@
+"""The import layers of README.md's layout: arrows only point down, and no module needs another first.
+
+    models (modeling_finetune, modeling_pretrain and their kernels, objective_kernels: torch, timm and
+            each other)
+      <- weights (hf_weights: formats and export; weights: reading files into the models)
+      <- engines, datasets, evaluations, run infrastructure
+      <- drivers
+
+The graph is built from the source (every import statement, inside functions too) of every module
+at the repository root and in its packages (any folder with an __init__.py, found here, not listed),
+leaving out tests/, bench/ and scripts/.
+"""
+import ast
+import os
+import subprocess
+import sys
+import textwrap
+from typing import Dict, List, Optional, Set
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOT_PROJECT = {"tests", "bench", "scripts"}  # folders of scripts run as files, not imported modules
+# The bottom layer: imports no other project module. objective_kernels holds the model's fused scores
+# (ScoresInto) beside the objective's kernels, and imports only the backbone's MaskIndex.
+MODEL_FILES = {"modeling_finetune", "modeling_pretrain", "objective_kernels"}
+
+
+def project_modules(root: str) -> Dict[str, str]:
+    """{dotted module name: path} of the root's .py files and of every package below it (recursively)."""
+    modules = {}
+
+    def walk(folder: str, prefix: str) -> None:
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if name.endswith(".py"):
+                stem = name[:-3]
+                modules[prefix.rstrip(".") if stem == "__init__" else prefix + stem] = path
+            elif (os.path.isdir(path) and not name.startswith((".", "_")) and name not in NOT_PROJECT
+                  and os.path.isfile(os.path.join(path, "__init__.py"))):
+                walk(path, prefix + name + ".")
+
+    walk(root, "")
+    return modules
+
+
+def _imported_names(tree: ast.AST, module: str, is_package: bool) -> Set[str]:
+    """Dotted names each import statement of `tree` may load (relative imports resolved)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # from . import x / from ..a import b
+                parts = module.split(".") if is_package else module.split(".")[:-1]
+                parts = parts[:len(parts) - (node.level - 1)]
+                base = ".".join(parts + ([base] if base else []))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" if base else alias.name for alias in node.names)
+    return names
+
+
+def import_graph(root: str) -> Dict[str, Set[str]]:
+    """{module: project modules it imports}. `import a.b` loads the package `a` too, so both count."""
+    modules = project_modules(root)
+    graph = {}
+    for module, path in modules.items():
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename=path)
+        edges = set()
+        for name in _imported_names(tree, module, path.endswith("__init__.py")):
+            parts = name.split(".")
+            edges.update(".".join(parts[:i]) for i in range(1, len(parts) + 1) if ".".join(parts[:i]) in modules)
+        # A package's own submodules import it first: that edge is no cycle, it is how packages load.
+        edges.discard(module)
+        if not path.endswith("__init__.py"):
+            edges -= {p for p in edges if module.startswith(p + ".")}
+        graph[module] = edges
+    return graph
+
+
+def find_cycle(graph: Dict[str, Set[str]]) -> Optional[List[str]]:
+    """One import cycle as [a, b, ..., a], or None (depth-first search, colouring modules)."""
+    state: Dict[str, int] = {}  # 1: on the current path, 2: finished
+    path: List[str] = []
+
+    def visit(module: str) -> Optional[List[str]]:
+        state[module] = 1
+        path.append(module)
+        for other in sorted(graph.get(module, ())):
+            if state.get(other) == 1:
+                return path[path.index(other):] + [other]
+            if other not in state:
+                found = visit(other)
+                if found:
+                    return found
+        path.pop()
+        state[module] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state:
+            found = visit(module)
+            if found:
+                return found
+    return None
+
+
+def layer_violations(graph: Dict[str, Set[str]]) -> List[str]:
+    """'modeling_x imports y' for every project import of a bottom-layer file of another layer."""
+    return [f"{m} imports {o}" for m in sorted(MODEL_FILES & set(graph)) for o in sorted(graph[m] - MODEL_FILES)]
+
+
+def test_the_project_has_no_import_cycle():
+    graph = import_graph(ROOT)
+    assert {"modeling_finetune", "weights", "hf_weights", "datasets", "datasets.decoding"} <= set(graph)
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_model_files_import_no_project_module_above_them():
+    graph = import_graph(ROOT)
+    assert MODEL_FILES <= set(graph)
+    assert layer_violations(graph) == []
+    assert graph["modeling_finetune"] == set()
+    assert graph["modeling_pretrain"] == {"modeling_finetune", "objective_kernels"}
+    assert graph["objective_kernels"] == {"modeling_finetune"}
+
+
+def _write(folder, files: Dict[str, str]) -> str:
+    for name, text in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    return str(folder)
+
+
+def test_the_graph_finds_planted_cycles_and_upward_arrows(tmp_path):
+    root = _write(tmp_path, {
+        "weights.py": "import modeling_finetune\n",
+        "modeling_finetune.py": "import torch\n\ndef load():\n    from weights import read  # inside a function\n",
+        "modeling_pretrain.py": "from modeling_finetune import Block\n",
+        "pkg/__init__.py": "",
+        "pkg/a.py": "from .b import x\n",
+        "pkg/b.py": "from pkg import a\n",
+        "pkg/c.py": "from . import b\nimport pkg\n",  # a submodule importing its own package: no cycle
+        "tests/test_x.py": "import weights\n",  # tests are left out
+        "bench/b.py": "import modeling_pretrain\n",
+    })
+    graph = import_graph(root)
+    assert set(graph) == {"weights", "modeling_finetune", "modeling_pretrain", "pkg", "pkg.a", "pkg.b", "pkg.c"}
+    assert graph["modeling_finetune"] == {"weights"} and graph["pkg.a"] == {"pkg.b"}
+    assert graph["pkg.b"] == {"pkg.a"} and graph["pkg.c"] == {"pkg.b"}
+    assert find_cycle(graph) == ["modeling_finetune", "weights", "modeling_finetune"]
+    assert layer_violations(graph) == ["modeling_finetune imports weights"]
+    del graph["modeling_finetune"]
+    assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.a"]
+    graph["pkg.b"] = set()
+    assert find_cycle(graph) is None
+
+
+# One fresh interpreter preloads the third-party libraries (torch's import alone costs seconds), then
+# imports each project module in a forked child where no project module has been imported yet.
+_IMPORT_EACH = """
+import os, sys, traceback
+import numpy, timm, torch
+failed = []
+for name in sys.argv[1:]:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            assert not [m for m in sys.modules if m in set(sys.argv[1:])], "a project module is loaded already"
+            __import__(name)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    if os.waitpid(pid, 0)[1] != 0:
+        failed.append(name)
+print("FAILED", " ".join(failed))
+sys.exit(1 if failed else 0)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks one child per module")
+def test_every_module_imports_on_its_own_in_a_fresh_interpreter():
+    modules = sorted(project_modules(ROOT))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    result = subprocess.run([sys.executable, "-c", _IMPORT_EACH, *modules], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert result.stdout.strip() == "FAILED"
