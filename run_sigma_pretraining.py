@@ -23,9 +23,9 @@ from datasets.decoding import DecodeOptions
 from datasets.gpu_augment import DeviceAugment
 from datasets.video_dataset import AugmentConfig, BadSampleTracker, ClipConfig, MaskConfig, VideoClipDataset
 from engine_for_pretraining import Objective, train_one_epoch
+from evals.knn_monitor import KnnMonitor
 from flags import (ArgumentParser, add_clip_flags, add_loader_flags, add_optim_flags, add_output_and_run_flags,
                    check_flags, clip_rules, common_rules, resolve_precision, str2bool)
-from knn_monitor import KnnMonitor
 from masking_generator import MASKS
 from modeling_pretrain import LOSS_FUNCS, MODELS, TARGET_TYPES, TEACHER_DIMS, build_teacher
 from optim_factory import create_optimizer, param_groups

@@ -36,11 +36,11 @@ from datasets.decoding import BACKENDS, VideoError, read_video
 from datasets.frame_indices import dense_indices
 from datasets.transforms import center_crop, resize_short_side, to_normalized_float
 from distributed import setup_logging
-from eval_knn import account_scored, add_scoring_flags
 from engine_for_pretraining import Objective, denormalize_like, pixel_targets
+from evals.common import account_scored, add_scoring_flags
+from evals.kmeans import kmeans
 from flags import ArgumentParser, DocHelpFormatter, str2bool
 import hf_weights
-from kmeans import kmeans
 from masking_generator import tube_mask
 from modeling_finetune import MaskIndex, patchify
 from modeling_pretrain import MODELS, TARGET_TYPES, TEACHER_DIMS, PretrainVisionTransformer, build_teacher

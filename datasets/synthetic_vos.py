@@ -22,8 +22,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from datasets.vos import palette
 from flags import ArgumentParser, DocHelpFormatter
-from segmentation_metrics import palette
 from shutdown import run_tool
 
 logger = logging.getLogger(__name__)
