@@ -44,7 +44,7 @@ import hf_weights
 from masking_generator import tube_mask
 from modeling_finetune import MaskIndex, patchify
 from modeling_pretrain import MODELS, TARGET_TYPES, TEACHER_DIMS, PretrainVisionTransformer, build_teacher
-from run_sigma_pretraining import build_parser as build_pretrain_parser
+from pretrain_flags import build_parser as build_pretrain_parser
 from shutdown import describe
 from vis_drawing import (MASK_GREY, OVERLAY_ALPHA, figure, legend_entries, save_gif, save_png, shown_frames, to_uint8,
                          tube_colours, upscale, usage_plot)
@@ -60,7 +60,7 @@ KMEANS_ITERATIONS = 50
 
 def get_parser() -> argparse.ArgumentParser:
     p = ArgumentParser("run_sigma_vis.py", __doc__, formatter_class=DocHelpFormatter)
-    pretrain = build_pretrain_parser()  # the pretraining defaults, declared once there
+    pretrain = build_pretrain_parser()  # the pretraining defaults, declared once there (pretrain_flags.py)
     g = p.add_argument_group("inputs")
     g.add_argument("--checkpoint", required=True, help="pretraining checkpoint (loaded with weights_only)")
     g.add_argument("--video", default="",
