@@ -5,7 +5,8 @@
 # Follows SEVERE (fmthoker/SEVERE-BENCHMARK Repetition-Counting/opts.py at commit
 # 8cedb9cb2fb0583a1d560df8e0c853e7487d3aa2, and its datasets/ucf_aug.py): UCFRep's train split for
 # training and its val split as the test set, videos with fewer than 2 repetitions left out, 100 epochs,
-# the metrics (MAE = mean |predicted - true| / true, OBO = share within one repetition; evals/severe_metrics.py).
+# the metrics (MAE = mean |predicted - true| / true, OBO = share within one repetition;
+# evals/severe_metrics.py).
 # Differs from SEVERE: SEVERE trains Zhang et al.'s context-aware counting model (a sliding window that
 # predicts repetition cycles and refines its scale); ours regresses the count directly from one clip of
 # 16 frames spread over the whole video (segment sampling; L1 loss on the count, evals/tasks.py), the test
