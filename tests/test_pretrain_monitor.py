@@ -29,10 +29,10 @@ def test_periodic_knn_is_logged_and_equals_the_knn_eval_of_the_checkpoint(data, 
                                 "--num_workers", "1",
                                 "--eval_k", "3")))
     records = [json.loads(line) for line in open(tmp_path / "pre" / "metrics.jsonl")]
-    evals = [r for r in records if "knn_top1" in r]
-    assert [(r["epoch"], r["step"]) for r in evals] == [(0, 4), (1, 8)]  # after each epoch, at its last step
+    scores = [r for r in records if "knn_top1" in r]
+    assert [(r["epoch"], r["step"]) for r in scores] == [(0, 4), (1, 8)]  # after each epoch, at its last step
     assert all("loss" in r for r in records if "knn_top1" not in r)
-    assert all(r["knn_queries"] == 4 and r["knn_bank"] == 8 for r in evals)  # every listed video scored
+    assert all(r["knn_queries"] == 4 and r["knn_bank"] == 8 for r in scores)  # every listed video scored
     epochs = [json.loads(line) for line in open(tmp_path / "pre" / "log.txt")]
     # The epoch's line and checkpoint come first: the monitor never costs a checkpoint.
     assert [e["epoch"] for e in epochs] == [0, 1] and not any("knn_top1" in e for e in epochs)
@@ -43,7 +43,7 @@ def test_periodic_knn_is_logged_and_equals_the_knn_eval_of_the_checkpoint(data, 
         "--data_set", "custom", "--nb_classes", "4", "--data_path", data, "--input_size", "32",
         "--short_side_size", "32", "--num_frames", "4", "--sampling_rate", "2", "--num_workers", "0",
         "--k", "3", "--output_dir", str(tmp_path / "knn")]))
-    assert results["top1"] == pytest.approx(evals[-1]["knn_top1"]) and results["num_val"] == 4
+    assert results["top1"] == pytest.approx(scores[-1]["knn_top1"]) and results["num_val"] == 4
 
 
 def test_eval_every_needs_a_labelled_list(data, tmp_path, capsys):
