@@ -19,7 +19,7 @@ from datasets.images import ImageClipDataset
 from datasets.sampler import ShardSampler
 from datasets.video_dataset import ClipConfig, VideoClipDataset, collate_clips
 from engine_for_finetuning import Views, gather_views, merge_views, predict_views
-from flags import add_clip_flags, add_encoder_flags, add_loader_flags, clip_rules
+from flags import Rules, add_clip_flags, add_encoder_flags, add_loader_flags, clip_rules
 from modeling_finetune import MODELS, load_pretrained_weights, pooling_for_frozen_features
 from shutdown import WORKER_INIT
 
@@ -66,7 +66,7 @@ def add_clip_input_flags(group) -> None:
     add_scoring_flags(group)
 
 
-def clip_input_rules(args: argparse.Namespace) -> dict:
+def clip_input_rules(args: argparse.Namespace) -> Rules:
     """check_flags rules of the flags add_clip_input_flags declares."""
     return {"batch_size": (lambda v: v >= 1, ">= 1"), "num_workers": (lambda v: v >= 0, ">= 0"),
             "max_bad_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"), **clip_rules(args)}
