@@ -38,12 +38,12 @@ def train_one_epoch(model: nn.Module, loader: Iterable, update, schedule, *, dev
     Args:
         mixup: mixes each batch and gives its soft targets (they carry the label smoothing).
         smoothing: label smoothing without mixup.
-        task: a `tasks.Task` whose loss replaces single-head classification (no mixup, smoothing).
+        task: an `evals.tasks.Task` whose loss replaces single-head classification (no mixup, smoothing).
         nonfinite: the run's `training_loop.NonFiniteWatch` (it reads the loss this returns).
     """
 
     def loss_fn(batch):
-        if task is not None:  # tasks.Task: multi-label, counting or the attentive-probe grid
+        if task is not None:  # evals.tasks.Task: multi-label, counting or the attentive-probe grid
             return task.loss(model(batch["video"]), batch)
         videos, labels = batch["video"], batch["label"]  # [B, C, T, H, W], [B]
         if mixup is not None:

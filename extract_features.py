@@ -46,13 +46,12 @@ from distributed import detect_launch, setup_logging
 from feature_store import finished, record_of, remove_partial_files, temporary_name, write_atomic, write_index
 from feature_windows import TAILS, WindowPlan, plan_windows, stream_clips
 from flags import ArgumentParser, add_encoder_flags, add_run_flags, check_flags, resolve_precision
-from hf_weights import backbone_kwargs
 from modeling_finetune import MODELS, VisionTransformer
 from progress import Progress
 from runtime import REQUEUE_EXIT_CODE
 from shutdown import run_driver
 from training_loop import PRECISIONS
-from weights import load_pretrained_weights, pooling_for_frozen_features, read_pretrained
+from weights import backbone_kwargs, load_pretrained_weights, pooling_for_frozen_features, read_pretrained
 
 logger = logging.getLogger("sigma")
 

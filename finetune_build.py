@@ -9,13 +9,13 @@ from typing import Optional
 import torch
 
 import deepspeed_support
-from attentive_probe import AttentiveProbe, AttentiveProbeGrid
 from datasets.decoding import DecodeOptions
 from datasets.images import ImageClipDataset
 from datasets.sampler import ShardSampler
 from datasets.splits import read_split
 from datasets.subset import class_balanced_subset
 from datasets.video_dataset import AugmentConfig, ClipConfig, VideoClipDataset, collate_clips
+from evals.attentive import AttentiveProbe, AttentiveProbeGrid
 from modeling_finetune import MODELS, LinearProbe
 from optim_factory import create_optimizer, param_groups
 from shutdown import WORKER_INIT

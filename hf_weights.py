@@ -28,7 +28,6 @@ import re
 import secrets
 import shutil
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -302,7 +301,7 @@ class HubConfig:
                if name in ours and value is not None and value != ours[name]]
         if bad:
             raise ValueError(f"{self.path}: its {self.source} config does not fit the model: {'; '.join(bad)}. "
-                             f"Build the model it describes: VisionTransformer(**hf_weights.backbone_kwargs(path))")
+                             f"Build the model it describes: VisionTransformer(**weights.backbone_kwargs(path))")
         for name, ours_value in (("image_size", model.grid_size[1] * model.patch_size),
                                  ("num_frames", model.grid_size[0] * model.tubelet_size)):
             key, value = self.fields.get(name, ("", None))
@@ -490,27 +489,6 @@ def _read_extras(path: str, backbone: Tensors) -> Tensors:
                          f"{recorded[:12]}..., the weights' {_backbone_fingerprint(backbone)[:12]}...): export "
                          "the checkpoint again into an empty folder")
     return read_weights(path)
-
-
-def backbone_kwargs(path: str) -> Dict[str, Any]:
-    """VisionTransformer(**kwargs) for the architecture a transformers / VideoMAEv2 checkpoint declares
-    (also sizes no factory of ours builds, such as VideoMAEv2's ViT-g/14)."""
-    state, hub = read_checkpoint(path)
-    if hub is None:
-        raise ValueError(f"{path} is not a transformers VideoMAE or VideoMAEv2 checkpoint")
-    missing = [k for k in ("embed_dim", "depth", "num_heads", "mlp_hidden") if hub.value(k) is None]
-    if missing:
-        raise ValueError(f"{path}: its config does not give {missing}")
-    embed = hub.value("embed_dim")
-    head = state.get("head.weight")
-    return dict(img_size=hub.value("image_size") or 224, patch_size=hub.value("patch_size"),
-                in_chans=hub.value("in_chans"), num_classes=0 if head is None else head.shape[0], embed_dim=embed,
-                depth=hub.value("depth"), num_heads=hub.value("num_heads"),
-                # int(embed * ratio) must give mlp_hidden back: aim half a unit above it, clear of rounding.
-                mlp_ratio=(hub.value("mlp_hidden") + 0.5) / embed, qkv_bias=True,
-                norm_layer=partial(nn.LayerNorm, eps=hub.value("eps") or 1e-6),
-                all_frames=hub.value("num_frames") or 16, tubelet_size=hub.value("tubelet_size"),
-                use_mean_pooling=hub.use_mean_pooling)
 
 
 # ------------------------------------------------------------------------------------ exporting

@@ -18,13 +18,14 @@ from typing import Optional
 
 import torch
 
-from attentive_probe import AttentiveProbe, retired_heads
 from checkpointing import load_checkpoint, resume_from, state_dict_from
 from datasets.mixup import Mixup
 from datasets.splits import DATA_SETS
 from datasets.video_dataset import BadSampleTracker
 from engine_for_finetuning import evaluate, train_one_epoch, write_test_results
-from eval_knn import add_image_flags
+from evals.attentive import AttentiveProbe, retired_heads
+from evals.common import add_image_flags
+from evals.tasks import TASK_OF_DATA_SET, Task, best_head, evaluate_task, validate, write_task_results
 from finetune_build import (build_datasets, build_model, build_optimizer, deepspeed_config_of, eval_loader,
                             probe_of, training_flip)
 from flags import (ArgumentParser, add_augment_flags, add_clip_flags, add_encoder_flags, add_labelled_data_flags,
@@ -35,7 +36,6 @@ from run_log import RunLog, write_config
 from runtime import Checkpointer, end_run, start_run, training_loader, wrap_for_training
 from schedules import lr_rule, make_schedule
 from shutdown import run_driver
-from tasks import TASK_OF_DATA_SET, Task, best_head, evaluate_task, validate, write_task_results
 from training_loop import EpochTotals
 
 logger = logging.getLogger("sigma")

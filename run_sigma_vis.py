@@ -36,14 +36,14 @@ from datasets.decoding import BACKENDS, VideoError, read_video
 from datasets.frame_indices import dense_indices
 from datasets.transforms import center_crop, resize_short_side, to_normalized_float
 from distributed import setup_logging
-from eval_knn import account_scored, add_scoring_flags
 from engine_for_pretraining import Objective, denormalize_like, pixel_targets
+from evals.common import account_scored, add_scoring_flags
+from evals.kmeans import kmeans
 from flags import ArgumentParser, DocHelpFormatter, str2bool
-from kmeans import kmeans
 from masking_generator import tube_mask
 from modeling_finetune import MaskIndex, patchify
 from modeling_pretrain import MODELS, TARGET_TYPES, TEACHER_DIMS, PretrainVisionTransformer
-from run_sigma_pretraining import build_parser as build_pretrain_parser
+from pretrain_flags import build_parser as build_pretrain_parser
 from shutdown import describe
 from vis_drawing import (MASK_GREY, OVERLAY_ALPHA, figure, legend_entries, save_gif, save_png, shown_frames, to_uint8,
                          tube_colours, upscale, usage_plot)
@@ -60,7 +60,7 @@ KMEANS_ITERATIONS = 50
 
 def get_parser() -> argparse.ArgumentParser:
     p = ArgumentParser("run_sigma_vis.py", __doc__, formatter_class=DocHelpFormatter)
-    pretrain = build_pretrain_parser()  # the pretraining defaults, declared once there
+    pretrain = build_pretrain_parser()  # the pretraining defaults, declared once there (pretrain_flags.py)
     g = p.add_argument_group("inputs")
     g.add_argument("--checkpoint", required=True, help="pretraining checkpoint (loaded with weights_only)")
     g.add_argument("--video", default="",

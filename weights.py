@@ -2,7 +2,8 @@
 
 Our checkpoints and the published SIGMA / VideoMAE ones (.pth or .safetensors), transformers VideoMAE
 folders and files and VideoMAEv2 Hub encoders (read in our names through hf_weights' converters) go into
-the video ViT (`read_pretrained`, `load_pretrained_weights`, `pooling_for_frozen_features`); DINO v1 /
+the video ViT (`read_pretrained`, `load_pretrained_weights`, `pooling_for_frozen_features`; `backbone_kwargs`
+builds the ViT a transformers / VideoMAEv2 config declares); DINO v1 /
 DINOv2 files go into the frozen teacher (`build_teacher`).
 
 Layers: the model files (modeling_finetune, modeling_pretrain) import torch and timm only; hf_weights
@@ -10,10 +11,12 @@ Layers: the model files (modeling_finetune, modeling_pretrain) import torch and 
 feature extraction import it. Nothing below imports this module.
 """
 import logging
-from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+from functools import partial
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import timm
 import torch
+import torch.nn as nn
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 from checkpointing import CheckpointMismatch, state_dict_from
@@ -175,3 +178,24 @@ def build_teacher(target_type: str, teacher: str, img_size: int, checkpoint: str
         raise ValueError(f"{checkpoint} is not a {arch} checkpoint: missing {missing[:6]} "
                          f"({len(missing)} keys), unexpected {unexpected[:6]}")
     return DinoTeacher(vit, grid=(img_size // patch_size, img_size // patch_size))
+
+
+def backbone_kwargs(path: str) -> Dict[str, Any]:
+    """VisionTransformer(**kwargs) for the architecture a transformers / VideoMAEv2 checkpoint declares
+    (also sizes no factory of ours builds, such as VideoMAEv2's ViT-g/14)."""
+    state, hub = read_checkpoint(path)
+    if hub is None:
+        raise ValueError(f"{path} is not a transformers VideoMAE or VideoMAEv2 checkpoint")
+    missing = [k for k in ("embed_dim", "depth", "num_heads", "mlp_hidden") if hub.value(k) is None]
+    if missing:
+        raise ValueError(f"{path}: its config does not give {missing}")
+    embed = hub.value("embed_dim")
+    head = state.get("head.weight")
+    return dict(img_size=hub.value("image_size") or 224, patch_size=hub.value("patch_size"),
+                in_chans=hub.value("in_chans"), num_classes=0 if head is None else head.shape[0], embed_dim=embed,
+                depth=hub.value("depth"), num_heads=hub.value("num_heads"),
+                # int(embed * ratio) must give mlp_hidden back: aim half a unit above it, clear of rounding.
+                mlp_ratio=(hub.value("mlp_hidden") + 0.5) / embed, qkv_bias=True,
+                norm_layer=partial(nn.LayerNorm, eps=hub.value("eps") or 1e-6),
+                all_frames=hub.value("num_frames") or 16, tubelet_size=hub.value("tubelet_size"),
+                use_mean_pooling=hub.use_mean_pooling)

@@ -1,4 +1,4 @@
-"""k-means for eval_segmentation.py: our batched torch k-means (kmeans.py) against scikit-learn's
+"""k-means for evals.segmentation: our batched torch k-means (evals/kmeans.py) against scikit-learn's
 KMeans on the same points, the same K, restarts and iteration cap; wall time and inertia (summed
 squared distance to the nearest centre, lower is better) of each.
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from kmeans import kmeans  # noqa: E402
+from evals.kmeans import kmeans  # noqa: E402
 
 logger = logging.getLogger("bench_kmeans")
 

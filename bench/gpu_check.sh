@@ -127,7 +127,7 @@ if [[ "$MODE" == __finetune ]]; then
     [[ -f "$WORK/ref/checkpoint-1.pth" ]] || { echo "needs the ddp_kill_resume stage's checkpoint" >&2; exit 1; }
     # shellcheck disable=SC2046
     "$PY" run_class_finetuning.py $(finetune_args "$WORK/finetune") || exit 1
-    "$PY" eval_knn.py --model vit_small_patch16_224 --data_set custom --nb_classes 4 --data_path "$WORK/videos" \
+    "$PY" -m evals.knn --model vit_small_patch16_224 --data_set custom --nb_classes 4 --data_path "$WORK/videos" \
         --finetune "$WORK/ref/checkpoint-1.pth" --input_size "$SIZE" --short_side_size "$SIZE" \
         --num_frames "$FRAMES" --sampling_rate 2 --batch_size "$BATCH" --k 1 5 --device "$DEVICE" \
         --output_dir "$WORK/knn" || exit 1

@@ -2,8 +2,8 @@
 # Does pretraining teach the encoder anything? A CPU-sized answer on moving handwritten digits
 # (datasets/digits.py: scikit-learn's UCI scans moving across 48x48 frames). For every seed,
 # pretrain a ViT-Ti SIGMA-MLP and a ViT-Ti VideoMAE (pixel) for the same number of steps, then
-# evaluate their frozen encoders and a randomly initialised one with eval_probe.py (standardised
-# L-BFGS logistic regression, C by 4-fold CV on the train videos, and kNN-20) on two labellings of
+# evaluate their frozen encoders and a randomly initialised one with python -m evals.probe
+# (standardised L-BFGS logistic regression, C by 4-fold CV on the train videos, and kNN-20) on two labellings of
 # the same videos: the digit (10 classes, appearance) and the motion direction (4 classes). Prints
 # the per-run JSON lines and a markdown table of mean, sd and the single runs (also written to
 # $OUT/learning_signal.md). About 18 minutes on 2 cores with the defaults (BENCHMARKS.md).
@@ -47,7 +47,7 @@ pretrain() {  # name, seed, objective flags...
 }
 probe() {  # name, seed, weight flags...
     local name=$1 seed=$2; shift 2
-    $PYTHON eval_probe.py --model vit_tiny_patch16_224 "$@" --data_set custom \
+    $PYTHON -m evals.probe --model vit_tiny_patch16_224 "$@" --data_set custom \
         --data_path "$DATA/digit" "$DATA/direction" --data_root "$DATA" "${CLIP[@]}" --short_side_size 48 \
         --batch_size 64 --num_workers 1 --k 20 --device "$DEVICE" --seed "$seed" \
         --output_dir "$OUT/probe_$name" >> "$OUT/probe_$name.log" 2>&1

@@ -19,7 +19,7 @@ writes, under --out:
     pretrain.csv                                 every training video as `videos/... 0`
 Evaluate a labelling with `--data_path OUT/digit --data_root OUT`. Everything is a function of
 --seed and --split_seed: each video draws from its own generator seeded by (seed, split, index),
-so the same seeds give the same files, byte for byte (see datasets.synthetic.CODECS).
+so the same seeds give the same files, byte for byte (see datasets.generated.CODECS).
 """
 import argparse
 import logging
@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from datasets.synthetic import CODECS, DIRECTIONS, SPLITS, _write_lines, write_video
+from datasets.generated import CODECS, DIRECTIONS, SPLITS, write_lines, write_video
 from flags import ArgumentParser, DocHelpFormatter
 from shutdown import run_tool
 
@@ -144,7 +144,7 @@ def make_digits_dataset(out_dir: str, num_train: int = 1000, num_val: int = 400,
         folder = os.path.join(out_dir, labelling)
         os.makedirs(folder, exist_ok=True)
         result[labelling] = {"dir": folder, "classes": list(names[labelling]),
-                             "classes_file": _write_lines(os.path.join(folder, "classes.txt"),
+                             "classes_file": write_lines(os.path.join(folder, "classes.txt"),
                                                           [f"{n}\n" for n in names[labelling]])}
     for split, count in counts.items():
         if count == 0:  # no empty CSV: the drivers fall back to val.csv when test.csv is absent
@@ -163,10 +163,10 @@ def make_digits_dataset(out_dir: str, num_train: int = 1000, num_val: int = 400,
             for labelling, label in zip(LABELLINGS, (digit, direction, speed)):
                 lines[labelling].append(f"{rel} {label}\n")
         for labelling in LABELLINGS:
-            result[labelling][split] = _write_lines(os.path.join(out_dir, labelling, f"{split}.csv"),
+            result[labelling][split] = write_lines(os.path.join(out_dir, labelling, f"{split}.csv"),
                                                     lines[labelling])
         if split == "train":
-            result["pretrain"] = _write_lines(os.path.join(out_dir, "pretrain.csv"),
+            result["pretrain"] = write_lines(os.path.join(out_dir, "pretrain.csv"),
                                               [f"{line.rsplit(' ', 1)[0]} 0\n" for line in lines["digit"]])
     return result
 

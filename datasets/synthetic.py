@@ -27,18 +27,14 @@ import os
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import av
 import numpy as np
 
+from datasets.generated import CODECS, DIRECTIONS, SPLITS, write_lines, write_video
 from flags import ArgumentParser, DocHelpFormatter
 from shutdown import run_tool
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-# Direction of travel in image coordinates (x to the right, y downwards).
-DIRECTIONS = (("left_to_right", (1, 0)), ("right_to_left", (-1, 0)),
-              ("top_to_bottom", (0, 1)), ("bottom_to_top", (0, -1)))
 # Fraction of the free path the object covers during the video: the speed classes do not overlap.
 SPEEDS = {"slow": (0.2, 0.4), "fast": (0.6, 0.9)}
 ANY_SPEED = (0.35, 0.9)
@@ -46,16 +42,6 @@ NUM_CLASSES = (2, 4, 8)
 SHAPES = ("disc", "square", "diamond")
 LABEL_KINDS = ("motion", "shape")
 TEXTURES = ("solid", "stripes", "checker")
-# codec name -> (encoder, file extension, encoder options). CRF/quality settings keep the small
-# objects sharp; VP9 uses its realtime mode because test suites write these files on the fly.
-# The same seed must give the same bytes. Measured here: x264's macroblock-tree rate control
-# gives different bytes from one encode to the next inside a process (mbtree=0 fixes it), and
-# libvpx's real-time deadline depends on timing; one thread each for good measure.
-CODECS = {
-    "h264": ("libx264", ".mp4", {"crf": "18", "preset": "fast", "threads": "1", "x264-params": "mbtree=0"}),
-    "vp9": ("libvpx-vp9", ".webm", {"crf": "30", "b": "0", "deadline": "good", "cpu-used": "5", "threads": "1"}),
-    "mpeg4": ("mpeg4", ".avi", {"qscale": "3", "threads": "1"}),
-}
 
 
 def class_names(num_classes: int) -> List[str]:
@@ -181,27 +167,6 @@ def render_clip(rng: np.random.Generator, label: int, num_classes: int = 4, fram
     return video, np.stack([cx, cy], axis=1)
 
 
-def write_video(path: str, frames: np.ndarray, fps: int = 25, codec: str = "h264") -> None:
-    """Encode uint8 frames [T, H, W, 3] (RGB, even H and W) to `path`; the container follows the extension."""
-    if codec not in CODECS:
-        raise ValueError(f"unknown codec {codec!r}; choose from {sorted(CODECS)}")
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames.dtype} {frames.shape}")
-    height, width = frames.shape[1:3]
-    if height % 2 or width % 2:
-        raise ValueError(f"4:2:0 video needs even height and width, got {height}x{width}")
-    encoder, _, options = CODECS[codec]
-    # bitexact: no random segment ids or library version strings that differ between runs.
-    with av.open(path, "w", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream(encoder, rate=fps, options=dict(options))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.thread_count = 1
-        stream.codec_context.thread_type = "NONE"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())  # flush the frames the encoder still holds
-
-
 def _split_rng(seed: int, split: str, index: int) -> np.random.Generator:
     # A generator per video: its content does not depend on how many other videos are made.
     return np.random.default_rng([seed, SPLITS.index(split), index])
@@ -239,17 +204,17 @@ def make_dataset(out_dir: str, num_train: int = 40, num_val: int = 10, num_test:
             os.makedirs(os.path.join(out_dir, os.path.dirname(rel)), exist_ok=True)
             write_video(os.path.join(out_dir, rel), video, fps, codec)
             lines.append(f"{rel} {label}\n")
-        result[split] = _write_lines(os.path.join(out_dir, f"{split}.csv"), lines)
+        result[split] = write_lines(os.path.join(out_dir, f"{split}.csv"), lines)
         if split == "train":
             pretrain = [f"{line.rsplit(' ', 1)[0]} 0\n" for line in lines]
-            result["pretrain"] = _write_lines(os.path.join(out_dir, "pretrain.csv"), pretrain)
-    result["classes_file"] = _write_lines(os.path.join(out_dir, "classes.txt"), [f"{n}\n" for n in names])
+            result["pretrain"] = write_lines(os.path.join(out_dir, "pretrain.csv"), pretrain)
+    result["classes_file"] = write_lines(os.path.join(out_dir, "classes.txt"), [f"{n}\n" for n in names])
     # A horizontal flip turns left_to_right into right_to_left: fine-tuning must not flip these.
     motion = label_kind == "motion"
     info = {"hflip_changes_label": motion,
             "why": "the labels are directions of motion: a horizontal flip swaps left and right" if motion
             else "the labels are shapes, which a horizontal flip keeps"}
-    result["info_file"] = _write_lines(os.path.join(out_dir, "dataset.json"), [json.dumps(info, indent=2) + "\n"])
+    result["info_file"] = write_lines(os.path.join(out_dir, "dataset.json"), [json.dumps(info, indent=2) + "\n"])
     return result
 
 
@@ -280,12 +245,6 @@ def write_broken_files(out_dir: str) -> Dict[str, str]:
         f.write(rng.bytes(4096))
     write_video(full["too_short"], video[:3])
     return broken
-
-
-def _write_lines(path: str, lines: Sequence[str]) -> str:
-    with open(path, "w", newline="\n") as f:
-        f.writelines(lines)
-    return path
 
 
 def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

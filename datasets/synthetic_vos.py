@@ -22,8 +22,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from datasets.vos import palette
 from flags import ArgumentParser, DocHelpFormatter
-from segmentation_metrics import palette
 from shutdown import run_tool
 
 logger = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def make_vos_dataset(out: str, layout: str, num_videos: int = 4, frames: int = 1
 
 def main(argv=None) -> None:
     p = ArgumentParser("python -m datasets.synthetic_vos", __doc__, formatter_class=DocHelpFormatter)
-    p.add_argument("--out", required=True, help="the data set's root folder (eval_segmentation.py --data_path)")
+    p.add_argument("--out", required=True, help="the data set's root folder (python -m evals.segmentation --data_path)")
     p.add_argument("--layout", choices=("davis", "ytvos"), default="davis",
                    help="DAVIS-2017 or YouTube-VOS folders and annotation files")
     p.add_argument("--videos", type=int, default=8, help="videos written")

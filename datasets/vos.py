@@ -30,10 +30,23 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from segmentation_metrics import VOID  # DAVIS' void / "don't care" pixels: not scored
-
 DATA_SETS = ("davis", "ytvos")
 YTVOS_LABELS = ("category", "object")
+VOID = 255  # DAVIS' void / "don't care" pixels: not scored
+
+
+def palette(n: int = 256) -> np.ndarray:
+    """[n, 3] uint8 colours of the DAVIS / PASCAL VOC palette (id 0 black, 1 red, 2 green, ...)."""
+    colours = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        colours[i] = (r, g, b)
+    return colours
 
 
 class UnreadableFrame(ValueError):

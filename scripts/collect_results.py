@@ -4,8 +4,8 @@
     python scripts/collect_results.py RUN_DIR [RUN_DIR ...]   # or these runs
 
 A run is a folder written by run_class_finetuning.py (fine-tuning, --linear_probing or --probe
-attentive), eval_knn.py, eval_probe.py or eval_segmentation.py. The tables:
-- I. Classification: fine-tuning, linear and attentive probes, kNN and eval_probe's logistic
+attentive), python -m evals.knn, evals.probe or evals.segmentation. The tables:
+- I. Classification: fine-tuning, linear and attentive probes, kNN and evals.probe's logistic
   regression, on videos and images (ImageNet-1K, CIFAR-100); Top-1 / Top-5.
 - II. Unsupervised video object segmentation: clustering and overclustering mIoU
   (segmentation_results.json).
@@ -322,7 +322,7 @@ def knn_row(folder: str, config: dict, knn: dict) -> Tuple[str, Dict[str, str]]:
 
 
 def probe_rows(folder: str, config: dict, probe: dict) -> List[Tuple[str, Dict[str, str]]]:
-    """One Table I row per labelling of an eval_probe.py run (logistic regression on cached features)."""
+    """One Table I row per labelling of an evals.probe run (logistic regression on cached features)."""
     source, _ = source_of(folder, config, None, fallback=probe.get("checkpoint", "") or "random_init")
     labellings = probe.get("labellings") or {}
     rows = []
@@ -426,7 +426,7 @@ def main(argv=None) -> str:
     args = get_parser().parse_args(argv)
     tables = collect(args.paths)
     if not tables:
-        raise SystemExit(f"error: no evaluation runs (fine-tuning, linear / attentive probe, kNN, eval_probe, "
+        raise SystemExit(f"error: no evaluation runs (fine-tuning, linear / attentive probe, kNN, evals.probe, "
                          f"segmentation) under {' '.join(args.paths)}")
     text = "\n\n".join(f"## {TABLES[t][0]}\n\n{markdown(rows, TABLES[t][1])}" for t, rows in tables.items())
     print(text)

@@ -192,18 +192,20 @@ sigma_finetune() {
         --output_dir "$OUTPUT_DIR"
 }
 
-# sigma_knn FLAGS...: eval_knn.py on PRETRAINED's frozen features of the sigma_dataset data.
+# sigma_knn FLAGS...: python -m evals.knn on PRETRAINED's frozen features of the sigma_dataset data.
 sigma_knn() {
     sigma_eval_output
-    sigma_launch "$SIGMA_ROOT/eval_knn.py" \
+    sigma_launch -m evals.knn \
         --data_set "$SET_NAME" --nb_classes "$NB_CLASSES" --data_path "$ANNOTATIONS" --data_root "$VIDEO_ROOT" \
         --finetune "$PRETRAINED" "$@" --output_dir "$OUTPUT_DIR"
 }
 
-# sigma_launch SCRIPT ARGS...: start SCRIPT with ARGS, then SIGMA_DEVICE, EXTRA_ARGS and the
-# launcher's own arguments, through torchrun or (SIGMA_LAUNCHER=srun) srun.
+# sigma_launch SCRIPT ARGS... (or -m MODULE ARGS...): start SCRIPT (or the module, found through
+# PYTHONPATH, SIGMA_ROOT first) with ARGS, then SIGMA_DEVICE, EXTRA_ARGS and the launcher's own
+# arguments, through torchrun or (SIGMA_LAUNCHER=srun) srun.
 sigma_launch() {
     local args=("$@") extra=()
+    if [[ "$1" == -m ]]; then export PYTHONPATH="$SIGMA_ROOT${PYTHONPATH:+:$PYTHONPATH}"; fi
     if [[ "${SIGMA_DEVICE:-}" == cpu ]]; then args+=(--device cpu); fi
     read -r -d '' -a extra <<< "${EXTRA_ARGS:-}" || true  # split on spaces and newlines
     args+=("${extra[@]}" "${SIGMA_CLI_ARGS[@]}")

@@ -29,7 +29,7 @@ sys.path.insert(0, ROOT)
 
 import engine_for_finetuning  # noqa: E402
 import engine_for_pretraining  # noqa: E402
-import knn_monitor  # noqa: E402
+import evals.common  # noqa: E402
 import runtime  # noqa: E402
 import training_loop  # noqa: E402
 from datasets import video_dataset  # noqa: E402
@@ -147,7 +147,7 @@ def unreadable_on_rank(rank: str) -> None:
 
 
 def monitor_fails(n: str) -> None:
-    real, calls = knn_monitor.predict_views, []
+    real, calls = evals.common.predict_views, []
 
     def predict_views(*args, **kwargs):
         calls.append(1)
@@ -155,7 +155,7 @@ def monitor_fails(n: str) -> None:
             raise RuntimeError("injected monitor failure")
         return real(*args, **kwargs)
 
-    knn_monitor.predict_views = predict_views
+    evals.common.predict_views = predict_views
 
 
 FAULTS = {f.__name__: f for f in (nan_loss, nan_params, kill_after_epoch_log, kill_after_step, kill_rank1_at_step,

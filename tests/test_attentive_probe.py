@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attentive_probe import (VJEPA2_GRID, AttentiveClassifier, AttentivePooler, AttentiveProbeGrid, grid_loss,
+from evals.attentive import (VJEPA2_GRID, AttentiveClassifier, AttentivePooler, AttentiveProbeGrid, grid_loss,
                              grid_top1, retired_heads, select_best)
 from optim_factory import create_optimizer
 from training_loop import clip_per_head, set_schedules

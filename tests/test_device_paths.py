@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import checkpointing
-from eval_knn import knn_classify, knn_votes
+from evals.common import knn_classify, knn_votes
 
 
 def _brute_force_votes(bank, bank_labels, queries, num_classes, k, temperature):

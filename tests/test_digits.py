@@ -78,7 +78,7 @@ def test_upsample_keeps_range_and_distractors_show():
 
 
 def test_probe_separates_what_is_separable_and_not_noise():
-    from eval_probe import fit_probe
+    from evals.probe import fit_probe
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 1, (4, 16))
     labels = np.arange(400) % 4
@@ -91,11 +91,11 @@ def test_probe_separates_what_is_separable_and_not_noise():
     assert chance["top1"] < 45
 
 
-def test_eval_probe_reports_probe_and_knn_for_every_labelling(tmp_path):
-    import eval_probe
+def test_the_probe_reports_probe_and_knn_for_every_labelling(tmp_path):
+    import evals.probe
     data = make_digits_dataset(str(tmp_path / "digits"), num_train=40, num_val=12, num_test=0, frames=8, size=32, seed=0)
     out = tmp_path / "probe"
-    results = eval_probe.main(eval_probe.get_args([
+    results = evals.probe.main(evals.probe.get_args([
         "--model", "vit_tiny_patch16_224", "--random_init", "--data_set", "custom", "--data_path", data["digit"]["dir"],
         data["direction"]["dir"], "--data_root", data["root"], "--input_size", "32", "--short_side_size", "32",
         "--num_frames", "4", "--sampling_rate", "2", "--num_workers", "0", "--Cs", "0.1", "1", "--k", "5", "20",
@@ -108,4 +108,4 @@ def test_eval_probe_reports_probe_and_knn_for_every_labelling(tmp_path):
         assert set(entry["knn"]) == {"5", "20"}
     assert (out / "probe_results.json").exists()
     with pytest.raises(SystemExit, match="exactly one"):
-        eval_probe.main(eval_probe.get_args(["--data_path", data["digit"]["dir"], "--output_dir", str(out)]))
+        evals.probe.main(evals.probe.get_args(["--data_path", data["digit"]["dir"], "--output_dir", str(out)]))

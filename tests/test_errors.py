@@ -63,12 +63,13 @@ CLIP = ["--input_size", "32", "--short_side_size", "32", "--num_frames", "4", "-
 
 @pytest.mark.parametrize("script, extra", [
     ("run_class_finetuning.py", ["--epochs", "1", "--warmup_epochs", "0", "--batch_size", "2"]),
-    ("eval_knn.py", []),
+    ("evals.knn", []),
 ])
 def test_a_checkpoint_of_another_size_is_one_line_and_the_traceback_stays_in_the_log(data, vit_tiny, tmp_path,
                                                                                       script, extra):
     out = tmp_path / "run"
-    code, stderr = _run([os.path.join(ROOT, script), "--model", "vit_small_patch16_224", "--finetune", vit_tiny,
+    entry = ["-m", script] if script.startswith("evals.") else [os.path.join(ROOT, script)]
+    code, stderr = _run([*entry, "--model", "vit_small_patch16_224", "--finetune", vit_tiny,
                          "--data_set", "custom", "--nb_classes", "4", "--data_path", data, *CLIP, *extra,
                          "--output_dir", str(out)], cwd=tmp_path)
     assert code == 1
@@ -77,7 +78,7 @@ def test_a_checkpoint_of_another_size_is_one_line_and_the_traceback_stays_in_the
     assert errors[0].endswith(f"run failed: {vit_tiny}: checkpoint is ViT-Ti (embed 192, 12 blocks); --model asks "
                               f"for ViT-S (embed 384, 12 blocks) (--model vit_tiny_patch16_224 fits it)"), errors[0]
     assert "Traceback" not in stderr and len(stderr) < 1500, stderr  # not every tensor, not twice
-    log = "knn.log" if script == "eval_knn.py" else "train.log"
+    log = "knn.log" if script == "evals.knn" else "train.log"
     text = (out / log).read_text()
     assert "Traceback (most recent call last)" in text and "CheckpointMismatch" in text
     # The failed start says what it left behind: the log, nothing else.
@@ -107,8 +108,8 @@ def _unwritable(tmp_path):
 # One driver per error path: shutdown.run_driver (the training and evaluation drivers, which all open their
 # output folder in runtime.start_run), run_sigma_vis.py's own, shutdown.run_tool (data and weight tools).
 # ALL_DRIVERS=1 runs every driver (about 20 s each on a loaded CPU, most of it importing torch).
-ONE_PER_PATH = ["run_sigma_pretraining.py", "eval_knn.py", "run_sigma_vis.py", "datasets.prepare", "hf_weights.py"]
-EVERY_DRIVER = ONE_PER_PATH + ["run_class_finetuning.py", "eval_probe.py", "eval_segmentation.py",
+ONE_PER_PATH = ["run_sigma_pretraining.py", "evals.knn", "run_sigma_vis.py", "datasets.prepare", "hf_weights.py"]
+EVERY_DRIVER = ONE_PER_PATH + ["run_class_finetuning.py", "evals.probe", "evals.segmentation",
                                "datasets.synthetic", "datasets.synthetic_vos"]
 
 
@@ -119,10 +120,10 @@ def test_an_output_path_that_cannot_be_written_is_one_line(data, vit_tiny, pretr
         "run_sigma_pretraining.py": ["--data_path_csv", os.path.join(data, "pretrain.csv"), "--output_dir", out],
         "run_class_finetuning.py": ["--data_set", "custom", "--nb_classes", "4", "--data_path", data,
                                     "--output_dir", out],
-        "eval_knn.py": ["--random_init", "--data_set", "custom", "--nb_classes", "4", "--data_path", data,
-                        "--output_dir", out],
-        "eval_probe.py": ["--random_init", "--data_set", "custom", "--data_path", data, "--output_dir", out],
-        "eval_segmentation.py": ["--random_init", "--data_path", data, "--output_dir", out],
+        "evals.knn": ["--random_init", "--data_set", "custom", "--nb_classes", "4", "--data_path", data,
+                      "--output_dir", out],
+        "evals.probe": ["--random_init", "--data_set", "custom", "--data_path", data, "--output_dir", out],
+        "evals.segmentation": ["--random_init", "--data_path", data, "--output_dir", out],
         "run_sigma_vis.py": ["--checkpoint", pretrain_tiny, "--video",
                              os.path.join(data, "val", "left_to_right", "00000.mp4"), "--device", "cpu",
                              "--output_dir", out],
@@ -131,7 +132,7 @@ def test_an_output_path_that_cannot_be_written_is_one_line(data, vit_tiny, pretr
         "datasets.synthetic_vos": ["--out", out, "--videos", "1", "--frames", "2"],
         "hf_weights.py": ["export", vit_tiny, out],
     }[driver]
-    entry = ["-m", driver] if driver.startswith("datasets.") else [os.path.join(ROOT, driver)]
+    entry = ["-m", driver] if driver.startswith(("datasets.", "evals.")) else [os.path.join(ROOT, driver)]
     code, stderr = _run([*entry, *argv], cwd=tmp_path)
     assert code == 1, stderr
     errors = _error_lines(stderr)

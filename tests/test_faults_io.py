@@ -411,7 +411,7 @@ def videos(tmp_path_factory):
 
 
 def _knn_argv(videos, data_path, out, *extra):
-    return ["eval_knn.py", "--model", "vit_tiny_patch16_224", "--random_init", "--data_set", "custom",
+    return ["-m", "evals.knn", "--model", "vit_tiny_patch16_224", "--random_init", "--data_set", "custom",
             "--nb_classes", "4", "--data_path", str(data_path), "--data_root", str(videos), "--input_size", "32",
             "--short_side_size", "32", "--num_frames", "4", "--sampling_rate", "2", "--batch_size", "2",
             "--num_workers", "2", "--device", "cpu", "--output_dir", str(out), *extra]
@@ -432,7 +432,7 @@ def test_knn_with_unreadable_queries_fails_naming_them_or_reports_what_it_scored
 
 
 def test_probe_names_unreadable_videos(videos, tmp_path):
-    argv = ["eval_probe.py", "--model", "vit_tiny_patch16_224", "--random_init", "--data_path",
+    argv = ["-m", "evals.probe", "--model", "vit_tiny_patch16_224", "--random_init", "--data_path",
             str(videos / "badlist"), "--data_root", str(videos), "--input_size", "32", "--short_side_size", "32",
             "--num_frames", "4", "--sampling_rate", "2", "--batch_size", "2", "--num_workers", "1", "--device", "cpu",
             "--cv_folds", "2", "--output_dir", str(tmp_path / "p")]
@@ -443,7 +443,7 @@ def test_probe_names_unreadable_videos(videos, tmp_path):
 def test_knn_monitor_says_what_it_scored(videos, caplog):
     from datasets.video_dataset import ClipConfig
     from distributed import DistEnv
-    from knn_monitor import KnnMonitor
+    from evals.knn_monitor import KnnMonitor
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     monitor = KnnMonitor(str(videos / "badlist"), data_root=str(videos), nb_classes=4,
                          clip=ClipConfig(num_frames=4, sampling_rate=2, input_size=32, short_side_size=32), k=20,
@@ -466,7 +466,7 @@ def _davis(tmp_path):
 
 
 def _seg(root, out, *extra):
-    return _python(["eval_segmentation.py", "--data_set", "davis", "--data_path", str(root), "--model",
+    return _python(["-m", "evals.segmentation", "--data_set", "davis", "--data_path", str(root), "--model",
                     "vit_tiny_patch16_224", "--random_init", "--input_size", "32", "--num_frames", "4",
                     "--workers", "0", "--kmeans_restarts", "1", "--output_dir", str(out), "--device", "cpu", *extra])
 
@@ -497,7 +497,8 @@ def test_segmentation_names_a_truncated_frame_and_leaves_its_video_out(tmp_path)
 
 
 def test_void_pixels_are_not_scored():
-    from segmentation_metrics import VOID, score_labels
+    from datasets.vos import VOID
+    from evals.segmentation_metrics import score_labels
     rng = np.random.default_rng(0)
     gt = rng.integers(0, 3, size=(2, 16, 16)).astype(np.uint8)
     clusters = rng.integers(0, 3, size=gt.shape).astype(np.uint8)

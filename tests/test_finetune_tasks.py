@@ -13,8 +13,8 @@ import torch
 import run_class_finetuning as ft
 from datasets.synthetic import make_dataset
 from engine_for_finetuning import Views
-from severe_metrics import charades_map
-from tasks import Task
+from evals.severe_metrics import charades_map
+from evals.tasks import Task
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import modeling_finetune as mf
 import weights
 from datasets.mixup import Mixup, cutmix_box, smooth_one_hot
 from engine_for_finetuning import Views, classification_metrics, merge_views, soft_target_cross_entropy
-from eval_knn import knn_classify, topk_accuracy
+from evals.common import knn_classify, topk_accuracy
 from helpers import FRAMES, SIZE, clips
 
 

@@ -10,7 +10,7 @@ from unittest import mock
 
 import pytest
 
-import eval_knn
+import evals.knn
 import flags
 import run_class_finetuning
 import run_sigma_pretraining
@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("parse, argv, flag, default", [
     (run_sigma_pretraining.get_args, [], "--num_sample", "1"),
     (run_class_finetuning.get_args, [], "--test_num_segment", "5"),
-    (eval_knn.get_args, [], "--random_init", "False"),
+    (evals.knn.get_args, [], "--random_init", "False"),
     (lambda argv: run_sigma_vis.get_parser().parse_args(argv), [], "--max_videos", "200"),
     (synthetic.get_args, [], "--height", "128"),
     (prepare.get_args, ["csv-from-folders"], "--val_fraction", "0.1"),
@@ -87,8 +87,8 @@ def test_switches_show_the_default_in_force_and_can_be_switched_off():
 
 
 def test_the_evaluation_drivers_agree_on_shared_defaults():
-    import eval_probe
-    knn, probe = _parser_of(eval_knn.get_args), _parser_of(eval_probe.get_args)
+    import evals.probe
+    knn, probe = _parser_of(evals.knn.get_args), _parser_of(evals.probe.get_args)
     for dest in ("data_set", "model", "num_frames", "sampling_rate", "input_size", "short_side_size", "batch_size",
                  "num_workers", "video_backend", "temperature", "model_key", "seed"):
         assert knn.get_default(dest) == probe.get_default(dest), dest
@@ -102,8 +102,8 @@ def test_the_evaluation_drivers_agree_on_shared_defaults():
     (["-m", "datasets.prepare", "csv-from-folders", "--root", "r", "--out_dir", "o", "--val_fractoin", "0.2"],
      "python -m datasets.prepare csv-from-folders: error: unrecognized argument --val_fractoin "
      "(did you mean --val_fraction?)"),
-    (["eval_knn.py", "--data_path", "d", "--data_set", "custom", "--nb_classes", "4", "--num_workers", "-1"],
-     "eval_knn.py: error: --num_workers -1: must be >= 0"),
+    (["-m", "evals.knn", "--data_path", "d", "--data_set", "custom", "--nb_classes", "4", "--num_workers", "-1"],
+     "python -m evals.knn: error: --num_workers -1: must be >= 0"),
 ])
 def test_a_wrong_flag_is_one_line_and_a_pointer_to_help(argv, expected):
     proc = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -134,16 +134,16 @@ def _parser_of(entry, argv=("-h",)):
 
 
 def _drivers():
-    import eval_probe
-    import eval_segmentation
+    import evals.probe
+    import evals.segmentation
     import extract_features
     import hf_weights
     from datasets import digits, synthetic_vos
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     import collect_results
     return {"run_sigma_pretraining.py": run_sigma_pretraining.get_args,
-            "run_class_finetuning.py": run_class_finetuning.get_args, "eval_knn.py": eval_knn.get_args,
-            "eval_probe.py": eval_probe.get_args, "eval_segmentation.py": eval_segmentation.get_args,
+            "run_class_finetuning.py": run_class_finetuning.get_args, "evals.knn": evals.knn.get_args,
+            "evals.probe": evals.probe.get_args, "evals.segmentation": evals.segmentation.get_args,
             "run_sigma_vis.py": run_sigma_vis.main,
             "hf_weights.py": lambda argv: hf_weights.get_args_parser().parse_args(argv),
             "datasets.prepare": prepare.get_args, "datasets.synthetic": synthetic.get_args,
@@ -196,16 +196,16 @@ def _problems(parser) -> list:
 
 
 def test_the_walk_covers_every_driver():
-    """Every module that builds a parser (outside bench/) is walked by the test below."""
+    """Every driver (a module run as __main__; outside bench/) is walked by the test below: a script at the
+    top or in scripts/ by its path, a module of datasets/ or evals/ by its `python -m` name."""
     import glob
-    builders = set()
-    for path in glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "datasets", "*.py")):
-        if os.path.basename(path) != "flags.py" and "ArgumentParser(" in open(path).read():
-            rel = os.path.relpath(path, ROOT)
-            builders.add(rel if os.path.dirname(rel) == "" else rel[:-3].replace(os.sep, "."))
-    builders |= {os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "scripts", "*.py"))
-                 if "ArgumentParser(" in open(p).read()}
-    assert builders == set(_drivers())
+    drivers = set()
+    for folder in ("", "datasets", "evals", "scripts"):
+        for path in glob.glob(os.path.join(ROOT, folder, "*.py")):
+            if 'if __name__ == "__main__"' in open(path).read():
+                rel = os.path.relpath(path, ROOT)
+                drivers.add(rel[:-3].replace(os.sep, ".") if folder in ("datasets", "evals") else rel)
+    assert drivers == set(_drivers())
 
 
 def test_every_flag_of_every_driver_has_help_and_a_truthful_default():
@@ -228,8 +228,9 @@ def test_the_check_finds_each_kind_of_untruthful_help():
 
 
 @pytest.mark.parametrize("parse, argv, expected", [
-    (eval_knn.get_args, ["--data_path", "d", "--model", "vit_bse_patch16_224"],
-     "eval_knn.py: error: argument --model: invalid choice: 'vit_bse_patch16_224': did you mean vit_base_patch16_224?"),
+    (evals.knn.get_args, ["--data_path", "d", "--model", "vit_bse_patch16_224"],
+     "python -m evals.knn: error: argument --model: invalid choice: 'vit_bse_patch16_224': did you mean "
+     "vit_base_patch16_224?"),
     (prepare.get_args, ["csv-from-folder", "--root", "r"],
      "python -m datasets.prepare: error: argument command: invalid choice: 'csv-from-folder': did you mean "
      "csv-from-folders?"),

@@ -214,7 +214,7 @@ def test_videomae_v2_encoder(tmp_path, mean_pooling):
     source = _perturb(_ours(embed_dim=44, patch_size=8, mlp_ratio=48 / 11, num_classes=0,
                             use_mean_pooling=mean_pooling))
     path = _videomae_v2(tmp_path, source, use_mean_pooling=mean_pooling)
-    kwargs = hf_weights.backbone_kwargs(path)
+    kwargs = weights.backbone_kwargs(path)
     model = mf.VisionTransformer(**kwargs).eval()
     assert model.blocks[0].mlp.fc1.out_features == 192 and kwargs["use_mean_pooling"] is mean_pooling
     report = weights.load_pretrained_weights(model, path)
@@ -300,15 +300,16 @@ def test_cli(tmp_path, capsys, caplog):
 
 
 def test_knn_encoder_from_transformers_folder(tmp_path):
-    """The drivers' path: eval_knn.load_encoder (also eval_probe's) on a first-token ViT-Ti checkpoint."""
+    """The drivers' path: evals.common.load_encoder (evals.knn, probe, segmentation) on a first-token ViT-Ti
+    checkpoint."""
     import argparse
 
-    import eval_knn
+    from evals.common import load_encoder
     hf, path = _hf(transformers.VideoMAEModel, tmp_path, "vit_ti", hidden_size=192, num_hidden_layers=12,
                    num_attention_heads=3, intermediate_size=768, use_mean_pooling=False)
     args = argparse.Namespace(finetune=path, model_key="model|module", model_prefix="", model="vit_tiny_patch16_224",
                               input_size=SIZE, num_frames=FRAMES)
-    encoder = eval_knn.load_encoder(args, torch.device("cpu")).eval()
+    encoder = load_encoder(args, torch.device("cpu")).eval()
     x = _clips()
     with torch.no_grad():
         torch.testing.assert_close(encoder(x), hf(_hf_input(x)).last_hidden_state[:, 0], atol=1e-5, rtol=1e-5)

@@ -1,4 +1,4 @@
-"""eval_knn.py and eval_probe.py on the image benchmarks: generated ImageNet folders and a fake CIFAR-100 archive."""
+"""evals.knn and evals.probe on the image benchmarks: generated ImageNet folders and a fake CIFAR-100 archive."""
 import os
 import pickle
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import eval_knn
-import eval_probe
+import evals.knn
+import evals.probe
 
 COMMON = ["--model", "vit_tiny_patch16_224", "--random_init", "--input_size", "32", "--short_side_size", "32",
           "--num_frames", "2", "--batch_size", "4", "--num_workers", "0"]
@@ -28,14 +28,14 @@ def imagenet(tmp_path):
 
 def test_knn_on_imagenet_folders_finds_the_colour_classes(imagenet, tmp_path):
     argv = [*COMMON, "--data_set", "ImageNet", "--nb_classes", "3", "--data_path", imagenet, "--k", "1", "3"]
-    results = eval_knn.main(eval_knn.get_args(argv + ["--output_dir", str(tmp_path / "knn")]))
+    results = evals.knn.main(evals.knn.get_args(argv + ["--output_dir", str(tmp_path / "knn")]))
     assert (results["num_train"], results["num_val"]) == (9, 6)
     assert results["per_k"]["1"]["top1"] == 100.0  # same-colour images are each other's neighbours
-    official = eval_knn.main(eval_knn.get_args(argv + ["--official_protocol", "--test_num_crop", "2",
+    official = evals.knn.main(evals.knn.get_args(argv + ["--official_protocol", "--test_num_crop", "2",
                                                        "--output_dir", str(tmp_path / "official")]))
     assert official["num_train"] == official["num_val"] == 6 * 2  # val images x crops, one segment
     with pytest.raises(Exception, match=r"label 2 outside \[0, 2\)"):
-        eval_knn.main(eval_knn.get_args([*COMMON, "--data_set", "ImageNet", "--nb_classes", "2", "--data_path",
+        evals.knn.main(evals.knn.get_args([*COMMON, "--data_set", "ImageNet", "--nb_classes", "2", "--data_path",
                                          imagenet, "--output_dir", str(tmp_path / "bad")]))
 
 
@@ -57,10 +57,10 @@ def _cifar(root, per_class=4, classes=4):
 
 def test_knn_and_probe_on_cifar100(tmp_path):
     root = _cifar(str(tmp_path / "cifar"))
-    knn = eval_knn.main(eval_knn.get_args([*COMMON, "--data_set", "CIFAR-100", "--data_path", root, "--k", "1",
+    knn = evals.knn.main(evals.knn.get_args([*COMMON, "--data_set", "CIFAR-100", "--data_path", root, "--k", "1",
                                            "--output_dir", str(tmp_path / "knn")]))
     assert (knn["num_train"], knn["num_val"]) == (16, 16) and knn["top1"] == 100.0
-    probe = eval_probe.main(eval_probe.get_args([*COMMON, "--data_set", "CIFAR-100", "--data_path", root,
+    probe = evals.probe.main(evals.probe.get_args([*COMMON, "--data_set", "CIFAR-100", "--data_path", root,
                                                  "--Cs", "1", "--cv_folds", "2", "--k", "1",
                                                  "--output_dir", str(tmp_path / "probe")]))
     entry = probe["labellings"]["cifar"]
@@ -69,8 +69,8 @@ def test_knn_and_probe_on_cifar100(tmp_path):
 
 
 def test_image_flags_parse():
-    args = eval_knn.get_args(["--data_set", "ImageNet", "--data_path", "/in1k", "--class_list", "/in1k/classes.txt"])
+    args = evals.knn.get_args(["--data_set", "ImageNet", "--data_path", "/in1k", "--class_list", "/in1k/classes.txt"])
     assert args.class_list == "/in1k/classes.txt" and args.num_frames == 16 and args.batch_size == 32
-    assert eval_probe.get_args(["--data_set", "CIFAR-100", "--data_path", "/c"]).data_path == ["/c"]
+    assert evals.probe.get_args(["--data_set", "CIFAR-100", "--data_path", "/c"]).data_path == ["/c"]
     with pytest.raises(SystemExit):
-        eval_probe.get_args(["--data_path", "/c", "--num_frames", "3"])  # not a multiple of the tube length
+        evals.probe.get_args(["--data_path", "/c", "--num_frames", "3"])  # not a multiple of the tube length

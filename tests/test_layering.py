@@ -6,6 +6,10 @@
       <- engines, datasets, evaluations, run infrastructure
       <- drivers
 
+No driver (a module with `if __name__ == "__main__":`, run as `python X.py` or `python -m X`) imports
+another driver: what two drivers share lives in a library module below both (evals.common,
+pretrain_flags, datasets.generated, weights).
+
 The graph is built from the source (every import statement, inside functions too) of every module
 at the repository root and in its packages (any folder with an __init__.py, found here, not listed),
 leaving out tests/, bench/ and scripts/.
@@ -112,6 +116,24 @@ def layer_violations(graph: Dict[str, Set[str]]) -> List[str]:
     return [f"{m} imports {o}" for m in sorted(MODEL_FILES & set(graph)) for o in sorted(graph[m] - MODEL_FILES)]
 
 
+def is_driver(path: str) -> bool:
+    """Whether a module runs as a program: a top-level `if __name__ == "__main__":` block."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), filename=path)
+    for node in tree.body:
+        test = node.test if isinstance(node, ast.If) else None
+        if (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__"
+                and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators)):
+            return True
+    return False
+
+
+def driver_imports(root: str, graph: Dict[str, Set[str]]) -> List[str]:
+    """'driver a imports driver b' for every project import of one driver by another."""
+    drivers = {m for m, path in project_modules(root).items() if is_driver(path)}
+    return [f"driver {m} imports driver {o}" for m in sorted(drivers & set(graph)) for o in sorted(graph[m] & drivers)]
+
+
 def test_the_project_has_no_import_cycle():
     graph = import_graph(ROOT)
     assert {"modeling_finetune", "weights", "hf_weights", "datasets", "datasets.decoding"} <= set(graph)
@@ -126,6 +148,16 @@ def test_model_files_import_no_project_module_above_them():
     assert graph["modeling_finetune"] == set()
     assert graph["modeling_pretrain"] == {"modeling_finetune", "objective_kernels"}
     assert graph["objective_kernels"] == {"modeling_finetune"}
+
+
+def test_no_driver_imports_another_driver():
+    graph = import_graph(ROOT)
+    drivers = {m for m, path in project_modules(ROOT).items() if is_driver(path)}
+    # The drivers README.md names (python X.py / python -m X), so the discovery cannot silently find none.
+    assert {"run_sigma_pretraining", "run_class_finetuning", "run_sigma_vis", "extract_features", "hf_weights",
+            "evals.knn", "evals.probe", "evals.segmentation", "datasets.synthetic"} <= drivers
+    assert not {"weights", "evals.common", "pretrain_flags", "datasets.generated", "finetune_build"} & drivers
+    assert driver_imports(ROOT, graph) == []
 
 
 def _write(folder, files: Dict[str, str]) -> str:
@@ -158,6 +190,20 @@ def test_the_graph_finds_planted_cycles_and_upward_arrows(tmp_path):
     assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.a"]
     graph["pkg.b"] = set()
     assert find_cycle(graph) is None
+
+
+def test_a_driver_importing_a_driver_is_found(tmp_path):
+    main = 'if __name__ == "__main__":\n    main()\n'
+    root = _write(tmp_path, {
+        "run_a.py": "from run_b import build_parser\n\ndef main():\n    pass\n\n" + main,
+        "run_b.py": "import lib\n\ndef build_parser():\n    pass\n\n" + main,
+        "lib.py": "import run_b\n\ndef f():\n    if __name__ == 'lib':\n        pass\n",  # a library may import a driver
+        "pkg/__init__.py": "",
+        "pkg/tool.py": "from .. import lib\nfrom run_a import main\n" + main,
+    })
+    graph = import_graph(root)
+    assert [m for m, p in sorted(project_modules(root).items()) if is_driver(p)] == ["pkg.tool", "run_a", "run_b"]
+    assert driver_imports(root, graph) == ["driver pkg.tool imports driver run_a", "driver run_a imports driver run_b"]
 
 
 # One fresh interpreter preloads the third-party libraries (torch's import alone costs seconds), then

@@ -21,8 +21,8 @@ from datasets.annotations import read_annotations  # noqa: E402
 from datasets.digits import make_digits_dataset  # noqa: E402
 from datasets.video_dataset import AugmentConfig, ClipConfig, MaskConfig, VideoClipDataset, collate_clips  # noqa: E402
 from engine_for_pretraining import Objective, compute_loss  # noqa: E402
-from eval_knn import features  # noqa: E402
-from eval_probe import fit_probe  # noqa: E402
+from evals.common import features  # noqa: E402
+from evals.probe import fit_probe  # noqa: E402
 from modeling_finetune import VisionTransformer  # noqa: E402
 from modeling_pretrain import PretrainVisionTransformer  # noqa: E402
 from optim_factory import create_optimizer, param_groups  # noqa: E402

@@ -153,7 +153,7 @@ def test_dino_teacher_and_prototype_scores_fp32_under_autocast():
 
 
 def test_knn_official_protocol_test_views_head_features(tmp_path):
-    import eval_knn
+    import evals.knn
     from datasets.synthetic import make_dataset
 
     make_dataset(str(tmp_path), num_train=2, num_val=2, num_test=3, frames=12, height=36, width=48, seed=0)
@@ -161,10 +161,10 @@ def test_knn_official_protocol_test_views_head_features(tmp_path):
             str(tmp_path), "--input_size", "32", "--short_side_size", "32", "--num_frames", "4",
             "--sampling_rate", "2", "--batch_size", "6", "--num_workers", "0", "--random_init",
             "--official_protocol", "--output_dir", str(tmp_path / "knn")]
-    results = eval_knn.main(eval_knn.get_args(argv))
+    results = evals.knn.main(evals.knn.get_args(argv))
     assert results["protocol"] == "official" and list(results["per_k"]) == ["200"]
     assert results["num_train"] == results["num_val"] == 3 * 2 * 3  # every test view, bank = queries
-    one = eval_knn.main(eval_knn.get_args(argv + ["--k", "1"]))
+    one = evals.knn.main(evals.knn.get_args(argv + ["--k", "1"]))
     assert one["top1"] == 100.0  # each query finds itself
 
 

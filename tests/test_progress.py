@@ -68,12 +68,12 @@ def slow_clock(monkeypatch):
 
 def test_long_steps_log_progress_lines_off_a_terminal(caplog, slow_clock, tmp_path):
     """Validation and the multi-view test (engine_for_finetuning.evaluate), kNN / probe / monitor
-    feature extraction (eval_knn.frozen_features) and transcoding log count, rate and ETA as they go."""
+    feature extraction (evals.common.frozen_features) and transcoding log count, rate and ETA as they go."""
     from datasets.synthetic import render_clip, write_video
     from datasets.transcode import find_ffmpeg, transcode_tree
     from distributed import DistEnv
     from engine_for_finetuning import evaluate
-    from eval_knn import frozen_features
+    from evals.common import frozen_features
 
     caplog.set_level(logging.INFO, logger="progress")
     env = DistEnv(0, 1, 0, torch.device("cpu"))

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-import eval_knn
+import evals.knn
 import run_class_finetuning as ft
 import run_sigma_pretraining as pretrain
 from datasets.synthetic import make_dataset
@@ -61,7 +61,7 @@ def _predictions(out, name=""):
 
 def _torchrun(script, argv, nproc=2, timeout=300):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           os.path.join(ROOT, script), *argv]
+           *(["-m", script] if not script.endswith(".py") else [os.path.join(ROOT, script)]), *argv]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc.stdout + proc.stderr
@@ -197,16 +197,16 @@ def test_knn_finds_itself_when_queries_are_the_bank(data, pretrained, tmp_path):
             str(same), "--data_root", data, "--input_size", "32", "--short_side_size", "32", "--num_frames", "4",
             "--sampling_rate", "2", "--batch_size", "3", "--num_workers", "0", "--k", "1", "20",
             "--output_dir", str(tmp_path / "one")]
-    one = eval_knn.main(eval_knn.get_args(argv + ["--finetune", pretrained]))
+    one = evals.knn.main(evals.knn.get_args(argv + ["--finetune", pretrained]))
     assert one["per_k"]["1"] == {"top1": 100.0, "top5": 100.0}
     assert one["num_train"] == one["num_val"] == 8
-    _torchrun("eval_knn.py", argv[:-1] + [str(tmp_path / "two"), "--finetune", pretrained, "--device", "cpu"])
+    _torchrun("evals.knn", argv[:-1] + [str(tmp_path / "two"), "--finetune", pretrained, "--device", "cpu"])
     two = json.loads((tmp_path / "two" / "knn_results.json").read_text())
     assert two["per_k"] == one["per_k"]
-    random_init = eval_knn.main(eval_knn.get_args(argv[:-1] + [str(tmp_path / "rand"), "--random_init"]))
+    random_init = evals.knn.main(evals.knn.get_args(argv[:-1] + [str(tmp_path / "rand"), "--random_init"]))
     assert random_init["checkpoint"] == "random_init"
     with pytest.raises(SystemExit, match="exactly one"):
-        eval_knn.main(eval_knn.get_args(argv))
+        evals.knn.main(evals.knn.get_args(argv))
 
 
 def test_bad_labels_and_missing_class_count_are_clear_errors(data, tmp_path, capsys):

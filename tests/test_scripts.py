@@ -45,11 +45,12 @@ def run_launcher(path, env=None, args=()):
 
 
 def dry_run(path, env=None, args=()):
-    """The argv the launcher would start: (launcher words, driver path, driver arguments)."""
+    """The argv the launcher would start: (launcher words, driver path or `-m` module, driver arguments)."""
     out = run_launcher(path, env, args)
     assert out.returncode == 0, out.stderr
     words = shlex.split(out.stdout)
-    driver = next(i for i, w in enumerate(words) if w.endswith(".py"))
+    driver = next(i for i, w in enumerate(words)
+                  if w.endswith(".py") or (words[i - 1] == "-m" and w != "torch.distributed.run"))
     return words[:driver], words[driver], words[driver + 1:]
 
 
@@ -110,11 +111,11 @@ def test_pretraining_recipe_parses(path):
 def test_evaluation_recipe_parses(path):
     name = os.path.basename(path)[:-3]
     if name == "knn":
-        import eval_knn as driver_module
+        import evals.knn as driver_module
     else:
         import run_class_finetuning as driver_module
     _, driver, argv = dry_run(path)
-    assert driver == driver_module.__file__
+    assert driver == (driver_module.__name__ if name == "knn" else driver_module.__file__)
     args = driver_module.get_args(argv)
     assert args.finetune == FAKE_ENV["PRETRAINED"]
     dataset = name.split("_")[-1] if name.startswith("finetune") else "k400"
@@ -175,7 +176,7 @@ def test_every_severe_row_has_a_launcher():
 @pytest.mark.parametrize("name", sorted(SEVERE_ROWS))
 def test_severe_recipe_parses(name):
     import run_class_finetuning
-    from tasks import TASK_OF_DATA_SET
+    from evals.tasks import TASK_OF_DATA_SET
 
     data_set, data_path, data_root, examples, views, epochs = SEVERE_ROWS[name]
     _, driver, argv = dry_run(os.path.join(SCRIPTS, "severe", f"{name}.sh"))
@@ -254,10 +255,10 @@ def test_image_linear_probe_refuses_a_video_set():
 
 
 def test_knn_official_switch():
-    import eval_knn
+    import evals.knn
 
     _, _, argv = dry_run(os.path.join(SCRIPTS, "eval", "knn.sh"), {**FAKE_ENV, "OFFICIAL": "1"})
-    args = eval_knn.get_args(argv)
+    args = evals.knn.get_args(argv)
     assert args.official_protocol and args.k == [200] and (args.test_num_segment, args.test_num_crop) == (2, 3)
     assert args.output_dir == "/runs/knn_official_k400/sigma_dino_vitb_k400-checkpoint-799"
 
@@ -444,7 +445,7 @@ def task_run(root, name, checkpoint, data_set, results=None, val=(), **config):
 
 
 def test_collect_results_every_benchmark(tmp_path):
-    """Tables I (attentive probe, image probes, kNN, eval_probe), II (segmentation) and III (SEVERE)."""
+    """Tables I (attentive probe, image probes, kNN, evals.probe), II (segmentation) and III (SEVERE)."""
     dino = pretraining_run(tmp_path, "sigma_dino_vitb_k400", "dino_v1", "SWAV", "pretrain_videomae_base_patch16_224",
                            800)
     ckpt = dino / "checkpoint-799.pth"
@@ -512,8 +513,8 @@ def test_collect_results_every_benchmark(tmp_path):
 
 
 def test_collect_results_reads_a_real_attentive_result(tmp_path):
-    """The keys tasks.write_task_results writes are the ones collect_results reads."""
-    from tasks import Task, write_task_results
+    """The keys evals.tasks.write_task_results writes are the ones collect_results reads."""
+    from evals.tasks import Task, write_task_results
     from engine_for_finetuning import Videos
     import torch
 
@@ -588,8 +589,8 @@ def test_collect_results_marks_failed_runs(tmp_path, capsys):
 @pytest.mark.parametrize("dataset, data_set", [("imagenet", "ImageNet"), ("cifar100", "CIFAR-100")])
 def test_knn_launcher_on_images(dataset, data_set):
     """scripts/eval/knn.sh on the image sets of Table I (sigma_dataset knows their roots)."""
-    import eval_knn
+    import evals.knn
 
-    args = eval_knn.get_args(dry_run(os.path.join(SCRIPTS, "eval", "knn.sh"), {**FAKE_ENV, "DATASET": dataset})[2])
+    args = evals.knn.get_args(dry_run(os.path.join(SCRIPTS, "eval", "knn.sh"), {**FAKE_ENV, "DATASET": dataset})[2])
     root = FAKE_ENV[{"imagenet": "IMAGENET_ROOT", "cifar100": "CIFAR100_ROOT"}[dataset]]
     assert (args.data_set, args.data_path, args.data_root, args.sampling_rate) == (data_set, root, root, 1)

@@ -11,8 +11,8 @@ from PIL import Image
 
 from datasets.synthetic_vos import make_vos_dataset, render_video
 from datasets.vos import read_mask, vos_videos
-from kmeans import kmeans
-from segmentation_metrics import confusion_matrix, hungarian_assignment, score_labels
+from evals.kmeans import kmeans
+from evals.segmentation_metrics import confusion_matrix, hungarian_assignment, score_labels
 
 
 def _masks(seed=0):
@@ -112,7 +112,7 @@ def _token_grid(object_patches, dim=8, noise=0.05, constant=False):
 
 
 def test_separating_features_score_near_one_and_constant_ones_chance():
-    from eval_segmentation import cluster_tokens
+    from evals.segmentation import cluster_tokens
     patches = np.zeros((2, 8, 8), np.uint8)
     patches[0, 2:6, 1:5] = 1
     patches[1, 2:6, 2:6] = 1  # the object moves one patch right
@@ -153,14 +153,14 @@ def _tiny_checkpoint(path):
 
 @pytest.mark.parametrize("layout,workers", [("davis", 2), ("ytvos", 0)])
 def test_driver_end_to_end(tmp_path, layout, workers):
-    import eval_segmentation
+    import evals.segmentation
     data = make_vos_dataset(str(tmp_path / layout), layout, num_videos=3, frames=16, height=24, width=32, seed=0)
     out = tmp_path / "out"
-    args = eval_segmentation.get_args([
+    args = evals.segmentation.get_args([
         "--data_set", layout, "--data_path", data["root"], "--model", "vit_tiny_patch16_224",
         "--finetune", _tiny_checkpoint(tmp_path / "tiny.pth"), "--input_size", "32", "--workers", str(workers),
         "--kmeans_restarts", "2", "--num_overlays", "2", "--output_dir", str(out), "--device", "cpu"])
-    results = eval_segmentation.main(args)
+    results = evals.segmentation.main(args)
     saved = json.loads((out / "segmentation_results.json").read_text())
     assert saved["num_frames"] == (16 if layout == "davis" else 4)  # the protocol's clip lengths
     for protocol in ("clustering", "overclustering"):
@@ -174,11 +174,11 @@ def test_driver_end_to_end(tmp_path, layout, workers):
 
 
 def _run(tmp_path, layout, **flags):
-    import eval_segmentation
+    import evals.segmentation
     argv = ["--data_set", layout, "--data_path", str(tmp_path / layout), "--model", "vit_tiny_patch16_224",
             "--random_init", "--input_size", "32", "--num_frames", "4", "--workers", "0", "--kmeans_restarts", "1",
             "--output_dir", str(tmp_path / "out")]
-    return eval_segmentation.main(eval_segmentation.get_args(argv))
+    return evals.segmentation.main(evals.segmentation.get_args(argv))
 
 
 def test_bad_input_names_the_file(tmp_path):

@@ -7,7 +7,7 @@ import torch
 
 from datasets.annotations import AnnotationError
 from datasets.severe import CHARADES_CLASSES, multi_hot, read_charades, read_ucfrep
-from severe_metrics import average_precision, charades_map, counting_metrics, max_over_views
+from evals.severe_metrics import average_precision, charades_map, counting_metrics, max_over_views
 
 HEADER = "id,subject,scene,quality,relevance,verified,script,objects,descriptions,actions,length\n"
 

@@ -14,7 +14,7 @@ from PIL import Image, ImageSequence
 import modeling_pretrain
 import run_sigma_vis as vis
 import vis_drawing
-from kmeans import kmeans
+from evals.kmeans import kmeans
 from checkpointing import CheckpointError
 from datasets.decoding import VideoError
 from datasets.synthetic import make_dataset, render_clip

@@ -6,8 +6,8 @@
 # OFFICIAL=1: the official protocol, QUVA-Lab/SIGMA eval_knn.py and knn/run.sh at commit
 # 13e9c1720be401f99e0512c77db10f2fb7c1ea89: k = 200, temperature 0.07, the 2 x 3 test views of the
 # test split (else val) are both the bank and the queries, features through the randomly initialised
-# classification head (eval_knn.py --official_protocol). run.sh evaluated SSv2 with 16 frames at 224
-# and batch 4 per GPU.
+# classification head (python -m evals.knn --official_protocol). run.sh evaluated SSv2 with 16
+# frames at 224 and batch 4 per GPU.
 # DATASET=ssv2|k400|ucf101|hmdb51 picks the data and its sampling rate.
 # Needs GPUs and data: DATASET, <SET>_ROOT, PRETRAINED, OUTPUT_ROOT (scripts/common.sh); MODEL
 # (default vit_base_patch16_224), BATCH_SIZE, EXTRA_ARGS and the script's arguments override.

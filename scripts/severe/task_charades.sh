@@ -4,7 +4,7 @@
 # Follows SEVERE (fmthoker/SEVERE-BENCHMARK SlowFast-ssl-vssl/configs/Charades/VSSL/
 # 32x8_112x112_R18_moco_seed_1.yaml at commit 1f5860f3186add0d71074c4ba9258ff431e82b63): trained on
 # Charades_v1_train.csv and tested on Charades_v1_test.csv, sigmoid outputs and BCE (LOSS_FUNC bce_logit,
-# HEAD_ACT sigmoid; run_class_finetuning.py does this for --data_set Charades, tasks.py), head dropout
+# HEAD_ACT sigmoid; run_class_finetuning.py does this for --data_set Charades, evals/tasks.py), head dropout
 # 0.5, 57 epochs of one clip per video, a clip spanning 256 frames (SEVERE: 32 frames 8 apart; ours 16
 # frames 16 apart), and the test: 10 clips x 3 crops per video (NUM_ENSEMBLE_VIEWS 10,
 # NUM_SPATIAL_CROPS 3) merged by max (ENSEMBLE_METHOD max), mAP over the classes with a positive video.

@@ -5,10 +5,11 @@
 # Follows SEVERE (fmthoker/SEVERE-BENCHMARK Repetition-Counting/opts.py at commit
 # 8cedb9cb2fb0583a1d560df8e0c853e7487d3aa2, and its datasets/ucf_aug.py): UCFRep's train split for
 # training and its val split as the test set, videos with fewer than 2 repetitions left out, 100 epochs,
-# the metrics (MAE = mean |predicted - true| / true, OBO = share within one repetition; severe_metrics.py).
+# the metrics (MAE = mean |predicted - true| / true, OBO = share within one repetition;
+# evals/severe_metrics.py).
 # Differs from SEVERE: SEVERE trains Zhang et al.'s context-aware counting model (a sliding window that
 # predicts repetition cycles and refines its scale); ours regresses the count directly from one clip of
-# 16 frames spread over the whole video (segment sampling; L1 loss on the count, tasks.py), the test
+# 16 frames spread over the whole video (segment sampling; L1 loss on the count, evals/tasks.py), the test
 # views (2 clips x 3 crops, as our segment-sampled SSv2 test) averaged.
 # Follows the SIGMA fine-tuning recipe (the ViT recipe of scripts/finetune/finetune_vitb_ucf101.sh:
 # MCG-NJU/VideoMAE scripts/ucf101/videomae_vit_base_patch16_224_tubemasking_ratio_0.75_epoch_3200/

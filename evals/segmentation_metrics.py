@@ -19,8 +19,9 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from datasets.vos import VOID, palette
+
 MATCHINGS = ("hungarian", "many_to_one")
-VOID = 255  # DAVIS' void label: not scored
 
 
 def linear_sum_assignment(cost: np.ndarray):
@@ -98,20 +99,6 @@ def score_labels(gt_ids: np.ndarray, clusters: np.ndarray, num_clusters: int, ma
     prediction[~scored] = VOID
     return {"miou": float(iou.mean()), "iou": {int(i): float(v) for i, v in zip(ids, iou)},
             "prediction": prediction}
-
-
-def palette(n: int = 256) -> np.ndarray:
-    """[n, 3] uint8 colours of the DAVIS / PASCAL VOC palette (id 0 black, 1 red, 2 green, ...)."""
-    colours = np.zeros((n, 3), dtype=np.uint8)
-    for i in range(n):
-        c, r, g, b = i, 0, 0, 0
-        for shift in range(7, -1, -1):
-            r |= (c & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        colours[i] = (r, g, b)
-    return colours
 
 
 def overlay(frames: np.ndarray, ids: np.ndarray, alpha: float = 0.55) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Batched k-means in torch: k-means++ seeding, Lloyd iterations, several restarts run together.
 
 It runs on the features' device (a GPU clusters a DAVIS clip's 400k upsampled points in well under
-a second) and is what eval_segmentation.py uses; bench/bench_kmeans.py compares it with
+a second) and is what evals.segmentation and run_sigma_vis.py use; bench/bench_kmeans.py compares it with
 scikit-learn's KMeans on the CPU (speed and inertia, BENCHMARKS.md).
 """
 from typing import Optional, Tuple

@@ -1,19 +1,19 @@
 """Linear evaluation on cached frozen features: L-BFGS logistic regression, with kNN beside it.
 
-One pass of the frozen encoder over the train and val videos (eval_knn's extraction: one centre
+One pass of the frozen encoder over the train and val videos (evals.common's extraction: one centre
 clip per video, tokens pooled, L2-normalised) gives the features; they are standardised with the
 train split's mean and std, and an L2-regularised multinomial logistic regression is fitted by
 L-BFGS, its penalty chosen by stratified k-fold cross-validation on the train split only (the
 DINO / SimCLR "linear eval on frozen features"). Fits take seconds, where the SGD linear probe of
 run_class_finetuning.py --linear_probing trains for epochs on augmented clips.
 
---data_set ImageNet / CIFAR-100 probe images read as clips of --num_frames copies (eval_knn.py,
+--data_set ImageNet / CIFAR-100 probe images read as clips of --num_frames copies (evals.knn,
 datasets/images.py); give the image root as --data_path.
 
 Several labellings of the same videos (datasets/digits.py writes digit/, direction/, speed/) are
 evaluated from one extraction: give each folder to --data_path.
 
-    python eval_probe.py --model vit_tiny_patch16_224 --finetune output/sigma/checkpoint-latest.pth \\
+    python -m evals.probe --model vit_tiny_patch16_224 --finetune output/sigma/checkpoint-latest.pth \\
         --data_set custom --data_path data/digits/digit data/digits/direction --data_root data/digits \\
         --input_size 48 --short_side_size 48 --num_frames 8 --output_dir output/probe
 
@@ -31,12 +31,10 @@ import numpy as np
 import torch
 
 from distributed import cleanup_distributed
-from eval_knn import (EVAL_DATA_SETS, add_image_flags, add_scoring_flags, knn_classify, load_encoder, read_split,
-                      scored_features, used_k,
-                      topk_accuracy)
-from flags import (ArgumentParser, add_clip_flags, add_encoder_flags, add_labelled_data_flags, add_loader_flags,
-                   add_run_flags, check_flags, clip_rules, resolve_precision)
-from modeling_finetune import MODELS
+from evals.common import (EVAL_DATA_SETS, add_clip_input_flags, add_frozen_encoder_group, clip_input_rules,
+                          knn_classify, load_encoder, read_split, require_one_encoder, scored_features, topk_accuracy,
+                          used_k)
+from flags import ArgumentParser, add_labelled_data_flags, add_run_flags, check_flags, resolve_precision
 from run_log import write_config
 from runtime import start_run
 from shutdown import run_driver
@@ -45,21 +43,14 @@ logger = logging.getLogger("sigma")
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    p = ArgumentParser("eval_probe.py", "logistic-regression probe and kNN on frozen features")
-    g = p.add_argument_group("model")
-    add_encoder_flags(g, MODELS, default="vit_base_patch16_224",
-                      finetune_help="checkpoint whose encoder is evaluated (ours, SIGMA, VideoMAE, a transformers "
-                                    "folder) (default: none: give it or --random_init)")
-    g.add_argument("--random_init", action="store_true", help="evaluate a randomly initialised encoder (baseline)")
+    p = ArgumentParser("python -m evals.probe", "logistic-regression probe and kNN on frozen features")
+    add_frozen_encoder_group(p)
     g = p.add_argument_group("data")
     add_labelled_data_flags(g, EVAL_DATA_SETS, default="Kinetics-400", several_paths=True,
                             data_path_help="folders with train.csv and val.csv; several: labellings of the same "
-                                           "videos (ImageNet / CIFAR-100: image roots, as eval_knn.py)",
+                                           "videos (ImageNet / CIFAR-100: image roots, as evals.knn)",
                             nb_classes_help="class count (default: the data set's, or as many as labelled)")
-    add_image_flags(g)
-    add_clip_flags(g)
-    add_loader_flags(g, num_workers=8, batch_size=32, training=False)
-    add_scoring_flags(g)
+    add_clip_input_flags(g)
     g = p.add_argument_group("probe")
     g.add_argument("--cv_folds", type=int, default=4, help="stratified folds of the train split that choose C")
     g.add_argument("--Cs", type=float, nargs="+", default=[1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0],
@@ -71,9 +62,7 @@ def get_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     check_flags(p, args, {"k": (lambda v: min(v) >= 1, "one or more integers >= 1"),
                           "temperature": (lambda v: v > 0, "> 0"), "cv_folds": (lambda v: v >= 2, ">= 2"),
-                          "max_iter": (lambda v: v >= 1, ">= 1"), "batch_size": (lambda v: v >= 1, ">= 1"),
-                          "num_workers": (lambda v: v >= 0, ">= 0"),
-                          "max_bad_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"), **clip_rules(args)})
+                          "max_iter": (lambda v: v >= 1, ">= 1"), **clip_input_rules(args)})
     return args
 
 
@@ -92,7 +81,7 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
     except ImportError:
-        raise SystemExit("eval_probe.py needs scikit-learn: pip install -r requirements-test.txt") from None
+        raise SystemExit("python -m evals.probe needs scikit-learn: pip install -r requirements-test.txt") from None
 
     def probe(C: float):
         # The scaler sits inside the pipeline, so every CV fold standardises with its own train part.
@@ -113,8 +102,7 @@ def main(args: argparse.Namespace) -> Dict[str, object]:
     env = start_run(args.device, args.output_dir, "probe.log")
     precision = resolve_precision(args.precision, env.device)
     nb_default, sampling, _ = EVAL_DATA_SETS[args.data_set]
-    if bool(args.finetune) == args.random_init:
-        raise SystemExit("give exactly one of --finetune CHECKPOINT and --random_init")
+    require_one_encoder(args)
     torch.manual_seed(args.seed)  # the same random encoder on every rank
     model = load_encoder(args, env.device).eval()
     # Features of a list of videos are computed once, whichever labellings share it.

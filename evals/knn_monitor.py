@@ -1,4 +1,4 @@
-"""The frozen-feature score pretraining logs every --eval_every epochs: weighted kNN (eval_knn's
+"""The frozen-feature score pretraining logs every --eval_every epochs: weighted kNN (evals.knn's
 protocol: one centre clip per video, pooled L2-normalised encoder features, k neighbours voting
 with exp(cosine / T)) of a held-out labelled list, so collapse shows and checkpoints can be
 picked without fine-tuning.
@@ -14,16 +14,13 @@ from typing import Dict, Optional
 
 import torch
 
-import torch.nn.functional as F
-
 from datasets.annotations import read_annotations
 from datasets.decoding import VideoError, open_video
-from datasets.sampler import ShardSampler
-from datasets.video_dataset import ClipConfig, VideoClipDataset, collate_clips
+from datasets.video_dataset import ClipConfig, VideoClipDataset
 from distributed import DistEnv, broadcast_object, ranks_with
-from engine_for_finetuning import gather_views, merge_views, predict_views
-from eval_knn import MAX_BAD_FRACTION, LeftOut, account_scored, knn_votes, topk_accuracy, used_k
-from shutdown import WORKER_INIT, describe
+from evals.common import (MAX_BAD_FRACTION, LeftOut, account_scored, eval_loader, knn_votes, local_features,
+                          merged_features, topk_accuracy, used_k)
+from shutdown import describe
 
 PROBED = 32  # videos per list opened at start (spread over the list): a cheap check of the whole list
 
@@ -56,10 +53,8 @@ class KnnMonitor:
         for split, samples in splits.items():
             self.names[split] = [s.path for s in samples]
             dataset = VideoClipDataset(samples, "val", clip=clip, video_backend=video_backend)
-            self.loaders[split] = torch.utils.data.DataLoader(
-                dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), env.world_size, env.rank),
-                num_workers=num_workers, collate_fn=collate_clips, pin_memory=env.device.type == "cuda",
-                worker_init_fn=WORKER_INIT, generator=torch.Generator())  # leaves torch's global RNG alone
+            self.loaders[split] = eval_loader(dataset, batch_size=batch_size, num_workers=num_workers, env=env,
+                                              generator=torch.Generator())  # leaves torch's global RNG alone
 
     @torch.no_grad()
     def score(self, encoder: torch.nn.Module, precision: str) -> Optional[Dict[str, float]]:
@@ -71,9 +66,8 @@ class KnnMonitor:
         try:  # this rank's own share: the decoding, where a monitor fails, involves no collective
             for split, loader in self.loaders.items():
                 left_out = LeftOut()
-                views[split] = predict_views(lambda v: F.normalize(encoder.forward_features(v).float(), dim=-1),
-                                             encoder, loader, device=self.env.device, precision=precision,
-                                             tracker=left_out, desc=f"kNN monitor ({split})")
+                views[split] = local_features(encoder, loader, self.env.device, precision, left_out,
+                                              desc=f"kNN monitor ({split})")
                 reasons[split] = left_out.reasons
         except Exception as e:  # noqa: BLE001 - a monitor must never be why a run cannot advance
             error = describe(e)
@@ -82,7 +76,7 @@ class KnnMonitor:
             logger.warning("kNN monitor failed on rank(s) %s and was skipped (training goes on)%s", failed,
                            f": {error}" if error else "")
             return None
-        merged = {split: self._merged(v) for split, v in views.items()}  # collectives, on every rank
+        merged = {split: merged_features(v, self.env) for split, v in views.items()}  # collectives, every rank
         try:  # every rank checks the same gathered indices, so every rank decides alike
             for split, (_, _, index) in merged.items():
                 account_scored(self.names[split], index.cpu(), f"kNN monitor {split}.csv", self.max_bad_fraction,
@@ -100,10 +94,6 @@ class KnnMonitor:
                     queries.shape[0], len(self.names["val"]), bank.shape[0], len(self.names["train"]),
                     record["knn_top1"], record["knn_top5"], record["knn_time"])
         return record
-
-    def _merged(self, views):
-        videos = merge_views(gather_views(views, self.env))
-        return F.normalize(videos.output, dim=-1), videos.label, videos.index
 
 
 def _probe(data_path: str, splits: Dict[str, list], backend: str) -> Optional[str]:

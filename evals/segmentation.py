@@ -9,10 +9,10 @@ tube's map serves the `tubelet` frames it covers), and clustered per clip with k
 - clustering: K = the number of ground-truth labels in the clip (background included; or
   --clustering_k), clusters matched to labels by the Hungarian algorithm;
 - overclustering: K = --overclustering_k (10), greedy many-to-one matching by precision.
-The score is the mean over clips of each clip's mIoU over its labels (segmentation_metrics.py).
+The score is the mean over clips of each clip's mIoU over its labels (evals/segmentation_metrics.py).
 J&F is not reported (see EVALUATION.md).
 
-    python eval_segmentation.py --data_set davis --data_path data/DAVIS --finetune ckpt.pth \\
+    python -m evals.segmentation --data_set davis --data_path data/DAVIS --finetune ckpt.pth \\
         --model vit_base_patch16_224 --output_dir output/seg_davis
 
 The forward and k-means run in this process on --device; matching, scoring and the overlay PNGs
@@ -35,14 +35,13 @@ import torch.nn.functional as F
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from datasets.vos import DATA_SETS, VOID, YTVOS_LABELS, UnreadableFrame, read_clip, sample_indices, vos_videos
-from eval_knn import account_scored, add_scoring_flags, load_encoder
-from kmeans import kmeans
-from modeling_finetune import MODELS
+from evals.common import account_scored, add_frozen_encoder_group, add_scoring_flags, load_encoder, require_one_encoder
+from evals.kmeans import kmeans
+from evals.segmentation_metrics import score_clip
+from flags import ArgumentParser, add_run_flags, check_flags, resolve_precision
 from progress import Progress
-from flags import ArgumentParser, add_encoder_flags, add_run_flags, check_flags, resolve_precision
 from run_log import write_config
 from runtime import start_run
-from segmentation_metrics import score_clip
 from shutdown import run_driver
 
 logger = logging.getLogger("sigma")
@@ -55,12 +54,8 @@ def at_least(low: int):
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    p = ArgumentParser("eval_segmentation.py", "unsupervised video object segmentation of frozen features")
-    g = p.add_argument_group("model")
-    add_encoder_flags(g, MODELS, default="vit_base_patch16_224",
-                      finetune_help="checkpoint whose encoder is evaluated (ours, SIGMA, VideoMAE, a transformers "
-                                    "folder) (default: none: give it or --random_init)")
-    g.add_argument("--random_init", action="store_true", help="evaluate a randomly initialised encoder (baseline)")
+    p = ArgumentParser("python -m evals.segmentation", "unsupervised video object segmentation of frozen features")
+    add_frozen_encoder_group(p)
     g = p.add_argument_group("data")
     g.add_argument("--data_set", default="davis", choices=DATA_SETS, help="DAVIS-2017 or YouTube-VOS")
     g.add_argument("--data_path", required=True, help="DAVIS-2017 folder, or the YouTube-VOS folder holding train/")
@@ -162,9 +157,8 @@ def make_pool(workers: int):
 def main(args: argparse.Namespace) -> Dict[str, object]:
     env = start_run(args.device, args.output_dir, "segmentation.log")
     if env.world_size > 1:
-        raise SystemExit("eval_segmentation.py runs in one process: launch it without torchrun / srun tasks")
-    if bool(args.finetune) == args.random_init:
-        raise SystemExit("give exactly one of --finetune CHECKPOINT and --random_init")
+        raise SystemExit("python -m evals.segmentation runs in one process: launch it without torchrun / srun tasks")
+    require_one_encoder(args)
     num_frames = args.num_frames or DEFAULT_FRAMES[args.data_set]
     split = args.split or DEFAULT_SPLIT[args.data_set]
     precision = resolve_precision(args.precision, env.device)

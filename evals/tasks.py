@@ -19,11 +19,11 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from attentive_probe import grid_loss, select_best
 from distributed import DistEnv
 from engine_for_finetuning import (Views, Videos, classification_metrics, evaluate, gather_views, merge_views,
                                    predict_views)
-from severe_metrics import charades_map, counting_metrics
+from evals.attentive import grid_loss, select_best
+from evals.severe_metrics import charades_map, counting_metrics
 
 logger = logging.getLogger("sigma")
 
