@@ -42,6 +42,7 @@ from modeling_finetune import MODELS
 from run_log import write_config
 from runtime import start_run
 from shutdown import run_driver
+from weights import load_pretrained_weights
 
 logger = logging.getLogger("sigma")
 
