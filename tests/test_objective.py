@@ -10,13 +10,13 @@ from engine_for_pretraining import (compute_loss, cross_entropy, denormalize_lik
 from engine_for_pretraining import Objective
 from helpers import GRID, clips, tiny_objective, tiny_pretrain, tiny_teacher
 from masking_generator import tube_mask
+from modeling_pretrain import VALID_OBJECTIVES
 from modeling_finetune import patchify
 from sinkhorn import sinkhorn_knopp
 
 # Upper bounds on last / first loss of test_tiny_model_overfits_fixed_batch (see its docstring).
 OVERFIT_RATIO = {"pixel": 0.72, "mlp": 0.5, "dino_v1": 0.5}
-OBJECTIVES = [("pixel", "L2"), ("mlp", "SWAV"), ("dino_v1", "SWAV"), ("dino_v2", "SWAV"),
-              ("dino_v1", "L2"), ("dino_v2", "L2")]
+OBJECTIVES = sorted(VALID_OBJECTIVES)  # every (target_type, loss_func) the model accepts
 
 
 def _teacher_for(target_type):
