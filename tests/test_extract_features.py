@@ -21,7 +21,7 @@ import extract_features as X
 from datasets.decoding import VideoError, open_video
 from datasets.frame_stream import iter_frames
 from feature_windows import plan_windows, stream_clips
-from helpers import needs_torchcodec
+from helpers import backend_params
 from modeling_finetune import vit_tiny_patch16_224
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -332,7 +332,7 @@ def test_launcher_command_parses(preset, stride):
 
 
 @needs_ffmpeg
-@pytest.mark.parametrize("backend", ["decord", pytest.param("torchcodec", marks=needs_torchcodec)])
+@pytest.mark.parametrize("backend", backend_params(leave_out=("pyav",)))  # against pyav
 def test_every_backend_streams_the_same_frames(tmp_path, backend):
     """The sequential PyAV stream, and decord / torchcodec read in consecutive chunks, give the frames
     the random-access PyAV reader gives, the stream's end included."""
