@@ -234,6 +234,7 @@ def test_torchcodec_cuda_falls_back_when_cuda_decoding_fails(tmp_path, monkeypat
 
 
 @needs_torchcodec
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device with NVDEC")
 def test_torchcodec_nvdec_frames_match_the_cpu(tmp_path):
     path = str(tmp_path / "v.mp4")

@@ -74,6 +74,7 @@ def test_device_augment_gives_the_worker_paths_batches(mixed_sizes, augmentation
         assert not torch.equal(got[0]["video"][0], got[0]["video"][1])
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_augmentation_within_one_uint8_level(mixed_sizes):
     raw = _batches(mixed_sizes, "multi_scale_crop", gpu_augment=True, epochs=(0,))
