@@ -38,7 +38,7 @@ FENCE = re.compile(r"^```bash\s*\n(.*?)^```", re.S | re.M)
 PYTHONS = {"python", "python3", ".venv/bin/python", ".venv/bin/python3"}
 COMMAND_TIMEOUT_S = 900
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # every documented command, as written
 
 
 @dataclasses.dataclass

@@ -231,6 +231,7 @@ def outputs(out):
     return {n[:-4]: np.load(os.path.join(out, n)) for n in os.listdir(out) if n.endswith(".npy")}
 
 
+@pytest.mark.e2e
 @needs_ffmpeg
 def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, weights, video_folder):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
@@ -265,6 +266,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, weights, video_
         X.main(X.get_args([*common, "--output_dir", str(killed), "--resume", "--stride", "3"]))
 
 
+@pytest.mark.e2e
 @needs_ffmpeg
 def test_two_ranks_cover_every_video_once(tmp_path, weights, video_folder):
     out = tmp_path / "out"

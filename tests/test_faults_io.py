@@ -280,6 +280,7 @@ def _tree(folder):
     return {n: open(os.path.join(folder, n), "rb").read() for n in sorted(os.listdir(folder))}
 
 
+@pytest.mark.e2e
 def test_export_into_a_folder_of_an_older_export_replaces_it_whole(checkpoints, tmp_path, caplog):
     out = tmp_path / "hf"
     assert _export(checkpoints["pretrain"], out)[0] == 0
@@ -293,6 +294,7 @@ def test_export_into_a_folder_of_an_older_export_replaces_it_whole(checkpoints, 
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".hf.")]  # no temp folder left
 
 
+@pytest.mark.e2e
 def test_export_into_a_run_folder_or_a_foreign_folder_is_refused(checkpoints, tmp_path, caplog):
     run = tmp_path / "run"
     run.mkdir()
@@ -330,6 +332,7 @@ EXPORT_KILLS = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("stage, earlier", [(stage, True) for stage in sorted(EXPORT_KILLS)]
                          + [("after_model", False)])
 def test_export_killed_at_each_stage_leaves_the_old_export_or_none(checkpoints, tmp_path, stage, earlier):
@@ -351,6 +354,7 @@ def test_export_killed_at_each_stage_leaves_the_old_export_or_none(checkpoints, 
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".hf.")]  # stale temp folders removed
 
 
+@pytest.mark.e2e
 def test_reading_checks_config_and_side_file_against_the_weights(checkpoints, tmp_path, caplog):
     a, b = tmp_path / "a", tmp_path / "b"
     assert _export(checkpoints["pretrain"], a)[0] == 0
@@ -370,6 +374,7 @@ def test_reading_checks_config_and_side_file_against_the_weights(checkpoints, tm
         in caplog.records[-1].getMessage()
 
 
+@pytest.mark.e2e
 def test_exported_and_converted_files_follow_the_umask(checkpoints, tmp_path):
     old = os.umask(0o022)
     try:
@@ -417,6 +422,7 @@ def _knn_argv(videos, data_path, out, *extra):
             "--num_workers", "2", "--device", "cpu", "--output_dir", str(out), *extra]
 
 
+@pytest.mark.e2e
 def test_knn_with_unreadable_queries_fails_naming_them_or_reports_what_it_scored(videos, tmp_path):
     code, out = _python(_knn_argv(videos, videos / "badlist", tmp_path / "a"))
     last = _last_line(out)
@@ -431,6 +437,7 @@ def test_knn_with_unreadable_queries_fails_naming_them_or_reports_what_it_scored
     assert "k=20 asked, but the bank holds 8 videos: k=8 used" in out
 
 
+@pytest.mark.e2e
 def test_probe_names_unreadable_videos(videos, tmp_path):
     argv = ["eval_probe.py", "--model", "vit_tiny_patch16_224", "--random_init", "--data_path",
             str(videos / "badlist"), "--data_root", str(videos), "--input_size", "32", "--short_side_size", "32",
@@ -471,6 +478,7 @@ def _seg(root, out, *extra):
                     "--workers", "0", "--kmeans_restarts", "1", "--output_dir", str(out), "--device", "cpu", *extra])
 
 
+@pytest.mark.e2e
 def test_segmentation_refuses_masks_of_another_size(tmp_path):
     root = _davis(tmp_path)
     mask_path = root / "Annotations" / "480p" / "video001" / "00002.png"
@@ -483,6 +491,7 @@ def test_segmentation_refuses_masks_of_another_size(tmp_path):
     assert "00002.png is 24x16, its frame" in _last_line(out) and "48x32" in _last_line(out)
 
 
+@pytest.mark.e2e
 def test_segmentation_names_a_truncated_frame_and_leaves_its_video_out(tmp_path):
     root = _davis(tmp_path)
     frame = root / "JPEGImages" / "480p" / "video002" / "00001.jpg"

@@ -16,6 +16,8 @@ from engine_for_finetuning import Views
 from severe_metrics import charades_map
 from tasks import Task
 
+pytestmark = pytest.mark.e2e  # runs the drivers end to end (pytest.ini)
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

@@ -121,6 +121,7 @@ def _losses(out):
     return steps
 
 
+@pytest.mark.e2e
 def test_gpu_augment_run_killed_and_resumed_gives_the_worker_paths_losses(data, tmp_path):
     """The worker path uninterrupted, and --gpu_augment hard-killed after step 4 and resumed, both
     through a persistent DataLoader worker: the same loss at every step."""
