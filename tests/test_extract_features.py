@@ -167,6 +167,7 @@ def videomae_v2_reading(path: str, stride: int):
         yield start, F.interpolate(video, size=(224, 224), mode="bilinear", align_corners=False)
 
 
+@pytest.mark.slow
 @needs_ffmpeg
 @pytest.mark.parametrize("preset,stride", [("thumos14", 4), ("fineaction", 16)])
 def test_presets_equal_videomae_v2_extractor(tmp_path, weights, preset, stride):

@@ -148,6 +148,7 @@ def _start_and_wait_for_encoders(src, dst, env):
     return proc, encoders
 
 
+@pytest.mark.slow
 def test_transcode_killed_with_sigkill_leaves_no_ffmpeg_and_a_rerun_finishes(sources, tmp_path, slow_ffmpeg):
     dst = tmp_path / "dst"
     proc, encoders = _start_and_wait_for_encoders(sources, dst, slow_ffmpeg)
@@ -164,6 +165,7 @@ def test_transcode_killed_with_sigkill_leaves_no_ffmpeg_and_a_rerun_finishes(sou
     assert code == 0 and "transcoded 0, skipped 3 (verified), failed 0" in out, out
 
 
+@pytest.mark.slow
 def test_transcode_sigterm_ends_every_ffmpeg_and_removes_the_partials(sources, tmp_path, slow_ffmpeg):
     dst = tmp_path / "dst"
     proc, encoders = _start_and_wait_for_encoders(sources, dst, slow_ffmpeg)
@@ -178,6 +180,7 @@ def test_transcode_sigterm_ends_every_ffmpeg_and_removes_the_partials(sources, t
     _assert_complete(sources, dst)
 
 
+@pytest.mark.slow
 def test_a_child_dies_with_its_killed_parent_even_when_it_writes_nothing():
     """ffmpeg also ends on its closed progress pipe; PR_SET_PDEATHSIG ends any child, silent ones too."""
     proc = _python("import datasets.transcode as t\nt._run(['sleep', '60'])", wait=False)
@@ -198,6 +201,7 @@ KILL_AT = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", sorted(KILL_AT))
 def test_transcode_killed_at_each_stage_is_finished_by_a_rerun(sources, tmp_path, stage):
     dst = tmp_path / "dst"
@@ -213,6 +217,7 @@ def test_transcode_killed_at_each_stage_is_finished_by_a_rerun(sources, tmp_path
         assert "skipped 1 (verified)" in out or "skipped 2 (verified)" in out, out
 
 
+@pytest.mark.slow
 def test_transcode_never_takes_a_corrupt_output_for_done(sources, tmp_path):
     dst = tmp_path / "dst"
     assert _python(_transcode_cmd(sources, dst))[0] == 0
@@ -227,6 +232,7 @@ def test_transcode_never_takes_a_corrupt_output_for_done(sources, tmp_path):
     _assert_complete(sources, dst)
 
 
+@pytest.mark.slow
 def test_two_transcodes_at_once_on_one_tree(sources, tmp_path):
     dst = tmp_path / "dst"
     runs = [_python(_transcode_cmd(sources, dst, "--workers", "1"), wait=False) for _ in range(2)]

@@ -260,6 +260,7 @@ def test_build_teacher_reads_dinov2_release_format(tmp_path):
         build_teacher("dino_v1", "dino_l", 224, str(tmp_path / "dinov2.pth"))
 
 
+@pytest.mark.slow
 def test_inductor_compiled_model_matches_eager_loss_and_gradients():
     torch.manual_seed(0)
     model = tiny_pretrain("mlp")

@@ -59,6 +59,7 @@ def test_bash_syntax(path):
     assert out.returncode == 0, out.stderr
 
 
+@pytest.mark.slow
 def test_shellcheck():
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck is not installed (apt-get install shellcheck; .ci/run installs it)")
