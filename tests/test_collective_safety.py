@@ -320,6 +320,7 @@ def _deepspeed_under_srun(env: DistEnv) -> dict:
     return {"asked": sorted(set(asked)), "local_rank": os.environ["LOCAL_RANK"]}
 
 
+@pytest.mark.slow
 def test_deepspeed_under_srun_uses_the_visible_device(scenarios):
     if scenarios["deepspeed"][0] is None:
         pytest.skip("DeepSpeed is optional; requirements-test.txt installs it for CI")

@@ -256,6 +256,7 @@ def test_torchcodec_missing_names_the_package(monkeypatch, tmp_path):
         open_video(str(path), "torchcodec")
 
 
+@pytest.mark.slow
 @needs_torchcodec
 def test_missing_ffmpeg_libraries_are_named(tmp_path):
     """torchcodec itself imports without FFmpeg; our error says what to install and what failed to load."""

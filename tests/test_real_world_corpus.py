@@ -23,7 +23,8 @@ from datasets.video_dataset import AugmentConfig, ClipConfig, VideoClipDataset
 from helpers import backend_params
 from quirk_corpus import ENCODERS, RECIPES, find_ffmpeg, make_corpus
 
-pytestmark = pytest.mark.skipif(find_ffmpeg() is None, reason="the quirk corpus needs ffmpeg (apt-get install ffmpeg)")
+pytestmark = [pytest.mark.skipif(find_ffmpeg() is None, reason="the quirk corpus needs ffmpeg (apt-get install ffmpeg)"),
+              pytest.mark.slow]  # dozens of ffmpeg encodes, then 120 decodes
 
 TEN_BIT = {"h264_10bit_mkv", "hevc_10bit_mp4"}
 # (backend, file) -> why the backend reads other frames than the truth (DATASET.md "Backends").
