@@ -412,7 +412,8 @@ def _config_value(action: argparse.Action, value: Any) -> Any:
 
     def one(v: Any) -> Any:
         kind = action.type or str
-        if isinstance(v, (list, dict)) or (kind is str) != isinstance(v, str) or isinstance(v, bool) and kind != str2bool:
+        wrong_kind = (kind is str) != isinstance(v, str) or isinstance(v, bool) and kind is not str2bool
+        if isinstance(v, (list, dict)) or wrong_kind:
             raise ValueError(f"{v!r} is not {getattr(kind, '__name__', 'a value of this flag')}")
         try:
             v = kind(v if isinstance(v, str) else str(v))  # the flag's own conversion, as from the command line
