@@ -101,7 +101,7 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--video_backend", default=DEFAULT_BACKEND, choices=BACKENDS[:3], help="video decoder (DATASET.md)")
     g.add_argument("--decode_threads", type=int, default=1, help="decoder threads per video")
     g.add_argument("--resume", action="store_true", help="skip videos already extracted with the same settings")
-    add_run_flags(p, output_dir="output/features", precision=True)
+    add_run_flags(p, output_dir="output/features", precision=True, config=False)  # writes no config.json
     args = p.parse_args(argv)
     if args.preset:  # the preset's values become defaults: flags given on the command line still win
         p.set_defaults(**PRESETS[args.preset])

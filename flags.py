@@ -8,7 +8,10 @@ the small functions at the bottom, never written back into `args`.
 import argparse
 import copy
 import difflib
+import json
+import os
 import re
+import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -80,6 +83,25 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, prog: Optional[str] = None, description: Optional[str] = None,
                  formatter_class=HelpFormatter, **kwargs):
         super().__init__(prog=prog, description=description, formatter_class=formatter_class, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        """argparse's, with the values of `--config RUN` (add_config_flag) as the defaults."""
+        argv = sys.argv[1:] if args is None else list(args)
+        config = next((a for a in self._actions if isinstance(a, RunConfig)), None)
+        path = config.path_in(argv) if config else None
+        if path is None:
+            return super().parse_known_args(argv, namespace)
+        values = read_run_config(self, path)
+        # Every action of a key (--local-rank and --local_rank share one) takes its value as the default;
+        # a required flag the file gives is no longer required. Restored after: the parser is unchanged.
+        kept = [(a, a.default, a.required) for a in self._actions if a.dest in values]
+        try:
+            for action, _, _ in kept:
+                action.default, action.required = values[action.dest], False
+            return super().parse_known_args(argv, namespace)
+        finally:
+            for action, default, required in kept:
+                action.default, action.required = default, required
 
     def parse_args(self, args=None, namespace=None):
         namespace, extras = self.parse_known_args(args, namespace)
@@ -319,9 +341,13 @@ def add_output_and_run_flags(p: argparse.ArgumentParser, *, output_dir: str, sav
     add_run_flags(p)
 
 
-def add_run_flags(p: argparse.ArgumentParser, *, output_dir: Optional[str] = None, precision: bool = False) -> None:
-    """The "run" group: device, seed (and, for evaluation drivers, output folder and precision)."""
+def add_run_flags(p: argparse.ArgumentParser, *, output_dir: Optional[str] = None, precision: bool = False,
+                  config: bool = True) -> None:
+    """The "run" group: device, seed, --config (and, for evaluation drivers, output folder and precision).
+    `config`: the driver writes output_dir/config.json, so --config can read one back."""
     g = p.add_argument_group("run")
+    if config:
+        add_config_flag(g)
     if output_dir is not None:
         g.add_argument("--output_dir", default=output_dir, help="results, config.json and the log")
     if precision:
@@ -330,6 +356,109 @@ def add_run_flags(p: argparse.ArgumentParser, *, output_dir: Optional[str] = Non
                    help="cuda, cuda:N or cpu (the default is cuda where there is one)")
     g.add_argument("--seed", type=int, default=0, help="random seed")
     add_launcher_compat_flags(g)
+
+
+# Keys the drivers write into config.json beside their flags (the run_log.write_config calls): values the
+# run computed, which --config ignores. A key that is also a flag (precision, nb_classes, flip, split,
+# num_frames) is read as that flag, with the value the run resolved, so a re-run resolves it the same way.
+DERIVED_KEYS = ("world_size", "clips_per_gpu", "global_batch", "actual_lr", "task")
+
+
+class RunConfig(argparse.Action):
+    """-c / --config RUN: a saved run's config.json (or its folder) as the defaults; flags given beside
+    it win. The file is read before the parse (ArgumentParser.parse_known_args), so this action only
+    checks that the name it was given was the one read; it keeps nothing in the namespace, so the
+    re-run's config.json is the original's."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, metavar="RUN", **kwargs)
+
+    def path_in(self, argv: Sequence[str]) -> Optional[str]:
+        """The value of the last -c / --config in `argv` (None: not given)."""
+        scan = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        scan.add_argument(*self.option_strings, dest="config", default=None)
+        return scan.parse_known_args(list(argv))[0].config
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string not in self.option_strings:  # an abbreviation the scan above did not read
+            parser.error(f"{option_string}: write {' or '.join(self.option_strings)} in full")
+
+
+def add_config_flag(group) -> None:
+    group.add_argument("-c", "--config", action=RunConfig,
+                       help="re-run a saved run: RUN/config.json (or the folder RUN) gives the defaults, flags "
+                            "given beside it override them (e.g. --output_dir); keys the run computed ("
+                            f"{', '.join(DERIVED_KEYS)}) are ignored, any other key that is not a flag here is "
+                            "an error")
+
+
+def _config_value(action: argparse.Action, value: Any) -> Any:
+    """A config.json value for `action`, checked and converted as the flag's own value would be
+    (ValueError with the reason when it cannot be)."""
+    if value is None:
+        if action.default is None or action.nargs == "?":
+            return None
+        raise ValueError(f"null, but the flag needs a value (default: {action.default!r})")
+    if action.nargs == 0:  # --x, --no_x, store_true, store_false
+        if not isinstance(value, bool):
+            raise ValueError(f"{value!r} is not true or false")
+        return value
+    many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
+    if many != isinstance(value, list):
+        raise ValueError(f"{value!r}: expected {'a list' if many else 'one value'}")
+    if isinstance(action.nargs, int) and len(value) != action.nargs or action.nargs == "+" and not value:
+        raise ValueError(f"{value!r}: expected {action.nargs if isinstance(action.nargs, int) else 'one or more'} "
+                         f"values")
+
+    def one(v: Any) -> Any:
+        kind = action.type or str
+        wrong_kind = (kind is str) != isinstance(v, str) or isinstance(v, bool) and kind is not str2bool
+        if isinstance(v, (list, dict)) or wrong_kind:
+            raise ValueError(f"{v!r} is not {getattr(kind, '__name__', 'a value of this flag')}")
+        try:
+            v = kind(v if isinstance(v, str) else str(v))  # the flag's own conversion, as from the command line
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+            raise ValueError(f"{v!r}: {e}") from None
+        if action.choices is not None and v not in action.choices:
+            raise ValueError(f"{v!r} is not one of {', '.join(map(str, action.choices))}")
+        return v
+
+    return [one(v) for v in value] if many else one(value)
+
+
+def read_run_config(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]:
+    """{flag dest: value} of a run's config.json for `parser` (parser.error, naming the file and the
+    key, on a key that is neither a flag nor in DERIVED_KEYS, or a value the flag would refuse)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except OSError as e:
+        parser.error(f"--config {path}: {e.strerror or e}")
+    except json.JSONDecodeError as e:
+        parser.error(f"--config {path}: not JSON (line {e.lineno}: {e.msg})")
+    if not isinstance(saved, dict):
+        parser.error(f"--config {path}: not a run's config.json (a JSON object of flags)")
+    flags = {a.dest: a for a in parser._actions
+             if a.option_strings and not isinstance(a, (RunConfig, _Unsupported, argparse._HelpAction))}
+    unknown = [k for k in saved if k not in flags and k not in DERIVED_KEYS]
+    if len(unknown) == 1:
+        close = ArgumentParser.closest(unknown[0], list(flags))
+        parser.error(f"--config {path}: key {unknown[0]!r} is not a flag of {parser.prog}"
+                     + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+    if unknown:
+        shown = ", ".join(unknown[:6]) + (f" and {len(unknown) - 6} more" if len(unknown) > 6 else "")
+        parser.error(f"--config {path}: keys {shown} are not flags of {parser.prog} (a config.json of another "
+                     f"driver?)")
+    values = {}
+    for key, value in saved.items():
+        if key in flags and key not in DERIVED_KEYS:  # --world_size: a launcher's, accepted and ignored
+            try:
+                values[key] = _config_value(flags[key], value)
+            except ValueError as e:
+                parser.error(f"--config {path}: key {key!r}: {e}")
+    return values
 
 
 Rules = Dict[str, Tuple[Callable[[Any], bool], str]]  # flag -> (valid?, the valid range in words)

@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 # "torchcodec_cuda" decodes with NVDEC where it can and falls back to torchcodec on the CPU.
 BACKENDS = ("decord", "pyav", "torchcodec", "torchcodec_cuda")
+# The backends that decode on the CPU (every one but "torchcodec_cuda").
+CPU_BACKENDS = ("decord", "pyav", "torchcodec")
 # The backends that take DecodeOptions.short_side (scaling in the decoder).
 SCALING_BACKENDS = ("pyav", "decord", "torchcodec")
 DECORD_MIN_SCALED_WIDTH = 80  # every width from 73 up copied out correctly (DecordReader)

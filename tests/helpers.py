@@ -1,8 +1,11 @@
 """Tiny models and skip marks shared by the tests."""
+from typing import Sequence
+
 import pytest
 import timm
 import torch
 
+from datasets.decoding import CPU_BACKENDS
 from engine_for_pretraining import Objective
 from modeling_pretrain import DinoTeacher, PretrainVisionTransformer
 
@@ -53,3 +56,10 @@ def _torchcodec_missing() -> str:
 
 
 needs_torchcodec = pytest.mark.skipif(bool(_torchcodec_missing()), reason=_torchcodec_missing())
+
+
+def backend_params(names: Sequence[str] = CPU_BACKENDS, leave_out: Sequence[str] = ()) -> list:
+    """pytest parameters of decoding backends from the registry (datasets.decoding), torchcodec's
+    skipped where it cannot load."""
+    return [pytest.param(b, marks=needs_torchcodec) if b.startswith("torchcodec") else b
+            for b in names if b not in leave_out]

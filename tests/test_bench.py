@@ -45,6 +45,7 @@ def _measure(capsys, *argv):
     return json.loads(lines[0])
 
 
+@pytest.mark.slow
 def test_step_bench_sweep_flops_mfu_and_breakdown():
     rows = _run("bench_pretrain_step.py", *TINY, "--sweep", "1", "2", "--breakdown", "--warmup", "1",
                 "--iters", "3", "--peak_tflops", "0.5")
@@ -90,6 +91,7 @@ def test_cpu_attention_flops_are_counted():
     assert counter.get_total_flops() == 2 * bhnnd * (2 + 5)
 
 
+@pytest.mark.slow
 def test_sinkhorn_bench_classic_agrees_with_scaling():
     rows = _run("bench_sinkhorn.py", "--device", "cpu", "--n", "300", "1000", "--k", "16", "64", "--iters", "1",
                 "--warmup", "0", "--threads", "1")
@@ -130,6 +132,7 @@ def test_sinkhorn_swap_reaches_the_engine():
     assert engine_for_pretraining.sinkhorn_knopp is sinkhorn_knopp
 
 
+@pytest.mark.slow
 def test_step_bench_fast_path_variants_agree(capsys):
     scaling = _measure(capsys)
     classic = _measure(capsys, "--sinkhorn", "classic")
@@ -144,6 +147,7 @@ def test_step_bench_fast_path_variants_agree(capsys):
     assert scaling["fused_adamw"] is True  # torch's fused AdamW runs on the CPU too
 
 
+@pytest.mark.slow
 def test_step_bench_dino_teacher_is_timed_and_counted(capsys):
     mlp = _measure(capsys, "--breakdown")
     dino = _measure(capsys, "--target_type", "dino_v1", "--distillation_teacher", "dino_s", "--breakdown")

@@ -32,6 +32,7 @@ def test_official_path_item_is_a_normalised_clip_and_a_tube_mask(videos):
     assert (per_slot.sum(1) == 3).all() and (per_slot[0] == per_slot[1]).all()
 
 
+@pytest.mark.slow
 def test_loader_bench_reports_per_core_figures_and_the_node_feed(videos):
     out = subprocess.run(
         [sys.executable, os.path.join(ROOT, "bench", "bench_loader.py"), "--csv", os.path.join(videos, "pretrain.csv"),

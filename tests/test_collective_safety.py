@@ -101,12 +101,14 @@ def _nonfinite(env: DistEnv, skip: int, nan_at: int) -> dict:
     return record
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_on_one_rank_is_skipped_by_both(scenarios):
     ranks = scenarios["skip"]
     # 6 batches, one skipped on both ranks: 5 steps, identical finite weights.
     assert ranks[0] == ranks[1] == {"end_step": 5, "same_weights": True, "finite": True}, ranks
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_on_one_rank_stops_both_with_the_cause(scenarios):
     # --skip_nonfinite 0 checks at log steps only (log_every 2): micro-batch 1 completes step 2.
     for record in scenarios["stop"]:
@@ -131,6 +133,7 @@ def _preemption(env: DistEnv) -> dict:
     return {"stopped_after": stopped_after}
 
 
+@pytest.mark.slow
 def test_preemption_seen_by_one_rank_stops_both_after_the_same_step(scenarios):
     assert scenarios["preemption"] == [{"stopped_after": 4}] * 2  # checked every step, decided one step later
 
@@ -156,6 +159,7 @@ def _bad_samples(env: DistEnv) -> dict:
     return record
 
 
+@pytest.mark.slow
 def test_bad_samples_on_one_rank_stop_both_at_the_same_batch(scenarios):
     ranks = scenarios["bad_samples"]
     # 3 bad files > 0.2 * 10 on rank 1 at its third batch: both ranks stop there, and both fail the epoch.
@@ -217,10 +221,12 @@ def scenarios(tmp_path_factory):
     return {name: [r[name] for r in ranks] for name in ranks[0]}
 
 
+@pytest.mark.slow
 def test_rank0_chooses_the_resume_file(scenarios):
     assert scenarios["resume"] == [{"path": os.path.join("view0", "checkpoint-latest.pth"), "step": 5}] * 2
 
 
+@pytest.mark.slow
 def test_resume_file_unreadable_on_one_rank_stops_both(scenarios):
     rank0, rank1 = scenarios["resume_unreadable"]
     assert rank0.get("error", "").endswith("checkpoint-latest.pth: rank 1: no such file"), rank0
@@ -314,6 +320,7 @@ def _deepspeed_under_srun(env: DistEnv) -> dict:
     return {"asked": sorted(set(asked)), "local_rank": os.environ["LOCAL_RANK"]}
 
 
+@pytest.mark.slow
 def test_deepspeed_under_srun_uses_the_visible_device(scenarios):
     if scenarios["deepspeed"][0] is None:
         pytest.skip("DeepSpeed is optional; requirements-test.txt installs it for CI")

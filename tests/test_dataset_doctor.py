@@ -9,7 +9,8 @@ import pytest
 from datasets import prepare
 from quirk_corpus import find_ffmpeg, make_corpus
 
-pytestmark = pytest.mark.skipif(find_ffmpeg() is None, reason="needs ffmpeg (apt-get install ffmpeg)")
+pytestmark = [pytest.mark.skipif(find_ffmpeg() is None, reason="needs ffmpeg (apt-get install ffmpeg)"),
+              pytest.mark.e2e]  # the doctor's command line end to end
 VALID = ["mpeg4_xvid_bframes_avi", "msmpeg4v3_avi", "cinepak_dropped_frames_avi", "vp9_webm", "qcif_176x144_mp4",
          "h264_mpegts", "flv1_flv", "h264_edit_list_mp4"]
 

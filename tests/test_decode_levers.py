@@ -15,11 +15,11 @@ import torch
 from datasets import transforms as T
 from datasets import video_dataset
 from datasets.annotations import read_annotations
-from datasets.decoding import DecodeOptions, VideoError, open_video
+from datasets.decoding import SCALING_BACKENDS, DecodeOptions, VideoError, open_video
 from datasets.synthetic import make_dataset, render_clip, write_video
 from datasets.transcode import EncodeSettings, find_ffmpeg, transcode_tree
 from datasets.video_dataset import ClipConfig, VideoClipDataset, collate_clips
-from helpers import needs_torchcodec
+from helpers import backend_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFF = DecodeOptions(skip_nonref=False, keyframe_seek=False)
@@ -168,7 +168,7 @@ def test_irregular_timestamps(tmp_path, kind):
         assert torch.equal(frames, _frames(path, indices, backend="decord")[0])
 
 
-SCALING = ["pyav", "decord", pytest.param("torchcodec", marks=needs_torchcodec)]
+SCALING = backend_params(SCALING_BACKENDS)
 
 
 @pytest.mark.parametrize("backend", SCALING)

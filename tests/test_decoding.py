@@ -234,6 +234,7 @@ def test_torchcodec_cuda_falls_back_when_cuda_decoding_fails(tmp_path, monkeypat
 
 
 @needs_torchcodec
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device with NVDEC")
 def test_torchcodec_nvdec_frames_match_the_cpu(tmp_path):
     path = str(tmp_path / "v.mp4")
@@ -255,6 +256,7 @@ def test_torchcodec_missing_names_the_package(monkeypatch, tmp_path):
         open_video(str(path), "torchcodec")
 
 
+@pytest.mark.slow
 @needs_torchcodec
 def test_missing_ffmpeg_libraries_are_named(tmp_path):
     """torchcodec itself imports without FFmpeg; our error says what to install and what failed to load."""

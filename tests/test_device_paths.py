@@ -72,6 +72,7 @@ def test_ddp_broadcasts_buffers_only_where_they_change(monkeypatch):
     assert [kw["broadcast_buffers"] for kw in made] == [False, True]
 
 
+@pytest.mark.slow
 def test_deepspeed_bf16_plain_weights_are_the_fp32_masters(monkeypatch):
     pytest.importorskip("deepspeed", reason="DeepSpeed is optional; requirements-test.txt installs it for CI")
     import deepspeed_support

@@ -91,6 +91,7 @@ def test_probe_separates_what_is_separable_and_not_noise():
     assert chance["top1"] < 45
 
 
+@pytest.mark.e2e
 def test_the_probe_reports_probe_and_knn_for_every_labelling(tmp_path):
     import evals.probe
     data = make_digits_dataset(str(tmp_path / "digits"), num_train=40, num_val=12, num_test=0, frames=8, size=32, seed=0)

@@ -183,14 +183,17 @@ def test_cuda_requested_but_unavailable(no_launch_env):
         setup_distributed(device="cuda")
 
 
+@pytest.mark.slow
 def test_torchrun_env_two_processes():
     _run_spawned(_torchrun_worker, (_free_port(),), nprocs=2)
 
 
+@pytest.mark.slow
 def test_slurm_env_two_processes():
     _run_spawned(_slurm_worker, (_free_port(),), nprocs=2)
 
 
+@pytest.mark.slow
 def test_unreachable_master_raises_quickly():
     _run_spawned(_unreachable_worker, (_free_port(),), nprocs=1)
 

@@ -38,7 +38,7 @@ FENCE = re.compile(r"^```bash\s*\n(.*?)^```", re.S | re.M)
 PYTHONS = {"python", "python3", ".venv/bin/python", ".venv/bin/python3"}
 COMMAND_TIMEOUT_S = 900
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # every documented command, as written
 
 
 @dataclasses.dataclass
@@ -417,6 +417,16 @@ def claim_features_as_documented(root: str, output: str) -> None:
         assert len(json.load(f)["videos"]) == 10
 
 
+def claim_rerun_from_config(original: str, rerun: str, given: Dict[str, object]) -> Callable[[str, str], None]:
+    """PRETRAIN.md / FINETUNE.md: a --config re-run's config.json is the original's but for the flags given."""
+    def check(root: str, output: str) -> None:
+        with open(os.path.join(root, original, "config.json")) as f:
+            expected = {**json.load(f), **given}
+        with open(os.path.join(root, rerun, "config.json")) as f:
+            assert json.load(f) == expected
+    return check
+
+
 CLAIMS: Dict[Tuple[str, str], Callable[[str, str], None]] = {
     ("README.md", "run_sigma_pretraining.py"): claim_pretraining_loss_falls,
     ("README.md", "run_sigma_vis.py"): claim_picture_shows_structure,
@@ -426,6 +436,10 @@ CLAIMS: Dict[Tuple[str, str], Callable[[str, str], None]] = {
     ("FINETUNE.md", "hf_weights.py export"): claim_export_loads_in_transformers,
     ("DATASET.md", "--out data/shapes"): claim_synthetic_sets,
     ("EVALUATION.md", "--output_dir output/demo_features"): claim_features_as_documented,
+    ("PRETRAIN.md", "--config output/demo "): claim_rerun_from_config(
+        "output/demo", "output/demo_again", {"epochs": 1, "warmup_epochs": 0, "output_dir": "output/demo_again"}),
+    ("FINETUNE.md", "-c output/demo_ft "): claim_rerun_from_config(
+        "output/demo_ft", "output/rerun_ft", {"epochs": 1, "warmup_epochs": 0, "output_dir": "output/rerun_ft"}),
 }
 
 

@@ -61,6 +61,7 @@ CLIP = ["--input_size", "32", "--short_side_size", "32", "--num_frames", "4", "-
         "--num_workers", "0"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("script, extra", [
     ("run_class_finetuning.py", ["--epochs", "1", "--warmup_epochs", "0", "--batch_size", "2"]),
     ("evals.knn", []),
@@ -113,6 +114,7 @@ EVERY_DRIVER = ONE_PER_PATH + ["run_class_finetuning.py", "evals.probe", "evals.
                                "datasets.synthetic", "datasets.synthetic_vos"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("driver", EVERY_DRIVER if os.environ.get("ALL_DRIVERS") else ONE_PER_PATH)
 def test_an_output_path_that_cannot_be_written_is_one_line(data, vit_tiny, pretrain_tiny, tmp_path, driver):
     out = _unwritable(tmp_path)

@@ -21,7 +21,7 @@ import extract_features as X
 from datasets.decoding import VideoError, open_video
 from datasets.frame_stream import iter_frames
 from feature_windows import plan_windows, stream_clips
-from helpers import needs_torchcodec
+from helpers import backend_params
 from modeling_finetune import vit_tiny_patch16_224
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -167,6 +167,7 @@ def videomae_v2_reading(path: str, stride: int):
         yield start, F.interpolate(video, size=(224, 224), mode="bilinear", align_corners=False)
 
 
+@pytest.mark.slow
 @needs_ffmpeg
 @pytest.mark.parametrize("preset,stride", [("thumos14", 4), ("fineaction", 16)])
 def test_presets_equal_videomae_v2_extractor(tmp_path, weights, preset, stride):
@@ -231,6 +232,7 @@ def outputs(out):
     return {n[:-4]: np.load(os.path.join(out, n)) for n in os.listdir(out) if n.endswith(".npy")}
 
 
+@pytest.mark.e2e
 @needs_ffmpeg
 def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, weights, video_folder):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
@@ -265,6 +267,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, weights, video_
         X.main(X.get_args([*common, "--output_dir", str(killed), "--resume", "--stride", "3"]))
 
 
+@pytest.mark.e2e
 @needs_ffmpeg
 def test_two_ranks_cover_every_video_once(tmp_path, weights, video_folder):
     out = tmp_path / "out"
@@ -332,7 +335,7 @@ def test_launcher_command_parses(preset, stride):
 
 
 @needs_ffmpeg
-@pytest.mark.parametrize("backend", ["decord", pytest.param("torchcodec", marks=needs_torchcodec)])
+@pytest.mark.parametrize("backend", backend_params(leave_out=("pyav",)))  # against pyav
 def test_every_backend_streams_the_same_frames(tmp_path, backend):
     """The sequential PyAV stream, and decord / torchcodec read in consecutive chunks, give the frames
     the random-access PyAV reader gives, the stream's end included."""

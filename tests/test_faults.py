@@ -17,6 +17,8 @@ import runtime
 from checkpointing import CheckpointError
 from datasets.synthetic import make_dataset
 
+pytestmark = pytest.mark.e2e  # runs the drivers end to end (pytest.ini)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(ROOT, "tests", "fault_launcher.py")
 DEADLINE_S = 120  # the hidden checks' limit for a fatal case; a hang is killed at this point

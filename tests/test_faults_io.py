@@ -148,6 +148,7 @@ def _start_and_wait_for_encoders(src, dst, env):
     return proc, encoders
 
 
+@pytest.mark.slow
 def test_transcode_killed_with_sigkill_leaves_no_ffmpeg_and_a_rerun_finishes(sources, tmp_path, slow_ffmpeg):
     dst = tmp_path / "dst"
     proc, encoders = _start_and_wait_for_encoders(sources, dst, slow_ffmpeg)
@@ -164,6 +165,7 @@ def test_transcode_killed_with_sigkill_leaves_no_ffmpeg_and_a_rerun_finishes(sou
     assert code == 0 and "transcoded 0, skipped 3 (verified), failed 0" in out, out
 
 
+@pytest.mark.slow
 def test_transcode_sigterm_ends_every_ffmpeg_and_removes_the_partials(sources, tmp_path, slow_ffmpeg):
     dst = tmp_path / "dst"
     proc, encoders = _start_and_wait_for_encoders(sources, dst, slow_ffmpeg)
@@ -178,6 +180,7 @@ def test_transcode_sigterm_ends_every_ffmpeg_and_removes_the_partials(sources, t
     _assert_complete(sources, dst)
 
 
+@pytest.mark.slow
 def test_a_child_dies_with_its_killed_parent_even_when_it_writes_nothing():
     """ffmpeg also ends on its closed progress pipe; PR_SET_PDEATHSIG ends any child, silent ones too."""
     proc = _python("import datasets.transcode as t\nt._run(['sleep', '60'])", wait=False)
@@ -198,6 +201,7 @@ KILL_AT = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", sorted(KILL_AT))
 def test_transcode_killed_at_each_stage_is_finished_by_a_rerun(sources, tmp_path, stage):
     dst = tmp_path / "dst"
@@ -213,6 +217,7 @@ def test_transcode_killed_at_each_stage_is_finished_by_a_rerun(sources, tmp_path
         assert "skipped 1 (verified)" in out or "skipped 2 (verified)" in out, out
 
 
+@pytest.mark.slow
 def test_transcode_never_takes_a_corrupt_output_for_done(sources, tmp_path):
     dst = tmp_path / "dst"
     assert _python(_transcode_cmd(sources, dst))[0] == 0
@@ -227,6 +232,7 @@ def test_transcode_never_takes_a_corrupt_output_for_done(sources, tmp_path):
     _assert_complete(sources, dst)
 
 
+@pytest.mark.slow
 def test_two_transcodes_at_once_on_one_tree(sources, tmp_path):
     dst = tmp_path / "dst"
     runs = [_python(_transcode_cmd(sources, dst, "--workers", "1"), wait=False) for _ in range(2)]
@@ -280,6 +286,7 @@ def _tree(folder):
     return {n: open(os.path.join(folder, n), "rb").read() for n in sorted(os.listdir(folder))}
 
 
+@pytest.mark.e2e
 def test_export_into_a_folder_of_an_older_export_replaces_it_whole(checkpoints, tmp_path, caplog):
     out = tmp_path / "hf"
     assert _export(checkpoints["pretrain"], out)[0] == 0
@@ -293,6 +300,7 @@ def test_export_into_a_folder_of_an_older_export_replaces_it_whole(checkpoints, 
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".hf.")]  # no temp folder left
 
 
+@pytest.mark.e2e
 def test_export_into_a_run_folder_or_a_foreign_folder_is_refused(checkpoints, tmp_path, caplog):
     run = tmp_path / "run"
     run.mkdir()
@@ -330,6 +338,7 @@ EXPORT_KILLS = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("stage, earlier", [(stage, True) for stage in sorted(EXPORT_KILLS)]
                          + [("after_model", False)])
 def test_export_killed_at_each_stage_leaves_the_old_export_or_none(checkpoints, tmp_path, stage, earlier):
@@ -351,6 +360,7 @@ def test_export_killed_at_each_stage_leaves_the_old_export_or_none(checkpoints, 
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".hf.")]  # stale temp folders removed
 
 
+@pytest.mark.e2e
 def test_reading_checks_config_and_side_file_against_the_weights(checkpoints, tmp_path, caplog):
     a, b = tmp_path / "a", tmp_path / "b"
     assert _export(checkpoints["pretrain"], a)[0] == 0
@@ -370,6 +380,7 @@ def test_reading_checks_config_and_side_file_against_the_weights(checkpoints, tm
         in caplog.records[-1].getMessage()
 
 
+@pytest.mark.e2e
 def test_exported_and_converted_files_follow_the_umask(checkpoints, tmp_path):
     old = os.umask(0o022)
     try:
@@ -417,6 +428,7 @@ def _knn_argv(videos, data_path, out, *extra):
             "--num_workers", "2", "--device", "cpu", "--output_dir", str(out), *extra]
 
 
+@pytest.mark.e2e
 def test_knn_with_unreadable_queries_fails_naming_them_or_reports_what_it_scored(videos, tmp_path):
     code, out = _python(_knn_argv(videos, videos / "badlist", tmp_path / "a"))
     last = _last_line(out)
@@ -431,6 +443,7 @@ def test_knn_with_unreadable_queries_fails_naming_them_or_reports_what_it_scored
     assert "k=20 asked, but the bank holds 8 videos: k=8 used" in out
 
 
+@pytest.mark.e2e
 def test_probe_names_unreadable_videos(videos, tmp_path):
     argv = ["-m", "evals.probe", "--model", "vit_tiny_patch16_224", "--random_init", "--data_path",
             str(videos / "badlist"), "--data_root", str(videos), "--input_size", "32", "--short_side_size", "32",
@@ -471,6 +484,7 @@ def _seg(root, out, *extra):
                     "--workers", "0", "--kmeans_restarts", "1", "--output_dir", str(out), "--device", "cpu", *extra])
 
 
+@pytest.mark.e2e
 def test_segmentation_refuses_masks_of_another_size(tmp_path):
     root = _davis(tmp_path)
     mask_path = root / "Annotations" / "480p" / "video001" / "00002.png"
@@ -483,6 +497,7 @@ def test_segmentation_refuses_masks_of_another_size(tmp_path):
     assert "00002.png is 24x16, its frame" in _last_line(out) and "48x32" in _last_line(out)
 
 
+@pytest.mark.e2e
 def test_segmentation_names_a_truncated_frame_and_leaves_its_video_out(tmp_path):
     root = _davis(tmp_path)
     frame = root / "JPEGImages" / "480p" / "video002" / "00001.jpg"

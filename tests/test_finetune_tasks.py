@@ -16,6 +16,8 @@ from engine_for_finetuning import Views
 from evals.severe_metrics import charades_map
 from evals.tasks import Task
 
+pytestmark = pytest.mark.e2e  # runs the drivers end to end (pytest.ini)
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

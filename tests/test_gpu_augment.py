@@ -74,6 +74,7 @@ def test_device_augment_gives_the_worker_paths_batches(mixed_sizes, augmentation
         assert not torch.equal(got[0]["video"][0], got[0]["video"][1])
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_augmentation_within_one_uint8_level(mixed_sizes):
     raw = _batches(mixed_sizes, "multi_scale_crop", gpu_augment=True, epochs=(0,))
@@ -120,6 +121,7 @@ def _losses(out):
     return steps
 
 
+@pytest.mark.e2e
 def test_gpu_augment_run_killed_and_resumed_gives_the_worker_paths_losses(data, tmp_path):
     """The worker path uninterrupted, and --gpu_augment hard-killed after step 4 and resumed, both
     through a persistent DataLoader worker: the same loss at every step."""

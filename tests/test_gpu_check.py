@@ -19,6 +19,7 @@ def test_gpu_check_lints():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_stage_logs_and_table(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "GPU_CHECK_DRY": "1",
            "GPU_CHECK_ONLY": "sync_count", "OMP_NUM_THREADS": "1"}

@@ -94,6 +94,7 @@ def test_the_evaluation_drivers_agree_on_shared_defaults():
         assert knn.get_default(dest) == probe.get_default(dest), dest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, expected", [
     (["run_sigma_pretraining.py", "--data_path_csv", "x.csv", "--batchsize", "8"],
      "run_sigma_pretraining.py: error: unrecognized argument --batchsize (did you mean --batch_size?)"),

@@ -281,6 +281,7 @@ def test_sharded_and_configless_files(tmp_path):
         torch.testing.assert_close(model(x), hf(_hf_input(x)).logits, atol=1e-4, rtol=1e-4)  # eps: the model's
 
 
+@pytest.mark.e2e
 def test_cli(tmp_path, capsys, caplog):
     model = _perturb(tiny_pretrain())
     ckpt = _save_ours(tmp_path, model, "pretrain.pth")

@@ -85,6 +85,7 @@ def test_loader_carries_the_host_index():
     assert len(HostMaskIndex([1, 2, 3])) == 3
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the sync debug mode needs CUDA")
 def test_cuda_step_raises_on_no_sync():
     model = tiny_pretrain("mlp").cuda()
@@ -140,6 +141,7 @@ def test_train_steps_reads_the_device_only_at_log_steps():
         next(steps)  # the epoch's last step logs: the watch is read and names the first bad step
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the sync debug mode needs CUDA")
 def test_cuda_train_steps_without_a_sync_between_log_steps():
     _, steps = _linear_steps(torch.device("cuda"), nan_call=3)

@@ -9,6 +9,8 @@ from PIL import Image
 import evals.knn
 import evals.probe
 
+pytestmark = pytest.mark.e2e  # runs the drivers end to end (pytest.ini)
+
 COMMON = ["--model", "vit_tiny_patch16_224", "--random_init", "--input_size", "32", "--short_side_size", "32",
           "--num_frames", "2", "--batch_size", "4", "--num_workers", "0"]
 COLOURS = [(220, 20, 20), (20, 220, 20), (20, 20, 220)]

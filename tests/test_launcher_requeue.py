@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # runs the drivers end to end (pytest.ini)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FAKE_AGENT = """#!/usr/bin/env bash

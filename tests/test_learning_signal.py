@@ -27,6 +27,8 @@ from modeling_finetune import VisionTransformer  # noqa: E402
 from modeling_pretrain import PretrainVisionTransformer  # noqa: E402
 from optim_factory import create_optimizer, param_groups  # noqa: E402
 
+pytestmark = pytest.mark.slow  # minutes of training on the CPU
+
 SIZE, FRAMES, RATE = 48, 8, 4
 CLIP = ClipConfig(num_frames=FRAMES, sampling_rate=RATE, input_size=SIZE, short_side_size=SIZE)
 PRETRAIN_STEPS, SUPERVISED_STEPS = 400, 400

@@ -7,26 +7,34 @@ import modeling_finetune as mf
 import modeling_pretrain as mp
 from helpers import FRAMES, GRID, SIZE, clips, tiny_pretrain
 
-SIZES = ["tiny", "small", "base", "large", "huge"]
-DIMS = {"tiny": 192, "small": 384, "base": 768, "large": 1024, "huge": 1280}
+SIZES = tuple(mf.VIT_SIZES)  # the registry's ViT sizes: every factory of both registries is tested
+
+
+def test_registries_agree():
+    # One finetune and one pretrain factory per size, and a decoder for each (modeling_pretrain.DECODER_SIZES).
+    assert set(mf.MODELS) == {f"vit_{s}_patch16_224" for s in SIZES}
+    assert set(mp.MODELS) == {f"pretrain_videomae_{s}_patch16_224" for s in SIZES}
+    assert set(mp.DECODER_SIZES) == set(SIZES)
 
 
 @pytest.mark.parametrize("size", SIZES)
 def test_finetune_factory_shapes(size):
-    device = "cpu" if size in ("tiny", "small", "base") else "meta"  # large/huge: shapes only
+    width = mf.VIT_SIZES[size][0]
+    device = "cpu" if width <= 768 else "meta"  # larger than ViT-B: shapes only
     with torch.device(device):
-        model = getattr(mf, f"vit_{size}_patch16_224")(num_classes=7, all_frames=FRAMES, img_size=SIZE,
-                                                        drop_path_rate=0.1, init_scale=0.001)
+        model = mf.MODELS[f"vit_{size}_patch16_224"](num_classes=7, all_frames=FRAMES, img_size=SIZE,
+                                                     drop_path_rate=0.1, init_scale=0.001)
         x = torch.randn(2, 3, FRAMES, SIZE, SIZE)
-        assert model.forward_features(x).shape == (2, DIMS[size])
+        assert model.forward_features(x).shape == (2, width)
         assert model(x).shape == (2, 7)
+        assert len(model.blocks) == mf.VIT_SIZES[size][1]
 
 
 @pytest.mark.parametrize("size", SIZES)
 def test_pretrain_factory_shapes(size):
     # Built on the meta device and given uninitialised storage: real shapes without init cost.
     with torch.device("meta"):
-        model = getattr(mp, f"pretrain_videomae_{size}_patch16_224")(
+        model = mp.MODELS[f"pretrain_videomae_{size}_patch16_224"](
             img_size=SIZE, all_frames=FRAMES, decoder_depth=1, decoder_num_classes=1536,
             target_type="pixel", loss_func="L2")
     model = model.to_empty(device="cpu")
@@ -120,10 +128,13 @@ def test_drop_path_only_in_training():
 
 
 def test_invalid_objective_rejected():
-    with pytest.raises(ValueError, match="not a supported objective"):
-        tiny_pretrain("mlp", "L2")
-    with pytest.raises(ValueError, match="not a supported objective"):
-        tiny_pretrain("pixel", "SWAV")
+    # Every pair of the flags' choices outside VALID_OBJECTIVES (mlp + L2, pixel + SWAV) is refused.
+    invalid = [(t, l) for t in mp.TARGET_TYPES for l in mp.LOSS_FUNCS if (t, l) not in mp.VALID_OBJECTIVES]
+    assert ("mlp", "L2") in invalid and ("pixel", "SWAV") in invalid
+    assert {t for t, _ in mp.VALID_OBJECTIVES} == set(mp.TARGET_TYPES)  # every target type has a loss
+    for target_type, loss_func in invalid:
+        with pytest.raises(ValueError, match="not a supported objective"):
+            tiny_pretrain(target_type, loss_func)
 
 
 def test_head_init_scale():

@@ -152,6 +152,7 @@ def test_dino_teacher_and_prototype_scores_fp32_under_autocast():
     torch.testing.assert_close(out.logits_pred.detach(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_knn_official_protocol_test_views_head_features(tmp_path):
     import evals.knn
     from datasets.synthetic import make_dataset

@@ -8,6 +8,8 @@ import evals.knn
 import run_sigma_pretraining as run
 from datasets.synthetic import make_dataset
 
+pytestmark = pytest.mark.e2e  # runs the drivers end to end (pytest.ini)
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

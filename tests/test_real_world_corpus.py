@@ -20,10 +20,11 @@ from datasets import video_dataset
 from datasets.annotations import Sample
 from datasets.decoding import VideoError, open_video
 from datasets.video_dataset import AugmentConfig, ClipConfig, VideoClipDataset
-from helpers import needs_torchcodec
+from helpers import backend_params
 from quirk_corpus import ENCODERS, RECIPES, find_ffmpeg, make_corpus
 
-pytestmark = pytest.mark.skipif(find_ffmpeg() is None, reason="the quirk corpus needs ffmpeg (apt-get install ffmpeg)")
+pytestmark = [pytest.mark.skipif(find_ffmpeg() is None, reason="the quirk corpus needs ffmpeg (apt-get install ffmpeg)"),
+              pytest.mark.slow]  # dozens of ffmpeg encodes, then 120 decodes
 
 TEN_BIT = {"h264_10bit_mkv", "hevc_10bit_mp4"}
 # (backend, file) -> why the backend reads other frames than the truth (DATASET.md "Backends").
@@ -45,7 +46,7 @@ KNOWN = {
     ("torchcodec", "mpeg2_mpegts"): "torchcodec fails on batches of MPEG-TS frames",
     ("torchcodec", "truncated_tail_mp4"): "torchcodec fails on the cut-off packet",
 }
-BACKENDS = ["pyav", "decord", pytest.param("torchcodec", marks=needs_torchcodec)]
+BACKENDS = backend_params()  # every CPU backend of datasets.decoding
 
 
 @pytest.fixture(scope="session")

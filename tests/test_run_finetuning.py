@@ -16,6 +16,8 @@ import run_class_finetuning as ft
 import run_sigma_pretraining as pretrain
 from datasets.synthetic import make_dataset
 
+pytestmark = pytest.mark.e2e  # runs the drivers end to end (pytest.ini)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = os.path.join(os.path.dirname(__file__), "data", "checkpoint_keys.txt")
 

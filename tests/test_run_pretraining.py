@@ -15,6 +15,8 @@ import run_sigma_pretraining as run
 import runtime
 from datasets.synthetic import make_dataset
 
+pytestmark = pytest.mark.e2e  # runs the drivers end to end (pytest.ini)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

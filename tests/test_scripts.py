@@ -60,6 +60,7 @@ def test_bash_syntax(path):
     assert out.returncode == 0, out.stderr
 
 
+@pytest.mark.slow
 def test_shellcheck():
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck is not installed (apt-get install shellcheck; .ci/run installs it)")
@@ -294,6 +295,7 @@ def test_srun_outside_slurm_is_refused():
     assert out.returncode == 2 and "submit the .sbatch file" in out.stderr
 
 
+@pytest.mark.e2e
 def test_torchrun_launcher_runs_on_cpu(tmp_path, synthetic_dataset):
     """The single-node torchrun path end to end: 2 gloo processes, reduced recipe."""
     env = {"K400_ROOT": synthetic_dataset, "K400_ANNOTATIONS": synthetic_dataset, "OUTPUT_ROOT": str(tmp_path),

@@ -151,6 +151,7 @@ def _tiny_checkpoint(path):
     return str(path)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("layout,workers", [("davis", 2), ("ytvos", 0)])
 def test_driver_end_to_end(tmp_path, layout, workers):
     import evals.segmentation
@@ -181,6 +182,7 @@ def _run(tmp_path, layout, **flags):
     return evals.segmentation.main(evals.segmentation.get_args(argv))
 
 
+@pytest.mark.e2e
 def test_bad_input_names_the_file(tmp_path):
     root = tmp_path / "davis"
     make_vos_dataset(str(root), "davis", num_videos=2, frames=4, height=24, width=32, seed=0)
@@ -203,6 +205,7 @@ def test_bad_input_names_the_file(tmp_path):
         _run(tmp_path, "davis")
 
 
+@pytest.mark.e2e
 def test_ytvos_bad_input_names_the_file(tmp_path):
     root = tmp_path / "ytvos"
     make_vos_dataset(str(root), "ytvos", num_videos=2, frames=4, height=24, width=32, seed=1)

@@ -309,12 +309,14 @@ def _check_distributed(full, outs, sizes):
     assert max_col_rel_dev(total) < 1e-3
 
 
+@pytest.mark.slow
 def test_distributed_equal_shards(tmp_path, monkeypatch):
     sizes = (600, 600)
     full, outs = _run_distributed(tmp_path, monkeypatch, sizes)
     _check_distributed(full, outs, sizes)
 
 
+@pytest.mark.slow
 def test_distributed_unequal_shards(tmp_path, monkeypatch):
     sizes = (700, 500)
     full, outs = _run_distributed(tmp_path, monkeypatch, sizes)

@@ -537,6 +537,7 @@ def test_shape_labelling_names_the_shapes_and_changes_only_the_object(tmp_path):
         make_dataset(str(tmp_path), num_train=1, num_val=0, num_test=0, label_kind="colour", **SMALL)
 
 
+@pytest.mark.slow
 def test_transcode_keeps_each_decoded_frame_once(tmp_path):
     """A variable-rate AVI with dropped frames (header 150, 74 stored): the output holds the 74 frames the
     official reader (decord) counts in the source, not a constant-rate copy with duplicates."""

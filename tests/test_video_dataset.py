@@ -8,6 +8,7 @@ from datasets.annotations import Sample, read_annotations
 from datasets.synthetic import make_dataset, write_broken_files
 from datasets.video_dataset import (AugmentConfig, BadSampleTracker, ClipConfig, MaskConfig, VideoClipDataset,
                                     collate_clips)
+from helpers import backend_params
 
 CLIP = ClipConfig(num_frames=8, sampling_rate=2, input_size=32, short_side_size=32)
 MASK = MaskConfig(mask_type="tube", mask_ratio=0.75, grid=(8 // 2, 32 // 16, 32 // 16))  # CLIP in 2x16x16 tubes
@@ -26,7 +27,7 @@ def _dataset(demo, mode, split="train", **kwargs):
     return VideoClipDataset(samples, mode, mask=MASK, **kwargs)
 
 
-@pytest.mark.parametrize("backend", ["decord", "pyav"])
+@pytest.mark.parametrize("backend", backend_params())
 def test_pretrain_views_and_masks(demo, backend):
     ds = _dataset(demo, "pretrain", num_sample=2, video_backend=backend)
     item = ds[0]
@@ -112,7 +113,7 @@ def broken(demo):
     return write_broken_files(demo)
 
 
-@pytest.mark.parametrize("backend", ["decord", "pyav"])
+@pytest.mark.parametrize("backend", backend_params())
 def test_every_bad_kind_is_reported_and_replaced(demo, broken, backend):
     good = read_annotations(f"{demo}/train.csv", demo)
     samples = [Sample(f"{demo}/{rel}", 0) for rel in broken.values()] + good

@@ -87,6 +87,7 @@ def _width(frames, side):
     return vis_drawing.LABEL_W + frames * _tile(side) + (frames - 1) * vis_drawing.GAP
 
 
+@pytest.mark.e2e
 def test_prototype_figures_use_the_checkpoint_config(data, tmp_path):
     _, ckpt = _checkpoint(tmp_path)
     out = tmp_path / "out"
@@ -116,6 +117,7 @@ def test_prototype_figures_use_the_checkpoint_config(data, tmp_path):
         assert im.n_frames == 2
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("assign", ["centred", "argmax", "sinkhorn"])
 def test_static_scene_keeps_its_colours(static_video, tmp_path, assign):
     model, ckpt = _checkpoint(tmp_path, size=64, num_prototypes=16)
@@ -147,6 +149,7 @@ def test_static_scene_keeps_its_colours(static_video, tmp_path, assign):
     assert len(gif) == 4 and all((f == gif[0]).all() for f in gif)
 
 
+@pytest.mark.e2e
 def test_pixel_model_reconstruction_and_kmeans(data, tmp_path):
     _, ckpt = _checkpoint(tmp_path, "pixel")
     out = tmp_path / "out"
@@ -194,6 +197,7 @@ def test_perfect_prediction_reconstructs_the_clip(data, normalize):
     assert (hidden == round(255 * vis_drawing.MASK_GREY)).all(axis=-1).mean() == pytest.approx(6 / 8)
 
 
+@pytest.mark.e2e
 def test_usage_histogram_over_a_csv(data, tmp_path):
     _, ckpt = _checkpoint(tmp_path, num_prototypes=64)
     csv = tmp_path / "list.csv"
@@ -269,6 +273,7 @@ def test_figure_legend_lists_every_id_by_tubes():
     assert img.height > vis_drawing.legend_origin(1, 160, 1)[1] + 2 * vis_drawing.LINE_H  # several legend lines
 
 
+@pytest.mark.e2e
 def test_dino_prototypes_with_a_teacher(data, tmp_path, monkeypatch):
     _, ckpt = _checkpoint(tmp_path, "dino_v1")
     calls = []
@@ -280,6 +285,7 @@ def test_dino_prototypes_with_a_teacher(data, tmp_path, monkeypatch):
     assert Image.open(out / "00000_tubes.png").width == _width(4, 32)
 
 
+@pytest.mark.e2e
 def test_unreadable_inputs_name_the_file(data, tmp_path):
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
