@@ -339,7 +339,7 @@ def claim_usage_histogram(root: str, output: str) -> None:
     """PRETRAIN.md: the usage histogram of the demo's val videos, with more than one prototype used."""
     with open(os.path.join(root, "output/demo/vis/prototype_usage.json")) as f:
         usage = json.load(f)
-    assert usage["videos"] == 10 and usage["used"] >= 2 and sum(usage["counts"]) == usage["tubes"], usage
+    assert usage["videos"] == 40 and usage["used"] >= 2 and sum(usage["counts"]) == usage["tubes"], usage
     assert os.path.isfile(os.path.join(root, "output/demo/vis/prototype_usage.png"))
 
 
@@ -360,7 +360,7 @@ def claim_finetune_as_documented(root: str, output: str) -> None:
     with open(os.path.join(root, "output/demo_ft/test_results.json")) as f:
         assert json.load(f)["views"] == "2x3"
     with open(os.path.join(root, "output/demo_probe/probe_results.json")) as f:
-        assert json.load(f)["labellings"]["demo"]["num_train"] == 40
+        assert json.load(f)["labellings"]["demo"]["num_train"] == 80
     assert os.path.isfile(os.path.join(root, "output/demo_knn/knn_results.json"))
 
 
@@ -375,10 +375,10 @@ def test_demo_finetune_beats_chance(ran):
 
 
 def claim_eval_as_documented(root: str, output: str) -> None:
-    """FINETUNE.md: --eval of the demo fine-tune's best checkpoint tests 5x3 views of all 10 test videos."""
+    """FINETUNE.md: --eval of the demo fine-tune's best checkpoint tests 5x3 views of all 40 test videos."""
     with open(os.path.join(root, "output/demo_test/test_results.json")) as f:
         test = json.load(f)
-    assert test["views"] == "5x3" and test["num_videos"] == 10, test
+    assert test["views"] == "5x3" and test["num_videos"] == 40, test
 
 
 def claim_export_loads_in_transformers(root: str, output: str) -> None:
@@ -406,15 +406,22 @@ def claim_synthetic_sets(root: str, output: str) -> None:
 
 
 def claim_features_as_documented(root: str, output: str) -> None:
-    """EVALUATION.md: ten demo val videos give ten [11, 192] arrays and an index of them."""
+    """EVALUATION.md: the 40 demo val videos give 40 [11, 192] arrays and an index of them."""
     import numpy as np
 
     out = os.path.join(root, "output/demo_features")
     arrays = sorted(f for f in os.listdir(out) if f.endswith(".npy"))
-    assert len(arrays) == 10, arrays
+    assert len(arrays) == 40, arrays
     assert all(np.load(os.path.join(out, f)).shape == (11, 192) for f in arrays)
     with open(os.path.join(out, "index.json")) as f:
-        assert len(json.load(f)["videos"]) == 10
+        assert len(json.load(f)["videos"]) == 40
+
+
+def claim_doctor_finds_demo_ok(root: str, output: str) -> None:
+    """DATASET.md: the doctor finds all 40 demo validation videos ok."""
+    with open(os.path.join(root, "output/demo/check/check.json")) as f:
+        summary = json.load(f)["summary"]
+    assert summary["files"] == 40 and summary["counts"]["ok"] == 40, summary
 
 
 def claim_rerun_from_config(original: str, rerun: str, given: Dict[str, object]) -> Callable[[str, str], None]:
@@ -428,6 +435,7 @@ def claim_rerun_from_config(original: str, rerun: str, given: Dict[str, object])
 
 
 CLAIMS: Dict[Tuple[str, str], Callable[[str, str], None]] = {
+    ("DATASET.md", "--out_dir output/demo/check"): claim_doctor_finds_demo_ok,
     ("README.md", "run_sigma_pretraining.py"): claim_pretraining_loss_falls,
     ("README.md", "run_sigma_vis.py"): claim_picture_shows_structure,
     ("PRETRAIN.md", "--csv data/demo/val.csv"): claim_usage_histogram,
