@@ -364,14 +364,14 @@ def claim_finetune_as_documented(root: str, output: str) -> None:
     assert os.path.isfile(os.path.join(root, "output/demo_knn/knn_results.json"))
 
 
-@pytest.mark.xfail(strict=False, reason="issue 24, open: the documented demo fine-tune stays near chance "
-                                       "(FINETUNE.md, 'It does not yet beat chance')")
 def test_demo_finetune_beats_chance(ran):
+    """FINETUNE.md: the documented demo fine-tune ends at least 25 points over chance on its 40
+    validation videos (the last epoch, not the best) and its 40 test videos (seeds measured there)."""
     root = ran["root"]
-    best = max(r["val_acc1"] for r in read_json_lines(os.path.join(root, "output/demo_ft/log.txt")))
+    last = read_json_lines(os.path.join(root, "output/demo_ft/log.txt"))[-1]["val_acc1"]
     with open(os.path.join(root, "output/demo_ft/test_results.json")) as f:
         test = json.load(f)["top1"]
-    assert best >= CHANCE + FINETUNE_MARGIN and test >= CHANCE + FINETUNE_MARGIN, (best, test)
+    assert last >= CHANCE + FINETUNE_MARGIN and test >= CHANCE + FINETUNE_MARGIN, (last, test)
 
 
 def claim_eval_as_documented(root: str, output: str) -> None:
