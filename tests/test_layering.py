@@ -229,6 +229,7 @@ sys.exit(1 if failed else 0)
 """
 
 
+@pytest.mark.slow  # 18 s on 2 cores: one forked child per module
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="forks one child per module")
 def test_every_module_imports_on_its_own_in_a_fresh_interpreter():
     modules = sorted(project_modules(ROOT))
