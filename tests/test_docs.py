@@ -102,7 +102,8 @@ def split_env(argv: List[str]) -> Tuple[Dict[str, str], List[str]]:
 
 def left_out(argv: List[str]) -> bool:
     """Steps a run block keeps out: venv creation, pip installs, the test suite itself."""
-    return (argv[:3] == ["python3", "-m", "venv"] or (argv[0].endswith("pip") and argv[1:2] == ["install"])
+    _, argv = split_env(argv)
+    return bool(argv) and (argv[:3] == ["python3", "-m", "venv"] or (argv[0].endswith("pip") and argv[1:2] == ["install"])
             or "pytest" in argv[1:3])
 
 
