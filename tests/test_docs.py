@@ -337,10 +337,23 @@ def claim_picture_shows_structure(root: str, output: str) -> None:
 
 RARE_IN_BACKGROUND, OBJECT_APART = 0.1, 0.5
 def claim_usage_histogram(root: str, output: str) -> None:
-    """PRETRAIN.md: the usage histogram of the demo's val videos, with more than one prototype used."""
+    """PRETRAIN.md: the usage histogram of the demo's 40 val videos counts every tube once, and its
+    summary (prototypes used, entropy, order) is that of its counts.
+
+    How many prototypes the raw argmax uses after the demo's 100 steps is not asserted: it is nearly
+    or fully collapsed, and which depends on the CPU's kernels (AMD EPYC, same seed and commit:
+    2 of 16 with the AVX2 kernels, 1 of 16 with ATEN_CPU_CAPABILITY=default; PRETRAIN.md says so).
+    The picture's structure, which held under both, is claim_picture_shows_structure's."""
+    import math
+
     with open(os.path.join(root, "output/demo/vis/prototype_usage.json")) as f:
         usage = json.load(f)
-    assert usage["videos"] == 40 and usage["used"] >= 2 and sum(usage["counts"]) == usage["tubes"], usage
+    counts = usage["counts"]
+    assert usage["videos"] == 40 and usage["tubes"] == 40 * 196 and sum(counts) == usage["tubes"], usage
+    assert len(counts) == usage["num_prototypes"] == 16 and usage["used"] == sum(c > 0 for c in counts) >= 1, usage
+    shares = [c / usage["tubes"] for c in counts if c]
+    assert abs(usage["entropy_nats"] + sum(p * math.log(p) for p in shares)) < 1e-3, usage
+    assert [counts[i] for i in usage["by_usage"]] == sorted(counts, reverse=True), usage
     assert os.path.isfile(os.path.join(root, "output/demo/vis/prototype_usage.png"))
 
 

@@ -221,7 +221,12 @@ def test_build_teacher_reads_dinov2_release_format(tmp_path):
 
 
 @pytest.mark.slow
-def test_inductor_compiled_model_matches_eager_loss_and_gradients():
+def test_inductor_compiled_model_matches_eager_loss_and_gradients(tmp_path, monkeypatch):
+    # A cache of its own: inductor's on-disk cache (default /tmp/torchinductor_$USER) does not key its
+    # kernels on ATEN_CPU_CAPABILITY, so a kernel cached by an AVX2 run and rebuilt in a run under
+    # ATEN_CPU_CAPABILITY=default fails to compile ("'at::vec' has not been declared"; seen in a CI run
+    # with the forced kernel after runs with the native one).
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor_cache"))
     torch.manual_seed(0)
     model = tiny_pretrain("mlp")
     videos, mask = clips(2), tube_mask(2, GRID, 0.75, generator=torch.Generator().manual_seed(0))
